@@ -1,0 +1,454 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/timeouts"
+)
+
+// ID identifies a backend; 0 means "no backend".
+type ID uint16
+
+// State is where a backend's standing session is in its life.
+type State int32
+
+const (
+	// StateConnecting: connection made (or being made), CLIENT_HELLO sent,
+	// waiting for SERVER_HELLO.
+	StateConnecting State = iota
+	// StateOK: SERVER_HELLO received; the backend takes traffic.
+	StateOK
+	// StateFaulted: the session was torn down; a reconnect is scheduled.
+	StateFaulted
+	// StateRemoved: the socket is gone from the directory; nothing is
+	// scheduled until a scan finds it again.
+	StateRemoved
+	// StateStopped: the balancer is shutting down.
+	StateStopped
+)
+
+var stateNames = [...]string{"connecting", "ok", "faulted", "removed", "stopped"}
+
+func (s State) String() string {
+	if s >= 0 && int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "invalid"
+}
+
+// Backend is one backend process, reached through one socket path. Its
+// standing session is run by one goroutine (run), which alone changes the
+// session state; the packet path reads what it needs through atomics and
+// the queue.
+type Backend struct {
+	id   ID
+	path string
+	set  *Set
+	log  zerolog.Logger
+
+	// Read by the packet path.
+	ok      atomic.Bool // usable for traffic: state is StateOK
+	removed atomic.Bool // state is StateRemoved
+	q       *queue
+	stats   counters
+
+	// Published for readers of Stats; written only by run.
+	state atomic.Int32
+	since atomic.Int64 // unix nanoseconds
+	delay atomic.Int64 // next reconnect delay
+
+	// hbOutstanding is set by run when it sends CLIENT_HEARTBEAT and
+	// cleared by the reader when SERVER_HEARTBEAT arrives.
+	hbOutstanding atomic.Bool
+
+	events chan event
+
+	// Owned by run.
+	sess       *session
+	gen        uint64
+	hbSentAt   time.Time
+	connectT   *timeouts.Timeout
+	hbSendT    *timeouts.Timeout
+	hbWaitT    *timeouts.Timeout
+	reconnectT *timeouts.Timeout
+	everReady  bool
+}
+
+type eventKind uint8
+
+const (
+	evConnectTimeout eventKind = iota // connectT fired
+	evHeartbeatDue                    // hbSendT fired
+	evHeartbeatLate                   // hbWaitT fired
+	evReconnect                       // reconnectT fired
+	evReturned                        // a scan found the removed socket again
+	evHello                           // the reader saw SERVER_HELLO
+	evHeartbeatReply                  // the reader saw SERVER_HEARTBEAT
+	evFault                           // the reader or writer failed
+	evTCPTimeout                      // a TCP proxy session got no INBOUND_TCP_OK
+)
+
+type event struct {
+	kind   eventKind
+	gen    uint64 // session generation, for events from a session
+	reason Reason
+	err    error
+}
+
+// eventQueueLen bounds the events waiting for run. Each source posts at
+// most a few before run reacts (a session's reader and writer stop after a
+// fault; each timer posts once per arming), so it never fills in practice;
+// posts that would block are dropped rather than stall the poster.
+const eventQueueLen = 32
+
+func newBackend(s *Set, id ID, path string) *Backend {
+	b := &Backend{
+		id:     id,
+		path:   path,
+		set:    s,
+		log:    s.log.With().Uint16("be_id", uint16(id)).Str("be_path", path).Logger(),
+		q:      newQueue(s.cfg.QueueBytes),
+		events: make(chan event, eventQueueLen),
+	}
+	name := "backend " + itoa(int(id)) + " "
+	ts := s.cfg.Timeouts
+	b.connectT = ts.NewTimeout(name+"connect", func() { b.post(event{kind: evConnectTimeout}) })
+	b.hbSendT = ts.NewTimeout(name+"heartbeat", func() { b.post(event{kind: evHeartbeatDue}) })
+	b.hbWaitT = ts.NewTimeout(name+"heartbeat reply", func() { b.post(event{kind: evHeartbeatLate}) })
+	b.reconnectT = ts.NewTimeout(name+"reconnect", func() { b.post(event{kind: evReconnect}) })
+	b.setState(StateConnecting)
+	return b
+}
+
+// ID returns the backend's ID.
+func (b *Backend) ID() ID { return b.id }
+
+// Path returns the backend's socket path.
+func (b *Backend) Path() string { return b.path }
+
+// OK reports whether the backend takes traffic now.
+func (b *Backend) OK() bool { return b.ok.Load() }
+
+// Removed reports whether the backend's socket has gone from the
+// directory.
+func (b *Backend) Removed() bool { return b.removed.Load() }
+
+// State returns the session state and when it was entered.
+func (b *Backend) State() (State, time.Time) {
+	return State(b.state.Load()), time.Unix(0, b.since.Load())
+}
+
+// post hands an event to run without ever blocking the caller.
+func (b *Backend) post(ev event) {
+	select {
+	case b.events <- ev:
+	default:
+	}
+}
+
+// SendUDP queues an INBOUND_UDP frame, which the caller has built in
+// frame (header included). It reports whether the frame was queued; a
+// refused frame is counted here as a stuck or down drop.
+func (b *Backend) SendUDP(frame []byte) bool {
+	switch b.q.push(frame, false) {
+	case pushed:
+		b.stats.udpFrames.Add(1)
+		b.stats.udpBytes.Add(uint64(len(frame) - protocol.UDPHeaderLen))
+		return true
+	case pushStuck:
+		b.stats.stuckDrops.Add(1)
+		if e := b.log.Trace(); e != nil {
+			e.Msg("stuck backend write queue")
+		}
+	default:
+		b.stats.downDrops.Add(1)
+	}
+	return false
+}
+
+// DialTCP opens a TCP proxy session's connection to the backend's socket.
+// The caller sends INBOUND_TCP on it and must call TCPDone once the
+// session ends.
+func (b *Backend) DialTCP(ctx context.Context) (*net.UnixConn, error) {
+	b.stats.tcpTotal.Add(1)
+	b.stats.tcpActive.Add(1)
+	c, err := dialUnix(ctx, b.path)
+	if err != nil {
+		b.stats.tcpErrors.Add(1)
+		return nil, err
+	}
+	return c, nil
+}
+
+// TCPDone records the end of a TCP proxy session started with DialTCP.
+func (b *Backend) TCPDone() { b.stats.tcpActive.Add(-1) }
+
+// FaultTCPTimeout faults the backend because a TCP proxy session got no
+// INBOUND_TCP_OK in time.
+func (b *Backend) FaultTCPTimeout() { b.post(event{kind: evTCPTimeout}) }
+
+func dialUnix(ctx context.Context, path string) (*net.UnixConn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.UnixConn), nil
+}
+
+// Stats returns a snapshot of the backend's state and counters.
+func (b *Backend) Stats() Stats {
+	st, since := b.State()
+	qb, qf := b.q.length()
+	s := Stats{
+		ID: b.id, Path: b.path, State: st, Since: since,
+		OK: b.ok.Load(), Removed: b.removed.Load(),
+		ReconnectDelay:  time.Duration(b.delay.Load()),
+		QueuedBytes:     qb,
+		QueuedFrames:    qf,
+		UDPFrames:       b.stats.udpFrames.Load(),
+		UDPBytes:        b.stats.udpBytes.Load(),
+		OutboundUDP:     b.stats.outboundUDP.Load(),
+		OutboundBytes:   b.stats.outboundBytes.Load(),
+		OutboundErrors:  b.stats.outboundErrors.Load(),
+		StuckDrops:      b.stats.stuckDrops.Load(),
+		DownDrops:       b.stats.downDrops.Load(),
+		Discarded:       b.stats.discarded.Load(),
+		TCPTotal:        b.stats.tcpTotal.Load(),
+		TCPActive:       b.stats.tcpActive.Load(),
+		TCPErrors:       b.stats.tcpErrors.Load(),
+		ConnectAttempts: b.stats.connectAttempts.Load(),
+		ConnectErrors:   b.stats.connectErrors.Load(),
+		HeartbeatRTT:    time.Duration(b.stats.heartbeatRTT.Load()),
+		Faults:          map[string]uint64{},
+	}
+	for r := range numReasons {
+		if n := b.stats.faults[r].Load(); n > 0 {
+			s.Faults[r.String()] = n
+		}
+	}
+	return s
+}
+
+// setState is the one place the session state changes.
+func (b *Backend) setState(s State) {
+	old := State(b.state.Load())
+	b.state.Store(int32(s))
+	b.since.Store(b.set.cfg.Timeouts.Clock().Now().UnixNano())
+	b.ok.Store(s == StateOK)
+	b.removed.Store(s == StateRemoved)
+	if e := b.log.Debug(); e != nil && old != s {
+		e.Str("from", old.String()).Str("to", s.String()).Msg("backend state change")
+	}
+}
+
+// run is the backend's goroutine: it owns the standing session and its
+// state, and reacts to events from the timers, the session's reader and
+// writer, the directory scan and the TCP proxies.
+func (b *Backend) run(ctx context.Context, wg *sync.WaitGroup) {
+	defer wg.Done()
+	b.connect(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			b.closeSession()
+			b.clearTimers()
+			b.reconnectT.Clear()
+			b.setState(StateStopped)
+			return
+		case ev := <-b.events:
+			b.handle(ctx, ev)
+		}
+	}
+}
+
+func (b *Backend) handle(ctx context.Context, ev event) {
+	st := State(b.state.Load())
+	switch ev.kind {
+	case evReconnect:
+		if st == StateFaulted && !b.armed(b.reconnectT) {
+			b.log.Info().Msg("connecting to backend")
+			b.connect(ctx)
+		}
+	case evReturned:
+		if st == StateRemoved {
+			b.log.Info().Msg("backend socket returned")
+			b.delay.Store(0)
+			b.connect(ctx)
+		}
+	case evConnectTimeout:
+		if st == StateConnecting && !b.armed(b.connectT) {
+			b.log.Warn().Msg("timed out connecting to backend")
+			b.fault(ReasonConnectTimeout, nil)
+		}
+	case evHeartbeatDue:
+		if st == StateOK && !b.armed(b.hbSendT) {
+			b.sendHeartbeat()
+		}
+	case evHeartbeatLate:
+		if st == StateOK && !b.armed(b.hbWaitT) {
+			b.log.Error().Msg("no heartbeat from backend (aborting connection)")
+			b.fault(ReasonHeartbeatTimeout, nil)
+		}
+	case evTCPTimeout:
+		if st == StateOK || st == StateConnecting {
+			b.fault(ReasonTCPOKTimeout, nil)
+		}
+	case evHello:
+		if ev.gen == b.gen && st == StateConnecting {
+			b.established()
+		}
+	case evHeartbeatReply:
+		if ev.gen == b.gen && st == StateOK {
+			b.hbWaitT.Clear()
+			rtt := b.set.cfg.Timeouts.Clock().Now().Sub(b.hbSentAt)
+			b.stats.heartbeatRTT.Store(int64(rtt))
+			if e := b.log.Trace(); e != nil {
+				e.Dur("rtt", rtt).Msg("received heartbeat reply")
+			}
+			b.hbSendT.Set(b.set.cfg.HeartbeatInterval)
+		}
+	case evFault:
+		if ev.gen == b.gen && (st == StateConnecting || st == StateOK) {
+			b.fault(ev.reason, ev.err)
+		}
+	}
+}
+
+func (b *Backend) armed(t *timeouts.Timeout) bool {
+	_, armed := t.Armed()
+	return armed
+}
+
+// connect makes one attempt at the standing session.
+func (b *Backend) connect(ctx context.Context) {
+	b.setState(StateConnecting)
+	b.stats.connectAttempts.Add(1)
+	c, err := dialUnix(ctx, b.path)
+	if err != nil {
+		b.stats.connectErrors.Add(1)
+		if errors.Is(err, syscall.ENOENT) {
+			b.log.Warn().Msg("backend socket removed")
+			b.setState(StateRemoved)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		b.log.Error().Err(err).Msg("failed to connect")
+		b.setState(StateFaulted)
+		b.scheduleReconnect()
+		return
+	}
+	b.log.Info().Msg("backend socket connected")
+	b.gen++
+	b.hbOutstanding.Store(false)
+	b.q.reset(queueControl)
+	b.sess = startSession(b, c, b.gen)
+	b.q.push(protocol.AppendType(nil, protocol.FrameClientHello), true)
+	b.connectT.Set(b.set.cfg.ConnectTimeout)
+}
+
+// established runs when SERVER_HELLO arrives.
+func (b *Backend) established() {
+	b.log.Info().Msg("backend socket established")
+	b.connectT.Clear()
+	b.delay.Store(int64(b.set.cfg.ReconnectMin))
+	b.everReady = true
+	b.q.open()
+	b.setState(StateOK)
+	b.hbSendT.Set(b.set.cfg.HeartbeatInterval)
+}
+
+func (b *Backend) sendHeartbeat() {
+	b.hbOutstanding.Store(true)
+	b.hbSentAt = b.set.cfg.Timeouts.Clock().Now()
+	if b.q.push(protocol.AppendType(nil, protocol.FrameClientHeartbeat), true) == pushed {
+		if e := b.log.Trace(); e != nil {
+			e.Msg("heartbeat sent")
+		}
+	}
+	// A heartbeat that could not even be queued is as good as
+	// unanswered: the wait below faults a backend that never drains.
+	b.hbWaitT.Set(b.set.cfg.HeartbeatTimeout)
+}
+
+// fault tears the session down and schedules a reconnect.
+func (b *Backend) fault(r Reason, err error) {
+	b.stats.faults[r].Add(1)
+	was := State(b.state.Load())
+	ev := b.log.Error().Str("reason", r.String()).Str("state", was.String())
+	if err != nil {
+		ev = ev.Err(err)
+	}
+	ev.Msg("backend faulted (reset and reconnect)")
+	b.ok.Store(false) // stop new traffic before anything else
+	b.closeSession()
+	b.clearTimers()
+	b.setState(StateFaulted)
+	b.scheduleReconnect()
+}
+
+func (b *Backend) clearTimers() {
+	b.connectT.Clear()
+	b.hbSendT.Clear()
+	b.hbWaitT.Clear()
+}
+
+// closeSession closes the standing session, if any, and waits for its
+// reader and writer to stop. Frames still queued are discarded and
+// counted.
+func (b *Backend) closeSession() {
+	b.ok.Store(false)
+	if b.sess == nil {
+		return
+	}
+	b.sess.close()
+	b.sess = nil
+	if n := b.q.reset(queueClosed); n > 0 {
+		b.stats.discarded.Add(uint64(n))
+	}
+	b.log.Info().Msg("backend socket closed")
+}
+
+// scheduleReconnect arms the reconnect timer with the current back-off
+// delay, then grows the delay for the attempt after: 1 s, then 2 s more
+// per failure, at most 32 s (with the default settings). A SERVER_HELLO
+// sets it back to the minimum.
+func (b *Backend) scheduleReconnect() {
+	cfg := &b.set.cfg
+	d := time.Duration(b.delay.Load())
+	if e := b.log.Debug(); e != nil {
+		e.Float64("delay_secs", d.Seconds()).Msg("reconnect triggered for backend")
+	}
+	b.reconnectT.Set(d)
+	next := d + cfg.ReconnectStep
+	if d == 0 {
+		next = cfg.ReconnectMin
+	}
+	b.delay.Store(int64(min(next, cfg.ReconnectMax)))
+}
+
+// reply sends an OUTBOUND_UDP frame's data on to the client.
+func (b *Backend) reply(f *protocol.Frame) {
+	b.stats.outboundUDP.Add(1)
+	b.stats.outboundBytes.Add(uint64(len(f.Data)))
+	to, ok := f.AddrPort()
+	if ok && to.Port() != 0 && f.IP != 0 {
+		err := b.set.cfg.Reply(f.Data, to)
+		if err == nil {
+			return
+		}
+		b.set.replyErrors.log(b.log, err, to)
+	}
+	b.stats.outboundErrors.Add(1)
+}

@@ -1,0 +1,74 @@
+// Package backend maintains the balancer's backends: the DNS server
+// processes listening on the UNIX sockets found in the socket directory,
+// each reached through one standing session that carries UDP traffic and
+// heartbeats. The frames are described in package
+// [github.com/bbal/bbal/protocol].
+//
+// # Discovery and identity
+//
+// A [Set] scans the directory at [Set.Start] and every ScanInterval (5 s).
+// Each entry other than "." and ".." is a candidate socket; a path too
+// long for sun_path (107 bytes) is logged once and skipped. A new entry
+// becomes a [Backend] and is connected at once. Backends are never
+// forgotten: one whose socket is removed is marked removed, and is
+// reconnected when a later scan finds the path again.
+//
+// A backend's ID is its socket's name when that is a number from 5300 to
+// 5399 and the ID is free (Binder names sockets after each instance's DNS
+// port, so logs read naturally); otherwise it is one more than the highest
+// ID in use. ID 0 means "no backend".
+//
+// # State machine
+//
+// Each Backend has one goroutine (run) that alone changes its state:
+//
+//	connecting --SERVER_HELLO--> ok
+//	connecting --connect timeout (30 s), EOF, error, bad frame--> faulted
+//	ok --heartbeat timeout (15 s), EOF, error, bad frame, TCP OK timeout--> faulted
+//	faulted --reconnect timer--> connecting
+//	connecting --connect fails with ENOENT--> removed
+//	removed --scan finds the path again--> connecting
+//	any --Set.Close--> stopped
+//
+// A backend is used for traffic only while ok. Entering faulted closes the
+// session, discards what was queued for it (counted) and arms the
+// reconnect timer. The reconnect delay starts at 1 s, grows by 2 s per
+// failed attempt to at most 32 s, and returns to 1 s on SERVER_HELLO; the
+// first attempt for a newly found backend is immediate.
+//
+// While ok, a CLIENT_HEARTBEAT is sent 5 s after SERVER_HELLO and 5 s
+// after each reply; a reply must come within 15 s.
+//
+// Protocol errors fault the backend, and are logged with the reason: a
+// frame other than SERVER_HELLO first, a second SERVER_HELLO, a
+// SERVER_HEARTBEAT with none outstanding, a frame type a backend may not
+// send, an OUTBOUND_UDP with more than 1500 bytes of data.
+//
+// # Concurrency
+//
+// The timers live in a [timeouts.Set]; their callbacks, the session's
+// reader and writer goroutines, the directory scan and the TCP proxies
+// talk to run only by posting events, which never blocks them. An event
+// from a session carries its generation so that one from a session
+// already replaced is ignored.
+//
+// The packet path reads [Backend.OK] and the Set's backend list through
+// atomics, and queues frames with [Backend.SendUDP]. The session's reader
+// sends OUTBOUND_UDP data straight to the client through Config.Reply.
+//
+// # Backpressure
+//
+// Each backend has one bounded outgoing queue (QueueBytes, 256 KiB by
+// default) that its session's writer drains a batch per write. When a
+// backend stops reading, the queue fills and further datagrams for it are
+// dropped and counted as stuck: memory stays flat and the UDP reader never
+// waits on a backend.
+//
+// # Counters
+//
+// Every backend counts INBOUND_UDP frames and bytes queued, OUTBOUND_UDP
+// frames and bytes received, replies that could not be sent, stuck and
+// down drops, frames discarded by a fault, TCP proxy sessions (total,
+// active, failed), connect attempts and errors, faults by [Reason], and
+// the last heartbeat round trip; [Backend.Stats] returns a snapshot.
+package backend

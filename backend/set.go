@@ -1,0 +1,333 @@
+package backend
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/bbal/bbal/timeouts"
+)
+
+// Defaults for the zero fields of Config.
+const (
+	DefaultConnectTimeout    = 30 * time.Second
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultHeartbeatTimeout  = 15 * time.Second
+	DefaultScanInterval      = 5 * time.Second
+	// The reconnect delay starts at 1 s and grows by 2 s per failure to
+	// at most 32 s: longer would leave a backend that has recovered out
+	// of service for a protracted time.
+	DefaultReconnectMin  = 1 * time.Second
+	DefaultReconnectStep = 2 * time.Second
+	DefaultReconnectMax  = 32 * time.Second
+	// DefaultQueueBytes caps each backend's outgoing queue: about 2,500
+	// typical queries, some tens of milliseconds of full load. A healthy
+	// backend drains it far faster; past it the backend is stuck and
+	// datagrams for it are dropped.
+	DefaultQueueBytes = 256 << 10
+	// DefaultMaxBackends caps the number of socket paths tracked. A
+	// directory with more entries has the rest logged and ignored.
+	DefaultMaxBackends = 1000
+	// noBackendsLogInterval spaces out "no backends available" errors.
+	noBackendsLogInterval = 5 * time.Second
+)
+
+// Backend IDs taken from socket names: Binder names each socket after the
+// instance's own DNS port.
+const (
+	firstNamedID = 5300
+	lastNamedID  = 5399
+)
+
+// maxSocketPath is the longest path that fits in sun_path with its
+// terminator.
+const maxSocketPath = 107
+
+// Config configures a Set. Dir, Timeouts and Reply are required; every
+// other zero field takes the default above.
+type Config struct {
+	Dir      string         // the socket directory
+	Log      zerolog.Logger // the root logger
+	Timeouts *timeouts.Set  // where the backends' timers live
+	// Reply sends an OUTBOUND_UDP frame's data from the DNS socket. It is
+	// called from the sessions' reader goroutines, concurrently.
+	Reply func(data []byte, to netip.AddrPort) error
+
+	ConnectTimeout    time.Duration
+	HeartbeatInterval time.Duration
+	HeartbeatTimeout  time.Duration
+	ScanInterval      time.Duration
+	ReconnectMin      time.Duration
+	ReconnectStep     time.Duration
+	ReconnectMax      time.Duration
+	QueueBytes        int
+	MaxBackends       int
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.ConnectTimeout, DefaultConnectTimeout)
+	def(&c.HeartbeatInterval, DefaultHeartbeatInterval)
+	def(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
+	def(&c.ScanInterval, DefaultScanInterval)
+	def(&c.ReconnectMin, DefaultReconnectMin)
+	def(&c.ReconnectStep, DefaultReconnectStep)
+	def(&c.ReconnectMax, DefaultReconnectMax)
+	if c.QueueBytes <= 0 {
+		c.QueueBytes = DefaultQueueBytes
+	}
+	if c.MaxBackends <= 0 {
+		c.MaxBackends = DefaultMaxBackends
+	}
+}
+
+// Set is every backend found in the socket directory. It owns discovery
+// (the scan goroutine), ID assignment and selection; each Backend owns its
+// own session.
+type Set struct {
+	cfg Config
+	log zerolog.Logger
+
+	scanT    *timeouts.Timeout
+	scanKick chan struct{}
+
+	mu      sync.Mutex // guards byPath, skipped; serialises scans
+	byPath  map[string]*Backend
+	skipped map[string]bool // paths already logged as unusable
+
+	// list is every backend in ID order, replaced (never modified) when
+	// one is added, so the packet path reads it without a lock.
+	list atomic.Pointer[[]*Backend]
+
+	lastPicked  atomic.Uint32 // ID most recently chosen by Pick
+	lastNoneLog atomic.Int64  // when "no backends available" was last logged
+	replyErrors rateLimited
+
+	ctx  context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+// NewSet returns a Set for cfg. Nothing happens until Start.
+func NewSet(cfg Config) *Set {
+	cfg.setDefaults()
+	s := &Set{
+		cfg:      cfg,
+		log:      cfg.Log,
+		byPath:   map[string]*Backend{},
+		skipped:  map[string]bool{},
+		scanKick: make(chan struct{}, 1),
+	}
+	s.list.Store(&[]*Backend{})
+	s.scanT = cfg.Timeouts.NewTimeout("backend directory scan", func() {
+		select {
+		case s.scanKick <- struct{}{}:
+		default:
+		}
+	})
+	return s
+}
+
+// Start scans the directory now, connecting to what it finds, and then
+// again every ScanInterval until Close.
+func (s *Set) Start() {
+	s.ctx, s.stop = context.WithCancel(context.Background())
+	s.Scan()
+	s.wg.Add(1)
+	go s.scanLoop()
+}
+
+// Close stops scanning, closes every session and waits for all the Set's
+// goroutines to finish.
+func (s *Set) Close() {
+	if s.stop == nil {
+		return
+	}
+	s.stop()
+	s.scanT.Clear()
+	s.wg.Wait()
+}
+
+func (s *Set) scanLoop() {
+	defer s.wg.Done()
+	s.scanT.Set(s.cfg.ScanInterval)
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.scanKick:
+			s.Scan()
+			s.scanT.Set(s.cfg.ScanInterval)
+		}
+	}
+}
+
+// Scan reads the socket directory once: new entries become backends and
+// are connected at once, and removed backends whose socket is back are
+// reconnected.
+func (s *Set) Scan() {
+	entries, err := os.ReadDir(s.cfg.Dir)
+	if err != nil {
+		s.log.Error().Str("socket_dir", s.cfg.Dir).Err(err).Msg("error reading socket directory")
+		// Entries read before the error are still used.
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range entries {
+		path := filepath.Join(s.cfg.Dir, e.Name())
+		if b := s.byPath[path]; b != nil {
+			if b.Removed() {
+				b.post(event{kind: evReturned})
+			}
+			continue
+		}
+		if s.skipped[path] {
+			continue
+		}
+		if len(path) > maxSocketPath {
+			s.log.Error().Str("socket_path", path).Int("len", len(path)).
+				Msg("socket path too long for sun_path (skipped)")
+			s.skipped[path] = true
+			continue
+		}
+		if len(s.byPath) >= s.cfg.MaxBackends {
+			s.log.Error().Str("socket_path", path).Int("max_backends", s.cfg.MaxBackends).
+				Msg("too many backends (skipped)")
+			s.skipped[path] = true
+			continue
+		}
+		s.add(path)
+	}
+}
+
+// add creates the backend for path and starts its goroutine. s.mu is held.
+func (s *Set) add(path string) {
+	list := *s.list.Load()
+	id := ID(0)
+	if n, err := strconv.Atoi(filepath.Base(path)); err == nil && n >= firstNamedID && n <= lastNamedID {
+		if s.lookup(list, ID(n)) == nil {
+			id = ID(n)
+		}
+	}
+	if id == 0 {
+		id = 1
+		if len(list) > 0 {
+			id = list[len(list)-1].id + 1
+		}
+	}
+	b := newBackend(s, id, path)
+	b.log.Info().Msg("new backend")
+	s.byPath[path] = b
+
+	next := make([]*Backend, len(list), len(list)+1)
+	copy(next, list)
+	i, _ := slices.BinarySearchFunc(next, id, func(b *Backend, id ID) int { return int(b.id) - int(id) })
+	next = slices.Insert(next, i, b)
+	s.list.Store(&next)
+
+	s.wg.Add(1)
+	go b.run(s.ctx, &s.wg)
+}
+
+func (s *Set) lookup(list []*Backend, id ID) *Backend {
+	i, found := slices.BinarySearchFunc(list, id, func(b *Backend, id ID) int { return int(b.id) - int(id) })
+	if !found {
+		return nil
+	}
+	return list[i]
+}
+
+// Get returns the backend with the given ID, or nil.
+func (s *Set) Get(id ID) *Backend {
+	if id == 0 {
+		return nil
+	}
+	return s.lookup(*s.list.Load(), id)
+}
+
+// All returns every backend in ID order. The slice must not be modified.
+func (s *Set) All() []*Backend { return *s.list.Load() }
+
+// Pick chooses a backend for a new assignment: round-robin in ID order
+// over the ok backends, starting after the one chosen last. It returns nil
+// when none is ok, and then logs "no backends available" (at most once
+// per 5 s).
+func (s *Set) Pick() *Backend {
+	list := *s.list.Load()
+	last := ID(s.lastPicked.Load())
+	start, _ := slices.BinarySearchFunc(list, last+1, func(b *Backend, id ID) int { return int(b.id) - int(id) })
+	for i := range list {
+		b := list[(start+i)%len(list)]
+		if b.OK() {
+			s.lastPicked.Store(uint32(b.id))
+			return b
+		}
+	}
+	now := s.cfg.Timeouts.Clock().Now().UnixNano()
+	if prev := s.lastNoneLog.Load(); (prev == 0 || now-prev >= int64(noBackendsLogInterval)) &&
+		s.lastNoneLog.CompareAndSwap(prev, now) {
+		s.log.Error().Msg("no backends available")
+	}
+	return nil
+}
+
+// rateLimited logs a repeated error at most once per interval, with the
+// number of occurrences since the last record.
+type rateLimited struct {
+	last  atomic.Int64
+	count atomic.Int64
+}
+
+func (r *rateLimited) log(l zerolog.Logger, err error, to netip.AddrPort) {
+	n := r.count.Add(1)
+	now := time.Now().UnixNano()
+	prev := r.last.Load()
+	if now-prev < int64(noBackendsLogInterval) || !r.last.CompareAndSwap(prev, now) {
+		return
+	}
+	r.count.Add(-n)
+	l.Error().Err(err).Str("dest", to.String()).Int64("count", n).Msg("outbound UDP packet error")
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// Status reports whether backend id takes traffic now (ok), and whether it
+// is unknown or its socket has been removed (gone).
+func (s *Set) Status(id ID) (ok, gone bool) {
+	b := s.Get(id)
+	if b == nil {
+		return false, true
+	}
+	return b.OK(), b.Removed()
+}
+
+// PickID is Pick for callers that keep IDs; 0 when none is ok.
+func (s *Set) PickID() ID {
+	if b := s.Pick(); b != nil {
+		return b.id
+	}
+	return 0
+}
+
+// OKIDs returns the IDs of the backends that are ok now, in ID order.
+func (s *Set) OKIDs() []ID {
+	var ids []ID
+	for _, b := range s.All() {
+		if b.OK() {
+			ids = append(ids, b.id)
+		}
+	}
+	return ids
+}

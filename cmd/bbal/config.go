@@ -1,0 +1,87 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+
+	"github.com/rs/zerolog"
+)
+
+// DefaultDebugSocket is where the debug socket that balstat reads lives
+// unless -S says otherwise.
+const DefaultDebugSocket = "/var/run/bbal.sock"
+
+// config is the command line, checked.
+type config struct {
+	socketDir   string
+	listen      netip.AddrPort
+	level       zerolog.Level
+	debugSocket string
+}
+
+const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH]
+
+  -s DIR    directory of backend sockets (required)
+  -b ADDR   IPv4 address to listen on (default 0.0.0.0)
+  -p PORT   UDP and TCP port to listen on (default 53; 0 picks a free one)
+  -l LEVEL  log level: trace, debug, info, warn, error, fatal (default info);
+            the environment variable LOG_LEVEL overrides it
+  -S PATH   debug socket for balstat (default /var/run/bbal.sock)
+`
+
+// errHelp asks for the usage text and a successful exit.
+var errHelp = errors.New("help requested")
+
+// parseArgs checks the command line. getenv supplies LOG_LEVEL.
+func parseArgs(args []string, getenv func(string) string) (config, error) {
+	fs := flag.NewFlagSet("bbal", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	dir := fs.String("s", "", "")
+	addr := fs.String("b", "0.0.0.0", "")
+	port := fs.String("p", "53", "")
+	level := fs.String("l", "info", "")
+	debug := fs.String("S", DefaultDebugSocket, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return config{}, errHelp
+		}
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *dir == "" {
+		return config{}, errors.New("must specify socket directory (-s)")
+	}
+	ip, err := netip.ParseAddr(*addr)
+	if err != nil || !ip.Is4() {
+		return config{}, fmt.Errorf("invalid listen address for -b: %q (want an IPv4 address)", *addr)
+	}
+	p, err := strconv.ParseUint(*port, 10, 16)
+	if err != nil {
+		return config{}, fmt.Errorf("invalid port for -p: %q (want 0 to 65535)", *port)
+	}
+	lvl, err := parseLevel(*level)
+	if err != nil {
+		return config{}, fmt.Errorf("-l: %w", err)
+	}
+	if env := getenv("LOG_LEVEL"); env != "" {
+		if lvl, err = parseLevel(env); err != nil {
+			return config{}, fmt.Errorf("LOG_LEVEL: %w", err)
+		}
+	}
+	if *debug == "" {
+		return config{}, errors.New("-S needs a path")
+	}
+	return config{
+		socketDir:   *dir,
+		listen:      netip.AddrPortFrom(ip, uint16(p)),
+		level:       lvl,
+		debugSocket: *debug,
+	}, nil
+}
+

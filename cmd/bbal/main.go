@@ -1,0 +1,62 @@
+// Command bbal is a DNS load balancer for node-mname backend processes, a
+// drop-in replacement for mname-balancer. See the README for its use.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// shutdownGrace bounds a clean shutdown; a supervisor expects the process
+// gone within 5 s of SIGTERM.
+const shutdownGrace = 4 * time.Second
+
+func main() {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr, sigs))
+}
+
+// run is bbal from the command line to the exit status.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
+	cfg, err := parseArgs(args, getenv)
+	if errors.Is(err, errHelp) {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bbal: %v\n", err)
+		return 1
+	}
+	if fi, err := os.Stat(cfg.socketDir); err == nil && !fi.IsDir() {
+		fmt.Fprintf(stderr, "bbal: -s %s: not a directory\n", cfg.socketDir)
+		return 1
+	}
+
+	log := newLogger(stdout, cfg.level, time.Now)
+	log.Info().Str("socket_dir", cfg.socketDir).Msg("starting up")
+	b, err := start(cfg, options{}, log)
+	if err != nil {
+		return 1
+	}
+
+	sig := <-sigs
+	log.Info().Str("signal", sig.String()).Msg("shutting down")
+	done := make(chan struct{})
+	go func() {
+		b.close()
+		close(done)
+	}()
+	select {
+	case <-done:
+		log.Info().Msg("shut down")
+	case <-time.After(shutdownGrace):
+		log.Warn().Msg("shutdown took too long; exiting anyway")
+	}
+	return 0
+}

@@ -1,0 +1,43 @@
+// Package remotes keeps the balancer's clients ("remotes", one per IPv4
+// address) and pins each to a backend, so that every query from one client
+// goes to the same backend process for as long as it is healthy: a
+// client's dig and its application see the same server, and logs and
+// caches stay consistent.
+//
+// # Table
+//
+// A [Table] is a B-tree of *[Remote] ordered by address, guarded by one
+// mutex. [Table.Route] finds or creates the remote for a packet's source
+// and returns the backend to use. Each remote records its first and last
+// time seen and counts its UDP queries, TCP connections and drops (those
+// counters are atomics, updated by the caller after the lock is released).
+//
+// # Assignment
+//
+// Each remote has a primary backend and, while the primary is not ok, a
+// backup:
+//
+//   - no primary yet: pick one and clear any backup;
+//   - primary ok: use it; if a backup was set, clear it (the remote returns
+//     home);
+//   - primary removed or unknown: clear both and pick again;
+//   - primary not ok: use the backup if it is ok, otherwise pick a new
+//     backup;
+//   - nothing ok: no backend (the caller drops the packet or closes the
+//     connection).
+//
+// Picking is the backends' round-robin in ID order over the ok backends
+// ([Backends.PickID]). The table counts, per backend, the remotes whose
+// primary it is; those counts change only in this package, together with
+// the primary they count.
+//
+// # Maintenance
+//
+// Every RebalanceInterval (15 s) the spread between the ok backends with
+// the most and the fewest remotes is checked; if it is more than the
+// number of ok backends, (spread - ok backends) remotes of the fullest
+// lose their assignment and pick again on their next packet. Every
+// ExpireInterval (30 s), remotes not seen for ExpireAfter (5 min) are
+// forgotten. Both run on the table's own goroutine, woken by timers in a
+// [timeouts.Set].
+package remotes

@@ -1,0 +1,30 @@
+// Package tcpproxy carries DNS over TCP between clients and backends.
+//
+// A [Proxy] owns the DNS TCP listener. For each accepted connection it
+// finds the client's remote and backend (the same stickiness as UDP, see
+// [remotes.Table.Route]), opens a new connection to the backend's socket,
+// sends INBOUND_TCP with the client's address and port, and waits for
+// INBOUND_TCP_OK. From then on the two connections are one verbatim byte
+// pipe; DNS's two-byte length framing is the client's and the backend's
+// business.
+//
+// Client bytes that arrive before the OK stay in the kernel's socket
+// buffer until the pipe starts: nothing is read early, so nothing is lost.
+// A half-close (EOF) on either side is passed on as a half-close to the
+// other, so a client may send several queries, shut down its write side
+// and still read every answer. An error on either side closes both.
+//
+// If INBOUND_TCP_OK has not arrived within OKTimeout (10 s), the backend
+// is faulted and the client's connection closed; any other first frame
+// closes the session without faulting the backend.
+//
+// # Ownership and shutdown
+//
+// After accepting a connection the proxy owns it until both halves are
+// closed. Each session is one goroutine (serve) plus one for the
+// client-to-backend copy (copyToBackend). Close stops accepting, closes
+// every session's connections and waits for every goroutine.
+//
+// The copies use io.Copy between *net.TCPConn and *net.UnixConn so that
+// the kernel's splice path is used.
+package tcpproxy

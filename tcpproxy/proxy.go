@@ -1,0 +1,340 @@
+package tcpproxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/remotes"
+	"github.com/bbal/bbal/timeouts"
+)
+
+// DefaultOKTimeout is how long a new session waits for INBOUND_TCP_OK.
+// The wait is in line with the client's query, so a longer one would be
+// visible to clients while a backend is failing.
+const DefaultOKTimeout = 10 * time.Second
+
+// Accept back-off bounds, for errors such as EMFILE that would otherwise
+// make the accept loop spin.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// Config configures a Proxy. Every field but OKTimeout is required.
+type Config struct {
+	Table     *remotes.Table
+	Backends  *backend.Set
+	Timeouts  *timeouts.Set
+	Log       zerolog.Logger
+	OKTimeout time.Duration // DefaultOKTimeout when zero
+}
+
+// Drop reasons: why a client connection was closed without being proxied.
+type DropReason uint8
+
+const (
+	DropNoBackend DropReason = iota // no backend ok
+	DropDial                        // the backend's socket refused the connection
+	DropOKTimeout                   // no INBOUND_TCP_OK in time
+	DropBadOK                       // the backend sent something else, or closed
+	DropNotIPv4                     // the client address is not IPv4
+	numDrops
+)
+
+var dropNames = [numDrops]string{"no_backend", "dial_error", "ok_timeout", "bad_ok", "not_ipv4"}
+
+func (r DropReason) String() string {
+	if r < numDrops {
+		return dropNames[r]
+	}
+	return "unknown"
+}
+
+// Proxy is the TCP half of the balancer.
+type Proxy struct {
+	ln  *net.TCPListener
+	cfg Config
+	log zerolog.Logger
+
+	nextID       atomic.Uint64
+	total        atomic.Uint64
+	active       atomic.Int64
+	acceptErrors atomic.Uint64
+	drops        [numDrops]atomic.Uint64
+
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+	closed   bool
+
+	ctx  context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+// New returns a proxy accepting on ln, which it owns from then on.
+func New(ln *net.TCPListener, cfg Config) *Proxy {
+	if cfg.OKTimeout <= 0 {
+		cfg.OKTimeout = DefaultOKTimeout
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	return &Proxy{ln: ln, cfg: cfg, log: cfg.Log, sessions: map[*session]struct{}{}, ctx: ctx, stop: stop}
+}
+
+// Addr returns the listener's address.
+func (p *Proxy) Addr() net.Addr { return p.ln.Addr() }
+
+// Start starts accepting.
+func (p *Proxy) Start() {
+	p.wg.Add(1)
+	go p.acceptLoop()
+}
+
+// Close stops accepting, closes every session and waits for them.
+func (p *Proxy) Close() {
+	p.stop()
+	p.ln.Close()
+	p.mu.Lock()
+	p.closed = true
+	for s := range p.sessions {
+		s.closeBoth()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+func (p *Proxy) acceptLoop() {
+	defer p.wg.Done()
+	backoff := time.Duration(0)
+	for {
+		c, err := p.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			p.acceptErrors.Add(1)
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			p.log.Warn().Err(err).Dur("backoff", backoff).Msg("incoming TCP accept failure")
+			select {
+			case <-p.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		s := &session{p: p, front: c, id: p.nextID.Add(1)}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			c.Close()
+			return
+		}
+		p.sessions[s] = struct{}{}
+		p.wg.Add(1)
+		p.mu.Unlock()
+		p.total.Add(1)
+		p.active.Add(1)
+		go s.serve()
+	}
+}
+
+// session is one proxied client connection.
+type session struct {
+	p     *Proxy
+	id    uint64
+	front *net.TCPConn
+
+	mu       sync.Mutex // guards back, closed
+	back     *net.UnixConn
+	closed   bool
+	timedOut atomic.Bool
+
+	remoteIP   string
+	remotePort uint16
+	backendID  backend.ID
+}
+
+// event adds the session's context fields (the original's child logger
+// keys) to e; nothing is built for a disabled level.
+func (s *session) event(e *zerolog.Event) *zerolog.Event {
+	return e.Uint64("conn_id", s.id).Str("remote_ip", s.remoteIP).
+		Uint16("remote_port", s.remotePort).Uint16("backend", uint16(s.backendID))
+}
+
+func (s *session) closeBoth() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.front.Close()
+	if s.back != nil {
+		s.back.Close()
+	}
+}
+
+func (s *session) drop(r DropReason) {
+	s.p.drops[r].Add(1)
+}
+
+func (s *session) serve() {
+	p := s.p
+	defer func() {
+		s.closeBoth()
+		p.mu.Lock()
+		delete(p.sessions, s)
+		p.mu.Unlock()
+		p.active.Add(-1)
+		p.wg.Done()
+	}()
+
+	from := s.front.RemoteAddr().(*net.TCPAddr).AddrPort()
+	addr := from.Addr().Unmap()
+	s.remoteIP, s.remotePort = addr.String(), from.Port()
+	if !addr.Is4() {
+		s.drop(DropNotIPv4)
+		return
+	}
+	ip := protocol.AddrToU32(addr)
+	if e := p.log.Debug(); e != nil {
+		e.Uint64("conn_id", s.id).Str("remote_ip", s.remoteIP).Uint16("remote_port", s.remotePort).
+			Msg("inbound TCP connection")
+	}
+	rem, id := p.cfg.Table.Route(ip)
+	s.backendID = id
+	be := p.cfg.Backends.Get(id)
+	if be == nil {
+		rem.CountDrop()
+		s.drop(DropNoBackend)
+		return
+	}
+
+	back, err := be.DialTCP(p.ctx)
+	if err != nil {
+		rem.CountDrop()
+		s.drop(DropDial)
+		s.event(p.log.Warn()).Err(err).Msg("could not connect to backend for TCP")
+		return
+	}
+	defer be.TCPDone()
+	s.mu.Lock()
+	s.back = back
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		back.Close()
+		return
+	}
+
+	if !s.handshake(be, ip) {
+		rem.CountDrop()
+		return
+	}
+	rem.CountTCP()
+	if e := p.log.Trace(); e != nil {
+		s.event(e).Msg("backend reports TCP OK")
+	}
+	s.pipe()
+}
+
+// handshake sends INBOUND_TCP and waits for INBOUND_TCP_OK, reading
+// exactly the four bytes of it so that what follows stays in the socket
+// for the pipe.
+func (s *session) handshake(be *backend.Backend, ip uint32) bool {
+	p := s.p
+	if _, err := s.back.Write(protocol.AppendInboundTCP(make([]byte, 0, protocol.InboundTCPLen), ip, s.remotePort)); err != nil {
+		s.drop(DropBadOK)
+		s.event(p.log.Warn()).Err(err).Msg("backend hello frame send failed")
+		return false
+	}
+	t := p.cfg.Timeouts.NewTimeout("tcp "+strconv.FormatUint(s.id, 10)+" inbound_tcp_ok", func() {
+		s.timedOut.Store(true)
+		s.back.Close()
+	})
+	t.Set(p.cfg.OKTimeout)
+	var ok [protocol.TypeLen]byte
+	_, err := io.ReadFull(s.back, ok[:])
+	t.Clear()
+	switch {
+	case s.timedOut.Load():
+		s.drop(DropOKTimeout)
+		s.event(p.log.Error()).Msg("timed out connecting to backend")
+		be.FaultTCPTimeout()
+		return false
+	case err != nil:
+		s.drop(DropBadOK)
+		s.event(p.log.Warn()).Err(err).Msg("backend closed before INBOUND_TCP_OK")
+		return false
+	}
+	if ft := protocol.FrameType(binary.LittleEndian.Uint32(ok[:])); ft != protocol.FrameInboundTCPOK {
+		s.drop(DropBadOK)
+		s.event(p.log.Warn()).Uint32("frame_type", uint32(ft)).Msg("backend invalid TCP OK")
+		return false
+	}
+	return true
+}
+
+// pipe copies both ways until both directions are done, passing each EOF
+// on as a half-close. An error either way closes both connections.
+func (s *session) pipe() {
+	done := make(chan struct{})
+	go s.copyToBackend(done)
+	if _, err := io.Copy(s.front, s.back); err != nil {
+		s.copyFailed("back", err)
+	} else {
+		if e := s.p.log.Trace(); e != nil {
+			s.event(e).Str("which", "back").Msg("TCP stream EOF")
+		}
+		s.front.CloseWrite()
+	}
+	<-done
+}
+
+func (s *session) copyToBackend(done chan<- struct{}) {
+	defer close(done)
+	if _, err := io.Copy(s.back, s.front); err != nil {
+		s.copyFailed("front", err)
+		return
+	}
+	if e := s.p.log.Trace(); e != nil {
+		s.event(e).Str("which", "front").Msg("TCP stream EOF")
+	}
+	s.back.CloseWrite()
+}
+
+func (s *session) copyFailed(which string, err error) {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if !closed && !errors.Is(err, net.ErrClosed) {
+		s.event(s.p.log.Debug()).Str("which", which).Err(err).Msg("TCP error")
+	}
+	s.closeBoth()
+}
+
+// Stats is a snapshot of the proxy's counters.
+type Stats struct {
+	Total        uint64
+	Active       int64
+	AcceptErrors uint64
+	Drops        map[string]uint64
+}
+
+// Stats returns the proxy's counters.
+func (p *Proxy) Stats() Stats {
+	s := Stats{Total: p.total.Load(), Active: p.active.Load(), AcceptErrors: p.acceptErrors.Load(),
+		Drops: make(map[string]uint64, numDrops)}
+	for r := range numDrops {
+		s.Drops[r.String()] = p.drops[r].Load()
+	}
+	return s
+}
