@@ -229,6 +229,7 @@ func (b *Backend) Stats() Stats {
 		ConnectAttempts: b.stats.connectAttempts.Load(),
 		ConnectErrors:   b.stats.connectErrors.Load(),
 		HeartbeatRTT:    time.Duration(b.stats.heartbeatRTT.Load()),
+		Heartbeats:      b.stats.heartbeats.Load(),
 		Faults:          map[string]uint64{},
 	}
 	for r := range numReasons {
@@ -256,6 +257,8 @@ func (b *Backend) setState(s State) {
 // writer, the directory scan and the TCP proxies.
 func (b *Backend) run(ctx context.Context, wg *sync.WaitGroup) {
 	defer wg.Done()
+	// The first attempt is immediate; failures after it wait.
+	b.delay.Store(int64(b.set.cfg.ReconnectMin))
 	b.connect(ctx)
 	for {
 		select {
@@ -282,7 +285,7 @@ func (b *Backend) handle(ctx context.Context, ev event) {
 	case evReturned:
 		if st == StateRemoved {
 			b.log.Info().Msg("backend socket returned")
-			b.delay.Store(0)
+			b.delay.Store(int64(b.set.cfg.ReconnectMin))
 			b.connect(ctx)
 		}
 	case evConnectTimeout:
@@ -312,6 +315,7 @@ func (b *Backend) handle(ctx context.Context, ev event) {
 			b.hbWaitT.Clear()
 			rtt := b.set.cfg.Timeouts.Clock().Now().Sub(b.hbSentAt)
 			b.stats.heartbeatRTT.Store(int64(rtt))
+			b.stats.heartbeats.Add(1)
 			if e := b.log.Trace(); e != nil {
 				e.Dur("rtt", rtt).Msg("received heartbeat reply")
 			}
@@ -337,8 +341,8 @@ func (b *Backend) connect(ctx context.Context) {
 	if err != nil {
 		b.stats.connectErrors.Add(1)
 		if errors.Is(err, syscall.ENOENT) {
-			b.log.Warn().Msg("backend socket removed")
 			b.setState(StateRemoved)
+			b.log.Warn().Msg("backend socket removed")
 			return
 		}
 		if ctx.Err() != nil {
@@ -352,34 +356,35 @@ func (b *Backend) connect(ctx context.Context) {
 	b.log.Info().Msg("backend socket connected")
 	b.gen++
 	b.hbOutstanding.Store(false)
-	b.q.reset(queueControl)
-	b.sess = startSession(b, c, b.gen)
-	b.q.push(protocol.AppendType(nil, protocol.FrameClientHello), true)
+	// The timeout runs from before the hello is sent, so that whoever
+	// sees the hello knows the timeout is armed.
 	b.connectT.Set(b.set.cfg.ConnectTimeout)
+	b.q.reset(queueControl)
+	b.q.push(protocol.AppendType(nil, protocol.FrameClientHello), true)
+	b.sess = startSession(b, c, b.gen)
 }
 
 // established runs when SERVER_HELLO arrives.
 func (b *Backend) established() {
-	b.log.Info().Msg("backend socket established")
 	b.connectT.Clear()
 	b.delay.Store(int64(b.set.cfg.ReconnectMin))
-	b.everReady = true
+	b.hbSendT.Set(b.set.cfg.HeartbeatInterval)
 	b.q.open()
 	b.setState(StateOK)
-	b.hbSendT.Set(b.set.cfg.HeartbeatInterval)
+	b.log.Info().Msg("backend socket established")
 }
 
 func (b *Backend) sendHeartbeat() {
 	b.hbOutstanding.Store(true)
 	b.hbSentAt = b.set.cfg.Timeouts.Clock().Now()
+	// A heartbeat that cannot even be queued is as good as unanswered:
+	// this wait faults a backend that never drains its queue.
+	b.hbWaitT.Set(b.set.cfg.HeartbeatTimeout)
 	if b.q.push(protocol.AppendType(nil, protocol.FrameClientHeartbeat), true) == pushed {
 		if e := b.log.Trace(); e != nil {
 			e.Msg("heartbeat sent")
 		}
 	}
-	// A heartbeat that could not even be queued is as good as
-	// unanswered: the wait below faults a backend that never drains.
-	b.hbWaitT.Set(b.set.cfg.HeartbeatTimeout)
 }
 
 // fault tears the session down and schedules a reconnect.

@@ -71,6 +71,7 @@ type counters struct {
 	tcpErrors       atomic.Uint64 // TCP proxy sessions that could not connect
 	connectAttempts atomic.Uint64 // standing session connection attempts
 	connectErrors   atomic.Uint64 // attempts that failed to connect
+	heartbeats      atomic.Uint64 // heartbeat replies received
 	heartbeatRTT    atomic.Int64  // nanoseconds, last heartbeat round trip
 	faults          [numReasons]atomic.Uint64
 }
@@ -99,6 +100,7 @@ type Stats struct {
 	TCPErrors       uint64
 	ConnectAttempts uint64
 	ConnectErrors   uint64
+	Heartbeats      uint64
 	HeartbeatRTT    time.Duration
 	Faults          map[string]uint64 // by Reason.String(), only those seen
 }

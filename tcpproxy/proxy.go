@@ -251,16 +251,19 @@ func (s *session) serve() {
 // for the pipe.
 func (s *session) handshake(be *backend.Backend, ip uint32) bool {
 	p := s.p
-	if _, err := s.back.Write(protocol.AppendInboundTCP(make([]byte, 0, protocol.InboundTCPLen), ip, s.remotePort)); err != nil {
-		s.drop(DropBadOK)
-		s.event(p.log.Warn()).Err(err).Msg("backend hello frame send failed")
-		return false
-	}
+	// Armed before INBOUND_TCP is sent, so that the wait is under way
+	// by the time the backend can see the frame.
 	t := p.cfg.Timeouts.NewTimeout("tcp "+strconv.FormatUint(s.id, 10)+" inbound_tcp_ok", func() {
 		s.timedOut.Store(true)
 		s.back.Close()
 	})
 	t.Set(p.cfg.OKTimeout)
+	defer t.Clear()
+	if _, err := s.back.Write(protocol.AppendInboundTCP(make([]byte, 0, protocol.InboundTCPLen), ip, s.remotePort)); err != nil {
+		s.drop(DropBadOK)
+		s.event(p.log.Warn()).Err(err).Msg("backend hello frame send failed")
+		return false
+	}
 	var ok [protocol.TypeLen]byte
 	_, err := io.ReadFull(s.back, ok[:])
 	t.Clear()

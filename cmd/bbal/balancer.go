@@ -102,6 +102,9 @@ func (b *balancer) close() {
 	b.timersDone.Wait()
 }
 
+// socketBuffer is the UDP socket buffer size asked for.
+const socketBuffer = 4 << 20
+
 // listen binds UDP and TCP on the same address and port. With port 0 it
 // looks for a port free for both.
 func listen(addr netip.AddrPort) (*net.UDPConn, *net.TCPListener, error) {
@@ -117,6 +120,10 @@ func listen(addr netip.AddrPort) (*net.UDPConn, *net.TCPListener, error) {
 		port := u.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 		t, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr.Addr(), port)))
 		if err == nil {
+			// Room for bursts; the kernel caps these at its
+			// net.core.[rw]mem_max.
+			u.SetReadBuffer(socketBuffer)
+			u.SetWriteBuffer(socketBuffer)
 			return u, t, nil
 		}
 		u.Close()

@@ -84,4 +84,3 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 		debugSocket: *debug,
 	}, nil
 }
-

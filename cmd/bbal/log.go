@@ -77,4 +77,3 @@ func newLogger(w io.Writer, level zerolog.Level, now func() time.Time) zerolog.L
 		Int("pid", os.Getpid()).
 		Logger()
 }
-

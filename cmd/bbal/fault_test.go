@@ -1,0 +1,397 @@
+package main
+
+import (
+	"errors"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/tools/dnsbackend"
+	"github.com/bbal/bbal/tools/testbed"
+)
+
+// faultBed is a balancer with a good Go backend (5301, "good") and a fake
+// one (5302) whose first session has been accepted.
+type faultBed struct {
+	*harness
+	fake *testbed.Fake
+	conn *testbed.FakeConn
+}
+
+func newFaultBed(t *testing.T) *faultBed {
+	t.Helper()
+	h := newHarness(t, nil)
+	testbed.StartGo(t, h.sock("5301"), "good")
+	fake := testbed.NewFake(t, h.sock("5302"))
+	h.b.backends.Scan()
+	h.established(0, 5301)
+	return &faultBed{harness: h, fake: fake, conn: fake.Accept(t)}
+}
+
+// helloOK completes the fake's handshake and waits for the balancer to
+// see it.
+func (f *faultBed) helloOK() {
+	f.t.Helper()
+	mark := f.logs.Mark()
+	f.conn.Hello(f.t)
+	f.established(mark, 5302)
+}
+
+// expectFault checks the fake is faulted for reason, its session closed,
+// a reconnect scheduled after delay, and that the reconnect happens; and
+// that a new client is meanwhile answered by the good backend.
+func (f *faultBed) expectFault(reason backend.Reason, delay time.Duration) {
+	f.t.Helper()
+	f.logs.Wait(f.t, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5302, "reason": reason.String()})
+	f.conn.ExpectClosed(f.t)
+	if got := f.reconnectDue(5302); got != delay {
+		f.t.Fatalf("reconnect in %v, want %v", got, delay)
+	}
+	if got := f.who(testbed.Loopback(100), false)["backend"]; got != "good" {
+		f.t.Fatalf("new client answered by %q while 5302 is faulted", got)
+	}
+	if n := f.b.backends.Get(5302).Stats().Faults[reason.String()]; n != 1 {
+		f.t.Fatalf("faults[%s] = %d", reason, n)
+	}
+	f.advance(delay)
+	f.conn = f.fake.Accept(f.t)
+	f.conn.Expect(f.t, protocol.FrameClientHello)
+}
+
+func TestBackendFaults(t *testing.T) {
+	oversized := make([]byte, protocol.UDPHeaderLen)
+	protocol.PutUDPHeader(oversized, protocol.FrameOutboundUDP, 0x7f000001, 53, protocol.MaxData+1)
+
+	tests := []struct {
+		name   string
+		reason backend.Reason
+		log    string // the cause's own log record
+		act    func(f *faultBed)
+		delay  time.Duration
+	}{
+		{"no SERVER_HELLO within the connect timeout", backend.ReasonConnectTimeout, "timed out connecting to backend",
+			func(f *faultBed) {
+				f.conn.Expect(f.t, protocol.FrameClientHello)
+				f.advance(backend.DefaultConnectTimeout - time.Millisecond)
+				f.fake.NoAccept(f.t)
+				if n := f.b.backends.Get(5302).Stats().Faults; len(n) != 0 {
+					f.t.Fatalf("faulted before the connect timeout: %v", n)
+				}
+				f.advance(time.Millisecond)
+			}, time.Second},
+		{"frame before hello", backend.ReasonFrameBeforeHello, "frame before SERVER_HELLO",
+			func(f *faultBed) {
+				f.conn.Expect(f.t, protocol.FrameClientHello)
+				f.conn.Send(f.t, protocol.AppendUDP(nil, protocol.FrameOutboundUDP, 0x7f000001, 53, []byte("x")))
+			}, time.Second},
+		{"duplicate hello", backend.ReasonDuplicateHello, "duplicate SERVER_HELLO",
+			func(f *faultBed) {
+				f.helloOK()
+				f.conn.SendType(f.t, protocol.FrameServerHello)
+			}, time.Second},
+		{"unknown frame type", backend.ReasonUnknownFrame, "invalid frame type",
+			func(f *faultBed) {
+				f.helloOK()
+				f.conn.SendType(f.t, 77)
+			}, time.Second},
+		{"client frame type from a backend", backend.ReasonUnknownFrame, "invalid frame type",
+			func(f *faultBed) {
+				f.helloOK()
+				f.conn.SendType(f.t, protocol.FrameClientHeartbeat)
+			}, time.Second},
+		{"INBOUND_TCP_OK on the standing session", backend.ReasonUnknownFrame, "invalid frame type",
+			func(f *faultBed) {
+				f.helloOK()
+				f.conn.SendType(f.t, protocol.FrameInboundTCPOK)
+			}, time.Second},
+		{"OUTBOUND_UDP over 1500 bytes", backend.ReasonOversizedUDP, "backend sent oversized UDP packet",
+			func(f *faultBed) {
+				f.helloOK()
+				f.conn.Send(f.t, oversized) // refused on the header alone
+			}, time.Second},
+		{"heartbeat never answered", backend.ReasonHeartbeatTimeout, "no heartbeat from backend (aborting connection)",
+			func(f *faultBed) {
+				f.helloOK()
+				f.heartbeat(5302)
+				f.conn.Expect(f.t, protocol.FrameClientHeartbeat)
+				f.advance(backend.DefaultHeartbeatTimeout - time.Millisecond)
+				if n := f.b.backends.Get(5302).Stats().Faults; len(n) != 0 {
+					f.t.Fatalf("faulted early: %v", n)
+				}
+				f.advance(time.Millisecond)
+			}, time.Second},
+		{"unexpected heartbeat reply", backend.ReasonUnexpectedHeartbeat, "unexpected heartbeat reply",
+			func(f *faultBed) {
+				f.helloOK()
+				f.conn.SendType(f.t, protocol.FrameServerHeartbeat)
+			}, time.Second},
+		{"EOF", backend.ReasonEOF, "backend socket EOF",
+			func(f *faultBed) {
+				f.helloOK()
+				f.conn.CloseWrite()
+			}, time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFaultBed(t)
+			tt.act(f)
+			f.logs.Wait(t, tt.log, map[string]any{"be_id": 5302})
+			f.expectFault(tt.reason, tt.delay)
+			// After the reconnect the backend is usable again.
+			mark := f.logs.Mark()
+			f.conn.SendType(t, protocol.FrameServerHello)
+			f.established(mark, 5302)
+		})
+	}
+}
+
+func TestHeartbeatsKeepAnsweringBackendUp(t *testing.T) {
+	f := newFaultBed(t)
+	f.helloOK()
+	for i := range 3 {
+		f.heartbeat(5302)
+		f.conn.Expect(t, protocol.FrameClientHeartbeat)
+		f.advance(time.Duration(i+1) * time.Second) // the reply's round trip
+		f.conn.SendType(t, protocol.FrameServerHeartbeat)
+		testbed.Eventually(t, "heartbeat RTT recorded", func() bool {
+			return f.b.backends.Get(5302).Stats().HeartbeatRTT == time.Duration(i+1)*time.Second
+		})
+	}
+	if !f.b.backends.Get(5302).OK() {
+		t.Fatal("backend not ok after answered heartbeats")
+	}
+}
+
+func TestReconnectBackOff(t *testing.T) {
+	h := newHarness(t, nil)
+	path := h.sock("5305")
+	fake := testbed.NewFake(t, path)
+	fake.CloseKeepSocket() // connections are refused: the socket file stays
+	h.b.backends.Scan()
+	h.logs.Wait(t, "failed to connect", map[string]any{"be_id": 5305})
+
+	want := []time.Duration{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 32, 32}
+	for i, w := range want {
+		w *= time.Second
+		got := h.reconnectDue(5305)
+		if got != w {
+			t.Fatalf("attempt %d: reconnect in %v, want %v", i+2, got, w)
+		}
+		mark := h.logs.Mark()
+		h.advance(got)
+		h.logs.WaitAfter(t, mark, "failed to connect", map[string]any{"be_id": 5305})
+	}
+	attempts := h.b.backends.Get(5305).Stats().ConnectAttempts
+	if attempts != uint64(len(want)+1) {
+		t.Fatalf("%d connect attempts, want %d", attempts, len(want)+1)
+	}
+
+	// The backend comes back: the next attempt succeeds, and a hello
+	// resets the back-off to 1 s for the failure after.
+	fake2 := newFakeReplacing(t, path)
+	mark := h.logs.Mark()
+	h.advance(h.reconnectDue(5305))
+	c := fake2.Accept(t)
+	c.Hello(t)
+	h.established(mark, 5305)
+	c.Close()
+	h.logs.WaitAfter(t, mark, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5305})
+	if got := h.reconnectDue(5305); got != time.Second {
+		t.Fatalf("after a hello, reconnect in %v, want 1s", got)
+	}
+}
+
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// answerAs answers an INBOUND_UDP frame's query as a dnsbackend named
+// name would.
+func answerAs(name string, q protocol.Frame) []byte {
+	from, _ := q.AddrPort()
+	a := dnsbackend.Answerer{Name: name}
+	return a.Answer(q.Data, from, false, nil)
+}
+
+// newFakeReplacing starts a fake on path after removing a stale socket.
+func newFakeReplacing(t *testing.T, path string) *testbed.Fake {
+	t.Helper()
+	if err := removeIfExists(path); err != nil {
+		t.Fatal(err)
+	}
+	return testbed.NewFake(t, path)
+}
+
+func TestFramesOneByteAtATime(t *testing.T) {
+	f := newFaultBed(t)
+	f.conn.Expect(t, protocol.FrameClientHello)
+	mark := f.logs.Mark()
+	for _, b := range protocol.AppendType(nil, protocol.FrameServerHello) {
+		f.conn.Send(t, []byte{b})
+	}
+	f.established(mark, 5302)
+
+	// A client pinned to the fake: its query arrives as INBOUND_UDP and
+	// the answer goes back one byte at a time.
+	from := pinTo(t, f.harness, 5302)
+	done := make(chan map[string]string, 1)
+	go func() {
+		got, err := testbed.Who(f.addr, from, false)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- got
+	}()
+	q := f.conn.Expect(t, protocol.FrameInboundUDP)
+	qfrom, _ := q.AddrPort()
+	if qfrom.Addr() != from {
+		t.Fatalf("INBOUND_UDP from %v, want %v", qfrom, from)
+	}
+	resp := answerAs("fake", q)
+	for _, b := range protocol.AppendUDP(nil, protocol.FrameOutboundUDP, q.IP, qfrom.Port(), resp) {
+		f.conn.Send(t, []byte{b})
+	}
+	if got := <-done; got["backend"] != "fake" {
+		t.Fatalf("answer %v", got)
+	}
+}
+
+func TestStuckBackendDropsAndCounts(t *testing.T) {
+	const queueBytes = 16 << 10
+	h := newHarness(t, func(o *options) { o.backends.QueueBytes = queueBytes })
+	testbed.StartGo(t, h.sock("5301"), "good")
+	fake := testbed.NewFake(t, h.sock("5302"))
+	h.b.backends.Scan()
+	h.established(0, 5301)
+	c := fake.Accept(t)
+	mark := h.logs.Mark()
+	c.Hello(t)
+	h.established(mark, 5302)
+	// The fake never reads again.
+
+	stuckFrom := pinTo(t, h, 5302)
+	goodFrom := pinTo(t, h, 5301)
+	conn, err := net.DialUDP("udp", &net.UDPAddr{IP: stuckFrom.AsSlice()}, net.UDPAddrFromAddrPort(h.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	query := make([]byte, 100)
+	be := h.b.backends.Get(5302)
+	for round := 0; be.Stats().StuckDrops < 1000; round++ {
+		if round > 1000 {
+			t.Fatalf("no stuck drops after %d rounds: %+v", round, be.Stats())
+		}
+		// Bursts small enough for the kernel's socket buffer, each
+		// read by the proxy before the next.
+		in := h.b.udp.Stats().PacketsIn
+		for range 100 {
+			conn.Write(query)
+		}
+		testbed.Eventually(t, "burst read", func() bool { return h.b.udp.Stats().PacketsIn >= in+100 })
+		// Other clients are served all the while.
+		if got := h.who(goodFrom, false)["backend"]; got != "good" {
+			t.Fatalf("client of the good backend answered by %q", got)
+		}
+		st := be.Stats()
+		if st.QueuedBytes > queueBytes {
+			t.Fatalf("queue holds %d bytes, cap %d", st.QueuedBytes, queueBytes)
+		}
+	}
+	st := h.b.udp.Stats()
+	if st.Drops["stuck"] == 0 {
+		t.Fatalf("proxy stuck drops not counted: %v", st.Drops)
+	}
+	info, _ := h.b.table.Lookup(protocol.AddrToU32(stuckFrom))
+	if info.Drops == 0 {
+		t.Fatal("remote's drops not counted")
+	}
+
+	// Still wedged at the next heartbeat: faulted 15 s later.
+	h.heartbeat(5302)
+	h.advance(backend.DefaultHeartbeatTimeout)
+	h.logs.Wait(t, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5302, "reason": "heartbeat_timeout"})
+	if got := h.who(stuckFrom, false)["backend"]; got != "good" {
+		t.Fatalf("client of the wedged backend answered by %q after its fault", got)
+	}
+}
+
+func TestTCPSessionFaults(t *testing.T) {
+	t.Run("INBOUND_TCP_OK never sent", func(t *testing.T) {
+		f := newFaultBed(t)
+		f.helloOK()
+		from := pinTo(t, f.harness, 5302)
+		client := dialTCP(t, from, f.addr)
+		s := f.fake.Accept(t)
+		tcpf := s.Expect(t, protocol.FrameInboundTCP)
+		if ap, _ := tcpf.AddrPort(); ap.String() != client.LocalAddr().String() {
+			t.Fatalf("INBOUND_TCP for %v, client is %v", ap, client.LocalAddr())
+		}
+		f.advance(10*time.Second - time.Millisecond)
+		f.advance(time.Millisecond)
+		expectEOF(t, client)
+		s.ExpectClosed(t)
+		f.logs.Wait(t, "timed out connecting to backend", map[string]any{"backend": 5302})
+		f.expectFault(backend.ReasonTCPOKTimeout, time.Second)
+	})
+	t.Run("wrong first frame", func(t *testing.T) {
+		f := newFaultBed(t)
+		f.helloOK()
+		from := pinTo(t, f.harness, 5302)
+		client := dialTCP(t, from, f.addr)
+		s := f.fake.Accept(t)
+		s.Expect(t, protocol.FrameInboundTCP)
+		s.SendType(t, protocol.FrameServerHeartbeat)
+		expectEOF(t, client)
+		f.logs.Wait(t, "backend invalid TCP OK", map[string]any{"backend": 5302, "frame_type": 1004})
+		if !f.b.backends.Get(5302).OK() {
+			t.Fatal("a bad TCP session faulted the backend")
+		}
+	})
+}
+
+// pinTo returns a loopback client address that the table assigns to
+// backend id, routing fresh addresses until one lands there.
+func pinTo(t *testing.T, h *harness, id backend.ID) netip.Addr {
+	t.Helper()
+	for i := 1000; i < 1100; i++ {
+		a := testbed.Loopback(i)
+		if info, ok := h.b.table.Lookup(protocol.AddrToU32(a)); ok && info.Primary != id {
+			continue
+		}
+		if _, got := h.b.table.Route(protocol.AddrToU32(a)); got == id {
+			return a
+		}
+	}
+	t.Fatalf("no client address could be pinned to %d", id)
+	return netip.Addr{}
+}
+
+func dialTCP(t *testing.T, from netip.Addr, to netip.AddrPort) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTCP("tcp", &net.TCPAddr{IP: from.AsSlice()}, net.TCPAddrFromAddrPort(to))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func expectEOF(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var b [1]byte
+	if n, err := c.Read(b[:]); err == nil || n != 0 {
+		t.Fatalf("connection still open: read %d, %v", n, err)
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("connection not closed within 10 s")
+	}
+}

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"encoding/binary"
+	"io"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/tools/testbed"
+)
+
+// mnameBed is a balancer in front of two node-mname processes, n1 on
+// socket 5301 and n2 on 5302.
+type mnameBed struct {
+	*harness
+	n1, n2 *testbed.Mname
+}
+
+func newMnameBed(t *testing.T) *mnameBed {
+	t.Helper()
+	h := newHarness(t, nil)
+	n1 := testbed.StartMname(t, h.sock("5301"), "n1")
+	n2 := testbed.StartMname(t, h.sock("5302"), "n2")
+	h.b.backends.Scan()
+	h.established(0, 5301)
+	h.established(0, 5302)
+	return &mnameBed{harness: h, n1: n1, n2: n2}
+}
+
+// answeredWithin asks from `from`, as a resolver would, retrying every
+// 100 ms, until a backend other than not answers, failing if that takes
+// longer than limit. It returns the answering backend's name. (A query
+// sent before the balancer has seen the backend's EOF is lost with the
+// backend; its retry must be answered.)
+func (m *mnameBed) answeredWithin(from netip.Addr, not string, limit time.Duration) string {
+	m.t.Helper()
+	start := time.Now()
+	for {
+		got, err := testbed.WhoTimeout(m.addr, from, false, 100*time.Millisecond)
+		if err == nil && got["backend"] != not {
+			if el := time.Since(start); el > limit {
+				m.t.Fatalf("answered after %v, want within %v", el, limit)
+			}
+			return got["backend"]
+		}
+		if time.Since(start) > limit {
+			m.t.Fatalf("no answer from a backend other than %s within %v (last: %v, %v)", not, limit, got, err)
+		}
+	}
+}
+
+func TestMnameAnswersUDPAndTCPWithTrueClientAddress(t *testing.T) {
+	m := newMnameBed(t)
+	for i := range 6 {
+		for _, tcp := range []bool{false, true} {
+			got := m.who(testbed.Loopback(i), tcp) // checks the address and port the backend saw
+			if want := map[bool]string{false: "udp", true: "tcp"}[tcp]; got["proto"] != want {
+				t.Fatalf("answered over %q, want %q", got["proto"], want)
+			}
+		}
+	}
+}
+
+func TestMnamePipelinedTCPQueries(t *testing.T) {
+	m := newMnameBed(t)
+	c := dialTCP(t, testbed.Loopback(3), m.addr)
+	const n = 20
+	var batch []byte
+	for i := range n {
+		q := new(dns.Msg)
+		q.SetQuestion("pipelined.example.", dns.TypeTXT)
+		q.Id = uint16(1000 + i)
+		wire, _ := q.Pack()
+		batch = binary.BigEndian.AppendUint16(batch, uint16(len(wire)))
+		batch = append(batch, wire...)
+	}
+	// All queries in one write, then a half-close: every answer must
+	// still come back, then EOF.
+	if _, err := c.Write(batch); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	seen := map[uint16]bool{}
+	for range n {
+		var l [2]byte
+		if _, err := io.ReadFull(c, l[:]); err != nil {
+			t.Fatalf("after %d answers: %v", len(seen), err)
+		}
+		wire := make([]byte, binary.BigEndian.Uint16(l[:]))
+		if _, err := io.ReadFull(c, wire); err != nil {
+			t.Fatal(err)
+		}
+		var r dns.Msg
+		if err := r.Unpack(wire); err != nil {
+			t.Fatal(err)
+		}
+		seen[r.Id] = true
+	}
+	for i := range n {
+		if !seen[uint16(1000+i)] {
+			t.Fatalf("no answer to query %d", 1000+i)
+		}
+	}
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("after the answers: %v, want EOF", err)
+	}
+}
+
+func TestMnameStickinessAndSpread(t *testing.T) {
+	m := newMnameBed(t)
+	perBackend := map[string]int{}
+	for i := range 40 {
+		from := testbed.Loopback(i)
+		first := m.who(from, false)["backend"]
+		for _, tcp := range []bool{true, false, true} {
+			if got := m.who(from, tcp)["backend"]; got != first {
+				t.Fatalf("client %v moved from %s to %s", from, first, got)
+			}
+		}
+		perBackend[first]++
+	}
+	if d := perBackend["n1"] - perBackend["n2"]; d < -1 || d > 1 {
+		t.Fatalf("40 clients spread %v, want within one of even", perBackend)
+	}
+	counts := m.b.table.Counts()
+	if counts[5301]+counts[5302] != 40 {
+		t.Fatalf("primary counts %v, want 40 in all", counts)
+	}
+}
+
+// clientsOf returns n client addresses pinned to backend name.
+func (m *mnameBed) clientsOf(name string, n int) []netip.Addr {
+	m.t.Helper()
+	var out []netip.Addr
+	for i := 200; len(out) < n; i++ {
+		if i > 400 {
+			m.t.Fatalf("fewer than %d clients on %s", n, name)
+		}
+		if m.who(testbed.Loopback(i), false)["backend"] == name {
+			out = append(out, testbed.Loopback(i))
+		}
+	}
+	return out
+}
+
+func TestMnameKilledBackendFailsOverAndBack(t *testing.T) {
+	m := newMnameBed(t)
+	clients := m.clientsOf("n1", 3)
+	m.n1.Kill() // the socket file stays, as after a crash
+	for _, c := range clients {
+		if got := m.answeredWithin(c, "n1", time.Second); got != "n2" {
+			t.Fatalf("client %v answered by %s", c, got)
+		}
+	}
+	m.logs.Wait(t, "remote assigned to new backup backend", map[string]any{"be_id": 5302})
+
+	// n1 restarts; at the next reconnect its clients go home.
+	mark := m.logs.Mark()
+	m.n1 = testbed.StartMname(t, m.sock("5301"), "n1")
+	m.advance(m.reconnectDue(5301))
+	m.established(mark, 5301)
+	for _, c := range clients {
+		if got := m.who(c, false)["backend"]; got != "n1" {
+			t.Fatalf("client %v answered by %s after n1 returned", c, got)
+		}
+		if got := m.who(c, true)["backend"]; got != "n1" {
+			t.Fatalf("client %v answered over TCP by %s after n1 returned", c, got)
+		}
+	}
+	m.logs.Wait(t, "remote assigned to original primary backend", map[string]any{"be_id": 5301})
+}
+
+func TestMnameTerminatedBackendIsRemovedAndReturns(t *testing.T) {
+	m := newMnameBed(t)
+	clients := m.clientsOf("n1", 3)
+	m.n1.Term() // node-mname unlinks its socket
+	for _, c := range clients {
+		if got := m.answeredWithin(c, "n1", time.Second); got != "n2" {
+			t.Fatalf("client %v answered by %s", c, got)
+		}
+	}
+	// The reconnect finds no socket: the backend is removed, and its
+	// remotes are reassigned to a new primary.
+	m.advance(m.reconnectDue(5301))
+	m.logs.Wait(t, "backend socket removed", map[string]any{"be_id": 5301})
+	if st, _ := m.b.backends.Get(5301).State(); st != backend.StateRemoved {
+		t.Fatalf("state %v, want removed", st)
+	}
+	for _, c := range clients {
+		m.who(c, false)
+	}
+	if n := m.b.table.Counts()[5301]; n != 0 {
+		t.Fatalf("removed backend still primary for %d remotes", n)
+	}
+	for _, e := range m.b.timeouts.List() {
+		if e.Name == "backend 5301 reconnect" {
+			t.Fatal("a removed backend is still being reconnected")
+		}
+	}
+
+	// The socket reappears: the next scan reconnects it, and new clients
+	// are given to it again.
+	mark := m.logs.Mark()
+	m.n1 = testbed.StartMname(t, m.sock("5301"), "n1")
+	m.advance(backend.DefaultScanInterval)
+	m.logs.WaitAfter(t, mark, "backend socket returned", map[string]any{"be_id": 5301})
+	m.established(mark, 5301)
+	if len(m.clientsOf("n1", 2)) != 2 {
+		t.Fatal("returned backend gets no new clients")
+	}
+}
+
+func TestNewSocketGetsNewClientsAfterOneScan(t *testing.T) {
+	h := newHarness(t, nil)
+	testbed.StartMname(t, h.sock("5301"), "n1")
+	h.b.backends.Scan()
+	h.established(0, 5301)
+	for i := range 4 {
+		if got := h.who(testbed.Loopback(i), false)["backend"]; got != "n1" {
+			t.Fatalf("answered by %s", got)
+		}
+	}
+
+	testbed.StartMname(t, h.sock("5302"), "n2")
+	mark := h.logs.Mark()
+	h.advance(backend.DefaultScanInterval)
+	h.logs.WaitAfter(t, mark, "new backend", map[string]any{"be_id": 5302})
+	h.established(mark, 5302)
+	got := map[string]int{}
+	for i := 10; i < 14; i++ {
+		got[h.who(testbed.Loopback(i), false)["backend"]]++
+	}
+	if got["n2"] != 2 || got["n1"] != 2 {
+		t.Fatalf("new clients spread %v over n1 and the new n2, want 2 each", got)
+	}
+}
