@@ -389,6 +389,7 @@ func (b *Backend) sendHeartbeat() {
 
 // fault tears the session down and schedules a reconnect.
 func (b *Backend) fault(r Reason, err error) {
+	b.ok.Store(false) // stop new traffic before anything else
 	b.stats.faults[r].Add(1)
 	was := State(b.state.Load())
 	ev := b.log.Error().Str("reason", r.String()).Str("state", was.String())
@@ -396,7 +397,6 @@ func (b *Backend) fault(r Reason, err error) {
 		ev = ev.Err(err)
 	}
 	ev.Msg("backend faulted (reset and reconnect)")
-	b.ok.Store(false) // stop new traffic before anything else
 	b.closeSession()
 	b.clearTimers()
 	b.setState(StateFaulted)

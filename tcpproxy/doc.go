@@ -12,7 +12,9 @@
 // buffer until the pipe starts: nothing is read early, so nothing is lost.
 // A half-close (EOF) on either side is passed on as a half-close to the
 // other, so a client may send several queries, shut down its write side
-// and still read every answer. An error on either side closes both.
+// and still read every answer. An error on either side closes both, and
+// so does a backend that has not finished DrainTimeout (10 s) after the
+// client's half-close.
 //
 // If INBOUND_TCP_OK has not arrived within OKTimeout (10 s), the backend
 // is faulted and the client's connection closed; any other first frame

@@ -24,6 +24,12 @@ import (
 // visible to clients while a backend is failing.
 const DefaultOKTimeout = 10 * time.Second
 
+// DefaultDrainTimeout is how long the backend has to finish its answers
+// after the client's half-close. node-mname keeps a connection open for
+// good when it holds part of a query, so without this a client that
+// closes half-way through one would leave a session behind.
+const DefaultDrainTimeout = 10 * time.Second
+
 // Accept back-off bounds, for errors such as EMFILE that would otherwise
 // make the accept loop spin.
 const (
@@ -38,6 +44,9 @@ type Config struct {
 	Timeouts  *timeouts.Set
 	Log       zerolog.Logger
 	OKTimeout time.Duration // DefaultOKTimeout when zero
+	// DrainTimeout bounds the wait for the backend after the client's
+	// half-close; DefaultDrainTimeout when zero.
+	DrainTimeout time.Duration
 }
 
 // Drop reasons: why a client connection was closed without being proxied.
@@ -86,6 +95,9 @@ type Proxy struct {
 func New(ln *net.TCPListener, cfg Config) *Proxy {
 	if cfg.OKTimeout <= 0 {
 		cfg.OKTimeout = DefaultOKTimeout
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	return &Proxy{ln: ln, cfg: cfg, log: cfg.Log, sessions: map[*session]struct{}{}, ctx: ctx, stop: stop}
@@ -226,6 +238,14 @@ func (s *session) serve() {
 		return
 	}
 	defer be.TCPDone()
+	if e := p.log.Debug(); e != nil {
+		s.event(e).Msg("connected to backend")
+	}
+	defer func() {
+		if e := p.log.Debug(); e != nil {
+			s.event(e).Msg("proxy connection finished")
+		}
+	}()
 	s.mu.Lock()
 	s.back = back
 	closed := s.closed
@@ -287,10 +307,19 @@ func (s *session) handshake(be *backend.Backend, ip uint32) bool {
 }
 
 // pipe copies both ways until both directions are done, passing each EOF
-// on as a half-close. An error either way closes both connections.
+// on as a half-close. An error either way closes both connections, as
+// does a backend that has not finished DrainTimeout after the client's
+// half-close.
 func (s *session) pipe() {
+	drain := s.p.cfg.Timeouts.NewTimeout("tcp "+strconv.FormatUint(s.id, 10)+" drain", func() {
+		if e := s.p.log.Debug(); e != nil {
+			s.event(e).Msg("backend did not finish after client EOF")
+		}
+		s.closeBoth()
+	})
+	defer drain.Clear()
 	done := make(chan struct{})
-	go s.copyToBackend(done)
+	go s.copyToBackend(done, drain)
 	if _, err := io.Copy(s.front, s.back); err != nil {
 		s.copyFailed("back", err)
 	} else {
@@ -302,7 +331,7 @@ func (s *session) pipe() {
 	<-done
 }
 
-func (s *session) copyToBackend(done chan<- struct{}) {
+func (s *session) copyToBackend(done chan<- struct{}, drain *timeouts.Timeout) {
 	defer close(done)
 	if _, err := io.Copy(s.back, s.front); err != nil {
 		s.copyFailed("front", err)
@@ -311,6 +340,7 @@ func (s *session) copyToBackend(done chan<- struct{}) {
 	if e := s.p.log.Trace(); e != nil {
 		s.event(e).Str("which", "front").Msg("TCP stream EOF")
 	}
+	drain.Set(s.p.cfg.DrainTimeout)
 	s.back.CloseWrite()
 }
 

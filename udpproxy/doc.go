@@ -13,6 +13,7 @@
 //
 // A datagram is dropped, and counted by reason, when it is longer than
 // 1500 bytes ("oversized", also logged as a warning, at most once per 5 s),
+// when it is shorter than a DNS header ("runt"),
 // when no backend is ok ("no_backend"), when its source is not IPv4
 // ("not_ipv4"), or when the backend's queue is full ("stuck") or the
 // backend went down between the choice and the send ("down"). The reader

@@ -24,10 +24,15 @@ const (
 	DropStuck                       // the backend's queue is full
 	DropDown                        // the backend went down before the send
 	DropNotIPv4                     // the source address is not IPv4
+	DropRunt                        // datagram shorter than a DNS header
 	numDrops
 )
 
-var dropNames = [numDrops]string{"oversized", "no_backend", "stuck", "down", "not_ipv4"}
+var dropNames = [numDrops]string{"oversized", "no_backend", "stuck", "down", "not_ipv4", "runt"}
+
+// dnsHeaderLen is the length of a DNS message header: nothing shorter can
+// be a query, and no backend could answer it.
+const dnsHeaderLen = 12
 
 func (r DropReason) String() string {
 	if r < numDrops {
@@ -133,6 +138,10 @@ func (p *Proxy) handle(buf []byte, n int, from netip.AddrPort) {
 	addr := from.Addr().Unmap()
 	if !addr.Is4() {
 		p.drops[DropNotIPv4].Add(1)
+		return
+	}
+	if n < dnsHeaderLen {
+		p.drop(DropRunt)
 		return
 	}
 	if n > protocol.MaxData {

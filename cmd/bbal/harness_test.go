@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"strconv"
 	"testing"
 	"time"
@@ -79,7 +80,13 @@ func (h *harness) advance(d time.Duration) { h.clock.Advance(d) }
 // who asks which backend answers the client at from.
 func (h *harness) who(from netip.Addr, tcp bool) map[string]string {
 	h.t.Helper()
-	return testbed.MustWho(h.t, h.addr, from, tcp)
+	got, err := testbed.Who(h.addr, from, tcp)
+	if err != nil {
+		lines := h.logs.Lines()
+		h.t.Fatalf("query from %v (tcp %v): %v\nlast log records:\n%s", from, tcp, err,
+			strings.Join(lines[max(0, len(lines)-30):], "\n"))
+	}
+	return got
 }
 
 // established waits for backend id's SERVER_HELLO to be logged, counting

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/remotes"
+	"github.com/bbal/bbal/tcpproxy"
+	"github.com/bbal/bbal/tools/testbed"
+)
+
+func TestBadClientInputDisturbsNoOne(t *testing.T) {
+	m := newMnameBed(t)
+	good := testbed.Loopback(1)
+	m.who(good, false)
+
+	send := func(payload []byte) {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: testbed.Loopback(66).AsSlice()}, net.UDPAddrFromAddrPort(m.addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := m.b.udp.Stats()
+	send(nil)                              // empty datagram
+	send([]byte("GET / HTTP/1.0\r\n\r\n")) // not DNS
+	send(make([]byte, 3000))               // oversized
+	send(make([]byte, protocol.MaxData+1))
+
+	// A TCP client that connects and sends nothing, and one that closes
+	// half-way through a query.
+	idle := dialTCP(t, testbed.Loopback(67), m.addr)
+	half := dialTCP(t, testbed.Loopback(68), m.addr)
+	q := new(dns.Msg)
+	q.SetQuestion("half.example.", dns.TypeA)
+	wire, _ := q.Pack()
+	half.Write(binary.BigEndian.AppendUint16(nil, uint16(len(wire))))
+	half.Write(wire[:5])
+	half.Close()
+
+	m.logs.Wait(t, "dropping oversized UDP packet", map[string]any{"len": 3000})
+	testbed.Eventually(t, "datagrams read", func() bool { return m.b.udp.Stats().PacketsIn >= before.PacketsIn+4 })
+	st := m.b.udp.Stats()
+	if d := st.Drops["oversized"] - before.Drops["oversized"]; d != 2 {
+		t.Fatalf("%d oversized drops, want 2", d)
+	}
+	if d := st.Drops["runt"] - before.Drops["runt"]; d != 1 {
+		t.Fatalf("%d runt drops, want 1 (the empty datagram)", d)
+	}
+	// Everyone else is still answered, over both transports.
+	for i := range 4 {
+		m.who(testbed.Loopback(i), false)
+		m.who(testbed.Loopback(i), true)
+	}
+	if m.logs.Count("dropping oversized UDP packet", nil) != 1 {
+		t.Fatal("oversized warnings not rate-limited to one per 5 s")
+	}
+	// The idle client leaves; node-mname holds the half query for
+	// good, so that session ends when the drain timeout expires.
+	idle.Close()
+	testbed.Eventually(t, "idle session closed", func() bool { return m.b.tcp.Stats().Active == 1 })
+	testbed.Eventually(t, "drain timer armed", func() bool {
+		for _, e := range m.b.timeouts.List() {
+			if strings.HasSuffix(e.Name, " drain") {
+				return true
+			}
+		}
+		return false
+	})
+	m.advance(tcpproxy.DefaultDrainTimeout)
+	testbed.Eventually(t, "TCP sessions closed", func() bool { return m.b.tcp.Stats().Active == 0 })
+}
+
+func TestRebalanceSpreadsRemotes(t *testing.T) {
+	h := newHarness(t, nil)
+	testbed.StartGo(t, h.sock("5301"), "one")
+	h.b.backends.Scan()
+	h.established(0, 5301)
+	for i := range 10 {
+		h.who(testbed.Loopback(i), false)
+	}
+	testbed.StartGo(t, h.sock("5302"), "two")
+	mark := h.logs.Mark()
+	h.b.backends.Scan()
+	h.established(mark, 5302)
+	if c := h.b.table.Counts(); c[5301] != 10 || c[5302] != 0 {
+		t.Fatalf("counts before rebalance %v", c)
+	}
+
+	// Spread 10 > 2 ok backends: 8 remotes of the fullest are cleared.
+	h.heartbeat()
+	h.advance(remotes.DefaultRebalanceInterval - backend.DefaultHeartbeatInterval)
+	testbed.Eventually(t, "rebalance", func() bool {
+		return h.logs.Count("rebalancing to reduce spread", map[string]any{"be_id": 5301}) == 8
+	})
+	for i := range 10 {
+		h.who(testbed.Loopback(i), false)
+	}
+	c := h.b.table.Counts()
+	if c[5301]+c[5302] != 10 || c[5301]-c[5302] > 2 || c[5302]-c[5301] > 2 {
+		t.Fatalf("counts after rebalance %v", c)
+	}
+}
+
+func TestIdleRemotesExpire(t *testing.T) {
+	h := newHarness(t, nil)
+	testbed.StartGo(t, h.sock("5301"), "one")
+	h.b.backends.Scan()
+	h.established(0, 5301)
+	a, b, c := testbed.Loopback(1), testbed.Loopback(2), testbed.Loopback(3)
+	for _, from := range []netip.Addr{a, b, c} {
+		h.who(from, false)
+	}
+	advanceWithHeartbeats(h, 4*time.Minute)
+	h.who(a, false) // a stays fresh
+	advanceWithHeartbeats(h, 90*time.Second)
+	h.logs.Wait(t, "expiring remote entry", map[string]any{"remote_ip": b.String()})
+	h.logs.Wait(t, "expiring remote entry", map[string]any{"remote_ip": c.String()})
+	testbed.Eventually(t, "two remotes expired", func() bool { return h.b.table.Len() == 1 })
+	if _, ok := h.b.table.Lookup(protocol.AddrToU32(a)); !ok {
+		t.Fatal("the recently seen remote expired")
+	}
+	if n := h.b.table.Counts()[5301]; n != 1 {
+		t.Fatalf("backend still counts %d remotes", n)
+	}
+}
+
+// advanceWithHeartbeats moves the clock by d in heartbeat steps, so the
+// backends stay up on the fake clock.
+func advanceWithHeartbeats(h *harness, d time.Duration) {
+	for ; d >= backend.DefaultHeartbeatInterval; d -= backend.DefaultHeartbeatInterval {
+		h.heartbeat()
+	}
+	h.advance(d)
+}
+
+func TestNoBackendsAvailable(t *testing.T) {
+	h := newHarness(t, nil)
+	h.b.backends.Scan() // an empty directory
+	for i := range 5 {
+		if _, err := testbed.WhoTimeout(h.addr, testbed.Loopback(i), false, 50*time.Millisecond); err == nil {
+			t.Fatal("answered with no backends")
+		}
+	}
+	testbed.Eventually(t, "drops counted", func() bool { return h.b.udp.Stats().Drops["no_backend"] == 5 })
+	// TCP connections are closed at once.
+	c := dialTCP(t, testbed.Loopback(9), h.addr)
+	expectEOF(t, c)
+	if n := h.logs.Count("no backends available", nil); n != 1 {
+		t.Fatalf("%d 'no backends available' errors, want 1 per 5 s", n)
+	}
+	h.advance(5 * time.Second)
+	testbed.WhoTimeout(h.addr, testbed.Loopback(1), false, 50*time.Millisecond)
+	h.logs.Wait(t, "no backends available", nil)
+	testbed.Eventually(t, "second error", func() bool { return h.logs.Count("no backends available", nil) == 2 })
+}

@@ -1,0 +1,284 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bbal/bbal/tools/testbed"
+)
+
+// bbalCmd returns a command running bbal (this test binary in main mode).
+func bbalCmd(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "BBAL_TEST_MAIN=1")
+	cmd.Env = slicesDeleteEnv(cmd.Env, "LOG_LEVEL")
+	return cmd
+}
+
+func slicesDeleteEnv(env []string, key string) []string {
+	out := env[:0:0]
+	for _, e := range env {
+		if !strings.HasPrefix(e, key+"=") {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func TestCommandLineErrors(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, nil, 0o644)
+	tests := []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{nil, "", "bbal: must specify socket directory (-s)"},
+		{[]string{"-b", "127.0.0.1"}, "", "bbal: must specify socket directory (-s)"},
+		{[]string{"-s", dir, "-x"}, "", "bbal: flag provided but not defined: -x"},
+		{[]string{"-s"}, "", "bbal: flag needs an argument: -s"},
+		{[]string{"-s", dir, "-l", "loud"}, "", `bbal: -l: invalid log level "loud" (want trace, debug, info, warn, error or fatal)`},
+		{[]string{"-s", dir}, "LOG_LEVEL=loud", `bbal: LOG_LEVEL: invalid log level "loud" (want trace, debug, info, warn, error or fatal)`},
+		{[]string{"-s", dir, "-b", "localhost"}, "", `bbal: invalid listen address for -b: "localhost" (want an IPv4 address)`},
+		{[]string{"-s", dir, "-b", "::1"}, "", `bbal: invalid listen address for -b: "::1" (want an IPv4 address)`},
+		{[]string{"-s", dir, "-p", "65536"}, "", `bbal: invalid port for -p: "65536" (want 0 to 65535)`},
+		{[]string{"-s", dir, "-p", "dns"}, "", `bbal: invalid port for -p: "dns" (want 0 to 65535)`},
+		{[]string{"-s", dir, "extra"}, "", `bbal: unexpected argument "extra"`},
+		{[]string{"-s", file}, "", "bbal: -s " + file + ": not a directory"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " ")+tt.env, func(t *testing.T) {
+			cmd := bbalCmd(tt.args...)
+			if tt.env != "" {
+				cmd.Env = append(cmd.Env, tt.env)
+			}
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			if code := cmd.ProcessState.ExitCode(); code != 1 {
+				t.Fatalf("exit %d (%v), want 1; stderr %q", code, err, stderr.String())
+			}
+			if got := stderr.String(); got != tt.want+"\n" {
+				t.Fatalf("stderr %q, want %q", got, tt.want+"\n")
+			}
+			if stdout.Len() != 0 {
+				t.Fatalf("stdout %q", stdout.String())
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	out, err := bbalCmd("-h").Output()
+	if err != nil || !strings.HasPrefix(string(out), "usage: bbal -s DIR") {
+		t.Fatalf("-h: %v %q", err, out)
+	}
+}
+
+// process is bbal running as a child, its stdout parsed as it comes.
+type process struct {
+	cmd  *exec.Cmd
+	logs *testbed.Logs
+	raw  *bytes.Buffer
+	mu   sync.Mutex
+	done chan struct{}
+}
+
+func startProcess(t *testing.T, env []string, args ...string) *process {
+	t.Helper()
+	p := &process{cmd: bbalCmd(args...), logs: testbed.NewLogs(), raw: new(bytes.Buffer), done: make(chan struct{})}
+	p.cmd.Env = append(p.cmd.Env, env...)
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Stderr = os.Stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(p.done)
+		r := bufio.NewReader(out)
+		for {
+			line, err := r.ReadBytes('\n')
+			p.mu.Lock()
+			p.raw.Write(line)
+			p.mu.Unlock()
+			p.logs.Write(line)
+			if err != nil {
+				p.cmd.Wait()
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+func (p *process) stdout() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return bytes.Clone(p.raw.Bytes())
+}
+
+// wait waits up to limit for the process to exit and returns its status.
+func (p *process) wait(t *testing.T, limit time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(limit):
+		t.Fatalf("bbal still running after %v", limit)
+		return -1
+	}
+}
+
+func TestBindFailureIsFatal(t *testing.T) {
+	busy, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	port := busy.LocalAddr().(*net.UDPAddr).Port
+	p := startProcess(t, nil, "-s", testbed.SocketDir(t), "-b", "127.0.0.1", "-p", strconv.Itoa(port))
+	if code := p.wait(t, 10*time.Second); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	r := p.logs.Wait(t, "failed to create listen sockets", map[string]any{"level": 60, "port": port})
+	if !strings.Contains(r["err"].(string), "address already in use") {
+		t.Fatalf("err %q", r["err"])
+	}
+}
+
+func TestSignalsStopCleanly(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			dir := testbed.SocketDir(t)
+			testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
+			p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-S", filepath.Join(dir, "..", "debug.sock"))
+			p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
+			addr := listenAddr(t, p)
+			testbed.MustWho(t, addr, testbed.Loopback(1), true)
+			idle, err := net.Dial("tcp", addr.String()) // a session left open
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer idle.Close()
+			p.cmd.Process.Signal(sig)
+			if code := p.wait(t, 5*time.Second); code != 0 {
+				t.Fatalf("exit %d, want 0", code)
+			}
+			p.logs.Wait(t, "shut down", nil)
+			// Nothing listens any more.
+			if c, err := net.Dial("tcp", addr.String()); err == nil {
+				c.Close()
+				t.Fatal("still accepting after shutdown")
+			}
+		})
+	}
+}
+
+func listenAddr(t *testing.T, p *process) netip.AddrPort {
+	t.Helper()
+	r := p.logs.Wait(t, "listening for UDP packets", nil)
+	port := int(r["port"].(float64))
+	return netip.AddrPortFrom(netip.MustParseAddr(r["address"].(string)), uint16(port))
+}
+
+var timeRE = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$`)
+
+func TestLogsAreBunyan(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
+	os.WriteFile(filepath.Join(dir, "not-a-socket"), nil, 0o644)
+	p := startProcess(t, []string{"LOG_LEVEL=debug"}, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-l", "error")
+	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
+	addr := listenAddr(t, p)
+	testbed.MustWho(t, addr, testbed.Loopback(1), false)
+	testbed.MustWho(t, addr, testbed.Loopback(2), true)
+	p.logs.Wait(t, "failed to connect", map[string]any{"be_id": 5302}) // the plain file
+	big, _ := net.Dial("udp", addr.String())
+	big.Write(make([]byte, 2000))
+	big.Close()
+	p.logs.Wait(t, "dropping oversized UDP packet", nil)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.wait(t, 5*time.Second)
+
+	out := p.stdout()
+	lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	levels := map[float64]bool{}
+	for _, line := range lines {
+		var r map[string]any
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("not JSON: %q", line)
+		}
+		if r["v"] != float64(0) || r["name"] != "mname-balancer" || r["pid"] != float64(p.cmd.Process.Pid) {
+			t.Fatalf("core fields wrong: %q", line)
+		}
+		if h, _ := r["hostname"].(string); h == "" {
+			t.Fatalf("no hostname: %q", line)
+		}
+		if ts, _ := r["time"].(string); !timeRE.MatchString(ts) {
+			t.Fatalf("time %q not ISO 8601 UTC with milliseconds", r["time"])
+		}
+		if m, _ := r["msg"].(string); m == "" {
+			t.Fatalf("no msg: %q", line)
+		}
+		lvl, ok := r["level"].(float64)
+		if !ok || lvl < 20 || lvl > 60 || int(lvl)%10 != 0 {
+			t.Fatalf("level %v: LOG_LEVEL=debug should override -l error", r["level"])
+		}
+		levels[lvl] = true
+	}
+	if !levels[20] || !levels[30] || !levels[40] || !levels[50] {
+		t.Fatalf("levels seen %v, want debug, info, warn and error records", levels)
+	}
+	for _, key := range []string{`"be_id":5301`, `"be_path":"` + filepath.Join(dir, "5301") + `"`, `"remote_ip":"127.0.0.2"`, `"conn_id":1`, `"backend":5301`, `"remote_port":`} {
+		if !bytes.Contains(out, []byte(key)) {
+			t.Fatalf("no record with %s", key)
+		}
+	}
+
+	// The bunyan CLI, in strict mode, renders every line.
+	bunyan := filepath.Join(testbed.MnameDir(), "node_modules", ".bin", "bunyan")
+	if _, err := os.Stat(bunyan); err != nil {
+		t.Fatalf("bunyan CLI missing: run `make test` or `npm ci --prefix %s`", testbed.MnameDir())
+	}
+	cmd := exec.Command(bunyan, "--strict", "--no-color", "-o", "short")
+	cmd.Stdin = bytes.NewReader(out)
+	rendered, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bunyan: %v\n%s", err, rendered)
+	}
+	// One line per record, plus indented continuation lines for
+	// multi-line values such as err.
+	records := regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d\.\d{3}Z `).FindAll(rendered, -1)
+	if len(records) != len(lines) {
+		t.Fatalf("bunyan --strict rendered %d of %d records:\n%s", len(records), len(lines), rendered)
+	}
+	for i, want := range []string{"DEBUG", "INFO", "WARN", "ERROR"} {
+		if !strings.Contains(string(rendered), want+" mname-balancer: ") {
+			t.Fatalf("no %s record rendered (%d)", want, i)
+		}
+	}
+	if !strings.Contains(string(rendered), "backend socket established (be_id=5301") {
+		t.Fatalf("rendering lacks fields:\n%s", rendered)
+	}
+}
