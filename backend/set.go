@@ -106,6 +106,7 @@ type Set struct {
 	mu      sync.Mutex // guards byPath, skipped; serialises scans
 	byPath  map[string]*Backend
 	skipped map[string]bool // paths already logged as unusable
+	scanErr string          // the directory error last logged
 
 	// list is every backend in ID order, replaced (never modified) when
 	// one is added, so the packet path reads it without a lock.
@@ -179,12 +180,19 @@ func (s *Set) scanLoop() {
 // reconnected.
 func (s *Set) Scan() {
 	entries, err := os.ReadDir(s.cfg.Dir)
-	if err != nil {
-		s.log.Error().Str("socket_dir", s.cfg.Dir).Err(err).Msg("error reading socket directory")
-		// Entries read before the error are still used.
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A directory error is logged when it starts or changes, and its end
+	// when it ends, not every ScanInterval. Entries read before an error
+	// are still used.
+	switch {
+	case err != nil && err.Error() != s.scanErr:
+		s.log.Error().Str("socket_dir", s.cfg.Dir).Err(err).Msg("error reading socket directory")
+		s.scanErr = err.Error()
+	case err == nil && s.scanErr != "":
+		s.log.Info().Str("socket_dir", s.cfg.Dir).Msg("socket directory readable again")
+		s.scanErr = ""
+	}
 	for _, e := range entries {
 		path := filepath.Join(s.cfg.Dir, e.Name())
 		if b := s.byPath[path]; b != nil {

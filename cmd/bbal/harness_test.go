@@ -28,9 +28,6 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// epoch is the fake clock's start.
-var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-
 // harness is a balancer running in this process on 127.0.0.1 with a fake
 // clock, its logs captured.
 type harness struct {
@@ -46,7 +43,7 @@ type harness struct {
 // nil, may change the options first.
 func newHarness(t *testing.T, setup func(*options)) *harness {
 	t.Helper()
-	h := &harness{t: t, dir: testbed.SocketDir(t), clock: timeouts.NewFake(epoch), logs: testbed.NewLogs()}
+	h := &harness{t: t, dir: testbed.SocketDir(t), clock: timeouts.NewFake(testbed.Epoch), logs: testbed.NewLogs()}
 	return h.start(setup)
 }
 

@@ -8,13 +8,22 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // Record is one JSON log record.
 type Record map[string]any
 
-// Msg returns the record's message.
-func (r Record) Msg() string { s, _ := r["msg"].(string); return s }
+// Msg returns the record's message: bunyan's msg, or zerolog's default
+// message field for loggers built without bbal's field names.
+func (r Record) Msg() string {
+	if s, ok := r["msg"].(string); ok {
+		return s
+	}
+	s, _ := r["message"].(string)
+	return s
+}
 
 // Match reports whether r has message msg and every field in fields
 // (compared as fmt.Sprint strings).
@@ -132,4 +141,13 @@ func (l *Logs) WaitAfter(t testing.TB, mark int, msg string, fields map[string]a
 func (l *Logs) tail(n int) string {
 	lines := l.Lines()
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// Epoch is a fixed start for fake clocks in tests.
+var Epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// Logger returns a zerolog logger at trace level writing JSON records
+// to l, for package tests.
+func Logger(l *Logs) zerolog.Logger {
+	return zerolog.New(l).Level(zerolog.TraceLevel)
 }

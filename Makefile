@@ -1,0 +1,44 @@
+# bbal: build, demo and tests. `make demo` and `make test` are the two
+# commands README.md starts with.
+
+GO        ?= go
+NPM       ?= npm
+BIN       := bin
+MNAME_DIR := tools/mname-backend
+FUZZTIME  ?= 30s
+
+.PHONY: all build demo test npm-deps vet fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/bbal ./cmd/bbal
+	$(GO) build -o $(BIN)/demo-backend ./tools/demo-backend
+
+# bbal in front of two demo backends on 127.0.0.1:$(DEMO_PORT).
+DEMO_PORT ?= 10053
+demo: build
+	DEMO_PORT=$(DEMO_PORT) tools/demo.sh
+
+# The npm packages of the interoperability tests (node-mname and the
+# bunyan CLI), installed from the committed package-lock.json.
+npm-deps: $(MNAME_DIR)/node_modules/.package-lock.json
+
+$(MNAME_DIR)/node_modules/.package-lock.json: $(MNAME_DIR)/package-lock.json $(MNAME_DIR)/package.json
+	$(NPM) ci --ignore-scripts --no-audit --no-fund --prefix $(MNAME_DIR)
+
+vet:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+# The whole suite, with the race detector.
+test: npm-deps vet
+	$(GO) test -race -count=1 ./...
+
+# Each fuzz target for FUZZTIME.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecoder$$' -fuzztime $(FUZZTIME) ./protocol
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,215 @@
+package backend
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/timeouts"
+	"github.com/bbal/bbal/tools/testbed"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// newTestSet returns a started Set on dir, with a System clock and a
+// timeouts goroutine, closed at the end of the test.
+func newTestSet(t *testing.T, dir string, cfg Config) (*Set, *testbed.Logs) {
+	t.Helper()
+	logs := testbed.NewLogs()
+	ts := timeouts.New(timeouts.NewFake(testbed.Epoch))
+	cfg.Dir, cfg.Timeouts = dir, ts
+	cfg.Log = testbed.Logger(logs)
+	if cfg.Reply == nil {
+		cfg.Reply = func([]byte, netip.AddrPort) error { return nil }
+	}
+	s := NewSet(cfg)
+	s.Start()
+	t.Cleanup(s.Close)
+	return s, logs
+}
+
+func touch(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func ids(s *Set) map[string]ID {
+	out := map[string]ID{}
+	for _, b := range s.All() {
+		out[filepath.Base(b.Path())] = b.ID()
+	}
+	return out
+}
+
+func TestIDsFromSocketNames(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	// ReadDir returns names sorted: 5299, 5301, 5301x, 5399, 5400, foo.
+	touch(t, dir, "5299", "5301", "5301x", "5399", "5400", "foo")
+	s, _ := newTestSet(t, dir, Config{})
+	want := map[string]ID{"5299": 1, "5301": 5301, "5301x": 5302, "5399": 5399, "5400": 5400, "foo": 5401}
+	got := ids(s)
+	for name, id := range want {
+		if got[name] != id {
+			t.Errorf("%s: ID %d, want %d (all: %v)", name, got[name], id, got)
+		}
+	}
+	// A later socket named after a taken ID gets the next free one, and
+	// All stays in ID order.
+	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
+	touch(t, filepath.Join(dir, "sub"), "5301")
+	s2, _ := newTestSet(t, filepath.Join(dir, "sub"), Config{})
+	if got := ids(s2)["5301"]; got != 5301 {
+		t.Fatalf("first 5301 in a new set: %d", got)
+	}
+	all := s.All()
+	for i := 1; i < len(all); i++ {
+		if all[i-1].ID() >= all[i].ID() {
+			t.Fatalf("All not in ID order: %d before %d", all[i-1].ID(), all[i].ID())
+		}
+	}
+}
+
+func TestLongPathsAndTooManyBackendsAreSkippedOnce(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	long := strings.Repeat("x", maxSocketPath-len(dir)) // one byte too long with the slash
+	touch(t, dir, "a", "b", "c", long)
+	s, logs := newTestSet(t, dir, Config{MaxBackends: 2})
+	s.Scan()
+	s.Scan()
+	if n := logs.Count("socket path too long for sun_path (skipped)", nil); n != 1 {
+		t.Fatalf("long path logged %d times, want once", n)
+	}
+	if n := logs.Count("too many backends (skipped)", map[string]any{"max_backends": 2}); n != 1 {
+		t.Fatalf("too many backends logged %d times, want once", n)
+	}
+	if got := ids(s); len(got) != 2 || got["a"] == 0 || got["b"] == 0 {
+		t.Fatalf("backends %v, want a and b", got)
+	}
+}
+
+func TestDirectoryErrorsLoggedOncePerChange(t *testing.T) {
+	dir := filepath.Join(testbed.SocketDir(t), "later")
+	s, logs := newTestSet(t, dir, Config{})
+	s.Scan()
+	s.Scan()
+	if n := logs.Count("error reading socket directory", nil); n != 1 {
+		t.Fatalf("logged %d times, want once", n)
+	}
+	os.Mkdir(dir, 0o755)
+	s.Scan()
+	logs.Wait(t, "socket directory readable again", nil)
+}
+
+// fakeList installs backends with the given IDs and ok flags, without
+// sessions, for selection tests.
+func fakeList(s *Set, ok map[ID]bool) {
+	var list []*Backend
+	for _, id := range []ID{1, 2, 3, 5301, 5302} {
+		if v, in := ok[id]; in {
+			b := &Backend{id: id, set: s, q: newQueue(1024)}
+			b.ok.Store(v)
+			list = append(list, b)
+		}
+	}
+	s.list.Store(&list)
+}
+
+func TestPickIsRoundRobinInIDOrderOverOKBackends(t *testing.T) {
+	s, logs := newTestSet(t, testbed.SocketDir(t), Config{})
+	fakeList(s, map[ID]bool{1: true, 2: false, 3: true, 5301: true, 5302: false})
+	var got []ID
+	for range 7 {
+		got = append(got, s.PickID())
+	}
+	want := []ID{1, 3, 5301, 1, 3, 5301, 1}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("picks %v, want %v", got, want)
+		}
+	}
+	if ok := s.OKIDs(); len(ok) != 3 || ok[0] != 1 || ok[2] != 5301 {
+		t.Fatalf("OKIDs %v", ok)
+	}
+
+	fakeList(s, map[ID]bool{1: false, 2: false})
+	for range 3 {
+		if id := s.PickID(); id != 0 {
+			t.Fatalf("picked %d with none ok", id)
+		}
+	}
+	if n := logs.Count("no backends available", nil); n != 1 {
+		t.Fatalf("'no backends available' logged %d times in 5 s", n)
+	}
+	if ok, gone := s.Status(7); ok || !gone {
+		t.Fatalf("Status of unknown ID = %v %v", ok, gone)
+	}
+}
+
+func TestQueueBoundsAndStates(t *testing.T) {
+	q := newQueue(100)
+	frame := make([]byte, 40)
+	if q.push(frame, true) != pushDown || q.push(frame, false) != pushDown {
+		t.Fatal("a closed queue accepted a frame")
+	}
+	q.reset(queueControl)
+	if q.push(frame, false) != pushDown {
+		t.Fatal("data accepted before SERVER_HELLO")
+	}
+	if q.push(frame[:4], true) != pushed {
+		t.Fatal("control frame refused while connecting")
+	}
+	q.open()
+	if q.push(frame, false) != pushed || q.push(frame, false) != pushed {
+		t.Fatal("data refused while open")
+	}
+	if q.push(frame, false) != pushStuck {
+		t.Fatal("queue grew past its cap")
+	}
+	if b, f := q.length(); b != 84 || f != 3 {
+		t.Fatalf("length %d bytes %d frames", b, f)
+	}
+	batch, n := q.take(nil)
+	if len(batch) != 84 || n != 3 {
+		t.Fatalf("take %d bytes %d frames", len(batch), n)
+	}
+	q.push(frame, false)
+	if n := q.reset(queueClosed); n != 1 {
+		t.Fatalf("reset discarded %d frames", n)
+	}
+	// Once both buffers have grown, pushing and taking allocate nothing.
+	q.reset(queueOpen)
+	spare := make([]byte, 0, 100)
+	if a := testing.AllocsPerRun(1000, func() {
+		q.push(frame, false)
+		spare, _ = q.take(spare)
+	}); a != 0 {
+		t.Fatalf("queue allocates %.1f per frame", a)
+	}
+}
+
+func TestReplyPathAllocatesNothing(t *testing.T) {
+	sent := 0
+	s, _ := newTestSet(t, testbed.SocketDir(t), Config{Reply: func(b []byte, to netip.AddrPort) error {
+		sent++
+		return nil
+	}})
+	b := newBackend(s, 1, "x")
+	f := protocol.Frame{Type: protocol.FrameOutboundUDP, IP: 0x7f000001, Port: 5353, Data: make([]byte, 60)}
+	if a := testing.AllocsPerRun(1000, func() { b.reply(&f) }); a != 0 {
+		t.Fatalf("reply allocates %.1f per packet", a)
+	}
+	f.Port = 0
+	b.reply(&f)
+	if st := b.Stats(); st.OutboundErrors != 1 || int(st.OutboundUDP) != sent+1 {
+		t.Fatalf("a reply to port 0 was not refused and counted: %+v", st)
+	}
+}

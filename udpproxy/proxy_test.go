@@ -1,0 +1,105 @@
+package udpproxy
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"testing"
+
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/remotes"
+	"github.com/bbal/bbal/timeouts"
+	"github.com/bbal/bbal/tools/testbed"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// bed is a proxy whose one backend (a fake) has said hello and then
+// discards whatever it is sent.
+type bed struct {
+	p     *Proxy
+	set   *backend.Set
+	table *remotes.Table
+	conn  *testbed.FakeConn
+}
+
+func newBed(t *testing.T, log zerolog.Logger) *bed {
+	t.Helper()
+	dir := testbed.SocketDir(t)
+	fake := testbed.NewFake(t, filepath.Join(dir, "5301"))
+	ts := timeouts.New(timeouts.System)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ts.Run(ctx); close(done) }()
+
+	uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(uc, log)
+	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts, Reply: p.Reply})
+	table := remotes.New(remotes.Config{Backends: set, Timeouts: ts, Log: log})
+	set.Start()
+	c := fake.Accept(t)
+	c.Hello(t)
+	testbed.Eventually(t, "backend ok", func() bool { return set.Get(5301).OK() })
+	go io.Copy(io.Discard, c)
+	p.Start(table, set)
+	t.Cleanup(func() {
+		p.Close()
+		set.Close()
+		cancel()
+		<-done
+	})
+	return &bed{p: p, set: set, table: table, conn: c}
+}
+
+func TestPerPacketPathAllocatesNothing(t *testing.T) {
+	// Info level, as in production: the per-packet trace records are
+	// disabled and must cost nothing.
+	b := newBed(t, zerolog.New(io.Discard).Level(zerolog.InfoLevel))
+	buf := make([]byte, readBufferLen)
+	from := netip.MustParseAddrPort("127.0.0.9:5353")
+	b.p.handle(buf, 64, from) // creates the remote
+	if a := testing.AllocsPerRun(2000, func() { b.p.handle(buf, 64, from) }); a != 0 {
+		t.Fatalf("datagram in to frame queued: %.1f allocations", a)
+	}
+	to := netip.MustParseAddrPort("127.0.0.1:9") // discard port; UDP send needs no listener
+	data := make([]byte, 64)
+	if a := testing.AllocsPerRun(2000, func() { b.p.Reply(data, to) }); a != 0 {
+		t.Fatalf("reply out: %.1f allocations", a)
+	}
+	if st := b.set.Get(5301).Stats(); st.UDPFrames < 2000 {
+		t.Fatalf("only %d frames queued", st.UDPFrames)
+	}
+}
+
+func TestDropsAreCountedByReason(t *testing.T) {
+	b := newBed(t, zerolog.Nop())
+	buf := make([]byte, readBufferLen)
+	from := netip.MustParseAddrPort("127.0.0.9:5353")
+	b.p.handle(buf, 5, from)
+	b.p.handle(buf, protocol.MaxData+1, from)
+	b.p.handle(buf, 64, netip.MustParseAddrPort("[2001:db8::1]:53"))
+	b.p.handle(buf, protocol.MaxData, from)
+	st := b.p.Stats()
+	want := map[string]uint64{"runt": 1, "oversized": 1, "not_ipv4": 1, "no_backend": 0, "stuck": 0, "down": 0}
+	for k, v := range want {
+		if st.Drops[k] != v {
+			t.Errorf("drops[%s] = %d, want %d", k, st.Drops[k], v)
+		}
+	}
+	if st.PacketsIn != 4 {
+		t.Errorf("PacketsIn %d", st.PacketsIn)
+	}
+	// Only the good datagram made a remote.
+	if n := b.table.Len(); n != 1 {
+		t.Errorf("%d remotes, want 1", n)
+	}
+}
