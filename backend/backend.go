@@ -453,7 +453,9 @@ func (b *Backend) reply(f *protocol.Frame) {
 		if err == nil {
 			return
 		}
-		b.set.replyErrors.log(b.log, err, to)
+		if ok, held := b.set.replyLog.Allow(); ok {
+			b.log.Error().Err(err).Stringer("dest", to).Int64("suppressed", held).Msg("outbound UDP packet error")
+		}
 	}
 	b.stats.outboundErrors.Add(1)
 }

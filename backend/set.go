@@ -36,8 +36,9 @@ const (
 	// DefaultMaxBackends caps the number of socket paths tracked. A
 	// directory with more entries has the rest logged and ignored.
 	DefaultMaxBackends = 1000
-	// noBackendsLogInterval spaces out "no backends available" errors.
-	noBackendsLogInterval = 5 * time.Second
+	// repeatLogInterval spaces out repeated errors: "no backends
+	// available", reply send errors.
+	repeatLogInterval = 5 * time.Second
 )
 
 // Backend IDs taken from socket names: Binder names each socket after the
@@ -112,9 +113,9 @@ type Set struct {
 	// one is added, so the packet path reads it without a lock.
 	list atomic.Pointer[[]*Backend]
 
-	lastPicked  atomic.Uint32 // ID most recently chosen by Pick
-	lastNoneLog atomic.Int64  // when "no backends available" was last logged
-	replyErrors rateLimited
+	lastPicked atomic.Uint32     // ID most recently chosen by Pick
+	noneLog    *timeouts.Limiter // "no backends available"
+	replyLog   *timeouts.Limiter // "outbound UDP packet error"
 
 	ctx  context.Context
 	stop context.CancelFunc
@@ -130,6 +131,8 @@ func NewSet(cfg Config) *Set {
 		byPath:   map[string]*Backend{},
 		skipped:  map[string]bool{},
 		scanKick: make(chan struct{}, 1),
+		noneLog:  timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
+		replyLog: timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
 	}
 	s.list.Store(&[]*Backend{})
 	s.scanT = cfg.Timeouts.NewTimeout("backend directory scan", func() {
@@ -283,30 +286,10 @@ func (s *Set) Pick() *Backend {
 			return b
 		}
 	}
-	now := s.cfg.Timeouts.Clock().Now().UnixNano()
-	if prev := s.lastNoneLog.Load(); (prev == 0 || now-prev >= int64(noBackendsLogInterval)) &&
-		s.lastNoneLog.CompareAndSwap(prev, now) {
-		s.log.Error().Msg("no backends available")
+	if ok, held := s.noneLog.Allow(); ok {
+		s.log.Error().Int64("suppressed", held).Msg("no backends available")
 	}
 	return nil
-}
-
-// rateLimited logs a repeated error at most once per interval, with the
-// number of occurrences since the last record.
-type rateLimited struct {
-	last  atomic.Int64
-	count atomic.Int64
-}
-
-func (r *rateLimited) log(l zerolog.Logger, err error, to netip.AddrPort) {
-	n := r.count.Add(1)
-	now := time.Now().UnixNano()
-	prev := r.last.Load()
-	if now-prev < int64(noBackendsLogInterval) || !r.last.CompareAndSwap(prev, now) {
-		return
-	}
-	r.count.Add(-n)
-	l.Error().Err(err).Str("dest", to.String()).Int64("count", n).Msg("outbound UDP packet error")
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

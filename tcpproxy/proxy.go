@@ -80,6 +80,7 @@ type Proxy struct {
 	total        atomic.Uint64
 	active       atomic.Int64
 	acceptErrors atomic.Uint64
+	acceptLog    *timeouts.Limiter
 	drops        [numDrops]atomic.Uint64
 
 	mu       sync.Mutex
@@ -100,7 +101,8 @@ func New(ln *net.TCPListener, cfg Config) *Proxy {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	return &Proxy{ln: ln, cfg: cfg, log: cfg.Log, sessions: map[*session]struct{}{}, ctx: ctx, stop: stop}
+	return &Proxy{ln: ln, cfg: cfg, log: cfg.Log, sessions: map[*session]struct{}{}, ctx: ctx, stop: stop,
+		acceptLog: timeouts.NewLimiter(cfg.Timeouts.Clock(), 5*time.Second)}
 }
 
 // Addr returns the listener's address.
@@ -136,7 +138,10 @@ func (p *Proxy) acceptLoop() {
 			}
 			p.acceptErrors.Add(1)
 			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
-			p.log.Warn().Err(err).Dur("backoff", backoff).Msg("incoming TCP accept failure")
+			if ok, held := p.acceptLog.Allow(); ok {
+				p.log.Warn().Err(err).Dur("backoff", backoff).Int64("suppressed", held).
+					Msg("incoming TCP accept failure")
+			}
 			select {
 			case <-p.ctx.Done():
 				return

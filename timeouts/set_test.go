@@ -184,3 +184,27 @@ func TestFakeTimerStopAndReset(t *testing.T) {
 		t.Fatal("reset timer did not fire")
 	}
 }
+
+func TestLimiter(t *testing.T) {
+	clock := NewFake(epoch)
+	l := NewLimiter(clock, 5*time.Second)
+	if ok, held := l.Allow(); !ok || held != 0 {
+		t.Fatalf("first event: %v %d", ok, held)
+	}
+	for range 3 {
+		if ok, _ := l.Allow(); ok {
+			t.Fatal("second event within 5 s let through")
+		}
+	}
+	clock.Advance(5*time.Second - 1)
+	if ok, _ := l.Allow(); ok {
+		t.Fatal("let through early")
+	}
+	clock.Advance(1)
+	if ok, held := l.Allow(); !ok || held != 4 {
+		t.Fatalf("after 5 s: %v, held %d, want 4", ok, held)
+	}
+	if a := testing.AllocsPerRun(100, func() { l.Allow() }); a != 0 {
+		t.Fatalf("Allow allocates %.1f", a)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
+	"github.com/bbal/bbal/timeouts"
 )
 
 // Drop reasons.
@@ -69,7 +70,7 @@ type Proxy struct {
 	sendErrors atomic.Uint64
 	drops      [numDrops]atomic.Uint64
 
-	oversizeLogged atomic.Int64 // unix nanoseconds of the last warning
+	oversizeLog *timeouts.Limiter
 
 	wg   sync.WaitGroup
 	once sync.Once
@@ -77,8 +78,8 @@ type Proxy struct {
 
 // New returns a proxy on conn, which it owns from then on. Its Reply may
 // be used at once; nothing is read until Start.
-func New(conn *net.UDPConn, log zerolog.Logger) *Proxy {
-	return &Proxy{conn: conn, log: log}
+func New(conn *net.UDPConn, clock timeouts.Clock, log zerolog.Logger) *Proxy {
+	return &Proxy{conn: conn, log: log, oversizeLog: timeouts.NewLimiter(clock, 5*time.Second)}
 }
 
 // Addr returns the socket's local address.
@@ -179,12 +180,10 @@ func (p *Proxy) handle(buf []byte, n int, from netip.AddrPort) {
 func (p *Proxy) drop(r DropReason) { p.drops[r].Add(1) }
 
 func (p *Proxy) warnOversized(addr netip.Addr, n int) {
-	now := time.Now().UnixNano()
-	prev := p.oversizeLogged.Load()
-	if now-prev < int64(5*time.Second) || !p.oversizeLogged.CompareAndSwap(prev, now) {
-		return
+	if ok, held := p.oversizeLog.Allow(); ok {
+		p.log.Warn().Stringer("remote_ip", addr).Int("len", n).Int64("suppressed", held).
+			Msg("dropping oversized UDP packet")
 	}
-	p.log.Warn().Stringer("remote_ip", addr).Int("len", n).Msg("dropping oversized UDP packet")
 }
 
 // Stats is a snapshot of the proxy's counters.

@@ -42,7 +42,7 @@ func newBed(t *testing.T, log zerolog.Logger) *bed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := New(uc, log)
+	p := New(uc, ts.Clock(), log)
 	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts, Reply: p.Reply})
 	table := remotes.New(remotes.Config{Backends: set, Timeouts: ts, Log: log})
 	set.Start()

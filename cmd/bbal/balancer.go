@@ -68,7 +68,7 @@ func start(cfg config, opt options, log zerolog.Logger) (*balancer, error) {
 		b.timeouts.Run(ctx)
 	}()
 
-	b.udp = udpproxy.New(uconn, log)
+	b.udp = udpproxy.New(uconn, opt.clock, log)
 
 	bc := opt.backends
 	bc.Dir, bc.Log, bc.Timeouts, bc.Reply = cfg.socketDir, log, b.timeouts, b.udp.Reply

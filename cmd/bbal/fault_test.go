@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -393,5 +394,41 @@ func expectEOF(t *testing.T, c net.Conn) {
 		t.Fatalf("connection still open: read %d, %v", n, err)
 	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		t.Fatal("connection not closed within 10 s")
+	}
+}
+
+func TestTCPClientBytesBeforeOKAreHeld(t *testing.T) {
+	f := newFaultBed(t)
+	f.helloOK()
+	from := pinTo(t, f.harness, 5302)
+	client := dialTCP(t, from, f.addr)
+	s := f.fake.Accept(t)
+	s.Expect(t, protocol.FrameInboundTCP)
+
+	// The client sends its query and half-closes before the backend has
+	// said INBOUND_TCP_OK; nothing of it may reach the backend early or
+	// be lost.
+	query := []byte("\x00\x05hello")
+	if _, err := client.Write(query); err != nil {
+		t.Fatal(err)
+	}
+	client.CloseWrite()
+	s.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if n, err := s.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("backend got client bytes before its OK: %d %v", n, err)
+	}
+	s.SendType(t, protocol.FrameInboundTCPOK)
+	s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(s)
+	if err != nil || string(got) != string(query) {
+		t.Fatalf("backend read %q, %v; want %q then EOF", got, err, query)
+	}
+	// And the reply, then the backend's EOF, reach the client.
+	s.Write([]byte("\x00\x03bye"))
+	s.CloseWrite()
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	reply, err := io.ReadAll(client)
+	if err != nil || string(reply) != "\x00\x03bye" {
+		t.Fatalf("client read %q, %v", reply, err)
 	}
 }

@@ -151,19 +151,34 @@ func (p *process) wait(t *testing.T, limit time.Duration) int {
 }
 
 func TestBindFailureIsFatal(t *testing.T) {
-	busy, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	port := busy.LocalAddr().(*net.UDPAddr).Port
-	p := startProcess(t, nil, "-s", testbed.SocketDir(t), "-b", "127.0.0.1", "-p", strconv.Itoa(port))
-	if code := p.wait(t, 10*time.Second); code != 1 {
-		t.Fatalf("exit %d, want 1", code)
-	}
-	r := p.logs.Wait(t, "failed to create listen sockets", map[string]any{"level": 60, "port": port})
-	if !strings.Contains(r["err"].(string), "address already in use") {
-		t.Fatalf("err %q", r["err"])
+	for _, proto := range []string{"udp", "tcp"} {
+		t.Run(proto, func(t *testing.T) {
+			var port int
+			if proto == "udp" {
+				busy, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer busy.Close()
+				port = busy.LocalAddr().(*net.UDPAddr).Port
+			} else {
+				busy, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer busy.Close()
+				port = busy.Addr().(*net.TCPAddr).Port
+			}
+			p := startProcess(t, nil, "-s", testbed.SocketDir(t), "-b", "127.0.0.1", "-p", strconv.Itoa(port))
+			if code := p.wait(t, 10*time.Second); code != 1 {
+				t.Fatalf("exit %d, want 1", code)
+			}
+			r := p.logs.Wait(t, "failed to create listen sockets", map[string]any{"level": 60, "port": port})
+			if err := r["err"].(string); !strings.Contains(err, "address already in use") ||
+				!strings.HasPrefix(err, strings.ToUpper(proto)+":") {
+				t.Fatalf("err %q", err)
+			}
+		})
 	}
 }
 
