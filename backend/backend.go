@@ -45,6 +45,41 @@ func (s State) String() string {
 	return "invalid"
 }
 
+// Admin is the operator's setting for a backend, independent of its
+// session state.
+type Admin int32
+
+const (
+	// AdminEnabled: the backend takes new remotes and serves its own.
+	AdminEnabled Admin = iota
+	// AdminDisabled: no new remotes, and its remotes are served by
+	// backups until it is enabled again (like ipvsadm weight 0 plus
+	// quiescing).
+	AdminDisabled
+	// AdminDraining: no new remotes; its remotes stay until they expire
+	// or it is enabled.
+	AdminDraining
+)
+
+var adminNames = [...]string{"enabled", "disabled", "draining"}
+
+func (a Admin) String() string {
+	if a >= 0 && int(a) < len(adminNames) {
+		return adminNames[a]
+	}
+	return "invalid"
+}
+
+// ParseAdmin parses an Admin's String.
+func ParseAdmin(s string) (Admin, bool) {
+	for i, n := range adminNames {
+		if n == s {
+			return Admin(i), true
+		}
+	}
+	return 0, false
+}
+
 // Backend is one backend process, reached through one socket path. Its
 // standing session is run by one goroutine (run), which alone changes the
 // session state; the packet path reads what it needs through atomics and
@@ -56,8 +91,9 @@ type Backend struct {
 	log  zerolog.Logger
 
 	// Read by the packet path.
-	ok      atomic.Bool // usable for traffic: state is StateOK
-	removed atomic.Bool // state is StateRemoved
+	ok      atomic.Bool  // the session is up: state is StateOK
+	removed atomic.Bool  // state is StateRemoved
+	admin   atomic.Int32 // an Admin, set by the operator
 	q       *queue
 	stats   counters
 
@@ -135,8 +171,24 @@ func (b *Backend) ID() ID { return b.id }
 // Path returns the backend's socket path.
 func (b *Backend) Path() string { return b.path }
 
-// OK reports whether the backend takes traffic now.
+// OK reports whether the backend's session is up (SERVER_HELLO received,
+// not faulted since). Whether it takes traffic also depends on its Admin
+// setting: see Serving and Eligible.
 func (b *Backend) OK() bool { return b.ok.Load() }
+
+// Serving reports whether the backend serves the remotes assigned to it:
+// ok and not disabled.
+func (b *Backend) Serving() bool { return b.ok.Load() && Admin(b.admin.Load()) != AdminDisabled }
+
+// Eligible reports whether the backend may be given new remotes: ok and
+// enabled.
+func (b *Backend) Eligible() bool { return b.ok.Load() && Admin(b.admin.Load()) == AdminEnabled }
+
+// Admin returns the operator's setting.
+func (b *Backend) Admin() Admin { return Admin(b.admin.Load()) }
+
+// SetAdmin changes the operator's setting and returns the previous one.
+func (b *Backend) SetAdmin(a Admin) Admin { return Admin(b.admin.Swap(int32(a))) }
 
 // Removed reports whether the backend's socket has gone from the
 // directory.
@@ -211,7 +263,7 @@ func (b *Backend) Stats() Stats {
 	qb, qf := b.q.length()
 	s := Stats{
 		ID: b.id, Path: b.path, State: st, Since: since,
-		OK: b.ok.Load(), Removed: b.removed.Load(),
+		OK: b.ok.Load(), Removed: b.removed.Load(), Admin: b.Admin(),
 		ReconnectDelay:  time.Duration(b.delay.Load()),
 		QueuedBytes:     qb,
 		QueuedFrames:    qf,
@@ -238,6 +290,20 @@ func (b *Backend) Stats() Stats {
 		}
 	}
 	return s
+}
+
+// ResetCounters sets the backend's counters back to zero. The gauges
+// (active TCP sessions, queue, heartbeat round trip) are left alone.
+func (b *Backend) ResetCounters() {
+	c := &b.stats
+	for _, v := range []*atomic.Uint64{&c.udpFrames, &c.udpBytes, &c.outboundUDP, &c.outboundBytes,
+		&c.outboundErrors, &c.stuckDrops, &c.downDrops, &c.discarded, &c.tcpTotal, &c.tcpErrors,
+		&c.connectAttempts, &c.connectErrors, &c.heartbeats} {
+		v.Store(0)
+	}
+	for i := range c.faults {
+		c.faults[i].Store(0)
+	}
 }
 
 // setState is the one place the session state changes.

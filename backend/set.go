@@ -272,16 +272,16 @@ func (s *Set) Get(id ID) *Backend {
 func (s *Set) All() []*Backend { return *s.list.Load() }
 
 // Pick chooses a backend for a new assignment: round-robin in ID order
-// over the ok backends, starting after the one chosen last. It returns nil
-// when none is ok, and then logs "no backends available" (at most once
-// per 5 s).
+// over the eligible backends (ok and enabled), starting after the one
+// chosen last. It returns nil when none is eligible, and then logs "no
+// backends available" (at most once per 5 s).
 func (s *Set) Pick() *Backend {
 	list := *s.list.Load()
 	last := ID(s.lastPicked.Load())
 	start, _ := slices.BinarySearchFunc(list, last+1, func(b *Backend, id ID) int { return int(b.id) - int(id) })
 	for i := range list {
 		b := list[(start+i)%len(list)]
-		if b.OK() {
+		if b.Eligible() {
 			s.lastPicked.Store(uint32(b.id))
 			return b
 		}
@@ -294,17 +294,17 @@ func (s *Set) Pick() *Backend {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// Status reports whether backend id takes traffic now (ok), and whether it
-// is unknown or its socket has been removed (gone).
+// Status reports whether backend id serves its remotes now (ok), and
+// whether it is unknown or its socket has been removed (gone).
 func (s *Set) Status(id ID) (ok, gone bool) {
 	b := s.Get(id)
 	if b == nil {
 		return false, true
 	}
-	return b.OK(), b.Removed()
+	return b.Serving(), b.Removed()
 }
 
-// PickID is Pick for callers that keep IDs; 0 when none is ok.
+// PickID is Pick for callers that keep IDs; 0 when none is eligible.
 func (s *Set) PickID() ID {
 	if b := s.Pick(); b != nil {
 		return b.id
@@ -312,11 +312,12 @@ func (s *Set) PickID() ID {
 	return 0
 }
 
-// OKIDs returns the IDs of the backends that are ok now, in ID order.
-func (s *Set) OKIDs() []ID {
+// EligibleIDs returns the IDs of the backends that may be given new
+// remotes now, in ID order.
+func (s *Set) EligibleIDs() []ID {
 	var ids []ID
 	for _, b := range s.All() {
-		if b.OK() {
+		if b.Eligible() {
 			ids = append(ids, b.id)
 		}
 	}

@@ -136,9 +136,26 @@ func TestPickIsRoundRobinInIDOrderOverOKBackends(t *testing.T) {
 			t.Fatalf("picks %v, want %v", got, want)
 		}
 	}
-	if ok := s.OKIDs(); len(ok) != 3 || ok[0] != 1 || ok[2] != 5301 {
-		t.Fatalf("OKIDs %v", ok)
+	if ok := s.EligibleIDs(); len(ok) != 3 || ok[0] != 1 || ok[2] != 5301 {
+		t.Fatalf("EligibleIDs %v", ok)
 	}
+	// Draining and disabled backends get no new remotes; a draining one
+	// still serves its own.
+	s.Get(3).SetAdmin(AdminDraining)
+	s.Get(5301).SetAdmin(AdminDisabled)
+	for range 3 {
+		if id := s.PickID(); id != 1 {
+			t.Fatalf("picked %d, want only 1", id)
+		}
+	}
+	if ok, _ := s.Status(3); !ok {
+		t.Fatal("a draining backend stopped serving")
+	}
+	if ok, gone := s.Status(5301); ok || gone {
+		t.Fatalf("disabled backend Status = %v %v, want not ok, not gone", ok, gone)
+	}
+	s.Get(3).SetAdmin(AdminEnabled)
+	s.Get(5301).SetAdmin(AdminEnabled)
 
 	fakeList(s, map[ID]bool{1: false, 2: false})
 	for range 3 {

@@ -84,6 +84,7 @@ type Stats struct {
 	Since           time.Time // when State was entered
 	OK              bool
 	Removed         bool
+	Admin           Admin
 	ReconnectDelay  time.Duration
 	QueuedBytes     int
 	QueuedFrames    int

@@ -24,13 +24,15 @@ const (
 // Backends is what the table needs to know of the backends;
 // *backend.Set provides it.
 type Backends interface {
-	// Status reports whether backend id takes traffic now (ok), and
-	// whether it is unknown or its socket was removed (gone).
+	// Status reports whether backend id serves its remotes now (ok),
+	// and whether it is unknown or its socket was removed (gone).
 	Status(id backend.ID) (ok, gone bool)
-	// PickID chooses a backend for a new assignment; 0 when none is ok.
+	// PickID chooses a backend for a new assignment; 0 when none is
+	// eligible.
 	PickID() backend.ID
-	// OKIDs lists the ok backends in ID order.
-	OKIDs() []backend.ID
+	// EligibleIDs lists, in ID order, the backends that may be given
+	// new remotes: those rebalancing spreads remotes over.
+	EligibleIDs() []backend.ID
 }
 
 // Config configures a Table. Backends and Timeouts are required.
@@ -76,10 +78,11 @@ type Table struct {
 	clock timeouts.Clock
 	epoch time.Time
 
-	mu     sync.Mutex
-	tree   *btree.BTreeG[*Remote]
-	probe  Remote // search key, used under mu
-	counts map[backend.ID]int
+	mu        sync.Mutex
+	tree      *btree.BTreeG[*Remote]
+	probe     Remote             // search key, used under mu
+	primaries map[backend.ID]int // remotes per primary backend
+	backups   map[backend.ID]int // remotes per backup backend
 
 	rebalanceT *timeouts.Timeout
 	expireT    *timeouts.Timeout
@@ -101,14 +104,15 @@ func New(cfg Config) *Table {
 	}
 	clock := cfg.Timeouts.Clock()
 	t := &Table{
-		cfg:    cfg,
-		log:    cfg.Log,
-		clock:  clock,
-		epoch:  clock.Now(),
-		tree:   btree.NewG(32, lessRemote),
-		counts: map[backend.ID]int{},
-		kick:   make(chan func(), 2),
-		done:   make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Log,
+		clock:     clock,
+		epoch:     clock.Now(),
+		tree:      btree.NewG(32, lessRemote),
+		primaries: map[backend.ID]int{},
+		backups:   map[backend.ID]int{},
+		kick:      make(chan func(), 2),
+		done:      make(chan struct{}),
 	}
 	t.rebalanceT = cfg.Timeouts.NewTimeout("remotes rebalance", func() { t.post(t.rebalanceTick) })
 	t.expireT = cfg.Timeouts.NewTimeout("remotes expiry", func() { t.post(t.expireTick) })
@@ -198,7 +202,7 @@ func (t *Table) assign(r *Remote) backend.ID {
 		case ok:
 			if r.backup != 0 {
 				t.remoteLog(r).Uint16("be_id", uint16(r.primary)).Msg("remote assigned to original primary backend")
-				r.backup = 0
+				t.setBackup(r, 0)
 			}
 			return r.primary
 		default:
@@ -206,12 +210,12 @@ func (t *Table) assign(r *Remote) backend.ID {
 				if ok, _ := b.Status(r.backup); ok {
 					return r.backup
 				}
-				r.backup = 0
+				t.setBackup(r, 0)
 			}
 			id := b.PickID()
 			if id != 0 {
 				t.remoteLog(r).Uint16("be_id", uint16(id)).Msg("remote assigned to new backup backend")
-				r.backup = id
+				t.setBackup(r, id)
 			}
 			return id
 		}
@@ -219,10 +223,9 @@ func (t *Table) assign(r *Remote) backend.ID {
 	id := b.PickID()
 	if id != 0 {
 		t.remoteLog(r).Uint16("be_id", uint16(id)).Msg("remote assigned to new primary backend")
-		r.primary = id
-		t.counts[id]++
+		t.setPrimary(r, id)
 	}
-	r.backup = 0
+	t.setBackup(r, 0)
 	return id
 }
 
@@ -230,29 +233,49 @@ func (t *Table) remoteLog(r *Remote) *zerolog.Event {
 	return t.log.Info().Stringer("remote_ip", protocol.U32ToAddr(r.addr))
 }
 
-// reset clears both of r's assignments. t.mu is held.
+// The per-backend counts change only here, with the assignment they
+// count. t.mu is held.
+
+func (t *Table) setPrimary(r *Remote, id backend.ID) {
+	move(t.primaries, r.primary, id)
+	r.primary = id
+}
+
+func (t *Table) setBackup(r *Remote, id backend.ID) {
+	move(t.backups, r.backup, id)
+	r.backup = id
+}
+
+// reset clears both of r's assignments.
 func (t *Table) reset(r *Remote) {
-	if r.primary != 0 {
-		if t.counts[r.primary]--; t.counts[r.primary] <= 0 {
-			delete(t.counts, r.primary)
+	t.setPrimary(r, 0)
+	t.setBackup(r, 0)
+}
+
+func move(counts map[backend.ID]int, from, to backend.ID) {
+	if from != 0 {
+		if counts[from]--; counts[from] <= 0 {
+			delete(counts, from)
 		}
 	}
-	r.primary, r.backup = 0, 0
+	if to != 0 {
+		counts[to]++
+	}
 }
 
 // Rebalance clears the assignment of enough remotes of the fullest ok
 // backend to bring the spread down, as described in the package comment.
 // It returns the number of remotes cleared.
 func (t *Table) Rebalance() int {
-	ok := t.cfg.Backends.OKIDs()
+	ok := t.cfg.Backends.EligibleIDs()
 	if len(ok) == 0 {
 		return 0
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	maxID, maxN, minN := ok[0], t.counts[ok[0]], t.counts[ok[0]]
+	maxID, maxN, minN := ok[0], t.primaries[ok[0]], t.primaries[ok[0]]
 	for _, id := range ok[1:] {
-		n := t.counts[id]
+		n := t.primaries[id]
 		if n > maxN {
 			maxID, maxN = id, n
 		}
@@ -308,15 +331,53 @@ func (t *Table) Len() int {
 	return t.tree.Len()
 }
 
-// Counts returns, per backend, the number of remotes whose primary it is.
-func (t *Table) Counts() map[backend.ID]int {
+// Counts is the number of remotes assigned to one backend.
+type Counts struct {
+	Primary int // remotes whose primary it is
+	Backup  int // remotes it serves as a backup
+}
+
+// Counts returns the assignment counts of every backend that has any.
+func (t *Table) Counts() map[backend.ID]Counts {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make(map[backend.ID]int, len(t.counts))
-	for id, n := range t.counts {
-		out[id] = n
+	out := make(map[backend.ID]Counts, len(t.primaries))
+	for id, n := range t.primaries {
+		c := out[id]
+		c.Primary = n
+		out[id] = c
+	}
+	for id, n := range t.backups {
+		c := out[id]
+		c.Backup = n
+		out[id] = c
 	}
 	return out
+}
+
+// ResetCounters sets every remote's counters back to zero, a chunk of
+// remotes at a time.
+func (t *Table) ResetCounters() {
+	const chunk = 4096
+	next, more := uint32(0), true
+	for more {
+		t.mu.Lock()
+		t.probe.addr = next
+		more = false
+		n := 0
+		t.tree.AscendGreaterOrEqual(&t.probe, func(r *Remote) bool {
+			if n == chunk {
+				more, next = true, r.addr
+				return false
+			}
+			r.udp.Store(0)
+			r.tcp.Store(0)
+			r.drops.Store(0)
+			n++
+			return true
+		})
+		t.mu.Unlock()
+	}
 }
 
 // Info is a snapshot of one remote.

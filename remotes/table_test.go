@@ -84,7 +84,7 @@ func (f *fakeBackends) PickID() backend.ID {
 	return ids[0]
 }
 
-func (f *fakeBackends) OKIDs() []backend.ID {
+func (f *fakeBackends) EligibleIDs() []backend.ID {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.ids()
@@ -119,7 +119,7 @@ func TestAssignment(t *testing.T) {
 		t.Fatalf("backup %d, want 2", got)
 	}
 	logs.Wait(t, "remote assigned to new backup backend", map[string]any{"remote_ip": "127.0.0.2", "be_id": 2})
-	if c := tab.Counts(); c[1] != 1 || c[2] != 1 {
+	if c := tab.Counts(); c[1].Primary != 1 || c[2].Primary != 1 || c[2].Backup != 1 {
 		t.Fatalf("counts %v", c)
 	}
 	// Backup down too, a third backend up: a new backup.
@@ -156,8 +156,15 @@ func TestAssignment(t *testing.T) {
 	if got := route(1); got == 1 || got == 0 {
 		t.Fatalf("after removal routed to %d", got)
 	}
-	if c := tab.Counts(); c[1] != 0 {
+	if c := tab.Counts(); c[1].Primary != 0 {
 		t.Fatalf("removed backend still counted: %v", c)
+	}
+	total := 0
+	for _, c := range tab.Counts() {
+		total += c.Backup
+	}
+	if total != 0 {
+		t.Fatalf("backup counts %v after every remote went home", tab.Counts())
 	}
 }
 
@@ -178,7 +185,7 @@ func TestRebalance(t *testing.T) {
 		tab.Route(ip(n))
 	}
 	c := tab.Counts()
-	if c[1] != 6 || c[2] != 4 {
+	if c[1].Primary != 6 || c[2].Primary != 4 {
 		t.Fatalf("counts after rebalance %v, want 6 and 4", c)
 	}
 	// A spread no larger than the number of ok backends is left alone.
@@ -209,7 +216,7 @@ func TestExpiryAndMaintenanceTimers(t *testing.T) {
 	clock.Advance(90 * time.Second) // ip(2) idle 5m30s
 	logs.Wait(t, "expiring remote entry", map[string]any{"remote_ip": "127.0.0.3"})
 	testbed.Eventually(t, "expiry", func() bool { return tab.Len() == 1 })
-	if c := tab.Counts(); c[1] != 1 {
+	if c := tab.Counts(); c[1].Primary != 1 {
 		t.Fatalf("counts %v after expiry", c)
 	}
 	info, ok := tab.Lookup(ip(1))
@@ -257,4 +264,21 @@ func TestRouteAllocatesNothingForKnownRemotes(t *testing.T) {
 	if a := testing.AllocsPerRun(1000, func() { tab.Route(ip(1)) }); a != 0 {
 		t.Fatalf("Route allocates %.1f for a known remote", a)
 	}
+}
+
+func TestResetCounters(t *testing.T) {
+	tab, _, _ := newTable(t, newFake(1))
+	for n := range 5000 {
+		r, _ := tab.Route(uint32(n))
+		r.CountUDP()
+		r.CountTCP()
+		r.CountDrop()
+	}
+	tab.ResetCounters()
+	tab.Walk(context.Background(), 0, func(in Info) bool {
+		if in.UDP+in.TCP+in.Drops != 0 {
+			t.Fatalf("remote %d not reset: %+v", in.Addr, in)
+		}
+		return true
+	})
 }

@@ -359,6 +359,16 @@ func (s *session) copyFailed(which string, err error) {
 	s.closeBoth()
 }
 
+// ResetCounters sets the proxy's counters back to zero; the active
+// session count is a gauge and stays.
+func (p *Proxy) ResetCounters() {
+	p.total.Store(0)
+	p.acceptErrors.Store(0)
+	for i := range p.drops {
+		p.drops[i].Store(0)
+	}
+}
+
 // Stats is a snapshot of the proxy's counters.
 type Stats struct {
 	Total        uint64

@@ -186,6 +186,16 @@ func (p *Proxy) warnOversized(addr netip.Addr, n int) {
 	}
 }
 
+// ResetCounters sets the proxy's counters back to zero.
+func (p *Proxy) ResetCounters() {
+	for _, c := range []*atomic.Uint64{&p.packetsIn, &p.bytesIn, &p.packetsOut, &p.bytesOut, &p.sendErrors} {
+		c.Store(0)
+	}
+	for i := range p.drops {
+		p.drops[i].Store(0)
+	}
+}
+
 // Stats is a snapshot of the proxy's counters.
 type Stats struct {
 	PacketsIn  uint64

@@ -32,7 +32,7 @@ func TestBadClientInputDisturbsNoOne(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	before := m.b.udp.Stats()
+	before := m.b.UDP.Stats()
 	send(nil)                              // empty datagram
 	send([]byte("GET / HTTP/1.0\r\n\r\n")) // not DNS
 	send(make([]byte, 3000))               // oversized
@@ -50,8 +50,8 @@ func TestBadClientInputDisturbsNoOne(t *testing.T) {
 	half.Close()
 
 	m.logs.Wait(t, "dropping oversized UDP packet", map[string]any{"len": 3000})
-	testbed.Eventually(t, "datagrams read", func() bool { return m.b.udp.Stats().PacketsIn >= before.PacketsIn+4 })
-	st := m.b.udp.Stats()
+	testbed.Eventually(t, "datagrams read", func() bool { return m.b.UDP.Stats().PacketsIn >= before.PacketsIn+4 })
+	st := m.b.UDP.Stats()
 	if d := st.Drops["oversized"] - before.Drops["oversized"]; d != 2 {
 		t.Fatalf("%d oversized drops, want 2", d)
 	}
@@ -69,9 +69,9 @@ func TestBadClientInputDisturbsNoOne(t *testing.T) {
 	// The idle client leaves; node-mname holds the half query for
 	// good, so that session ends when the drain timeout expires.
 	idle.Close()
-	testbed.Eventually(t, "idle session closed", func() bool { return m.b.tcp.Stats().Active == 1 })
+	testbed.Eventually(t, "idle session closed", func() bool { return m.b.TCP.Stats().Active == 1 })
 	testbed.Eventually(t, "drain timer armed", func() bool {
-		for _, e := range m.b.timeouts.List() {
+		for _, e := range m.b.Timeouts.List() {
 			if strings.HasSuffix(e.Name, " drain") {
 				return true
 			}
@@ -79,22 +79,22 @@ func TestBadClientInputDisturbsNoOne(t *testing.T) {
 		return false
 	})
 	m.advance(tcpproxy.DefaultDrainTimeout)
-	testbed.Eventually(t, "TCP sessions closed", func() bool { return m.b.tcp.Stats().Active == 0 })
+	testbed.Eventually(t, "TCP sessions closed", func() bool { return m.b.TCP.Stats().Active == 0 })
 }
 
 func TestRebalanceSpreadsRemotes(t *testing.T) {
 	h := newHarness(t, nil)
 	testbed.StartGo(t, h.sock("5301"), "one")
-	h.b.backends.Scan()
+	h.b.Backends.Scan()
 	h.established(0, 5301)
 	for i := range 10 {
 		h.who(testbed.Loopback(i), false)
 	}
 	testbed.StartGo(t, h.sock("5302"), "two")
 	mark := h.logs.Mark()
-	h.b.backends.Scan()
+	h.b.Backends.Scan()
 	h.established(mark, 5302)
-	if c := h.b.table.Counts(); c[5301] != 10 || c[5302] != 0 {
+	if c := h.b.Table.Counts(); c[5301].Primary != 10 || c[5302].Primary != 0 {
 		t.Fatalf("counts before rebalance %v", c)
 	}
 
@@ -107,8 +107,9 @@ func TestRebalanceSpreadsRemotes(t *testing.T) {
 	for i := range 10 {
 		h.who(testbed.Loopback(i), false)
 	}
-	c := h.b.table.Counts()
-	if c[5301]+c[5302] != 10 || c[5301]-c[5302] > 2 || c[5302]-c[5301] > 2 {
+	c := h.b.Table.Counts()
+	p1, p2 := c[5301].Primary, c[5302].Primary
+	if p1+p2 != 10 || p1-p2 > 2 || p2-p1 > 2 {
 		t.Fatalf("counts after rebalance %v", c)
 	}
 }
@@ -116,7 +117,7 @@ func TestRebalanceSpreadsRemotes(t *testing.T) {
 func TestIdleRemotesExpire(t *testing.T) {
 	h := newHarness(t, nil)
 	testbed.StartGo(t, h.sock("5301"), "one")
-	h.b.backends.Scan()
+	h.b.Backends.Scan()
 	h.established(0, 5301)
 	a, b, c := testbed.Loopback(1), testbed.Loopback(2), testbed.Loopback(3)
 	for _, from := range []netip.Addr{a, b, c} {
@@ -127,11 +128,11 @@ func TestIdleRemotesExpire(t *testing.T) {
 	advanceWithHeartbeats(h, 90*time.Second)
 	h.logs.Wait(t, "expiring remote entry", map[string]any{"remote_ip": b.String()})
 	h.logs.Wait(t, "expiring remote entry", map[string]any{"remote_ip": c.String()})
-	testbed.Eventually(t, "two remotes expired", func() bool { return h.b.table.Len() == 1 })
-	if _, ok := h.b.table.Lookup(protocol.AddrToU32(a)); !ok {
+	testbed.Eventually(t, "two remotes expired", func() bool { return h.b.Table.Len() == 1 })
+	if _, ok := h.b.Table.Lookup(protocol.AddrToU32(a)); !ok {
 		t.Fatal("the recently seen remote expired")
 	}
-	if n := h.b.table.Counts()[5301]; n != 1 {
+	if n := h.b.Table.Counts()[5301].Primary; n != 1 {
 		t.Fatalf("backend still counts %d remotes", n)
 	}
 }
@@ -147,13 +148,13 @@ func advanceWithHeartbeats(h *harness, d time.Duration) {
 
 func TestNoBackendsAvailable(t *testing.T) {
 	h := newHarness(t, nil)
-	h.b.backends.Scan() // an empty directory
+	h.b.Backends.Scan() // an empty directory
 	for i := range 5 {
 		if _, err := testbed.WhoTimeout(h.addr, testbed.Loopback(i), false, 50*time.Millisecond); err == nil {
 			t.Fatal("answered with no backends")
 		}
 	}
-	testbed.Eventually(t, "drops counted", func() bool { return h.b.udp.Stats().Drops["no_backend"] == 5 })
+	testbed.Eventually(t, "drops counted", func() bool { return h.b.UDP.Stats().Drops["no_backend"] == 5 })
 	// TCP connections are closed at once.
 	c := dialTCP(t, testbed.Loopback(9), h.addr)
 	expectEOF(t, c)

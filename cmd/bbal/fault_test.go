@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/tools/dnsbackend"
 	"github.com/bbal/bbal/tools/testbed"
@@ -29,7 +30,7 @@ func newFaultBed(t *testing.T) *faultBed {
 	h := newHarness(t, nil)
 	testbed.StartGo(t, h.sock("5301"), "good")
 	fake := testbed.NewFake(t, h.sock("5302"))
-	h.b.backends.Scan()
+	h.b.Backends.Scan()
 	h.established(0, 5301)
 	return &faultBed{harness: h, fake: fake, conn: fake.Accept(t)}
 }
@@ -56,7 +57,7 @@ func (f *faultBed) expectFault(reason backend.Reason, delay time.Duration) {
 	if got := f.who(testbed.Loopback(100), false)["backend"]; got != "good" {
 		f.t.Fatalf("new client answered by %q while 5302 is faulted", got)
 	}
-	if n := f.b.backends.Get(5302).Stats().Faults[reason.String()]; n != 1 {
+	if n := f.b.Backends.Get(5302).Stats().Faults[reason.String()]; n != 1 {
 		f.t.Fatalf("faults[%s] = %d", reason, n)
 	}
 	f.advance(delay)
@@ -80,7 +81,7 @@ func TestBackendFaults(t *testing.T) {
 				f.conn.Expect(f.t, protocol.FrameClientHello)
 				f.advance(backend.DefaultConnectTimeout - time.Millisecond)
 				f.fake.NoAccept(f.t)
-				if n := f.b.backends.Get(5302).Stats().Faults; len(n) != 0 {
+				if n := f.b.Backends.Get(5302).Stats().Faults; len(n) != 0 {
 					f.t.Fatalf("faulted before the connect timeout: %v", n)
 				}
 				f.advance(time.Millisecond)
@@ -121,7 +122,7 @@ func TestBackendFaults(t *testing.T) {
 				f.heartbeat(5302)
 				f.conn.Expect(f.t, protocol.FrameClientHeartbeat)
 				f.advance(backend.DefaultHeartbeatTimeout - time.Millisecond)
-				if n := f.b.backends.Get(5302).Stats().Faults; len(n) != 0 {
+				if n := f.b.Backends.Get(5302).Stats().Faults; len(n) != 0 {
 					f.t.Fatalf("faulted early: %v", n)
 				}
 				f.advance(time.Millisecond)
@@ -160,10 +161,10 @@ func TestHeartbeatsKeepAnsweringBackendUp(t *testing.T) {
 		f.advance(time.Duration(i+1) * time.Second) // the reply's round trip
 		f.conn.SendType(t, protocol.FrameServerHeartbeat)
 		testbed.Eventually(t, "heartbeat RTT recorded", func() bool {
-			return f.b.backends.Get(5302).Stats().HeartbeatRTT == time.Duration(i+1)*time.Second
+			return f.b.Backends.Get(5302).Stats().HeartbeatRTT == time.Duration(i+1)*time.Second
 		})
 	}
-	if !f.b.backends.Get(5302).OK() {
+	if !f.b.Backends.Get(5302).OK() {
 		t.Fatal("backend not ok after answered heartbeats")
 	}
 }
@@ -173,7 +174,7 @@ func TestReconnectBackOff(t *testing.T) {
 	path := h.sock("5305")
 	fake := testbed.NewFake(t, path)
 	fake.CloseKeepSocket() // connections are refused: the socket file stays
-	h.b.backends.Scan()
+	h.b.Backends.Scan()
 	h.logs.Wait(t, "failed to connect", map[string]any{"be_id": 5305})
 
 	want := []time.Duration{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 32, 32}
@@ -187,7 +188,7 @@ func TestReconnectBackOff(t *testing.T) {
 		h.advance(got)
 		h.logs.WaitAfter(t, mark, "failed to connect", map[string]any{"be_id": 5305})
 	}
-	attempts := h.b.backends.Get(5305).Stats().ConnectAttempts
+	attempts := h.b.Backends.Get(5305).Stats().ConnectAttempts
 	if attempts != uint64(len(want)+1) {
 		t.Fatalf("%d connect attempts, want %d", attempts, len(want)+1)
 	}
@@ -267,10 +268,10 @@ func TestFramesOneByteAtATime(t *testing.T) {
 
 func TestStuckBackendDropsAndCounts(t *testing.T) {
 	const queueBytes = 16 << 10
-	h := newHarness(t, func(o *options) { o.backends.QueueBytes = queueBytes })
+	h := newHarness(t, func(o *server.Options) { o.Backends.QueueBytes = queueBytes })
 	testbed.StartGo(t, h.sock("5301"), "good")
 	fake := testbed.NewFake(t, h.sock("5302"))
-	h.b.backends.Scan()
+	h.b.Backends.Scan()
 	h.established(0, 5301)
 	c := fake.Accept(t)
 	mark := h.logs.Mark()
@@ -286,18 +287,18 @@ func TestStuckBackendDropsAndCounts(t *testing.T) {
 	}
 	defer conn.Close()
 	query := make([]byte, 100)
-	be := h.b.backends.Get(5302)
+	be := h.b.Backends.Get(5302)
 	for round := 0; be.Stats().StuckDrops < 1000; round++ {
 		if round > 1000 {
 			t.Fatalf("no stuck drops after %d rounds: %+v", round, be.Stats())
 		}
 		// Bursts small enough for the kernel's socket buffer, each
 		// read by the proxy before the next.
-		in := h.b.udp.Stats().PacketsIn
+		in := h.b.UDP.Stats().PacketsIn
 		for range 100 {
 			conn.Write(query)
 		}
-		testbed.Eventually(t, "burst read", func() bool { return h.b.udp.Stats().PacketsIn >= in+100 })
+		testbed.Eventually(t, "burst read", func() bool { return h.b.UDP.Stats().PacketsIn >= in+100 })
 		// Other clients are served all the while.
 		if got := h.who(goodFrom, false)["backend"]; got != "good" {
 			t.Fatalf("client of the good backend answered by %q", got)
@@ -307,11 +308,11 @@ func TestStuckBackendDropsAndCounts(t *testing.T) {
 			t.Fatalf("queue holds %d bytes, cap %d", st.QueuedBytes, queueBytes)
 		}
 	}
-	st := h.b.udp.Stats()
+	st := h.b.UDP.Stats()
 	if st.Drops["stuck"] == 0 {
 		t.Fatalf("proxy stuck drops not counted: %v", st.Drops)
 	}
-	info, _ := h.b.table.Lookup(protocol.AddrToU32(stuckFrom))
+	info, _ := h.b.Table.Lookup(protocol.AddrToU32(stuckFrom))
 	if info.Drops == 0 {
 		t.Fatal("remote's drops not counted")
 	}
@@ -353,7 +354,7 @@ func TestTCPSessionFaults(t *testing.T) {
 		s.SendType(t, protocol.FrameServerHeartbeat)
 		expectEOF(t, client)
 		f.logs.Wait(t, "backend invalid TCP OK", map[string]any{"backend": 5302, "frame_type": 1004})
-		if !f.b.backends.Get(5302).OK() {
+		if !f.b.Backends.Get(5302).OK() {
 			t.Fatal("a bad TCP session faulted the backend")
 		}
 	})
@@ -365,10 +366,10 @@ func pinTo(t *testing.T, h *harness, id backend.ID) netip.Addr {
 	t.Helper()
 	for i := 1000; i < 1100; i++ {
 		a := testbed.Loopback(i)
-		if info, ok := h.b.table.Lookup(protocol.AddrToU32(a)); ok && info.Primary != id {
+		if info, ok := h.b.Table.Lookup(protocol.AddrToU32(a)); ok && info.Primary != id {
 			continue
 		}
-		if _, got := h.b.table.Route(protocol.AddrToU32(a)); got == id {
+		if _, got := h.b.Table.Route(protocol.AddrToU32(a)); got == id {
 			return a
 		}
 	}

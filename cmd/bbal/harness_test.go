@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/tools/testbed"
 )
@@ -35,36 +36,32 @@ type harness struct {
 	dir   string
 	clock *timeouts.Fake
 	logs  *testbed.Logs
-	b     *balancer
+	b     *server.Balancer
 	addr  netip.AddrPort
 }
 
 // newHarness starts a balancer on a new socket directory. setup, if not
 // nil, may change the options first.
-func newHarness(t *testing.T, setup func(*options)) *harness {
+func newHarness(t *testing.T, setup func(*server.Options)) *harness {
 	t.Helper()
 	h := &harness{t: t, dir: testbed.SocketDir(t), clock: timeouts.NewFake(testbed.Epoch), logs: testbed.NewLogs()}
 	return h.start(setup)
 }
 
 // start starts the balancer on h's directory.
-func (h *harness) start(setup func(*options)) *harness {
+func (h *harness) start(setup func(*server.Options)) *harness {
 	h.t.Helper()
-	opt := options{clock: h.clock}
+	opt := server.Options{Clock: h.clock}
 	if setup != nil {
 		setup(&opt)
 	}
-	cfg := config{
-		socketDir: h.dir,
-		listen:    netip.MustParseAddrPort("127.0.0.1:0"),
-		level:     zerolog.DebugLevel,
-	}
-	b, err := start(cfg, opt, newLogger(h.logs, cfg.level, h.clock.Now))
+	cfg := server.Config{SocketDir: h.dir, Listen: netip.MustParseAddrPort("127.0.0.1:0")}
+	b, err := server.Start(cfg, opt, newLogger(h.logs, zerolog.DebugLevel, h.clock.Now))
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.b, h.addr = b, b.addr()
-	h.t.Cleanup(b.close)
+	h.b, h.addr = b, b.Addr()
+	h.t.Cleanup(b.Close)
 	return h
 }
 
@@ -100,7 +97,7 @@ func (h *harness) reconnectDue(id int) time.Duration {
 	name := "backend " + strconv.Itoa(id) + " reconnect"
 	var due time.Time
 	testbed.Eventually(h.t, name+" armed", func() bool {
-		for _, e := range h.b.timeouts.List() {
+		for _, e := range h.b.Timeouts.List() {
 			if e.Name == name {
 				due = e.Due
 				return true
@@ -121,7 +118,7 @@ func (h *harness) heartbeat(wedged ...backend.ID) {
 		n uint64
 	}
 	var ws []want
-	for _, b := range h.b.backends.All() {
+	for _, b := range h.b.Backends.All() {
 		if b.OK() && !slices.Contains(wedged, b.ID()) {
 			ws = append(ws, want{b, b.Stats().Heartbeats + 1})
 		}

@@ -25,7 +25,7 @@ func newMnameBed(t *testing.T) *mnameBed {
 	h := newHarness(t, nil)
 	n1 := testbed.StartMname(t, h.sock("5301"), "n1")
 	n2 := testbed.StartMname(t, h.sock("5302"), "n2")
-	h.b.backends.Scan()
+	h.b.Backends.Scan()
 	h.established(0, 5301)
 	h.established(0, 5302)
 	return &mnameBed{harness: h, n1: n1, n2: n2}
@@ -127,8 +127,8 @@ func TestMnameStickinessAndSpread(t *testing.T) {
 	if d := perBackend["n1"] - perBackend["n2"]; d < -1 || d > 1 {
 		t.Fatalf("40 clients spread %v, want within one of even", perBackend)
 	}
-	counts := m.b.table.Counts()
-	if counts[5301]+counts[5302] != 40 {
+	counts := m.b.Table.Counts()
+	if counts[5301].Primary+counts[5302].Primary != 40 {
 		t.Fatalf("primary counts %v, want 40 in all", counts)
 	}
 }
@@ -188,16 +188,16 @@ func TestMnameTerminatedBackendIsRemovedAndReturns(t *testing.T) {
 	// remotes are reassigned to a new primary.
 	m.advance(m.reconnectDue(5301))
 	m.logs.Wait(t, "backend socket removed", map[string]any{"be_id": 5301})
-	if st, _ := m.b.backends.Get(5301).State(); st != backend.StateRemoved {
+	if st, _ := m.b.Backends.Get(5301).State(); st != backend.StateRemoved {
 		t.Fatalf("state %v, want removed", st)
 	}
 	for _, c := range clients {
 		m.who(c, false)
 	}
-	if n := m.b.table.Counts()[5301]; n != 0 {
+	if n := m.b.Table.Counts()[5301].Primary; n != 0 {
 		t.Fatalf("removed backend still primary for %d remotes", n)
 	}
-	for _, e := range m.b.timeouts.List() {
+	for _, e := range m.b.Timeouts.List() {
 		if e.Name == "backend 5301 reconnect" {
 			t.Fatal("a removed backend is still being reconnected")
 		}
@@ -218,7 +218,7 @@ func TestMnameTerminatedBackendIsRemovedAndReturns(t *testing.T) {
 func TestNewSocketGetsNewClientsAfterOneScan(t *testing.T) {
 	h := newHarness(t, nil)
 	testbed.StartMname(t, h.sock("5301"), "n1")
-	h.b.backends.Scan()
+	h.b.Backends.Scan()
 	h.established(0, 5301)
 	for i := range 4 {
 		if got := h.who(testbed.Loopback(i), false)["backend"]; got != "n1" {

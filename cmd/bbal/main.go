@@ -10,6 +10,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/bbal/bbal/cmd/internal/server"
 )
 
 // shutdownGrace bounds a clean shutdown; a supervisor expects the process
@@ -40,7 +42,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 
 	log := newLogger(stdout, cfg.level, time.Now)
 	log.Info().Str("socket_dir", cfg.socketDir).Msg("starting up")
-	b, err := start(cfg, options{}, log)
+	b, err := server.Start(server.Config{SocketDir: cfg.socketDir, Listen: cfg.listen}, server.Options{}, log)
 	if err != nil {
 		return 1
 	}
@@ -49,7 +51,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 	log.Info().Str("signal", sig.String()).Msg("shutting down")
 	done := make(chan struct{})
 	go func() {
-		b.close()
+		b.Close()
 		close(done)
 	}()
 	select {

@@ -9,7 +9,7 @@ import (
 func TestQueriesReachGoBackendWithTrueClientAddress(t *testing.T) {
 	h := newHarness(t, nil)
 	testbed.StartGo(t, h.sock("5301"), "one")
-	h.b.backends.Scan()
+	h.b.Backends.Scan()
 	h.established(0, 5301)
 
 	for _, tcp := range []bool{false, true} {

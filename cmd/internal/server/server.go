@@ -1,0 +1,146 @@
+// Package server assembles a running bbal from its parts: the listeners,
+// the backends, the remotes table, the timers and the debug socket. The
+// bbal command builds one from its flags; tests build one on a fake clock.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/remotes"
+	"github.com/bbal/bbal/tcpproxy"
+	"github.com/bbal/bbal/timeouts"
+	"github.com/bbal/bbal/udpproxy"
+)
+
+// Config is what the command line sets.
+type Config struct {
+	SocketDir string         // the backend socket directory
+	Listen    netip.AddrPort // UDP and TCP; port 0 picks one free for both
+}
+
+// Options are the settings the command line does not reach: the clock
+// and the timers, which tests replace. The zero value is production's.
+type Options struct {
+	Clock     timeouts.Clock // timeouts.System when nil
+	Backends  backend.Config // only the durations and limits are used
+	Remotes   remotes.Config // likewise
+	OKTimeout time.Duration
+}
+
+// Balancer is a running bbal: the listeners, the backends, the remotes
+// table and the timers, wired together. Start builds it; Close takes it
+// down in order. The parts are exported for the debug socket and tests;
+// they are not to be replaced.
+type Balancer struct {
+	Log      zerolog.Logger
+	Clock    timeouts.Clock
+	Started  time.Time
+	Timeouts *timeouts.Set
+	Backends *backend.Set
+	Table    *remotes.Table
+	UDP      *udpproxy.Proxy
+	TCP      *tcpproxy.Proxy
+
+	stopTimers context.CancelFunc
+	timersDone sync.WaitGroup
+}
+
+// Start binds the listen address and starts everything. A bind failure is
+// logged as fatal and returned.
+func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
+	if opt.Clock == nil {
+		opt.Clock = timeouts.System
+	}
+	uconn, tln, err := listen(cfg.Listen)
+	if err != nil {
+		log.WithLevel(zerolog.FatalLevel).Str("address", cfg.Listen.Addr().String()).
+			Uint16("port", cfg.Listen.Port()).Err(err).Msg("failed to create listen sockets")
+		return nil, err
+	}
+	addr := uconn.LocalAddr().(*net.UDPAddr).AddrPort()
+	log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for UDP packets")
+	log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for TCP packets")
+
+	b := &Balancer{Log: log, Clock: opt.Clock, Started: opt.Clock.Now(), Timeouts: timeouts.New(opt.Clock)}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.stopTimers = cancel
+	b.timersDone.Add(1)
+	go func() {
+		defer b.timersDone.Done()
+		b.Timeouts.Run(ctx)
+	}()
+
+	b.UDP = udpproxy.New(uconn, opt.Clock, log)
+
+	bc := opt.Backends
+	bc.Dir, bc.Log, bc.Timeouts, bc.Reply = cfg.SocketDir, log, b.Timeouts, b.UDP.Reply
+	b.Backends = backend.NewSet(bc)
+
+	rc := opt.Remotes
+	rc.Backends, rc.Timeouts, rc.Log = b.Backends, b.Timeouts, log
+	b.Table = remotes.New(rc)
+
+	b.TCP = tcpproxy.New(tln, tcpproxy.Config{
+		Table: b.Table, Backends: b.Backends, Timeouts: b.Timeouts, Log: log, OKTimeout: opt.OKTimeout,
+	})
+
+	b.Backends.Start()
+	b.Table.Start()
+	b.UDP.Start(b.Table, b.Backends)
+	b.TCP.Start()
+	return b, nil
+}
+
+// Addr returns the address the balancer listens on.
+func (b *Balancer) Addr() netip.AddrPort { return b.UDP.Addr() }
+
+// Close stops accepting, closes every session and stops every goroutine.
+func (b *Balancer) Close() {
+	b.UDP.Close()
+	b.TCP.Close()
+	b.Backends.Close()
+	b.Table.Close()
+	b.stopTimers()
+	b.timersDone.Wait()
+}
+
+// socketBuffer is the UDP socket buffer size asked for.
+const socketBuffer = 4 << 20
+
+// listen binds UDP and TCP on the same address and port. With port 0 it
+// looks for a port free for both.
+func listen(addr netip.AddrPort) (*net.UDPConn, *net.TCPListener, error) {
+	tries := 1
+	if addr.Port() == 0 {
+		tries = 20
+	}
+	for i := 0; ; i++ {
+		u, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		if err != nil {
+			return nil, nil, fmt.Errorf("UDP: %w", err)
+		}
+		port := u.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+		t, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr.Addr(), port)))
+		if err == nil {
+			// Room for bursts; the kernel caps these at its
+			// net.core.[rw]mem_max.
+			u.SetReadBuffer(socketBuffer)
+			u.SetWriteBuffer(socketBuffer)
+			return u, t, nil
+		}
+		u.Close()
+		if i+1 >= tries || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, nil, fmt.Errorf("TCP: %w", err)
+		}
+	}
+}
