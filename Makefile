@@ -11,8 +11,12 @@ FUZZTIME  ?= 30s
 
 all: build
 
+VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+LDFLAGS   := -X github.com/bbal/bbal/cmd/internal/debugapi.version=$(VERSION)
+
 build:
-	$(GO) build -o $(BIN)/bbal ./cmd/bbal
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/bbal ./cmd/bbal
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/balstat ./cmd/balstat
 	$(GO) build -o $(BIN)/demo-backend ./tools/demo-backend
 
 # bbal in front of two demo backends on 127.0.0.1:$(DEMO_PORT).

@@ -30,8 +30,11 @@ and 5302 ("two"). In another terminal, try:
     dig @127.0.0.1 -p $port who.example TXT +short -b 127.0.0.2
 
 Each answer names the client address the backend saw and the backend that
-answered; a client address keeps its backend. bbal's log follows (bunyan
-JSON). Ctrl-C stops everything.
+answered; a client address keeps its backend. bbal's own view:
+
+    bin/balstat -S $dir/bbal.sock
+
+bbal's log follows (bunyan JSON). Ctrl-C stops everything.
 
 MSG
 bin/bbal -s "$dir/sockets" -b 127.0.0.1 -p "$port" -S "$dir/bbal.sock" & pids+=($!)

@@ -20,10 +20,10 @@ import (
 func TestBadClientInputDisturbsNoOne(t *testing.T) {
 	m := newMnameBed(t)
 	good := testbed.Loopback(1)
-	m.who(good, false)
+	m.Who(good, false)
 
 	send := func(payload []byte) {
-		c, err := net.DialUDP("udp", &net.UDPAddr{IP: testbed.Loopback(66).AsSlice()}, net.UDPAddrFromAddrPort(m.addr))
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: testbed.Loopback(66).AsSlice()}, net.UDPAddrFromAddrPort(m.Addr))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -32,7 +32,7 @@ func TestBadClientInputDisturbsNoOne(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	before := m.b.UDP.Stats()
+	before := m.B.UDP.Stats()
 	send(nil)                              // empty datagram
 	send([]byte("GET / HTTP/1.0\r\n\r\n")) // not DNS
 	send(make([]byte, 3000))               // oversized
@@ -40,8 +40,8 @@ func TestBadClientInputDisturbsNoOne(t *testing.T) {
 
 	// A TCP client that connects and sends nothing, and one that closes
 	// half-way through a query.
-	idle := dialTCP(t, testbed.Loopback(67), m.addr)
-	half := dialTCP(t, testbed.Loopback(68), m.addr)
+	idle := m.DialTCP(testbed.Loopback(67))
+	half := m.DialTCP(testbed.Loopback(68))
 	q := new(dns.Msg)
 	q.SetQuestion("half.example.", dns.TypeA)
 	wire, _ := q.Pack()
@@ -49,9 +49,9 @@ func TestBadClientInputDisturbsNoOne(t *testing.T) {
 	half.Write(wire[:5])
 	half.Close()
 
-	m.logs.Wait(t, "dropping oversized UDP packet", map[string]any{"len": 3000})
-	testbed.Eventually(t, "datagrams read", func() bool { return m.b.UDP.Stats().PacketsIn >= before.PacketsIn+4 })
-	st := m.b.UDP.Stats()
+	m.Logs.Wait(t, "dropping oversized UDP packet", map[string]any{"len": 3000})
+	testbed.Eventually(t, "datagrams read", func() bool { return m.B.UDP.Stats().PacketsIn >= before.PacketsIn+4 })
+	st := m.B.UDP.Stats()
 	if d := st.Drops["oversized"] - before.Drops["oversized"]; d != 2 {
 		t.Fatalf("%d oversized drops, want 2", d)
 	}
@@ -60,54 +60,54 @@ func TestBadClientInputDisturbsNoOne(t *testing.T) {
 	}
 	// Everyone else is still answered, over both transports.
 	for i := range 4 {
-		m.who(testbed.Loopback(i), false)
-		m.who(testbed.Loopback(i), true)
+		m.Who(testbed.Loopback(i), false)
+		m.Who(testbed.Loopback(i), true)
 	}
-	if m.logs.Count("dropping oversized UDP packet", nil) != 1 {
+	if m.Logs.Count("dropping oversized UDP packet", nil) != 1 {
 		t.Fatal("oversized warnings not rate-limited to one per 5 s")
 	}
 	// The idle client leaves; node-mname holds the half query for
 	// good, so that session ends when the drain timeout expires.
 	idle.Close()
-	testbed.Eventually(t, "idle session closed", func() bool { return m.b.TCP.Stats().Active == 1 })
+	testbed.Eventually(t, "idle session closed", func() bool { return m.B.TCP.Stats().Active == 1 })
 	testbed.Eventually(t, "drain timer armed", func() bool {
-		for _, e := range m.b.Timeouts.List() {
+		for _, e := range m.B.Timeouts.List() {
 			if strings.HasSuffix(e.Name, " drain") {
 				return true
 			}
 		}
 		return false
 	})
-	m.advance(tcpproxy.DefaultDrainTimeout)
-	testbed.Eventually(t, "TCP sessions closed", func() bool { return m.b.TCP.Stats().Active == 0 })
+	m.Advance(tcpproxy.DefaultDrainTimeout)
+	testbed.Eventually(t, "TCP sessions closed", func() bool { return m.B.TCP.Stats().Active == 0 })
 }
 
 func TestRebalanceSpreadsRemotes(t *testing.T) {
 	h := newHarness(t, nil)
-	testbed.StartGo(t, h.sock("5301"), "one")
-	h.b.Backends.Scan()
-	h.established(0, 5301)
+	testbed.StartGo(t, h.Sock("5301"), "one")
+	h.B.Backends.Scan()
+	h.Established(0, 5301)
 	for i := range 10 {
-		h.who(testbed.Loopback(i), false)
+		h.Who(testbed.Loopback(i), false)
 	}
-	testbed.StartGo(t, h.sock("5302"), "two")
-	mark := h.logs.Mark()
-	h.b.Backends.Scan()
-	h.established(mark, 5302)
-	if c := h.b.Table.Counts(); c[5301].Primary != 10 || c[5302].Primary != 0 {
+	testbed.StartGo(t, h.Sock("5302"), "two")
+	mark := h.Logs.Mark()
+	h.B.Backends.Scan()
+	h.Established(mark, 5302)
+	if c := h.B.Table.Counts(); c[5301].Primary != 10 || c[5302].Primary != 0 {
 		t.Fatalf("counts before rebalance %v", c)
 	}
 
 	// Spread 10 > 2 ok backends: 8 remotes of the fullest are cleared.
-	h.heartbeat()
-	h.advance(remotes.DefaultRebalanceInterval - backend.DefaultHeartbeatInterval)
+	h.Heartbeat()
+	h.Advance(remotes.DefaultRebalanceInterval - backend.DefaultHeartbeatInterval)
 	testbed.Eventually(t, "rebalance", func() bool {
-		return h.logs.Count("rebalancing to reduce spread", map[string]any{"be_id": 5301}) == 8
+		return h.Logs.Count("rebalancing to reduce spread", map[string]any{"be_id": 5301}) == 8
 	})
 	for i := range 10 {
-		h.who(testbed.Loopback(i), false)
+		h.Who(testbed.Loopback(i), false)
 	}
-	c := h.b.Table.Counts()
+	c := h.B.Table.Counts()
 	p1, p2 := c[5301].Primary, c[5302].Primary
 	if p1+p2 != 10 || p1-p2 > 2 || p2-p1 > 2 {
 		t.Fatalf("counts after rebalance %v", c)
@@ -116,23 +116,23 @@ func TestRebalanceSpreadsRemotes(t *testing.T) {
 
 func TestIdleRemotesExpire(t *testing.T) {
 	h := newHarness(t, nil)
-	testbed.StartGo(t, h.sock("5301"), "one")
-	h.b.Backends.Scan()
-	h.established(0, 5301)
+	testbed.StartGo(t, h.Sock("5301"), "one")
+	h.B.Backends.Scan()
+	h.Established(0, 5301)
 	a, b, c := testbed.Loopback(1), testbed.Loopback(2), testbed.Loopback(3)
 	for _, from := range []netip.Addr{a, b, c} {
-		h.who(from, false)
+		h.Who(from, false)
 	}
 	advanceWithHeartbeats(h, 4*time.Minute)
-	h.who(a, false) // a stays fresh
+	h.Who(a, false) // a stays fresh
 	advanceWithHeartbeats(h, 90*time.Second)
-	h.logs.Wait(t, "expiring remote entry", map[string]any{"remote_ip": b.String()})
-	h.logs.Wait(t, "expiring remote entry", map[string]any{"remote_ip": c.String()})
-	testbed.Eventually(t, "two remotes expired", func() bool { return h.b.Table.Len() == 1 })
-	if _, ok := h.b.Table.Lookup(protocol.AddrToU32(a)); !ok {
+	h.Logs.Wait(t, "expiring remote entry", map[string]any{"remote_ip": b.String()})
+	h.Logs.Wait(t, "expiring remote entry", map[string]any{"remote_ip": c.String()})
+	testbed.Eventually(t, "two remotes expired", func() bool { return h.B.Table.Len() == 1 })
+	if _, ok := h.B.Table.Lookup(protocol.AddrToU32(a)); !ok {
 		t.Fatal("the recently seen remote expired")
 	}
-	if n := h.b.Table.Counts()[5301].Primary; n != 1 {
+	if n := h.B.Table.Counts()[5301].Primary; n != 1 {
 		t.Fatalf("backend still counts %d remotes", n)
 	}
 }
@@ -141,28 +141,28 @@ func TestIdleRemotesExpire(t *testing.T) {
 // backends stay up on the fake clock.
 func advanceWithHeartbeats(h *harness, d time.Duration) {
 	for ; d >= backend.DefaultHeartbeatInterval; d -= backend.DefaultHeartbeatInterval {
-		h.heartbeat()
+		h.Heartbeat()
 	}
-	h.advance(d)
+	h.Advance(d)
 }
 
 func TestNoBackendsAvailable(t *testing.T) {
 	h := newHarness(t, nil)
-	h.b.Backends.Scan() // an empty directory
+	h.B.Backends.Scan() // an empty directory
 	for i := range 5 {
-		if _, err := testbed.WhoTimeout(h.addr, testbed.Loopback(i), false, 50*time.Millisecond); err == nil {
+		if _, err := testbed.WhoTimeout(h.Addr, testbed.Loopback(i), false, 50*time.Millisecond); err == nil {
 			t.Fatal("answered with no backends")
 		}
 	}
-	testbed.Eventually(t, "drops counted", func() bool { return h.b.UDP.Stats().Drops["no_backend"] == 5 })
+	testbed.Eventually(t, "drops counted", func() bool { return h.B.UDP.Stats().Drops["no_backend"] == 5 })
 	// TCP connections are closed at once.
-	c := dialTCP(t, testbed.Loopback(9), h.addr)
+	c := h.DialTCP(testbed.Loopback(9))
 	expectEOF(t, c)
-	if n := h.logs.Count("no backends available", nil); n != 1 {
+	if n := h.Logs.Count("no backends available", nil); n != 1 {
 		t.Fatalf("%d 'no backends available' errors, want 1 per 5 s", n)
 	}
-	h.advance(5 * time.Second)
-	testbed.WhoTimeout(h.addr, testbed.Loopback(1), false, 50*time.Millisecond)
-	h.logs.Wait(t, "no backends available", nil)
-	testbed.Eventually(t, "second error", func() bool { return h.logs.Count("no backends available", nil) == 2 })
+	h.Advance(5 * time.Second)
+	testbed.WhoTimeout(h.Addr, testbed.Loopback(1), false, 50*time.Millisecond)
+	h.Logs.Wait(t, "no backends available", nil)
+	testbed.Eventually(t, "second error", func() bool { return h.Logs.Count("no backends available", nil) == 2 })
 }

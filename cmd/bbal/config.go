@@ -6,14 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/rs/zerolog"
-)
 
-// DefaultDebugSocket is where the debug socket that balstat reads lives
-// unless -S says otherwise.
-const DefaultDebugSocket = "/var/run/bbal.sock"
+	"github.com/bbal/bbal/cmd/internal/debugapi"
+	"github.com/bbal/bbal/cmd/internal/server"
+)
 
 // config is the command line, checked.
 type config struct {
@@ -21,9 +22,10 @@ type config struct {
 	listen      netip.AddrPort
 	level       zerolog.Level
 	debugSocket string
+	metricsAddr string
 }
 
-const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH]
+const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
 
   -s DIR    directory of backend sockets (required)
   -b ADDR   IPv4 address to listen on (default 0.0.0.0)
@@ -31,6 +33,8 @@ const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH]
   -l LEVEL  log level: trace, debug, info, warn, error, fatal (default info);
             the environment variable LOG_LEVEL overrides it
   -S PATH   debug socket for balstat (default /var/run/bbal.sock)
+  -m ADDR:PORT
+            also serve Prometheus metrics (/metrics only) over TCP here
 `
 
 // errHelp asks for the usage text and a successful exit.
@@ -44,7 +48,8 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	addr := fs.String("b", "0.0.0.0", "")
 	port := fs.String("p", "53", "")
 	level := fs.String("l", "info", "")
-	debug := fs.String("S", DefaultDebugSocket, "")
+	debug := fs.String("S", debugapi.DefaultSocket, "")
+	metrics := fs.String("m", "", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return config{}, errHelp
@@ -65,22 +70,45 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	if err != nil {
 		return config{}, fmt.Errorf("invalid port for -p: %q (want 0 to 65535)", *port)
 	}
-	lvl, err := parseLevel(*level)
+	lvl, err := server.ParseLevel(*level)
 	if err != nil {
 		return config{}, fmt.Errorf("-l: %w", err)
 	}
 	if env := getenv("LOG_LEVEL"); env != "" {
-		if lvl, err = parseLevel(env); err != nil {
+		if lvl, err = server.ParseLevel(env); err != nil {
 			return config{}, fmt.Errorf("LOG_LEVEL: %w", err)
 		}
 	}
 	if *debug == "" {
 		return config{}, errors.New("-S needs a path")
 	}
+	if within(*dir, *debug) {
+		return config{}, fmt.Errorf("the debug socket -S %s must not be inside the backend socket directory %s", *debug, *dir)
+	}
+	if *metrics != "" {
+		if _, err := netip.ParseAddrPort(*metrics); err != nil {
+			return config{}, fmt.Errorf("invalid address for -m: %q (want ADDR:PORT)", *metrics)
+		}
+	}
 	return config{
 		socketDir:   *dir,
 		listen:      netip.AddrPortFrom(ip, uint16(p)),
 		level:       lvl,
 		debugSocket: *debug,
+		metricsAddr: *metrics,
 	}, nil
+}
+
+// within reports whether path is in the directory dir or below it, after
+// resolving what symbolic links exist.
+func within(dir, path string) bool {
+	resolve := func(p string) string {
+		p, _ = filepath.Abs(p)
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return r
+		}
+		return p
+	}
+	rel, err := filepath.Rel(resolve(dir), resolve(filepath.Dir(path)))
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }

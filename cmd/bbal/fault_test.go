@@ -5,7 +5,6 @@ import (
 	"io"
 	"io/fs"
 	"net"
-	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -28,41 +27,41 @@ type faultBed struct {
 func newFaultBed(t *testing.T) *faultBed {
 	t.Helper()
 	h := newHarness(t, nil)
-	testbed.StartGo(t, h.sock("5301"), "good")
-	fake := testbed.NewFake(t, h.sock("5302"))
-	h.b.Backends.Scan()
-	h.established(0, 5301)
+	testbed.StartGo(t, h.Sock("5301"), "good")
+	fake := testbed.NewFake(t, h.Sock("5302"))
+	h.B.Backends.Scan()
+	h.Established(0, 5301)
 	return &faultBed{harness: h, fake: fake, conn: fake.Accept(t)}
 }
 
 // helloOK completes the fake's handshake and waits for the balancer to
 // see it.
 func (f *faultBed) helloOK() {
-	f.t.Helper()
-	mark := f.logs.Mark()
-	f.conn.Hello(f.t)
-	f.established(mark, 5302)
+	f.T.Helper()
+	mark := f.Logs.Mark()
+	f.conn.Hello(f.T)
+	f.Established(mark, 5302)
 }
 
 // expectFault checks the fake is faulted for reason, its session closed,
 // a reconnect scheduled after delay, and that the reconnect happens; and
 // that a new client is meanwhile answered by the good backend.
 func (f *faultBed) expectFault(reason backend.Reason, delay time.Duration) {
-	f.t.Helper()
-	f.logs.Wait(f.t, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5302, "reason": reason.String()})
-	f.conn.ExpectClosed(f.t)
-	if got := f.reconnectDue(5302); got != delay {
-		f.t.Fatalf("reconnect in %v, want %v", got, delay)
+	f.T.Helper()
+	f.Logs.Wait(f.T, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5302, "reason": reason.String()})
+	f.conn.ExpectClosed(f.T)
+	if got := f.ReconnectDue(5302); got != delay {
+		f.T.Fatalf("reconnect in %v, want %v", got, delay)
 	}
-	if got := f.who(testbed.Loopback(100), false)["backend"]; got != "good" {
-		f.t.Fatalf("new client answered by %q while 5302 is faulted", got)
+	if got := f.Who(testbed.Loopback(100), false)["backend"]; got != "good" {
+		f.T.Fatalf("new client answered by %q while 5302 is faulted", got)
 	}
-	if n := f.b.Backends.Get(5302).Stats().Faults[reason.String()]; n != 1 {
-		f.t.Fatalf("faults[%s] = %d", reason, n)
+	if n := f.B.Backends.Get(5302).Stats().Faults[reason.String()]; n != 1 {
+		f.T.Fatalf("faults[%s] = %d", reason, n)
 	}
-	f.advance(delay)
-	f.conn = f.fake.Accept(f.t)
-	f.conn.Expect(f.t, protocol.FrameClientHello)
+	f.Advance(delay)
+	f.conn = f.fake.Accept(f.T)
+	f.conn.Expect(f.T, protocol.FrameClientHello)
 }
 
 func TestBackendFaults(t *testing.T) {
@@ -78,59 +77,59 @@ func TestBackendFaults(t *testing.T) {
 	}{
 		{"no SERVER_HELLO within the connect timeout", backend.ReasonConnectTimeout, "timed out connecting to backend",
 			func(f *faultBed) {
-				f.conn.Expect(f.t, protocol.FrameClientHello)
-				f.advance(backend.DefaultConnectTimeout - time.Millisecond)
-				f.fake.NoAccept(f.t)
-				if n := f.b.Backends.Get(5302).Stats().Faults; len(n) != 0 {
-					f.t.Fatalf("faulted before the connect timeout: %v", n)
+				f.conn.Expect(f.T, protocol.FrameClientHello)
+				f.Advance(backend.DefaultConnectTimeout - time.Millisecond)
+				f.fake.NoAccept(f.T)
+				if n := f.B.Backends.Get(5302).Stats().Faults; len(n) != 0 {
+					f.T.Fatalf("faulted before the connect timeout: %v", n)
 				}
-				f.advance(time.Millisecond)
+				f.Advance(time.Millisecond)
 			}, time.Second},
 		{"frame before hello", backend.ReasonFrameBeforeHello, "frame before SERVER_HELLO",
 			func(f *faultBed) {
-				f.conn.Expect(f.t, protocol.FrameClientHello)
-				f.conn.Send(f.t, protocol.AppendUDP(nil, protocol.FrameOutboundUDP, 0x7f000001, 53, []byte("x")))
+				f.conn.Expect(f.T, protocol.FrameClientHello)
+				f.conn.Send(f.T, protocol.AppendUDP(nil, protocol.FrameOutboundUDP, 0x7f000001, 53, []byte("x")))
 			}, time.Second},
 		{"duplicate hello", backend.ReasonDuplicateHello, "duplicate SERVER_HELLO",
 			func(f *faultBed) {
 				f.helloOK()
-				f.conn.SendType(f.t, protocol.FrameServerHello)
+				f.conn.SendType(f.T, protocol.FrameServerHello)
 			}, time.Second},
 		{"unknown frame type", backend.ReasonUnknownFrame, "invalid frame type",
 			func(f *faultBed) {
 				f.helloOK()
-				f.conn.SendType(f.t, 77)
+				f.conn.SendType(f.T, 77)
 			}, time.Second},
 		{"client frame type from a backend", backend.ReasonUnknownFrame, "invalid frame type",
 			func(f *faultBed) {
 				f.helloOK()
-				f.conn.SendType(f.t, protocol.FrameClientHeartbeat)
+				f.conn.SendType(f.T, protocol.FrameClientHeartbeat)
 			}, time.Second},
 		{"INBOUND_TCP_OK on the standing session", backend.ReasonUnknownFrame, "invalid frame type",
 			func(f *faultBed) {
 				f.helloOK()
-				f.conn.SendType(f.t, protocol.FrameInboundTCPOK)
+				f.conn.SendType(f.T, protocol.FrameInboundTCPOK)
 			}, time.Second},
 		{"OUTBOUND_UDP over 1500 bytes", backend.ReasonOversizedUDP, "backend sent oversized UDP packet",
 			func(f *faultBed) {
 				f.helloOK()
-				f.conn.Send(f.t, oversized) // refused on the header alone
+				f.conn.Send(f.T, oversized) // refused on the header alone
 			}, time.Second},
 		{"heartbeat never answered", backend.ReasonHeartbeatTimeout, "no heartbeat from backend (aborting connection)",
 			func(f *faultBed) {
 				f.helloOK()
-				f.heartbeat(5302)
-				f.conn.Expect(f.t, protocol.FrameClientHeartbeat)
-				f.advance(backend.DefaultHeartbeatTimeout - time.Millisecond)
-				if n := f.b.Backends.Get(5302).Stats().Faults; len(n) != 0 {
-					f.t.Fatalf("faulted early: %v", n)
+				f.Heartbeat(5302)
+				f.conn.Expect(f.T, protocol.FrameClientHeartbeat)
+				f.Advance(backend.DefaultHeartbeatTimeout - time.Millisecond)
+				if n := f.B.Backends.Get(5302).Stats().Faults; len(n) != 0 {
+					f.T.Fatalf("faulted early: %v", n)
 				}
-				f.advance(time.Millisecond)
+				f.Advance(time.Millisecond)
 			}, time.Second},
 		{"unexpected heartbeat reply", backend.ReasonUnexpectedHeartbeat, "unexpected heartbeat reply",
 			func(f *faultBed) {
 				f.helloOK()
-				f.conn.SendType(f.t, protocol.FrameServerHeartbeat)
+				f.conn.SendType(f.T, protocol.FrameServerHeartbeat)
 			}, time.Second},
 		{"EOF", backend.ReasonEOF, "backend socket EOF",
 			func(f *faultBed) {
@@ -142,12 +141,12 @@ func TestBackendFaults(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFaultBed(t)
 			tt.act(f)
-			f.logs.Wait(t, tt.log, map[string]any{"be_id": 5302})
+			f.Logs.Wait(t, tt.log, map[string]any{"be_id": 5302})
 			f.expectFault(tt.reason, tt.delay)
 			// After the reconnect the backend is usable again.
-			mark := f.logs.Mark()
+			mark := f.Logs.Mark()
 			f.conn.SendType(t, protocol.FrameServerHello)
-			f.established(mark, 5302)
+			f.Established(mark, 5302)
 		})
 	}
 }
@@ -156,39 +155,39 @@ func TestHeartbeatsKeepAnsweringBackendUp(t *testing.T) {
 	f := newFaultBed(t)
 	f.helloOK()
 	for i := range 3 {
-		f.heartbeat(5302)
+		f.Heartbeat(5302)
 		f.conn.Expect(t, protocol.FrameClientHeartbeat)
-		f.advance(time.Duration(i+1) * time.Second) // the reply's round trip
+		f.Advance(time.Duration(i+1) * time.Second) // the reply's round trip
 		f.conn.SendType(t, protocol.FrameServerHeartbeat)
 		testbed.Eventually(t, "heartbeat RTT recorded", func() bool {
-			return f.b.Backends.Get(5302).Stats().HeartbeatRTT == time.Duration(i+1)*time.Second
+			return f.B.Backends.Get(5302).Stats().HeartbeatRTT == time.Duration(i+1)*time.Second
 		})
 	}
-	if !f.b.Backends.Get(5302).OK() {
+	if !f.B.Backends.Get(5302).OK() {
 		t.Fatal("backend not ok after answered heartbeats")
 	}
 }
 
 func TestReconnectBackOff(t *testing.T) {
 	h := newHarness(t, nil)
-	path := h.sock("5305")
+	path := h.Sock("5305")
 	fake := testbed.NewFake(t, path)
 	fake.CloseKeepSocket() // connections are refused: the socket file stays
-	h.b.Backends.Scan()
-	h.logs.Wait(t, "failed to connect", map[string]any{"be_id": 5305})
+	h.B.Backends.Scan()
+	h.Logs.Wait(t, "failed to connect", map[string]any{"be_id": 5305})
 
 	want := []time.Duration{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 32, 32}
 	for i, w := range want {
 		w *= time.Second
-		got := h.reconnectDue(5305)
+		got := h.ReconnectDue(5305)
 		if got != w {
 			t.Fatalf("attempt %d: reconnect in %v, want %v", i+2, got, w)
 		}
-		mark := h.logs.Mark()
-		h.advance(got)
-		h.logs.WaitAfter(t, mark, "failed to connect", map[string]any{"be_id": 5305})
+		mark := h.Logs.Mark()
+		h.Advance(got)
+		h.Logs.WaitAfter(t, mark, "failed to connect", map[string]any{"be_id": 5305})
 	}
-	attempts := h.b.Backends.Get(5305).Stats().ConnectAttempts
+	attempts := h.B.Backends.Get(5305).Stats().ConnectAttempts
 	if attempts != uint64(len(want)+1) {
 		t.Fatalf("%d connect attempts, want %d", attempts, len(want)+1)
 	}
@@ -196,14 +195,14 @@ func TestReconnectBackOff(t *testing.T) {
 	// The backend comes back: the next attempt succeeds, and a hello
 	// resets the back-off to 1 s for the failure after.
 	fake2 := newFakeReplacing(t, path)
-	mark := h.logs.Mark()
-	h.advance(h.reconnectDue(5305))
+	mark := h.Logs.Mark()
+	h.Advance(h.ReconnectDue(5305))
 	c := fake2.Accept(t)
 	c.Hello(t)
-	h.established(mark, 5305)
+	h.Established(mark, 5305)
 	c.Close()
-	h.logs.WaitAfter(t, mark, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5305})
-	if got := h.reconnectDue(5305); got != time.Second {
+	h.Logs.WaitAfter(t, mark, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5305})
+	if got := h.ReconnectDue(5305); got != time.Second {
 		t.Fatalf("after a hello, reconnect in %v, want 1s", got)
 	}
 }
@@ -235,18 +234,18 @@ func newFakeReplacing(t *testing.T, path string) *testbed.Fake {
 func TestFramesOneByteAtATime(t *testing.T) {
 	f := newFaultBed(t)
 	f.conn.Expect(t, protocol.FrameClientHello)
-	mark := f.logs.Mark()
+	mark := f.Logs.Mark()
 	for _, b := range protocol.AppendType(nil, protocol.FrameServerHello) {
 		f.conn.Send(t, []byte{b})
 	}
-	f.established(mark, 5302)
+	f.Established(mark, 5302)
 
 	// A client pinned to the fake: its query arrives as INBOUND_UDP and
 	// the answer goes back one byte at a time.
-	from := pinTo(t, f.harness, 5302)
+	from := f.PinTo(5302)
 	done := make(chan map[string]string, 1)
 	go func() {
-		got, err := testbed.Who(f.addr, from, false)
+		got, err := testbed.Who(f.Addr, from, false)
 		if err != nil {
 			t.Error(err)
 		}
@@ -269,38 +268,38 @@ func TestFramesOneByteAtATime(t *testing.T) {
 func TestStuckBackendDropsAndCounts(t *testing.T) {
 	const queueBytes = 16 << 10
 	h := newHarness(t, func(o *server.Options) { o.Backends.QueueBytes = queueBytes })
-	testbed.StartGo(t, h.sock("5301"), "good")
-	fake := testbed.NewFake(t, h.sock("5302"))
-	h.b.Backends.Scan()
-	h.established(0, 5301)
+	testbed.StartGo(t, h.Sock("5301"), "good")
+	fake := testbed.NewFake(t, h.Sock("5302"))
+	h.B.Backends.Scan()
+	h.Established(0, 5301)
 	c := fake.Accept(t)
-	mark := h.logs.Mark()
+	mark := h.Logs.Mark()
 	c.Hello(t)
-	h.established(mark, 5302)
+	h.Established(mark, 5302)
 	// The fake never reads again.
 
-	stuckFrom := pinTo(t, h, 5302)
-	goodFrom := pinTo(t, h, 5301)
-	conn, err := net.DialUDP("udp", &net.UDPAddr{IP: stuckFrom.AsSlice()}, net.UDPAddrFromAddrPort(h.addr))
+	stuckFrom := h.PinTo(5302)
+	goodFrom := h.PinTo(5301)
+	conn, err := net.DialUDP("udp", &net.UDPAddr{IP: stuckFrom.AsSlice()}, net.UDPAddrFromAddrPort(h.Addr))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	query := make([]byte, 100)
-	be := h.b.Backends.Get(5302)
+	be := h.B.Backends.Get(5302)
 	for round := 0; be.Stats().StuckDrops < 1000; round++ {
 		if round > 1000 {
 			t.Fatalf("no stuck drops after %d rounds: %+v", round, be.Stats())
 		}
 		// Bursts small enough for the kernel's socket buffer, each
 		// read by the proxy before the next.
-		in := h.b.UDP.Stats().PacketsIn
+		in := h.B.UDP.Stats().PacketsIn
 		for range 100 {
 			conn.Write(query)
 		}
-		testbed.Eventually(t, "burst read", func() bool { return h.b.UDP.Stats().PacketsIn >= in+100 })
+		testbed.Eventually(t, "burst read", func() bool { return h.B.UDP.Stats().PacketsIn >= in+100 })
 		// Other clients are served all the while.
-		if got := h.who(goodFrom, false)["backend"]; got != "good" {
+		if got := h.Who(goodFrom, false)["backend"]; got != "good" {
 			t.Fatalf("client of the good backend answered by %q", got)
 		}
 		st := be.Stats()
@@ -308,20 +307,20 @@ func TestStuckBackendDropsAndCounts(t *testing.T) {
 			t.Fatalf("queue holds %d bytes, cap %d", st.QueuedBytes, queueBytes)
 		}
 	}
-	st := h.b.UDP.Stats()
+	st := h.B.UDP.Stats()
 	if st.Drops["stuck"] == 0 {
 		t.Fatalf("proxy stuck drops not counted: %v", st.Drops)
 	}
-	info, _ := h.b.Table.Lookup(protocol.AddrToU32(stuckFrom))
+	info, _ := h.B.Table.Lookup(protocol.AddrToU32(stuckFrom))
 	if info.Drops == 0 {
 		t.Fatal("remote's drops not counted")
 	}
 
 	// Still wedged at the next heartbeat: faulted 15 s later.
-	h.heartbeat(5302)
-	h.advance(backend.DefaultHeartbeatTimeout)
-	h.logs.Wait(t, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5302, "reason": "heartbeat_timeout"})
-	if got := h.who(stuckFrom, false)["backend"]; got != "good" {
+	h.Heartbeat(5302)
+	h.Advance(backend.DefaultHeartbeatTimeout)
+	h.Logs.Wait(t, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5302, "reason": "heartbeat_timeout"})
+	if got := h.Who(stuckFrom, false)["backend"]; got != "good" {
 		t.Fatalf("client of the wedged backend answered by %q after its fault", got)
 	}
 }
@@ -330,61 +329,34 @@ func TestTCPSessionFaults(t *testing.T) {
 	t.Run("INBOUND_TCP_OK never sent", func(t *testing.T) {
 		f := newFaultBed(t)
 		f.helloOK()
-		from := pinTo(t, f.harness, 5302)
-		client := dialTCP(t, from, f.addr)
+		from := f.PinTo(5302)
+		client := f.DialTCP(from)
 		s := f.fake.Accept(t)
 		tcpf := s.Expect(t, protocol.FrameInboundTCP)
 		if ap, _ := tcpf.AddrPort(); ap.String() != client.LocalAddr().String() {
 			t.Fatalf("INBOUND_TCP for %v, client is %v", ap, client.LocalAddr())
 		}
-		f.advance(10*time.Second - time.Millisecond)
-		f.advance(time.Millisecond)
+		f.Advance(10*time.Second - time.Millisecond)
+		f.Advance(time.Millisecond)
 		expectEOF(t, client)
 		s.ExpectClosed(t)
-		f.logs.Wait(t, "timed out connecting to backend", map[string]any{"backend": 5302})
+		f.Logs.Wait(t, "timed out connecting to backend", map[string]any{"backend": 5302})
 		f.expectFault(backend.ReasonTCPOKTimeout, time.Second)
 	})
 	t.Run("wrong first frame", func(t *testing.T) {
 		f := newFaultBed(t)
 		f.helloOK()
-		from := pinTo(t, f.harness, 5302)
-		client := dialTCP(t, from, f.addr)
+		from := f.PinTo(5302)
+		client := f.DialTCP(from)
 		s := f.fake.Accept(t)
 		s.Expect(t, protocol.FrameInboundTCP)
 		s.SendType(t, protocol.FrameServerHeartbeat)
 		expectEOF(t, client)
-		f.logs.Wait(t, "backend invalid TCP OK", map[string]any{"backend": 5302, "frame_type": 1004})
-		if !f.b.Backends.Get(5302).OK() {
+		f.Logs.Wait(t, "backend invalid TCP OK", map[string]any{"backend": 5302, "frame_type": 1004})
+		if !f.B.Backends.Get(5302).OK() {
 			t.Fatal("a bad TCP session faulted the backend")
 		}
 	})
-}
-
-// pinTo returns a loopback client address that the table assigns to
-// backend id, routing fresh addresses until one lands there.
-func pinTo(t *testing.T, h *harness, id backend.ID) netip.Addr {
-	t.Helper()
-	for i := 1000; i < 1100; i++ {
-		a := testbed.Loopback(i)
-		if info, ok := h.b.Table.Lookup(protocol.AddrToU32(a)); ok && info.Primary != id {
-			continue
-		}
-		if _, got := h.b.Table.Route(protocol.AddrToU32(a)); got == id {
-			return a
-		}
-	}
-	t.Fatalf("no client address could be pinned to %d", id)
-	return netip.Addr{}
-}
-
-func dialTCP(t *testing.T, from netip.Addr, to netip.AddrPort) *net.TCPConn {
-	t.Helper()
-	c, err := net.DialTCP("tcp", &net.TCPAddr{IP: from.AsSlice()}, net.TCPAddrFromAddrPort(to))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
 }
 
 func expectEOF(t *testing.T, c net.Conn) {
@@ -401,8 +373,8 @@ func expectEOF(t *testing.T, c net.Conn) {
 func TestTCPClientBytesBeforeOKAreHeld(t *testing.T) {
 	f := newFaultBed(t)
 	f.helloOK()
-	from := pinTo(t, f.harness, 5302)
-	client := dialTCP(t, from, f.addr)
+	from := f.PinTo(5302)
+	client := f.DialTCP(from)
 	s := f.fake.Accept(t)
 	s.Expect(t, protocol.FrameInboundTCP)
 

@@ -23,11 +23,11 @@ type mnameBed struct {
 func newMnameBed(t *testing.T) *mnameBed {
 	t.Helper()
 	h := newHarness(t, nil)
-	n1 := testbed.StartMname(t, h.sock("5301"), "n1")
-	n2 := testbed.StartMname(t, h.sock("5302"), "n2")
-	h.b.Backends.Scan()
-	h.established(0, 5301)
-	h.established(0, 5302)
+	n1 := testbed.StartMname(t, h.Sock("5301"), "n1")
+	n2 := testbed.StartMname(t, h.Sock("5302"), "n2")
+	h.B.Backends.Scan()
+	h.Established(0, 5301)
+	h.Established(0, 5302)
 	return &mnameBed{harness: h, n1: n1, n2: n2}
 }
 
@@ -37,18 +37,18 @@ func newMnameBed(t *testing.T) *mnameBed {
 // sent before the balancer has seen the backend's EOF is lost with the
 // backend; its retry must be answered.)
 func (m *mnameBed) answeredWithin(from netip.Addr, not string, limit time.Duration) string {
-	m.t.Helper()
+	m.T.Helper()
 	start := time.Now()
 	for {
-		got, err := testbed.WhoTimeout(m.addr, from, false, 100*time.Millisecond)
+		got, err := testbed.WhoTimeout(m.Addr, from, false, 100*time.Millisecond)
 		if err == nil && got["backend"] != not {
 			if el := time.Since(start); el > limit {
-				m.t.Fatalf("answered after %v, want within %v", el, limit)
+				m.T.Fatalf("answered after %v, want within %v", el, limit)
 			}
 			return got["backend"]
 		}
 		if time.Since(start) > limit {
-			m.t.Fatalf("no answer from a backend other than %s within %v (last: %v, %v)", not, limit, got, err)
+			m.T.Fatalf("no answer from a backend other than %s within %v (last: %v, %v)", not, limit, got, err)
 		}
 	}
 }
@@ -57,7 +57,7 @@ func TestMnameAnswersUDPAndTCPWithTrueClientAddress(t *testing.T) {
 	m := newMnameBed(t)
 	for i := range 6 {
 		for _, tcp := range []bool{false, true} {
-			got := m.who(testbed.Loopback(i), tcp) // checks the address and port the backend saw
+			got := m.Who(testbed.Loopback(i), tcp) // checks the address and port the backend saw
 			if want := map[bool]string{false: "udp", true: "tcp"}[tcp]; got["proto"] != want {
 				t.Fatalf("answered over %q, want %q", got["proto"], want)
 			}
@@ -67,7 +67,7 @@ func TestMnameAnswersUDPAndTCPWithTrueClientAddress(t *testing.T) {
 
 func TestMnamePipelinedTCPQueries(t *testing.T) {
 	m := newMnameBed(t)
-	c := dialTCP(t, testbed.Loopback(3), m.addr)
+	c := m.DialTCP(testbed.Loopback(3))
 	const n = 20
 	var batch []byte
 	for i := range n {
@@ -116,9 +116,9 @@ func TestMnameStickinessAndSpread(t *testing.T) {
 	perBackend := map[string]int{}
 	for i := range 40 {
 		from := testbed.Loopback(i)
-		first := m.who(from, false)["backend"]
+		first := m.Who(from, false)["backend"]
 		for _, tcp := range []bool{true, false, true} {
-			if got := m.who(from, tcp)["backend"]; got != first {
+			if got := m.Who(from, tcp)["backend"]; got != first {
 				t.Fatalf("client %v moved from %s to %s", from, first, got)
 			}
 		}
@@ -127,7 +127,7 @@ func TestMnameStickinessAndSpread(t *testing.T) {
 	if d := perBackend["n1"] - perBackend["n2"]; d < -1 || d > 1 {
 		t.Fatalf("40 clients spread %v, want within one of even", perBackend)
 	}
-	counts := m.b.Table.Counts()
+	counts := m.B.Table.Counts()
 	if counts[5301].Primary+counts[5302].Primary != 40 {
 		t.Fatalf("primary counts %v, want 40 in all", counts)
 	}
@@ -135,13 +135,13 @@ func TestMnameStickinessAndSpread(t *testing.T) {
 
 // clientsOf returns n client addresses pinned to backend name.
 func (m *mnameBed) clientsOf(name string, n int) []netip.Addr {
-	m.t.Helper()
+	m.T.Helper()
 	var out []netip.Addr
 	for i := 200; len(out) < n; i++ {
 		if i > 400 {
-			m.t.Fatalf("fewer than %d clients on %s", n, name)
+			m.T.Fatalf("fewer than %d clients on %s", n, name)
 		}
-		if m.who(testbed.Loopback(i), false)["backend"] == name {
+		if m.Who(testbed.Loopback(i), false)["backend"] == name {
 			out = append(out, testbed.Loopback(i))
 		}
 	}
@@ -157,22 +157,22 @@ func TestMnameKilledBackendFailsOverAndBack(t *testing.T) {
 			t.Fatalf("client %v answered by %s", c, got)
 		}
 	}
-	m.logs.Wait(t, "remote assigned to new backup backend", map[string]any{"be_id": 5302})
+	m.Logs.Wait(t, "remote assigned to new backup backend", map[string]any{"be_id": 5302})
 
 	// n1 restarts; at the next reconnect its clients go home.
-	mark := m.logs.Mark()
-	m.n1 = testbed.StartMname(t, m.sock("5301"), "n1")
-	m.advance(m.reconnectDue(5301))
-	m.established(mark, 5301)
+	mark := m.Logs.Mark()
+	m.n1 = testbed.StartMname(t, m.Sock("5301"), "n1")
+	m.Advance(m.ReconnectDue(5301))
+	m.Established(mark, 5301)
 	for _, c := range clients {
-		if got := m.who(c, false)["backend"]; got != "n1" {
+		if got := m.Who(c, false)["backend"]; got != "n1" {
 			t.Fatalf("client %v answered by %s after n1 returned", c, got)
 		}
-		if got := m.who(c, true)["backend"]; got != "n1" {
+		if got := m.Who(c, true)["backend"]; got != "n1" {
 			t.Fatalf("client %v answered over TCP by %s after n1 returned", c, got)
 		}
 	}
-	m.logs.Wait(t, "remote assigned to original primary backend", map[string]any{"be_id": 5301})
+	m.Logs.Wait(t, "remote assigned to original primary backend", map[string]any{"be_id": 5301})
 }
 
 func TestMnameTerminatedBackendIsRemovedAndReturns(t *testing.T) {
@@ -186,18 +186,18 @@ func TestMnameTerminatedBackendIsRemovedAndReturns(t *testing.T) {
 	}
 	// The reconnect finds no socket: the backend is removed, and its
 	// remotes are reassigned to a new primary.
-	m.advance(m.reconnectDue(5301))
-	m.logs.Wait(t, "backend socket removed", map[string]any{"be_id": 5301})
-	if st, _ := m.b.Backends.Get(5301).State(); st != backend.StateRemoved {
+	m.Advance(m.ReconnectDue(5301))
+	m.Logs.Wait(t, "backend socket removed", map[string]any{"be_id": 5301})
+	if st, _ := m.B.Backends.Get(5301).State(); st != backend.StateRemoved {
 		t.Fatalf("state %v, want removed", st)
 	}
 	for _, c := range clients {
-		m.who(c, false)
+		m.Who(c, false)
 	}
-	if n := m.b.Table.Counts()[5301].Primary; n != 0 {
+	if n := m.B.Table.Counts()[5301].Primary; n != 0 {
 		t.Fatalf("removed backend still primary for %d remotes", n)
 	}
-	for _, e := range m.b.Timeouts.List() {
+	for _, e := range m.B.Timeouts.List() {
 		if e.Name == "backend 5301 reconnect" {
 			t.Fatal("a removed backend is still being reconnected")
 		}
@@ -205,11 +205,11 @@ func TestMnameTerminatedBackendIsRemovedAndReturns(t *testing.T) {
 
 	// The socket reappears: the next scan reconnects it, and new clients
 	// are given to it again.
-	mark := m.logs.Mark()
-	m.n1 = testbed.StartMname(t, m.sock("5301"), "n1")
-	m.advance(backend.DefaultScanInterval)
-	m.logs.WaitAfter(t, mark, "backend socket returned", map[string]any{"be_id": 5301})
-	m.established(mark, 5301)
+	mark := m.Logs.Mark()
+	m.n1 = testbed.StartMname(t, m.Sock("5301"), "n1")
+	m.Advance(backend.DefaultScanInterval)
+	m.Logs.WaitAfter(t, mark, "backend socket returned", map[string]any{"be_id": 5301})
+	m.Established(mark, 5301)
 	if len(m.clientsOf("n1", 2)) != 2 {
 		t.Fatal("returned backend gets no new clients")
 	}
@@ -217,23 +217,23 @@ func TestMnameTerminatedBackendIsRemovedAndReturns(t *testing.T) {
 
 func TestNewSocketGetsNewClientsAfterOneScan(t *testing.T) {
 	h := newHarness(t, nil)
-	testbed.StartMname(t, h.sock("5301"), "n1")
-	h.b.Backends.Scan()
-	h.established(0, 5301)
+	testbed.StartMname(t, h.Sock("5301"), "n1")
+	h.B.Backends.Scan()
+	h.Established(0, 5301)
 	for i := range 4 {
-		if got := h.who(testbed.Loopback(i), false)["backend"]; got != "n1" {
+		if got := h.Who(testbed.Loopback(i), false)["backend"]; got != "n1" {
 			t.Fatalf("answered by %s", got)
 		}
 	}
 
-	testbed.StartMname(t, h.sock("5302"), "n2")
-	mark := h.logs.Mark()
-	h.advance(backend.DefaultScanInterval)
-	h.logs.WaitAfter(t, mark, "new backend", map[string]any{"be_id": 5302})
-	h.established(mark, 5302)
+	testbed.StartMname(t, h.Sock("5302"), "n2")
+	mark := h.Logs.Mark()
+	h.Advance(backend.DefaultScanInterval)
+	h.Logs.WaitAfter(t, mark, "new backend", map[string]any{"be_id": 5302})
+	h.Established(mark, 5302)
 	got := map[string]int{}
 	for i := 10; i < 14; i++ {
-		got[h.who(testbed.Loopback(i), false)["backend"]]++
+		got[h.Who(testbed.Loopback(i), false)["backend"]]++
 	}
 	if got["n2"] != 2 || got["n1"] != 2 {
 		t.Fatalf("new clients spread %v over n1 and the new n2, want 2 each", got)

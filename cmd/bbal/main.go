@@ -40,9 +40,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		return 1
 	}
 
-	log := newLogger(stdout, cfg.level, time.Now)
+	log := server.NewLogger(stdout, cfg.level, time.Now)
 	log.Info().Str("socket_dir", cfg.socketDir).Msg("starting up")
-	b, err := server.Start(server.Config{SocketDir: cfg.socketDir, Listen: cfg.listen}, server.Options{}, log)
+	b, err := server.Start(server.Config{
+		SocketDir:   cfg.socketDir,
+		Listen:      cfg.listen,
+		DebugSocket: cfg.debugSocket,
+		MetricsAddr: cfg.metricsAddr,
+	}, server.Options{}, log)
 	if err != nil {
 		return 1
 	}

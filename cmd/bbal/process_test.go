@@ -3,8 +3,11 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/tools/testbed"
 )
 
@@ -59,6 +63,9 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"-s", dir, "-p", "dns"}, "", `bbal: invalid port for -p: "dns" (want 0 to 65535)`},
 		{[]string{"-s", dir, "extra"}, "", `bbal: unexpected argument "extra"`},
 		{[]string{"-s", file}, "", "bbal: -s " + file + ": not a directory"},
+		{[]string{"-s", dir, "-S", dir + "/bbal.sock"}, "", "bbal: the debug socket -S " + dir + "/bbal.sock must not be inside the backend socket directory " + dir},
+		{[]string{"-s", dir, "-S", dir + "/../" + filepath.Base(dir) + "/sub/bbal.sock"}, "", "bbal: the debug socket -S " + dir + "/../" + filepath.Base(dir) + "/sub/bbal.sock must not be inside the backend socket directory " + dir},
+		{[]string{"-s", dir, "-m", "9100"}, "", `bbal: invalid address for -m: "9100" (want ADDR:PORT)`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " ")+tt.env, func(t *testing.T) {
@@ -169,11 +176,15 @@ func TestBindFailureIsFatal(t *testing.T) {
 				defer busy.Close()
 				port = busy.Addr().(*net.TCPAddr).Port
 			}
-			p := startProcess(t, nil, "-s", testbed.SocketDir(t), "-b", "127.0.0.1", "-p", strconv.Itoa(port))
+			debug := filepath.Join(testbed.SocketDir(t), "debug.sock")
+			p := startProcess(t, nil, "-s", testbed.SocketDir(t), "-b", "127.0.0.1", "-p", strconv.Itoa(port), "-S", debug)
 			if code := p.wait(t, 10*time.Second); code != 1 {
 				t.Fatalf("exit %d, want 1", code)
 			}
 			r := p.logs.Wait(t, "failed to create listen sockets", map[string]any{"level": 60, "port": port})
+			if _, err := os.Stat(debug); err == nil {
+				t.Fatal("debug socket left behind after a failed start")
+			}
 			if err := r["err"].(string); !strings.Contains(err, "address already in use") ||
 				!strings.HasPrefix(err, strings.ToUpper(proto)+":") {
 				t.Fatalf("err %q", err)
@@ -187,7 +198,8 @@ func TestSignalsStopCleanly(t *testing.T) {
 		t.Run(sig.String(), func(t *testing.T) {
 			dir := testbed.SocketDir(t)
 			testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
-			p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-S", filepath.Join(dir, "..", "debug.sock"))
+			debug := filepath.Join(testbed.SocketDir(t), "debug.sock")
+			p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-S", debug)
 			p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
 			addr := listenAddr(t, p)
 			testbed.MustWho(t, addr, testbed.Loopback(1), true)
@@ -201,6 +213,9 @@ func TestSignalsStopCleanly(t *testing.T) {
 				t.Fatalf("exit %d, want 0", code)
 			}
 			p.logs.Wait(t, "shut down", nil)
+			if _, err := os.Stat(debug); err == nil {
+				t.Fatal("debug socket left behind after shutdown")
+			}
 			// Nothing listens any more.
 			if c, err := net.Dial("tcp", addr.String()); err == nil {
 				c.Close()
@@ -223,7 +238,8 @@ func TestLogsAreBunyan(t *testing.T) {
 	dir := testbed.SocketDir(t)
 	testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
 	os.WriteFile(filepath.Join(dir, "not-a-socket"), nil, 0o644)
-	p := startProcess(t, []string{"LOG_LEVEL=debug"}, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-l", "error")
+	p := startProcess(t, []string{"LOG_LEVEL=debug"}, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-l", "error",
+		"-S", filepath.Join(testbed.SocketDir(t), "debug.sock"))
 	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
 	addr := listenAddr(t, p)
 	testbed.MustWho(t, addr, testbed.Loopback(1), false)
@@ -295,5 +311,54 @@ func TestLogsAreBunyan(t *testing.T) {
 	}
 	if !strings.Contains(string(rendered), "backend socket established (be_id=5301") {
 		t.Fatalf("rendering lacks fields:\n%s", rendered)
+	}
+}
+
+func TestSecondBbalOnTheSameDebugSocketFails(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	debug := filepath.Join(testbed.SocketDir(t), "bbal.sock")
+	first := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-S", debug, "-m", "127.0.0.1:0")
+	first.logs.Wait(t, "debug socket ready", nil)
+	if fi, err := os.Stat(debug); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("debug socket: %v %v", fi, err)
+	}
+
+	second := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-S", debug)
+	if code := second.wait(t, 10*time.Second); code != 1 {
+		t.Fatalf("second bbal exited %d, want 1", code)
+	}
+	r := second.logs.Wait(t, "failed to create debug socket", map[string]any{"level": 60, "path": debug})
+	if want := debug + ": debug socket is in use by another process"; r["err"] != want {
+		t.Fatalf("err %q, want %q", r["err"], want)
+	}
+
+	// The first is untouched: its socket answers, and so do its metrics
+	// on TCP (-m).
+	c := debugapi.NewClient(debug)
+	defer c.Close()
+	if _, err := c.Stats(context.Background()); err != nil {
+		t.Fatalf("first bbal's debug socket: %v", err)
+	}
+	m := first.logs.Wait(t, "serving metrics", nil)
+	resp, err := http.Get("http://" + m["address"].(string) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(body, []byte("bbal_udp_received_packets_total 0")) {
+		t.Fatalf("metrics on TCP: %d\n%s", resp.StatusCode, body)
+	}
+	resp, err = http.Get("http://" + m["address"].(string) + "/v1/stats")
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != 404 {
+			t.Fatalf("the TCP metrics listener serves /v1/stats: %d", resp.StatusCode)
+		}
+	}
+	first.cmd.Process.Signal(syscall.SIGTERM)
+	first.wait(t, 5*time.Second)
+	if _, err := os.Stat(debug); err == nil {
+		t.Fatal("debug socket left behind after shutdown")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/timeouts"
@@ -24,8 +26,10 @@ import (
 
 // Config is what the command line sets.
 type Config struct {
-	SocketDir string         // the backend socket directory
-	Listen    netip.AddrPort // UDP and TCP; port 0 picks one free for both
+	SocketDir   string         // the backend socket directory
+	Listen      netip.AddrPort // UDP and TCP; port 0 picks one free for both
+	DebugSocket string         // the debug socket's path; none when empty
+	MetricsAddr string         // also serve /metrics on this TCP address; none when empty
 }
 
 // Options are the settings the command line does not reach: the clock
@@ -35,6 +39,9 @@ type Options struct {
 	Backends  backend.Config // only the durations and limits are used
 	Remotes   remotes.Config // likewise
 	OKTimeout time.Duration
+	// DebugLimits bound the debug socket's clients; zero fields take
+	// debugapi.DefaultLimits.
+	DebugLimits debugapi.Limits
 }
 
 // Balancer is a running bbal: the listeners, the backends, the remotes
@@ -51,6 +58,9 @@ type Balancer struct {
 	UDP      *udpproxy.Proxy
 	TCP      *tcpproxy.Proxy
 
+	debug      *debugapi.Server
+	metrics    *http.Server
+	metricsLn  net.Listener
 	stopTimers context.CancelFunc
 	timersDone sync.WaitGroup
 }
@@ -61,10 +71,39 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 	if opt.Clock == nil {
 		opt.Clock = timeouts.System
 	}
+	// On a start-up failure, what was opened is closed again (the debug
+	// socket is unlinked) and the failure logged as fatal.
+	var undo []func() error
+	fail := func(err error) *zerolog.Event {
+		for _, f := range undo {
+			f()
+		}
+		return log.WithLevel(zerolog.FatalLevel).Err(err)
+	}
+	var debugLn *net.UnixListener
+	if cfg.DebugSocket != "" {
+		ln, err := debugapi.Listen(cfg.DebugSocket)
+		if err != nil {
+			fail(err).Str("path", cfg.DebugSocket).Msg("failed to create debug socket")
+			return nil, err
+		}
+		debugLn = ln
+		undo = append(undo, ln.Close)
+	}
+	var metricsLn net.Listener
+	if cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			fail(err).Str("address", cfg.MetricsAddr).Msg("failed to create metrics listener")
+			return nil, err
+		}
+		metricsLn = ln
+		undo = append(undo, ln.Close)
+	}
 	uconn, tln, err := listen(cfg.Listen)
 	if err != nil {
-		log.WithLevel(zerolog.FatalLevel).Str("address", cfg.Listen.Addr().String()).
-			Uint16("port", cfg.Listen.Port()).Err(err).Msg("failed to create listen sockets")
+		fail(err).Str("address", cfg.Listen.Addr().String()).
+			Uint16("port", cfg.Listen.Port()).Msg("failed to create listen sockets")
 		return nil, err
 	}
 	addr := uconn.LocalAddr().(*net.UDPAddr).AddrPort()
@@ -98,7 +137,36 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 	b.Table.Start()
 	b.UDP.Start(b.Table, b.Backends)
 	b.TCP.Start()
+
+	src := debugapi.Sources{
+		Backends: b.Backends, Table: b.Table, UDP: b.UDP, TCP: b.TCP,
+		Timeouts: b.Timeouts, Clock: b.Clock, Started: b.Started, Log: log,
+	}
+	if debugLn != nil {
+		b.debug = debugapi.Serve(debugLn, src, opt.DebugLimits)
+		log.Info().Str("path", cfg.DebugSocket).Msg("debug socket ready")
+	}
+	if metricsLn != nil {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", debugapi.MetricsHandler(src))
+		b.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
+		b.metricsLn = metricsLn
+		go b.metrics.Serve(metricsLn)
+		log.Info().Str("address", metricsLn.Addr().String()).Msg("serving metrics")
+	}
 	return b, nil
+}
+
+// Debug returns the debug socket's server, or nil.
+func (b *Balancer) Debug() *debugapi.Server { return b.debug }
+
+// MetricsAddr returns the metrics listener's address, if there is one.
+func (b *Balancer) MetricsAddr() net.Addr {
+	if b.metricsLn == nil {
+		return nil
+	}
+	return b.metricsLn.Addr()
 }
 
 // Addr returns the address the balancer listens on.
@@ -106,6 +174,12 @@ func (b *Balancer) Addr() netip.AddrPort { return b.UDP.Addr() }
 
 // Close stops accepting, closes every session and stops every goroutine.
 func (b *Balancer) Close() {
+	if b.debug != nil {
+		b.debug.Close() // removes the socket
+	}
+	if b.metrics != nil {
+		b.metrics.Close()
+	}
 	b.UDP.Close()
 	b.TCP.Close()
 	b.Backends.Close()

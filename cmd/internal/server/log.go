@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"fmt"
@@ -24,8 +24,8 @@ var bunyanLevels = map[zerolog.Level]int{
 	zerolog.PanicLevel: 60,
 }
 
-// parseLevel accepts bunyan's level names and numbers.
-func parseLevel(s string) (zerolog.Level, error) {
+// ParseLevel accepts bunyan's level names and numbers.
+func ParseLevel(s string) (zerolog.Level, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "trace", "10":
 		return zerolog.TraceLevel, nil
@@ -63,9 +63,9 @@ func init() {
 	zerolog.DurationFieldUnit = time.Millisecond
 }
 
-// newLogger returns the root logger: bunyan JSON records, one per line,
+// NewLogger returns the root logger: bunyan JSON records, one per line,
 // with the core fields v, level, name, hostname, pid, time and msg.
-func newLogger(w io.Writer, level zerolog.Level, now func() time.Time) zerolog.Logger {
+func NewLogger(w io.Writer, level zerolog.Level, now func() time.Time) zerolog.Logger {
 	host, err := os.Hostname()
 	if err != nil {
 		host = "unknown"

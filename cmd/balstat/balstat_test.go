@@ -1,0 +1,333 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/bbal/bbal/cmd/internal/debugapi"
+	"github.com/bbal/bbal/cmd/internal/servertest"
+	"github.com/bbal/bbal/tools/testbed"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func TestMain(m *testing.M) {
+	// The test binary doubles as balstat for the tests that need a
+	// process of their own (another user).
+	if os.Getenv("BALSTAT_TEST_MAIN") == "1" {
+		main()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// newBed is a balancer with backends 5301 and 5302 and three clients:
+// 127.0.0.2 and 127.0.0.10 on 5301, 127.0.0.9 on 5302, seen at different
+// times on the fake clock, and one heartbeat answered.
+func newBed(t *testing.T) *servertest.Harness {
+	t.Helper()
+	h := servertest.New(t, nil)
+	h.StartGo("5301", "5302")
+	h.Who(testbed.Loopback(1), false) // 127.0.0.2 -> 5301
+	h.Who(testbed.Loopback(8), false) // 127.0.0.9 -> 5302
+	h.Advance(2 * time.Second)
+	h.Who(testbed.Loopback(9), false) // 127.0.0.10 -> 5301
+	h.Who(testbed.Loopback(1), true)
+	h.Heartbeat()
+	return h
+}
+
+// balstat runs balstat against h's debug socket.
+func balstat(t *testing.T, h *servertest.Harness, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), append([]string{"-S", h.DebugSocket}, args...), &out, &errb)
+	// Paths differ per run.
+	return strings.ReplaceAll(out.String(), h.Dir, "$DIR"), errb.String(), code
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := "testdata/" + name + ".golden"
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Fatalf("output differs from %s:\n--- got\n%s--- want\n%s", path, got, want)
+	}
+}
+
+func TestTables(t *testing.T) {
+	h := newBed(t)
+	for _, tt := range []struct {
+		name string
+		args []string
+	}{
+		{"all", nil},
+		{"backend", []string{"-b", "5302"}},
+		{"remote", []string{"-r", "127.0.0.10"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errs, code := balstat(t, h, tt.args...)
+			if code != 0 || errs != "" {
+				t.Fatalf("exit %d: %s", code, errs)
+			}
+			golden(t, tt.name, out)
+		})
+	}
+}
+
+func TestJSON(t *testing.T) {
+	h := newBed(t)
+	out, errs, code := balstat(t, h, "-j")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var got struct {
+		Now      time.Time          `json:"now"`
+		Backends []debugapi.Backend `json:"backends"`
+		Remotes  []debugapi.Remote  `json:"remotes"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if !got.Now.Equal(h.Clock.Now()) {
+		t.Errorf("now %v, want the balancer's clock %v", got.Now, h.Clock.Now())
+	}
+	if len(got.Backends) != 2 || got.Backends[0].ID != 5301 || got.Backends[0].Remotes != 2 ||
+		got.Backends[0].UDPFrames != 2 || got.Backends[0].TCPTotal != 1 || got.Backends[1].Remotes != 1 {
+		t.Errorf("backends %+v", got.Backends)
+	}
+	var ips []string
+	for _, r := range got.Remotes {
+		ips = append(ips, r.IP)
+	}
+	if strings.Join(ips, " ") != "127.0.0.2 127.0.0.9 127.0.0.10" {
+		t.Errorf("remotes in order %v, want numeric order", ips)
+	}
+	if r := got.Remotes[0]; r.Backend != 5301 || r.UDP != 1 || r.TCP != 1 || !r.LastSeen.Equal(testbed.Epoch.Add(2*time.Second)) ||
+		!r.FirstSeen.Equal(testbed.Epoch) {
+		t.Errorf("remote %+v", r)
+	}
+
+	out, _, _ = balstat(t, h, "-j", "-b", "5302")
+	if err := json.Unmarshal([]byte(out), &got); err != nil || len(got.Backends) != 1 || len(got.Remotes) != 1 ||
+		got.Remotes[0].IP != "127.0.0.9" {
+		t.Errorf("-j -b 5302: %v %+v", err, got)
+	}
+}
+
+func TestControlActionsSteerQueries(t *testing.T) {
+	h := newBed(t)
+	a, b, c := testbed.Loopback(1), testbed.Loopback(8), testbed.Loopback(9) // 5301, 5302, 5301
+	who := func(from netip.Addr) string { return h.Who(from, false)["backend"] }
+
+	out, _, code := balstat(t, h, "disable", "5301")
+	if code != 0 || out != "backend 5301: disabled ($DIR/5301)\n" {
+		t.Fatalf("disable: %d %q", code, out)
+	}
+	h.Logs.Wait(t, "backend disabled by operator", map[string]any{"be_id": 5301, "uid": os.Getuid(), "from": "enabled"})
+	if got := who(a); got != "5302" {
+		t.Fatalf("client of a disabled backend answered by %s", got)
+	}
+	if got := h.Who(c, true)["backend"]; got != "5302" {
+		t.Fatalf("TCP client of a disabled backend answered by %s", got)
+	}
+	if got := who(testbed.Loopback(20)); got != "5302" {
+		t.Fatalf("new client given to %s while 5301 is disabled", got)
+	}
+
+	balstat(t, h, "enable", "5301")
+	if got := who(a); got != "5301" {
+		t.Fatalf("client did not return to its enabled primary: %s", got)
+	}
+
+	balstat(t, h, "drain", "5302")
+	if got := who(b); got != "5302" {
+		t.Fatalf("client of a draining backend moved to %s", got)
+	}
+	for i := 30; i < 33; i++ {
+		if got := who(testbed.Loopback(i)); got != "5301" {
+			t.Fatalf("new client given to draining backend %s", got)
+		}
+	}
+	out, _, _ = balstat(t, h, "-b", "5302")
+	if !strings.Contains(out, "ok,draining") {
+		t.Fatalf("draining state not shown:\n%s", out)
+	}
+
+	if out, _, code := balstat(t, h, "reset"); code != 0 || out != "counters reset\n" {
+		t.Fatalf("reset: %d %q", code, out)
+	}
+	h.Logs.Wait(t, "counters reset by operator", map[string]any{"uid": os.Getuid()})
+	out, _, _ = balstat(t, h, "-j")
+	var got debugapi.BackendsReply
+	json.Unmarshal([]byte(out), &got)
+	for _, be := range got.Backends {
+		if be.UDPFrames != 0 || be.TCPTotal != 0 {
+			t.Fatalf("backend %d counters not reset: %+v", be.ID, be)
+		}
+	}
+}
+
+func TestErrors(t *testing.T) {
+	h := newBed(t)
+	dir := testbed.SocketDir(t)
+	missing := dir + "/none.sock"
+	stale := dir + "/stale.sock"
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close() // the file stays, nobody listens
+
+	run1 := func(args ...string) (string, string, int) {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), args, &out, &errb)
+		return out.String(), errb.String(), code
+	}
+	for _, tt := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"-S", missing}, 1, "balstat: bbal is not running at " + missing + "\n"},
+		{[]string{"-S", stale}, 1, "balstat: bbal is not running at " + stale + "\n"},
+		{[]string{"-S", missing, "reset"}, 1, "balstat: bbal is not running at " + missing + "\n"},
+		{[]string{"-S", h.DebugSocket, "-b", "9999"}, 1, "balstat: no backend 9999\n"},
+		{[]string{"-S", h.DebugSocket, "disable", "9999"}, 1, "balstat: no backend 9999\n"},
+		{[]string{"-S", h.DebugSocket, "-j", "-b", "9999"}, 1, "balstat: no backend 9999\n"},
+	} {
+		out, errs, code := run1(tt.args...)
+		if code != tt.code || errs != tt.want || out != "" {
+			t.Errorf("balstat %v: exit %d, stderr %q, stdout %q; want %d, %q", tt.args, code, errs, out, tt.code, tt.want)
+		}
+	}
+	for _, args := range [][]string{
+		{"-b", "x"}, {"-b", "0"}, {"-r", "::1"}, {"-r", "nope"}, {"-w", "0"}, {"-n", "3"},
+		{"frobnicate"}, {"disable"}, {"disable", "x"}, {"reset", "now"}, {"-q"},
+	} {
+		_, errs, code := run1(append([]string{"-S", h.DebugSocket}, args...)...)
+		if code != 2 || !strings.HasPrefix(errs, "balstat: ") || !strings.Contains(errs, "usage: balstat") {
+			t.Errorf("balstat %v: exit %d, stderr %q; want 2 with usage", args, code, errs)
+		}
+	}
+}
+
+func TestPermissionDenied(t *testing.T) {
+	h := newBed(t)
+	fi, err := os.Stat(h.DebugSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("debug socket mode %v, want 0600", fi.Mode().Perm())
+	}
+	// Another user: as root, run balstat as nobody; otherwise take the
+	// owner's permission away.
+	cmd := exec.Command(copyExecutable(t), "-S", h.DebugSocket)
+	cmd.Env = append(os.Environ(), "BALSTAT_TEST_MAIN=1")
+	if os.Getuid() == 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	} else {
+		os.Chmod(h.DebugSocket, 0)
+		defer os.Chmod(h.DebugSocket, 0o600)
+	}
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	cmd.Run()
+	want := "balstat: permission denied on " + h.DebugSocket + "\n"
+	if code := cmd.ProcessState.ExitCode(); code != 1 || errb.String() != want {
+		t.Fatalf("exit %d, stderr %q; want 1, %q", code, errb.String(), want)
+	}
+}
+
+// copyExecutable copies the test binary where any user may run it.
+func copyExecutable(t *testing.T) string {
+	t.Helper()
+	dir := testbed.SocketDir(t)
+	os.Chmod(dir, 0o755)
+	b, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := dir + "/balstat"
+	if err := os.WriteFile(path, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestWatchShowsRates(t *testing.T) {
+	h := newBed(t)
+	pr, pw := io.Pipe()
+	done := make(chan int)
+	go func() {
+		code := run(context.Background(), []string{"-S", h.DebugSocket, "-w", "0.5", "-n", "3"}, pw, io.Discard)
+		pw.Close()
+		done <- code
+	}()
+	// Queries sent as the first refresh is drawn show up as a rate in
+	// the second.
+	r := bufio.NewReader(pr)
+	var frames []string
+	var cur strings.Builder
+	for {
+		line, err := r.ReadString('\n')
+		if strings.HasPrefix(line, "\x1b[H\x1b[2J") {
+			if cur.Len() > 0 {
+				frames = append(frames, cur.String())
+				cur.Reset()
+			} else {
+				for range 5 {
+					h.Who(testbed.Loopback(1), false)
+				}
+			}
+		}
+		cur.WriteString(line)
+		if err != nil {
+			frames = append(frames, cur.String())
+			break
+		}
+	}
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if len(frames) != 3 {
+		t.Fatalf("%d refreshes, want 3", len(frames))
+	}
+	if !strings.Contains(frames[0], "RATE") || !strings.Contains(frames[0], "3 remote peers (-b ID or -r IP lists them)") {
+		t.Fatalf("first frame:\n%s", frames[0])
+	}
+	var rate float64
+	for _, l := range strings.Split(frames[1], "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[0] == "5301" {
+			fmt.Sscanf(f[4], "%f/s", &rate)
+		}
+	}
+	if rate <= 0 {
+		t.Fatalf("no query rate for 5301 in the second frame:\n%s", frames[1])
+	}
+}

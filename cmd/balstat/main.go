@@ -1,0 +1,151 @@
+// Command balstat shows operators what a running bbal is doing, and steers
+// it: the backends and their counters, the client-to-backend map, and the
+// control actions (disable, drain, enable a backend; reset the counters).
+// It reads bbal's debug socket.
+//
+//	balstat [-S PATH] [-j] [-b ID] [-r IP] [-w SECS [-n COUNT]]
+//	balstat [-S PATH] disable|drain|enable ID
+//	balstat [-S PATH] reset
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/bbal/bbal/cmd/internal/debugapi"
+)
+
+const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-w SECS [-n COUNT]]
+       balstat [-S PATH] disable|drain|enable ID
+       balstat [-S PATH] reset
+
+  -S PATH   bbal's debug socket (default /var/run/bbal.sock)
+  -j        print JSON instead of tables
+  -b ID     only this backend, and its remotes
+  -r IP     only this remote
+  -w SECS   refresh every SECS seconds, with per-backend query rates
+  -n COUNT  with -w, stop after COUNT refreshes
+
+  disable ID  the backend takes no new remotes; its remotes go to backups
+  drain ID    the backend takes no new remotes; its remotes stay
+  enable ID   the backend is back to normal
+  reset       every counter back to zero
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// options are the parsed command line.
+type options struct {
+	socket  string
+	json    bool
+	backend uint16
+	ip      string
+	watch   time.Duration
+	count   int
+}
+
+// run is balstat from the command line to the exit status: 0, 1 for an
+// error, 2 for a bad command line.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("balstat", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var o options
+	var backendID, watch string
+	fs.StringVar(&o.socket, "S", debugapi.DefaultSocket, "")
+	fs.BoolVar(&o.json, "j", false, "")
+	fs.StringVar(&backendID, "b", "", "")
+	fs.StringVar(&o.ip, "r", "", "")
+	fs.StringVar(&watch, "w", "", "")
+	fs.IntVar(&o.count, "n", 0, "")
+	usageErr := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "balstat: "+format+"\n", a...)
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		return usageErr("%v", err)
+	}
+	if backendID != "" {
+		id, err := parseID(backendID)
+		if err != nil {
+			return usageErr("%v", err)
+		}
+		o.backend = id
+	}
+	if o.ip != "" {
+		a, err := netip.ParseAddr(o.ip)
+		if err != nil || !a.Unmap().Is4() {
+			return usageErr("bad IPv4 address for -r: %q", o.ip)
+		}
+		o.ip = a.Unmap().String()
+	}
+	if watch != "" {
+		secs, err := strconv.ParseFloat(watch, 64)
+		if err != nil || secs <= 0 || secs > 86400 {
+			return usageErr("bad interval for -w: %q (want seconds, more than 0)", watch)
+		}
+		o.watch = time.Duration(secs * float64(time.Second))
+	}
+	if o.count < 0 || o.count > 0 && o.watch == 0 {
+		return usageErr("-n goes with -w and takes a count")
+	}
+
+	c := debugapi.NewClient(o.socket)
+	defer c.Close()
+	var err error
+	switch rest := fs.Args(); {
+	case len(rest) == 0 && o.watch > 0:
+		err = watchLoop(ctx, c, o, stdout)
+	case len(rest) == 0:
+		err = show(ctx, c, o, stdout)
+	case rest[0] == "reset" && len(rest) == 1:
+		if err = c.ResetCounters(ctx); err == nil {
+			fmt.Fprintln(stdout, "counters reset")
+		}
+	case (rest[0] == "disable" || rest[0] == "drain" || rest[0] == "enable") && len(rest) == 2:
+		id, perr := parseID(rest[1])
+		if perr != nil {
+			return usageErr("%v", perr)
+		}
+		var b debugapi.Backend
+		if b, err = c.Action(ctx, id, rest[0]); err == nil {
+			fmt.Fprintf(stdout, "backend %d: %s (%s)\n", b.ID, b.Admin, b.Path)
+		}
+	default:
+		return usageErr("unknown command %q", rest)
+	}
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "balstat: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func parseID(s string) (uint16, error) {
+	id, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || id == 0 {
+		return 0, fmt.Errorf("bad backend ID %q", s)
+	}
+	return uint16(id), nil
+}

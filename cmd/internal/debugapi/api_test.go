@@ -1,0 +1,307 @@
+package debugapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"go.uber.org/goleak"
+
+	"github.com/bbal/bbal/cmd/internal/debugapi"
+	"github.com/bbal/bbal/cmd/internal/server"
+	"github.com/bbal/bbal/cmd/internal/servertest"
+	"github.com/bbal/bbal/tools/testbed"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// get fetches path from the debug socket at sock.
+func get(t *testing.T, sock, method, path string, body io.Reader) (int, []byte) {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	defer hc.CloseIdleConnections()
+	req, _ := http.NewRequest(method, "http://bbal"+path, body)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func metrics(t *testing.T, sock string) map[string]*dto.MetricFamily {
+	t.Helper()
+	code, body := get(t, sock, "GET", "/metrics", nil)
+	if code != 200 {
+		t.Fatalf("/metrics: %d %s", code, body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mf, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatalf("/metrics does not parse as Prometheus text: %v", err)
+	}
+	return mf
+}
+
+// value returns the value of the sample of family name with the labels.
+func value(t *testing.T, mf map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
+	t.Helper()
+	f, ok := mf[name]
+	if !ok {
+		t.Fatalf("no metric %s", name)
+	}
+next:
+	for _, m := range f.Metric {
+		for _, lp := range m.Label {
+			if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		}
+	}
+	t.Fatalf("no sample of %s with %v", name, labels)
+	return 0
+}
+
+func TestMetricsParseAndMove(t *testing.T) {
+	h := servertest.New(t, nil)
+	h.StartGo("5301", "5302")
+	from := testbed.Loopback(1)
+	h.Who(from, false)
+	before := metrics(t, h.DebugSocket)
+	for range 5 {
+		h.Who(from, false)
+	}
+	h.Who(from, true)
+	after := metrics(t, h.DebugSocket)
+
+	b5301 := map[string]string{"backend": "5301"}
+	for _, m := range []struct {
+		name   string
+		labels map[string]string
+		delta  float64
+	}{
+		{"bbal_backend_udp_frames_total", b5301, 5},
+		{"bbal_backend_outbound_udp_total", b5301, 5},
+		{"bbal_backend_tcp_sessions_total", b5301, 1},
+		{"bbal_udp_received_packets_total", nil, 5},
+		{"bbal_udp_sent_packets_total", nil, 5},
+		{"bbal_tcp_connections_total", nil, 1},
+	} {
+		if d := value(t, after, m.name, m.labels) - value(t, before, m.name, m.labels); d != m.delta {
+			t.Errorf("%s%v moved by %v, want %v", m.name, m.labels, d, m.delta)
+		}
+	}
+	for name, want := range map[string]float64{"bbal_backend_up": 1, "bbal_backend_remotes": 1} {
+		if v := value(t, after, name, b5301); v != want {
+			t.Errorf("%s = %v, want %v", name, v, want)
+		}
+	}
+	if v := value(t, after, "bbal_backend_state", map[string]string{"backend": "5302", "state": "ok"}); v != 1 {
+		t.Errorf("bbal_backend_state{5302,ok} = %v", v)
+	}
+	if v := value(t, after, "bbal_remotes", nil); v != 1 {
+		t.Errorf("bbal_remotes = %v", v)
+	}
+	value(t, after, "bbal_drops_total", map[string]string{"proto": "udp", "reason": "stuck"})
+	value(t, after, "bbal_backend_faults_total", map[string]string{"backend": "5301", "reason": "heartbeat_timeout"})
+	value(t, after, "go_goroutines", nil)
+	for name := range after {
+		if strings.HasPrefix(name, "bbal_") && strings.Contains(name, "remote_ip") {
+			t.Errorf("per-remote metric %s", name)
+		}
+	}
+}
+
+func TestEndpoints(t *testing.T) {
+	h := servertest.New(t, nil)
+	h.StartGo("5301")
+	h.Who(testbed.Loopback(1), false)
+	sock := h.DebugSocket
+	for _, tt := range []struct {
+		method, path string
+		body         string
+		code         int
+		contains     string
+	}{
+		{"GET", "/v1/backends", "", 200, `"id": 5301`},
+		{"GET", "/v1/backends/5301", "", 200, `"state": "ok"`},
+		{"GET", "/v1/backends/9999", "", 404, `{"error":"no backend 9999"}`},
+		{"GET", "/v1/backends/x", "", 400, `{"error":"bad backend ID \"x\""}`},
+		{"POST", "/v1/backends/5301/explode", "", 404, `unknown action \"explode\"`},
+		{"GET", "/v1/backends/5301/disable", "", 405, ``},
+		{"POST", "/v1/backends/5301/drain", "x=1", 413, `requests take no body`},
+		{"GET", "/v1/remotes?ip=127.0.0.2", "", 200, `"ip":"127.0.0.2"`},
+		{"GET", "/v1/remotes?ip=::1", "", 400, `bad IPv4 address`},
+		{"GET", "/v1/remotes?backend=9999", "", 404, `no backend 9999`},
+		{"GET", "/v1/remotes?backend=5301", "", 200, `"backend":5301`},
+		{"GET", "/v1/remotes?colour=red", "", 400, `unknown parameter \"colour\"`},
+		{"GET", "/v1/timeouts", "", 200, `"name": "backend 5301 heartbeat"`},
+		{"GET", "/v1/stats", "", 200, `"remotes": 1`},
+		{"GET", "/v1/nothing", "", 404, `no such endpoint: GET /v1/nothing`},
+	} {
+		var body io.Reader
+		if tt.body != "" {
+			body = strings.NewReader(tt.body)
+		}
+		code, got := get(t, sock, tt.method, tt.path, body)
+		if code != tt.code || !strings.Contains(string(got), tt.contains) {
+			t.Errorf("%s %s: %d %s; want %d containing %s", tt.method, tt.path, code, got, tt.code, tt.contains)
+		}
+	}
+
+	var st debugapi.Stats
+	_, b := get(t, sock, "GET", "/v1/stats", nil)
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.ListenUDP != h.Addr.String() || st.ListenTCP != h.Addr.String() || st.Backends != 1 || st.BackendsOK != 1 ||
+		st.UDP.PacketsIn != 1 || st.Goroutines == 0 || st.RSSBytes == 0 || st.Version == "" || !st.Now.Equal(h.Clock.Now()) {
+		t.Errorf("stats %+v", st)
+	}
+	var to debugapi.TimeoutsReply
+	_, b = get(t, sock, "GET", "/v1/timeouts", nil)
+	json.Unmarshal(b, &to)
+	for i := 1; i < len(to.Timeouts); i++ {
+		if to.Timeouts[i].Due.Before(to.Timeouts[i-1].Due) {
+			t.Errorf("timeouts not in due order: %+v", to.Timeouts)
+		}
+	}
+	if to.Timeouts[0].InSeconds != 5 {
+		t.Errorf("first timeout %+v, want the heartbeat 5 s away", to.Timeouts[0])
+	}
+}
+
+func TestListen(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	path := filepath.Join(dir, "bbal.sock")
+
+	// A stale socket (nobody listening) is replaced.
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	ln, err := debugapi.Listen(path)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("mode %v, want a 0600 socket", fi.Mode())
+	}
+	// A live one is refused, and left alone.
+	if _, err := debugapi.Listen(path); !errors.Is(err, debugapi.ErrInUse) {
+		t.Fatalf("second Listen: %v, want ErrInUse", err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal("the live socket was removed")
+	}
+	ln.Close()
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("socket not removed on close")
+	}
+	// Something that is not a socket is not touched.
+	os.WriteFile(path, []byte("precious"), 0o644)
+	if _, err := debugapi.Listen(path); err == nil || !strings.Contains(err.Error(), "exists and is not a socket") {
+		t.Fatalf("Listen over a file: %v", err)
+	}
+}
+
+func TestHostileClients(t *testing.T) {
+	lim := debugapi.Limits{MaxConns: 4, HeaderTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond, IdleTimeout: 200 * time.Millisecond}
+	h := servertest.New(t, func(o *server.Options) { o.DebugLimits = lim })
+	h.StartGo("5301")
+	dbg := h.B.Debug()
+
+	// 100 connections that send nothing: at most 4 are served at once,
+	// each dropped when its header timeout passes, and the data path
+	// does not notice.
+	var conns []net.Conn
+	for range 100 {
+		c, err := net.Dial("unix", h.DebugSocket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range 20 {
+		h.Who(testbed.Loopback(i), i%2 == 0)
+		if n := dbg.Conns(); n > lim.MaxConns {
+			t.Fatalf("%d debug connections served at once, cap %d", n, lim.MaxConns)
+		}
+	}
+	for _, c := range conns[:4] {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("idle connection got data")
+		}
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	testbed.Eventually(t, "idle connections gone", func() bool { return dbg.Conns() == 0 })
+
+	// Garbage gets a 400 and the connection closed.
+	g, err := net.Dial("unix", h.DebugSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	g.Write([]byte("\x16\x03\x01 not HTTP at all\r\n\r\n"))
+	g.SetReadDeadline(time.Now().Add(20 * time.Second))
+	reply, _ := io.ReadAll(g)
+	if !strings.HasPrefix(string(reply), "HTTP/1.1 400") {
+		t.Fatalf("garbage got %q", reply)
+	}
+
+	// A client that asks for a large remotes list and never reads it is
+	// cut off by the write deadline; the server's memory stays bounded.
+	const n = 30_000 // some 5 MB of JSON, far more than the socket buffers
+	for i := range n {
+		h.B.Table.Route(0x0a000000 + uint32(i))
+	}
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	heapBefore := ms.HeapInuse
+	slow, err := net.Dial("unix", h.DebugSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	slow.(*net.UnixConn).SetReadBuffer(4096)
+	slow.Write([]byte("GET /v1/remotes HTTP/1.1\r\nHost: bbal\r\n\r\n"))
+	testbed.Eventually(t, "slow reader cut off", func() bool { return dbg.Conns() == 0 })
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	if grew := int64(ms.HeapInuse) - int64(heapBefore); grew > 2<<20 {
+		t.Fatalf("heap grew by %d bytes serving a client that does not read", grew)
+	}
+	h.Who(testbed.Loopback(1), false)
+}

@@ -1,0 +1,191 @@
+package debugapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+	"time"
+)
+
+// Errors of a Client, wrapped with the socket path; test with errors.Is.
+var (
+	// ErrNotRunning: no bbal answers on the socket.
+	ErrNotRunning = errors.New("bbal is not running")
+	// ErrPermission: the socket may not be used by this user.
+	ErrPermission = errors.New("permission denied")
+)
+
+// APIError is an error reply from the server.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// Client talks to a bbal's debug socket.
+type Client struct {
+	path string
+	hc   *http.Client
+}
+
+// NewClient returns a client for the debug socket at path.
+func NewClient(path string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		ResponseHeaderTimeout: 10 * time.Second,
+		MaxIdleConns:          1,
+	}
+	return &Client{path: path, hc: &http.Client{Transport: tr}}
+}
+
+// Close releases the client's idle connection.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values) (*http.Response, error) {
+	u := "http://bbal" + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		switch {
+		case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
+			return nil, fmt.Errorf("%w at %s", ErrNotRunning, c.path)
+		case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+			return nil, fmt.Errorf("%w on %s", ErrPermission, c.path)
+		}
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		var e ErrorReply
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		if json.Unmarshal(body, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+		}
+		return nil, &APIError{Status: resp.StatusCode, Message: e.Error}
+	}
+	return resp, nil
+}
+
+func (c *Client) getJSON(ctx context.Context, method, path string, out any) error {
+	resp, err := c.do(ctx, method, path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: bad reply: %w", method, path, err)
+	}
+	return nil
+}
+
+// Backends returns every backend.
+func (c *Client) Backends(ctx context.Context) (BackendsReply, error) {
+	var out BackendsReply
+	return out, c.getJSON(ctx, "GET", "/v1/backends", &out)
+}
+
+// Stats returns the process-wide counters.
+func (c *Client) Stats(ctx context.Context) (Stats, error) {
+	var out Stats
+	return out, c.getJSON(ctx, "GET", "/v1/stats", &out)
+}
+
+// Timeouts returns the scheduled timers.
+func (c *Client) Timeouts(ctx context.Context) (TimeoutsReply, error) {
+	var out TimeoutsReply
+	return out, c.getJSON(ctx, "GET", "/v1/timeouts", &out)
+}
+
+// Action applies "enable", "disable" or "drain" to backend id and returns
+// the backend as it is after.
+func (c *Client) Action(ctx context.Context, id uint16, action string) (Backend, error) {
+	var out Backend
+	return out, c.getJSON(ctx, "POST", fmt.Sprintf("/v1/backends/%d/%s", id, url.PathEscape(action)), &out)
+}
+
+// ResetCounters sets every counter back to zero.
+func (c *Client) ResetCounters(ctx context.Context) error {
+	var out struct{}
+	return c.getJSON(ctx, "POST", "/v1/counters/reset", &out)
+}
+
+// RemoteFilter selects remotes: those of a backend (as primary or
+// backup), or one address. Zero values select everything.
+type RemoteFilter struct {
+	Backend uint16
+	IP      string
+}
+
+// Remotes streams the remotes table to fn, in address order, with the
+// server's time of the reply, which it also returns. It stops at fn's
+// first error, returning it.
+func (c *Client) Remotes(ctx context.Context, f RemoteFilter, fn func(now time.Time, r Remote) error) (time.Time, error) {
+	q := url.Values{}
+	if f.Backend != 0 {
+		q.Set("backend", fmt.Sprint(f.Backend))
+	}
+	if f.IP != "" {
+		q.Set("ip", f.IP)
+	}
+	resp, err := c.do(ctx, "GET", "/v1/remotes", q)
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer resp.Body.Close()
+	var now time.Time
+	dec := json.NewDecoder(resp.Body)
+	bad := func(err error) error { return fmt.Errorf("GET /v1/remotes: bad reply: %w", err) }
+	if _, err := dec.Token(); err != nil { // {
+		return now, bad(err)
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return now, bad(err)
+		}
+		switch key {
+		case "now":
+			if err := dec.Decode(&now); err != nil {
+				return now, bad(err)
+			}
+		case "remotes":
+			if _, err := dec.Token(); err != nil { // [
+				return now, bad(err)
+			}
+			for dec.More() {
+				var r Remote
+				if err := dec.Decode(&r); err != nil {
+					return now, bad(err)
+				}
+				if err := fn(now, r); err != nil {
+					return now, err
+				}
+			}
+			if _, err := dec.Token(); err != nil { // ]
+				return now, bad(err)
+			}
+		default:
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return now, bad(err)
+			}
+		}
+	}
+	return now, nil
+}

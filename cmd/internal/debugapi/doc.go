@@ -1,0 +1,40 @@
+// Package debugapi is bbal's debug socket: an HTTP/1.1 API with JSON
+// bodies on a UNIX socket, which balstat reads and operators can script
+// with curl:
+//
+//	curl --unix-socket /var/run/bbal.sock http://bbal/v1/backends
+//
+// # Endpoints
+//
+//	GET  /v1/backends                  every backend, its state and counters
+//	GET  /v1/backends/{id}             one backend
+//	POST /v1/backends/{id}/disable     no new remotes; its remotes go to backups until enabled
+//	POST /v1/backends/{id}/drain       no new remotes; its remotes stay until they expire
+//	POST /v1/backends/{id}/enable      back to normal
+//	GET  /v1/remotes[?backend=ID][&ip=ADDR]   the client table, streamed in address order
+//	GET  /v1/timeouts                  the scheduled timers, in due order
+//	GET  /v1/stats                     process-wide counters
+//	POST /v1/counters/reset            every counter back to zero
+//	GET  /metrics                      Prometheus text format
+//
+// Errors are a JSON object {"error": "..."} with a 4xx status. Control
+// actions are logged with the peer's uid and pid (SO_PEERCRED).
+//
+// # The socket
+//
+// [Listen] creates the socket with mode 0600 (its owner and root may use
+// it). A stale socket left by a dead bbal is replaced; one that a live
+// process answers on is refused with [ErrInUse]. The socket is removed
+// when the listener is closed.
+//
+// # Hostile clients
+//
+// The server runs apart from the data path: handlers read counters
+// through atomics and take the remotes table's lock for at most a chunk
+// of remotes at a time. [DefaultLimits] apply: at most 16 connections are
+// served at once (more wait in the listen backlog); requests must send
+// their headers within 5 s, bodies are refused, and each write of a
+// response must complete within 10 s, so a client that never reads cannot
+// hold a connection, or memory, for long. The remotes list is streamed,
+// so a million remotes never make one buffer.
+package debugapi

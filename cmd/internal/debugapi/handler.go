@@ -1,0 +1,439 @@
+package debugapi
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/remotes"
+	"github.com/bbal/bbal/tcpproxy"
+	"github.com/bbal/bbal/timeouts"
+	"github.com/bbal/bbal/udpproxy"
+)
+
+// Sources are the parts of a running balancer the API reads and steers.
+type Sources struct {
+	Backends *backend.Set
+	Table    *remotes.Table
+	UDP      *udpproxy.Proxy
+	TCP      *tcpproxy.Proxy
+	Timeouts *timeouts.Set
+	Clock    timeouts.Clock
+	Started  time.Time
+	Log      zerolog.Logger
+}
+
+// Limits bound what one client of the debug socket may take.
+type Limits struct {
+	MaxConns      int           // connections served at once (16)
+	HeaderTimeout time.Duration // to send a request's headers (5 s)
+	WriteTimeout  time.Duration // for each write of a response (10 s)
+	IdleTimeout   time.Duration // between requests on one connection (30 s)
+}
+
+// DefaultLimits are the limits production uses.
+var DefaultLimits = Limits{MaxConns: 16, HeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
+
+// Server serves the API on the debug socket. Create it with Serve.
+type Server struct {
+	ln   *limitListener
+	srv  *http.Server
+	done chan struct{}
+}
+
+// Serve serves the API on ln, which it owns from then on, until Close.
+// Zero fields of lim take DefaultLimits.
+func Serve(ln *net.UnixListener, src Sources, lim Limits) *Server {
+	if lim.MaxConns <= 0 {
+		lim.MaxConns = DefaultLimits.MaxConns
+	}
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{
+		{&lim.HeaderTimeout, DefaultLimits.HeaderTimeout},
+		{&lim.WriteTimeout, DefaultLimits.WriteTimeout},
+		{&lim.IdleTimeout, DefaultLimits.IdleTimeout},
+	} {
+		if *d.v <= 0 {
+			*d.v = d.def
+		}
+	}
+	s := &Server{ln: newLimitListener(ln, lim.MaxConns), done: make(chan struct{})}
+	s.srv = &http.Server{
+		Handler:           newHandler(src, lim.WriteTimeout),
+		ReadHeaderTimeout: lim.HeaderTimeout,
+		ReadTimeout:       lim.HeaderTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		MaxHeaderBytes:    8 << 10,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pc, ok := c.(*peerConn); ok {
+				return context.WithValue(ctx, peerKey{}, pc.peer)
+			}
+			return ctx
+		},
+	}
+	go func() {
+		defer close(s.done)
+		s.srv.Serve(s.ln)
+	}()
+	return s
+}
+
+// Conns returns the number of connections open now.
+func (s *Server) Conns() int { return int(s.ln.open.Load()) }
+
+// Close stops the server, closes its connections and removes the socket.
+func (s *Server) Close() {
+	s.srv.Close()
+	<-s.done
+}
+
+// newHandler returns the API's handler.
+func newHandler(src Sources, writeTimeout time.Duration) http.Handler {
+	a := &api{src: src, metrics: MetricsHandler(src), writeTimeout: writeTimeout}
+	mux := http.NewServeMux()
+	route := func(method, path string, h http.HandlerFunc) {
+		mux.HandleFunc(method+" "+path, h)
+		// The same path with another method: 405, in JSON.
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", method)
+			fail(w, http.StatusMethodNotAllowed, "%s %s: use %s", r.Method, r.URL.Path, method)
+		})
+	}
+	route("GET", "/v1/backends", a.backends)
+	route("GET", "/v1/backends/{id}", a.backend)
+	route("POST", "/v1/backends/{id}/{action}", a.backendAction)
+	route("GET", "/v1/remotes", a.remotes)
+	route("GET", "/v1/timeouts", a.timeouts)
+	route("GET", "/v1/stats", a.stats)
+	route("POST", "/v1/counters/reset", a.reset)
+	route("GET", "/metrics", a.metrics.ServeHTTP)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fail(w, http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > 0 {
+			fail(w, http.StatusRequestEntityTooLarge, "requests take no body")
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, 0)
+		mux.ServeHTTP(w, r)
+	})
+}
+
+type api struct {
+	src          Sources
+	metrics      http.Handler
+	writeTimeout time.Duration
+	mu           sync.Mutex // serialises control actions
+}
+
+func fail(w http.ResponseWriter, code int, format string, args ...any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(ErrorReply{Error: fmt.Sprintf(format, args...)})
+}
+
+func (a *api) reply(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(a.writeTimeout))
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// checkQuery refuses query parameters other than allowed.
+func checkQuery(w http.ResponseWriter, r *http.Request, allowed ...string) bool {
+	for k := range r.URL.Query() {
+		found := false
+		for _, a := range allowed {
+			found = found || k == a
+		}
+		if !found {
+			fail(w, http.StatusBadRequest, "unknown parameter %q", k)
+			return false
+		}
+	}
+	return true
+}
+
+func (a *api) backendInfo(b *backend.Backend, counts map[backend.ID]remotes.Counts) Backend {
+	st := b.Stats()
+	out := Backend{
+		ID: uint16(st.ID), Path: st.Path, State: st.State.String(), Since: st.Since.UTC(),
+		OK: st.OK, Admin: st.Admin.String(),
+		Remotes: counts[st.ID].Primary, BackupRemotes: counts[st.ID].Backup,
+		UDPFrames: st.UDPFrames, UDPBytes: st.UDPBytes,
+		OutboundUDP: st.OutboundUDP, OutboundBytes: st.OutboundBytes, OutboundErrors: st.OutboundErrors,
+		StuckDrops: st.StuckDrops, DownDrops: st.DownDrops, Discarded: st.Discarded,
+		TCPTotal: st.TCPTotal, TCPActive: st.TCPActive, TCPErrors: st.TCPErrors,
+		ConnectAttempts: st.ConnectAttempts, ConnectErrors: st.ConnectErrors,
+		Faults:                st.Faults,
+		ReconnectDelaySeconds: st.ReconnectDelay.Seconds(),
+		Heartbeats:            st.Heartbeats,
+		HeartbeatRTTSeconds:   st.HeartbeatRTT.Seconds(),
+		QueueBytes:            st.QueuedBytes, QueueFrames: st.QueuedFrames,
+	}
+	for _, n := range st.Faults {
+		out.FaultsTotal += n
+	}
+	return out
+}
+
+func (a *api) now() time.Time { return a.src.Clock.Now().UTC() }
+
+func (a *api) backends(w http.ResponseWriter, r *http.Request) {
+	if !checkQuery(w, r) {
+		return
+	}
+	counts := a.src.Table.Counts()
+	out := BackendsReply{Now: a.now(), Backends: []Backend{}}
+	for _, b := range a.src.Backends.All() {
+		out.Backends = append(out.Backends, a.backendInfo(b, counts))
+	}
+	a.reply(w, out)
+}
+
+// lookup resolves the {id} of the path, writing the error if it fails.
+func (a *api) lookup(w http.ResponseWriter, r *http.Request) *backend.Backend {
+	raw := r.PathValue("id")
+	id, err := strconv.ParseUint(raw, 10, 16)
+	if err != nil || id == 0 {
+		fail(w, http.StatusBadRequest, "bad backend ID %q", raw)
+		return nil
+	}
+	b := a.src.Backends.Get(backend.ID(id))
+	if b == nil {
+		fail(w, http.StatusNotFound, "no backend %d", id)
+	}
+	return b
+}
+
+func (a *api) backend(w http.ResponseWriter, r *http.Request) {
+	if b := a.lookup(w, r); b != nil {
+		a.reply(w, a.backendInfo(b, a.src.Table.Counts()))
+	}
+}
+
+var actions = map[string]backend.Admin{
+	"enable":  backend.AdminEnabled,
+	"disable": backend.AdminDisabled,
+	"drain":   backend.AdminDraining,
+}
+
+func (a *api) backendAction(w http.ResponseWriter, r *http.Request) {
+	action := r.PathValue("action")
+	to, ok := actions[action]
+	if !ok {
+		fail(w, http.StatusNotFound, "unknown action %q (want enable, disable or drain)", action)
+		return
+	}
+	b := a.lookup(w, r)
+	if b == nil {
+		return
+	}
+	a.mu.Lock()
+	from := b.SetAdmin(to)
+	a.mu.Unlock()
+	peer, _ := PeerOf(r.Context())
+	a.src.Log.Info().Uint16("be_id", uint16(b.ID())).Str("be_path", b.Path()).
+		Str("from", from.String()).Str("to", to.String()).Int("uid", peer.UID).Int("pid", peer.PID).
+		Msg("backend " + to.String() + " by operator")
+	a.reply(w, a.backendInfo(b, a.src.Table.Counts()))
+}
+
+func (a *api) reset(w http.ResponseWriter, r *http.Request) {
+	if !checkQuery(w, r) {
+		return
+	}
+	a.mu.Lock()
+	for _, b := range a.src.Backends.All() {
+		b.ResetCounters()
+	}
+	a.src.UDP.ResetCounters()
+	a.src.TCP.ResetCounters()
+	a.src.Table.ResetCounters()
+	a.mu.Unlock()
+	peer, _ := PeerOf(r.Context())
+	a.src.Log.Info().Int("uid", peer.UID).Int("pid", peer.PID).Msg("counters reset by operator")
+	a.reply(w, struct {
+		Reset bool `json:"reset"`
+	}{true})
+}
+
+func (a *api) remoteInfo(in remotes.Info) Remote {
+	return Remote{
+		IP: protocol.U32ToAddr(in.Addr).String(), Backend: uint16(in.Primary), Backup: uint16(in.Backup),
+		UDP: in.UDP, TCP: in.TCP, Drops: in.Drops,
+		FirstSeen: in.FirstSeen.UTC(), LastSeen: in.LastSeen.UTC(),
+	}
+}
+
+// remotes streams the table as {"now": ..., "remotes": [...]}, a chunk at
+// a time, never holding more than a chunk of it in memory.
+func (a *api) remotes(w http.ResponseWriter, r *http.Request) {
+	if !checkQuery(w, r, "backend", "ip") {
+		return
+	}
+	q := r.URL.Query()
+	var only backend.ID
+	if v := q.Get("backend"); v != "" {
+		id, err := strconv.ParseUint(v, 10, 16)
+		if err != nil || id == 0 {
+			fail(w, http.StatusBadRequest, "bad backend ID %q", v)
+			return
+		}
+		if a.src.Backends.Get(backend.ID(id)) == nil {
+			fail(w, http.StatusNotFound, "no backend %d", id)
+			return
+		}
+		only = backend.ID(id)
+	}
+	var ip netip.Addr
+	if v := q.Get("ip"); v != "" {
+		addr, err := netip.ParseAddr(v)
+		if err != nil || !addr.Unmap().Is4() {
+			fail(w, http.StatusBadRequest, "bad IPv4 address %q", v)
+			return
+		}
+		ip = addr.Unmap()
+	}
+
+	w.Header().Set("Content-Type", "application/json")
+	rc := http.NewResponseController(w)
+	rc.SetWriteDeadline(time.Now().Add(a.writeTimeout))
+	bw := bufio.NewWriterSize(w, 32<<10)
+	now, _ := json.Marshal(a.now())
+	fmt.Fprintf(bw, "{\"now\":%s,\"remotes\":[", now)
+	n := 0
+	emit := func(in remotes.Info) bool {
+		if only != 0 && in.Primary != only && in.Backup != only {
+			return true
+		}
+		if n > 0 {
+			bw.WriteByte(',')
+		}
+		bw.WriteString("\n")
+		j, _ := json.Marshal(a.remoteInfo(in))
+		bw.Write(j)
+		n++
+		if bw.Buffered() > 16<<10 {
+			rc.SetWriteDeadline(time.Now().Add(a.writeTimeout))
+			if bw.Flush() != nil {
+				return false
+			}
+		}
+		return true
+	}
+	if ip.IsValid() {
+		if in, ok := a.src.Table.Lookup(protocol.AddrToU32(ip)); ok {
+			emit(in)
+		}
+	} else {
+		a.src.Table.Walk(r.Context(), 0, emit)
+	}
+	bw.WriteString("\n]}\n")
+	bw.Flush()
+}
+
+func (a *api) timeouts(w http.ResponseWriter, r *http.Request) {
+	if !checkQuery(w, r) {
+		return
+	}
+	now := a.now()
+	out := TimeoutsReply{Now: now, Timeouts: []Timeout{}}
+	for _, e := range a.src.Timeouts.List() {
+		out.Timeouts = append(out.Timeouts, Timeout{Name: e.Name, Due: e.Due.UTC(), InSeconds: e.Due.Sub(now).Seconds()})
+	}
+	a.reply(w, out)
+}
+
+func (a *api) stats(w http.ResponseWriter, r *http.Request) {
+	if !checkQuery(w, r) {
+		return
+	}
+	now := a.now()
+	var out Stats
+	out.Version = Version()
+	out.Now, out.Started = now, a.src.Started.UTC()
+	out.UptimeSeconds = now.Sub(a.src.Started).Seconds()
+	out.ListenUDP = a.src.UDP.Addr().String()
+	out.ListenTCP = a.src.TCP.Addr().String()
+	us := a.src.UDP.Stats()
+	out.UDP.PacketsIn, out.UDP.BytesIn = us.PacketsIn, us.BytesIn
+	out.UDP.PacketsOut, out.UDP.BytesOut, out.UDP.SendErrors = us.PacketsOut, us.BytesOut, us.SendErrors
+	ts := a.src.TCP.Stats()
+	out.TCP.Active, out.TCP.Total, out.TCP.AcceptErrors = ts.Active, ts.Total, ts.AcceptErrors
+	out.Drops = map[string]map[string]uint64{"udp": us.Drops, "tcp": ts.Drops}
+	out.Remotes = a.src.Table.Len()
+	for _, b := range a.src.Backends.All() {
+		out.Backends++
+		if b.OK() {
+			out.BackendsOK++
+		}
+	}
+	out.Goroutines = runtime.NumGoroutine()
+	out.RSSBytes = rss()
+	a.reply(w, out)
+}
+
+// rss returns the process's resident set size, from /proc.
+func rss() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}
+
+// version is set at link time by the Makefile (git describe).
+var version string
+
+// Version is bbal's version: what the Makefile stamped, or else the
+// module version and VCS revision the build recorded.
+func Version() string {
+	if version != "" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if rev != "" {
+		v += " " + rev[:min(12, len(rev))] + dirty
+	}
+	return v
+}

@@ -1,0 +1,150 @@
+package debugapi
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/bbal/bbal/backend"
+)
+
+// The metrics. They are read from the balancer's own counters at scrape
+// time, so the data path pays nothing for them. Backend metrics are
+// labelled by backend ID; there are no per-remote labels. The list is in
+// README.md.
+var (
+	mBuildInfo   = desc("bbal_build_info", "The version bbal was built from; always 1.", "version")
+	mStartTime   = desc("bbal_start_time_seconds", "When bbal started, in seconds since the epoch.")
+	mUDPIn       = desc("bbal_udp_received_packets_total", "Datagrams read from the DNS UDP socket.")
+	mUDPInBytes  = desc("bbal_udp_received_bytes_total", "Bytes of datagrams read from the DNS UDP socket.")
+	mUDPOut      = desc("bbal_udp_sent_packets_total", "Replies sent from the DNS UDP socket.")
+	mUDPOutBytes = desc("bbal_udp_sent_bytes_total", "Bytes of replies sent from the DNS UDP socket.")
+	mUDPSendErr  = desc("bbal_udp_send_errors_total", "Replies that could not be sent.")
+	mDrops       = desc("bbal_drops_total", "Queries and connections dropped, by protocol and reason.", "proto", "reason")
+	mTCPTotal    = desc("bbal_tcp_connections_total", "Client TCP connections accepted.")
+	mTCPActive   = desc("bbal_tcp_connections_active", "Client TCP connections open now.")
+	mTCPAcceptEr = desc("bbal_tcp_accept_errors_total", "Failed accepts on the DNS TCP socket.")
+	mRemotes     = desc("bbal_remotes", "Clients in the remotes table.")
+
+	mBackendInfo     = desc("bbal_backend_info", "A backend's socket path; always 1.", "backend", "path")
+	mBackendUp       = desc("bbal_backend_up", "1 when the backend's session is up (SERVER_HELLO received).", "backend")
+	mBackendState    = desc("bbal_backend_state", "1 for the backend's session state.", "backend", "state")
+	mBackendAdmin    = desc("bbal_backend_admin", "1 for the operator's setting: enabled, disabled or draining.", "backend", "admin")
+	mBackendRemotes  = desc("bbal_backend_remotes", "Remotes whose primary backend this is.", "backend")
+	mBackendBackups  = desc("bbal_backend_backup_remotes", "Remotes this backend serves as a backup.", "backend")
+	mBackendUDP      = desc("bbal_backend_udp_frames_total", "INBOUND_UDP frames queued to the backend.", "backend")
+	mBackendUDPBytes = desc("bbal_backend_udp_bytes_total", "DNS bytes in INBOUND_UDP frames queued to the backend.", "backend")
+	mBackendOut      = desc("bbal_backend_outbound_udp_total", "OUTBOUND_UDP frames received from the backend.", "backend")
+	mBackendOutBytes = desc("bbal_backend_outbound_bytes_total", "DNS bytes in OUTBOUND_UDP frames received from the backend.", "backend")
+	mBackendOutErr   = desc("bbal_backend_outbound_errors_total", "OUTBOUND_UDP frames that could not be sent on.", "backend")
+	mBackendDrops    = desc("bbal_backend_drops_total", "Datagrams for the backend dropped: stuck (queue full), down (no session), discarded (queued, then the session faulted).", "backend", "reason")
+	mBackendTCP      = desc("bbal_backend_tcp_sessions_total", "TCP proxy sessions opened to the backend.", "backend")
+	mBackendTCPAct   = desc("bbal_backend_tcp_sessions_active", "TCP proxy sessions open to the backend now.", "backend")
+	mBackendTCPErr   = desc("bbal_backend_tcp_errors_total", "TCP proxy sessions that could not connect.", "backend")
+	mBackendConn     = desc("bbal_backend_connect_attempts_total", "Standing session connection attempts.", "backend")
+	mBackendConnErr  = desc("bbal_backend_connect_errors_total", "Standing session connection attempts that failed.", "backend")
+	mBackendFaults   = desc("bbal_backend_faults_total", "Faults of the standing session, by reason.", "backend", "reason")
+	mBackendHB       = desc("bbal_backend_heartbeats_total", "Heartbeat replies received.", "backend")
+	mBackendRTT      = desc("bbal_backend_heartbeat_rtt_seconds", "Round trip of the last heartbeat.", "backend")
+	mBackendDelay    = desc("bbal_backend_reconnect_delay_seconds", "Delay before the next reconnect attempt after a failure.", "backend")
+	mBackendQueue    = desc("bbal_backend_queue_bytes", "Bytes queued for the backend, not yet written.", "backend")
+)
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, labels, nil)
+}
+
+type collector struct{ src Sources }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	bool01 := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+
+	gauge(mBuildInfo, 1, Version())
+	gauge(mStartTime, float64(c.src.Started.UnixNano())/1e9)
+	us := c.src.UDP.Stats()
+	counter(mUDPIn, us.PacketsIn)
+	counter(mUDPInBytes, us.BytesIn)
+	counter(mUDPOut, us.PacketsOut)
+	counter(mUDPOutBytes, us.BytesOut)
+	counter(mUDPSendErr, us.SendErrors)
+	for r, n := range us.Drops {
+		counter(mDrops, n, "udp", r)
+	}
+	ts := c.src.TCP.Stats()
+	counter(mTCPTotal, ts.Total)
+	gauge(mTCPActive, float64(ts.Active))
+	counter(mTCPAcceptEr, ts.AcceptErrors)
+	for r, n := range ts.Drops {
+		counter(mDrops, n, "tcp", r)
+	}
+	gauge(mRemotes, float64(c.src.Table.Len()))
+
+	counts := c.src.Table.Counts()
+	for _, b := range c.src.Backends.All() {
+		st := b.Stats()
+		id := strconv.Itoa(int(st.ID))
+		gauge(mBackendInfo, 1, id, st.Path)
+		gauge(mBackendUp, bool01(st.OK), id)
+		for s := backend.StateConnecting; s <= backend.StateStopped; s++ {
+			gauge(mBackendState, bool01(st.State == s), id, s.String())
+		}
+		for a := backend.AdminEnabled; a <= backend.AdminDraining; a++ {
+			gauge(mBackendAdmin, bool01(st.Admin == a), id, a.String())
+		}
+		gauge(mBackendRemotes, float64(counts[st.ID].Primary), id)
+		gauge(mBackendBackups, float64(counts[st.ID].Backup), id)
+		counter(mBackendUDP, st.UDPFrames, id)
+		counter(mBackendUDPBytes, st.UDPBytes, id)
+		counter(mBackendOut, st.OutboundUDP, id)
+		counter(mBackendOutBytes, st.OutboundBytes, id)
+		counter(mBackendOutErr, st.OutboundErrors, id)
+		counter(mBackendDrops, st.StuckDrops, id, "stuck")
+		counter(mBackendDrops, st.DownDrops, id, "down")
+		counter(mBackendDrops, st.Discarded, id, "discarded")
+		counter(mBackendTCP, st.TCPTotal, id)
+		gauge(mBackendTCPAct, float64(st.TCPActive), id)
+		counter(mBackendTCPErr, st.TCPErrors, id)
+		counter(mBackendConn, st.ConnectAttempts, id)
+		counter(mBackendConnErr, st.ConnectErrors, id)
+		for _, r := range backend.Reasons() {
+			counter(mBackendFaults, st.Faults[r.String()], id, r.String())
+		}
+		counter(mBackendHB, st.Heartbeats, id)
+		gauge(mBackendRTT, st.HeartbeatRTT.Seconds(), id)
+		gauge(mBackendDelay, st.ReconnectDelay.Seconds(), id)
+		gauge(mBackendQueue, float64(st.QueuedBytes), id)
+	}
+}
+
+// NewRegistry returns a registry with bbal's metrics and the Go runtime's
+// and process's standard ones.
+func NewRegistry(src Sources) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collector{src},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return reg
+}
+
+// MetricsHandler serves the metrics in the Prometheus text format.
+func MetricsHandler(src Sources) http.Handler {
+	return promhttp.HandlerFor(NewRegistry(src), promhttp.HandlerOpts{})
+}

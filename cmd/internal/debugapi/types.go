@@ -1,0 +1,109 @@
+package debugapi
+
+import "time"
+
+// DefaultSocket is the debug socket's path when -S is not given.
+const DefaultSocket = "/var/run/bbal.sock"
+
+// Backend is one backend as the API shows it.
+type Backend struct {
+	ID                    uint16            `json:"id"`
+	Path                  string            `json:"path"`
+	State                 string            `json:"state"`
+	Since                 time.Time         `json:"since"`
+	OK                    bool              `json:"ok"`
+	Admin                 string            `json:"admin"`
+	Remotes               int               `json:"remotes"`
+	BackupRemotes         int               `json:"backup_remotes"`
+	UDPFrames             uint64            `json:"udp_frames"`
+	UDPBytes              uint64            `json:"udp_bytes"`
+	OutboundUDP           uint64            `json:"outbound_udp"`
+	OutboundBytes         uint64            `json:"outbound_bytes"`
+	OutboundErrors        uint64            `json:"outbound_errors"`
+	StuckDrops            uint64            `json:"stuck_drops"`
+	DownDrops             uint64            `json:"down_drops"`
+	Discarded             uint64            `json:"discarded"`
+	TCPTotal              uint64            `json:"tcp_total"`
+	TCPActive             int64             `json:"tcp_active"`
+	TCPErrors             uint64            `json:"tcp_errors"`
+	ConnectAttempts       uint64            `json:"connect_attempts"`
+	ConnectErrors         uint64            `json:"connect_errors"`
+	Faults                map[string]uint64 `json:"faults"`
+	FaultsTotal           uint64            `json:"faults_total"`
+	ReconnectDelaySeconds float64           `json:"reconnect_delay_seconds"`
+	Heartbeats            uint64            `json:"heartbeats"`
+	HeartbeatRTTSeconds   float64           `json:"heartbeat_rtt_seconds"`
+	QueueBytes            int               `json:"queue_bytes"`
+	QueueFrames           int               `json:"queue_frames"`
+}
+
+// BackendsReply is GET /v1/backends.
+type BackendsReply struct {
+	Now      time.Time `json:"now"`
+	Backends []Backend `json:"backends"`
+}
+
+// Remote is one client.
+type Remote struct {
+	IP        string    `json:"ip"`
+	Backend   uint16    `json:"backend"` // primary; 0 for none
+	Backup    uint16    `json:"backup"`  // 0 for none
+	UDP       uint64    `json:"udp"`
+	TCP       uint64    `json:"tcp"`
+	Drops     uint64    `json:"drops"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+}
+
+// RemotesReply is GET /v1/remotes; the server streams it.
+type RemotesReply struct {
+	Now     time.Time `json:"now"`
+	Remotes []Remote  `json:"remotes"`
+}
+
+// Timeout is one scheduled timer.
+type Timeout struct {
+	Name      string    `json:"name"`
+	Due       time.Time `json:"due"`
+	InSeconds float64   `json:"in_seconds"`
+}
+
+// TimeoutsReply is GET /v1/timeouts.
+type TimeoutsReply struct {
+	Now      time.Time `json:"now"`
+	Timeouts []Timeout `json:"timeouts"`
+}
+
+// Stats is GET /v1/stats.
+type Stats struct {
+	Version       string    `json:"version"`
+	Now           time.Time `json:"now"`
+	Started       time.Time `json:"started"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	ListenUDP     string    `json:"listen_udp"`
+	ListenTCP     string    `json:"listen_tcp"`
+	UDP           struct {
+		PacketsIn  uint64 `json:"packets_in"`
+		BytesIn    uint64 `json:"bytes_in"`
+		PacketsOut uint64 `json:"packets_out"`
+		BytesOut   uint64 `json:"bytes_out"`
+		SendErrors uint64 `json:"send_errors"`
+	} `json:"udp"`
+	TCP struct {
+		Active       int64  `json:"active"`
+		Total        uint64 `json:"total"`
+		AcceptErrors uint64 `json:"accept_errors"`
+	} `json:"tcp"`
+	// Drops by protocol ("udp", "tcp") and reason.
+	Drops      map[string]map[string]uint64 `json:"drops"`
+	Remotes    int                          `json:"remotes"`
+	Backends   int                          `json:"backends"`
+	BackendsOK int                          `json:"backends_ok"`
+	Goroutines int                          `json:"goroutines"`
+	RSSBytes   int64                        `json:"rss_bytes"`
+}
+
+// ErrorReply is the body of every error response.
+type ErrorReply struct {
+	Error string `json:"error"`
+}
