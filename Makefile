@@ -7,7 +7,7 @@ BIN       := bin
 MNAME_DIR := tools/mname-backend
 FUZZTIME  ?= 30s
 
-.PHONY: all build demo test npm-deps vet fuzz clean
+.PHONY: all build demo test npm-deps vet fuzz bench clean
 
 all: build
 
@@ -39,6 +39,12 @@ vet:
 # The whole suite, with the race detector.
 test: npm-deps vet
 	$(GO) test -race -count=1 ./...
+
+# bbal against dnsdist and the direct path (needs the Debian packages
+# dnsperf and dnsdist); see BENCHMARKS.md. Not part of make test.
+BENCH_FLAGS ?=
+bench: build npm-deps
+	$(GO) run ./tools/bench $(BENCH_FLAGS)
 
 # Each fuzz target for FUZZTIME.
 fuzz:

@@ -108,6 +108,9 @@ type Backend struct {
 
 	events chan event
 
+	// cur is the session Flush writes to; set and cleared by run.
+	cur atomic.Pointer[session]
+
 	// Owned by run.
 	sess       *session
 	gen        uint64
@@ -426,8 +429,15 @@ func (b *Backend) connect(ctx context.Context) {
 	// sees the hello knows the timeout is armed.
 	b.connectT.Set(b.set.cfg.ConnectTimeout)
 	b.q.reset(queueControl)
+	sess, err := startSession(b, c, b.gen)
+	if err != nil {
+		c.Close()
+		b.fault(ReasonWriteError, err)
+		return
+	}
+	b.sess = sess
+	b.cur.Store(sess)
 	b.q.push(protocol.AppendType(nil, protocol.FrameClientHello), true)
-	b.sess = startSession(b, c, b.gen)
 }
 
 // established runs when SERVER_HELLO arrives.
@@ -483,6 +493,7 @@ func (b *Backend) closeSession() {
 	if b.sess == nil {
 		return
 	}
+	b.cur.Store(nil)
 	b.sess.close()
 	b.sess = nil
 	if n := b.q.reset(queueClosed); n > 0 {
@@ -509,19 +520,34 @@ func (b *Backend) scheduleReconnect() {
 	b.delay.Store(int64(min(next, cfg.ReconnectMax)))
 }
 
-// reply sends an OUTBOUND_UDP frame's data on to the client.
-func (b *Backend) reply(f *protocol.Frame) {
+// reply adds an OUTBOUND_UDP frame's data to the batch of replies to
+// send on to clients; a frame that names no usable address is counted
+// and dropped.
+func (b *Backend) reply(f *protocol.Frame, replies ReplyBatch) {
 	b.stats.outboundUDP.Add(1)
 	b.stats.outboundBytes.Add(uint64(len(f.Data)))
 	to, ok := f.AddrPort()
-	if ok && to.Port() != 0 && f.IP != 0 {
-		err := b.set.cfg.Reply(f.Data, to)
-		if err == nil {
-			return
-		}
-		if ok, held := b.set.replyLog.Allow(); ok {
-			b.log.Error().Err(err).Stringer("dest", to).Int64("suppressed", held).Msg("outbound UDP packet error")
-		}
+	if !ok || to.Port() == 0 || f.IP == 0 {
+		b.stats.outboundErrors.Add(1)
+		return
 	}
-	b.stats.outboundErrors.Add(1)
+	replies.Add(f.Data, to)
+}
+
+// Flush writes what is queued for the backend without blocking. The UDP
+// reader calls it after each batch of datagrams, so that a batch costs
+// one write and no goroutine has to wake; what the socket does not take
+// is left to the session's writer goroutine.
+func (b *Backend) Flush() {
+	s := b.cur.Load()
+	if s == nil {
+		return
+	}
+	buf, epoch := b.q.take()
+	if buf == nil {
+		return
+	}
+	if b.q.done(buf, s.writeNow(buf), epoch) {
+		b.q.wake()
+	}
 }

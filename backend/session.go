@@ -5,6 +5,9 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/protocol"
 )
@@ -14,18 +17,30 @@ import (
 // is closed; close waits for them.
 type session struct {
 	b       *Backend
-	conn    net.Conn
+	conn    *net.UnixConn
+	raw     syscall.RawConn
 	gen     uint64
 	closing chan struct{}
 	wg      sync.WaitGroup
+
+	// writeNow's state: only the queue's current writer uses them. The
+	// callback is made once so that passing it allocates nothing.
+	wbuf    []byte
+	wn      int
+	writeFn func(fd uintptr) bool
 }
 
-func startSession(b *Backend, c net.Conn, gen uint64) *session {
-	s := &session{b: b, conn: c, gen: gen, closing: make(chan struct{})}
+func startSession(b *Backend, c *net.UnixConn, gen uint64) (*session, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	s := &session{b: b, conn: c, raw: raw, gen: gen, closing: make(chan struct{})}
+	s.writeFn = s.writeRaw
 	s.wg.Add(2)
 	go s.readFrames()
 	go s.writeFrames()
-	return s
+	return s, nil
 }
 
 func (s *session) close() {
@@ -57,57 +72,18 @@ func (s *session) readFrames() {
 	defer s.wg.Done()
 	b := s.b
 	d := protocol.NewDecoder(protocol.FromBackend, 0)
+	replies := b.set.cfg.Replies()
 	hello := false
 	for {
 		_, rerr := d.Fill(s.conn)
-		for {
-			f, ok, err := d.Next()
-			if err != nil {
-				var fe *protocol.FrameError
-				errors.As(err, &fe)
-				if errors.Is(err, protocol.ErrTooLong) {
-					b.log.Warn().Uint32("len", fe.Len).Msg("backend sent oversized UDP packet")
-					s.fail(ReasonOversizedUDP, err)
-				} else {
-					b.log.Error().Uint32("frame_type", uint32(fe.Type)).Msg("invalid frame type")
-					s.fail(ReasonUnknownFrame, err)
-				}
-				return
-			}
-			if !ok {
-				break
-			}
-			if !hello && f.Type != protocol.FrameServerHello {
-				b.log.Error().Uint32("frame_type", uint32(f.Type)).Msg("frame before SERVER_HELLO")
-				s.fail(ReasonFrameBeforeHello, errors.New(f.Type.String()+" before SERVER_HELLO"))
-				return
-			}
-			switch f.Type {
-			case protocol.FrameOutboundUDP:
-				if e := b.log.Trace(); e != nil {
-					e.Stringer("dest_ip", protocol.U32ToAddr(f.IP)).Uint32("dest_port", f.Port).Int("data_len", len(f.Data)).Msg("outbound UDP packet")
-				}
-				b.reply(&f)
-			case protocol.FrameServerHello:
-				if hello {
-					b.log.Error().Msg("duplicate SERVER_HELLO")
-					s.fail(ReasonDuplicateHello, errors.New("duplicate SERVER_HELLO"))
-					return
-				}
-				hello = true
-				s.notify(evHello)
-			case protocol.FrameServerHeartbeat:
-				if !b.hbOutstanding.CompareAndSwap(true, false) {
-					b.log.Error().Msg("unexpected heartbeat reply")
-					s.fail(ReasonUnexpectedHeartbeat, errors.New("SERVER_HEARTBEAT with none outstanding"))
-					return
-				}
-				s.notify(evHeartbeatReply)
-			default: // INBOUND_TCP_OK: only valid on a TCP proxy session
-				b.log.Error().Uint32("frame_type", uint32(f.Type)).Msg("invalid frame type")
-				s.fail(ReasonUnknownFrame, errors.New("unexpected "+f.Type.String()))
-				return
-			}
+		err := s.frames(d, replies, &hello)
+		// Replies point into the decoder's buffer: out they go before
+		// it is filled again.
+		if failed := replies.Flush(); failed > 0 {
+			b.stats.outboundErrors.Add(uint64(failed))
+		}
+		if err != nil {
+			return
 		}
 		if rerr != nil {
 			if errors.Is(rerr, io.EOF) {
@@ -126,20 +102,86 @@ func (s *session) readFrames() {
 	}
 }
 
-// writeFrames writes whatever the queue holds, a batch per write.
+// frames handles the whole frames in d. A protocol error ends the session
+// and is returned.
+func (s *session) frames(d *protocol.Decoder, replies ReplyBatch, hello *bool) error {
+	b := s.b
+	for {
+		f, ok, err := d.Next()
+		if err != nil {
+			var fe *protocol.FrameError
+			errors.As(err, &fe)
+			if errors.Is(err, protocol.ErrTooLong) {
+				b.log.Warn().Uint32("len", fe.Len).Msg("backend sent oversized UDP packet")
+				s.fail(ReasonOversizedUDP, err)
+			} else {
+				b.log.Error().Uint32("frame_type", uint32(fe.Type)).Msg("invalid frame type")
+				s.fail(ReasonUnknownFrame, err)
+			}
+			return err
+		}
+		if !ok {
+			return nil
+		}
+		if !*hello && f.Type != protocol.FrameServerHello {
+			b.log.Error().Uint32("frame_type", uint32(f.Type)).Msg("frame before SERVER_HELLO")
+			err := errors.New(f.Type.String() + " before SERVER_HELLO")
+			s.fail(ReasonFrameBeforeHello, err)
+			return err
+		}
+		switch f.Type {
+		case protocol.FrameOutboundUDP:
+			if e := b.log.Trace(); e != nil {
+				e.Stringer("dest_ip", protocol.U32ToAddr(f.IP)).Uint32("dest_port", f.Port).
+					Int("data_len", len(f.Data)).Msg("outbound UDP packet")
+			}
+			b.reply(&f, replies)
+		case protocol.FrameServerHello:
+			if *hello {
+				b.log.Error().Msg("duplicate SERVER_HELLO")
+				err := errors.New("duplicate SERVER_HELLO")
+				s.fail(ReasonDuplicateHello, err)
+				return err
+			}
+			*hello = true
+			s.notify(evHello)
+		case protocol.FrameServerHeartbeat:
+			if !b.hbOutstanding.CompareAndSwap(true, false) {
+				b.log.Error().Msg("unexpected heartbeat reply")
+				err := errors.New("SERVER_HEARTBEAT with none outstanding")
+				s.fail(ReasonUnexpectedHeartbeat, err)
+				return err
+			}
+			s.notify(evHeartbeatReply)
+		default: // INBOUND_TCP_OK: only valid on a TCP proxy session
+			b.log.Error().Uint32("frame_type", uint32(f.Type)).Msg("invalid frame type")
+			err := errors.New("unexpected " + f.Type.String())
+			s.fail(ReasonUnknownFrame, err)
+			return err
+		}
+	}
+}
+
+// writeFrames writes whatever the queue holds when it is woken: control
+// frames, and what the UDP reader's non-blocking Flush could not write.
+// It may block; nothing waits for it.
 func (s *session) writeFrames() {
 	defer s.wg.Done()
 	q := s.b.q
-	var spare []byte
 	for {
 		select {
 		case <-s.closing:
 			return
 		case <-q.kick:
 		}
-		batch, _ := q.take(spare)
-		if len(batch) > 0 {
-			if _, err := s.conn.Write(batch); err != nil {
+		for {
+			buf, epoch := q.take()
+			if buf == nil {
+				break
+			}
+			n, err := s.conn.Write(buf)
+			more := q.done(buf, n, epoch)
+			if err != nil {
 				select {
 				case <-s.closing:
 				default:
@@ -148,7 +190,33 @@ func (s *session) writeFrames() {
 				s.fail(ReasonWriteError, err)
 				return
 			}
+			if !more {
+				break
+			}
 		}
-		spare = batch
 	}
+}
+
+// writeNow writes as much of buf as the socket takes at once, without
+// waiting, and returns how much that was. An error is left for the
+// writer goroutine to meet and report.
+func (s *session) writeNow(buf []byte) int {
+	s.wbuf, s.wn = buf, 0
+	s.raw.Write(s.writeFn)
+	s.wbuf = nil
+	return s.wn
+}
+
+func (s *session) writeRaw(fd uintptr) bool {
+	for s.wn < len(s.wbuf) {
+		m, err := unix.Write(int(fd), s.wbuf[s.wn:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || m <= 0 {
+			break
+		}
+		s.wn += m
+	}
+	return true
 }

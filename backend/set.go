@@ -36,8 +36,7 @@ const (
 	// DefaultMaxBackends caps the number of socket paths tracked. A
 	// directory with more entries has the rest logged and ignored.
 	DefaultMaxBackends = 1000
-	// repeatLogInterval spaces out repeated errors: "no backends
-	// available", reply send errors.
+	// repeatLogInterval spaces out "no backends available" errors.
 	repeatLogInterval = 5 * time.Second
 )
 
@@ -52,15 +51,26 @@ const (
 // terminator.
 const maxSocketPath = 107
 
-// Config configures a Set. Dir, Timeouts and Reply are required; every
+// ReplyBatch collects OUTBOUND_UDP data to send from the DNS socket, so
+// that the replies decoded from one read of a session leave in one
+// system call. Each session's reader has its own.
+type ReplyBatch interface {
+	// Add queues data for the client at to; data stays valid until
+	// Flush. A full batch may be sent at once.
+	Add(data []byte, to netip.AddrPort)
+	// Flush sends what was added and returns how many replies could not
+	// be sent.
+	Flush() (failed int)
+}
+
+// Config configures a Set. Dir, Timeouts and Replies are required; every
 // other zero field takes the default above.
 type Config struct {
 	Dir      string         // the socket directory
 	Log      zerolog.Logger // the root logger
 	Timeouts *timeouts.Set  // where the backends' timers live
-	// Reply sends an OUTBOUND_UDP frame's data from the DNS socket. It is
-	// called from the sessions' reader goroutines, concurrently.
-	Reply func(data []byte, to netip.AddrPort) error
+	// Replies returns a new, empty batch for a session's reader.
+	Replies func() ReplyBatch
 
 	ConnectTimeout    time.Duration
 	HeartbeatInterval time.Duration
@@ -132,7 +142,6 @@ func NewSet(cfg Config) *Set {
 		skipped:  map[string]bool{},
 		scanKick: make(chan struct{}, 1),
 		noneLog:  timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
-		replyLog: timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
 	}
 	s.list.Store(&[]*Backend{})
 	s.scanT = cfg.Timeouts.NewTimeout("backend directory scan", func() {

@@ -24,14 +24,20 @@ func newTestSet(t *testing.T, dir string, cfg Config) (*Set, *testbed.Logs) {
 	ts := timeouts.New(timeouts.NewFake(testbed.Epoch))
 	cfg.Dir, cfg.Timeouts = dir, ts
 	cfg.Log = testbed.Logger(logs)
-	if cfg.Reply == nil {
-		cfg.Reply = func([]byte, netip.AddrPort) error { return nil }
+	if cfg.Replies == nil {
+		cfg.Replies = func() ReplyBatch { return &countBatch{} }
 	}
 	s := NewSet(cfg)
 	s.Start()
 	t.Cleanup(s.Close)
 	return s, logs
 }
+
+// countBatch is a ReplyBatch that counts what it is given.
+type countBatch struct{ added, flushed int }
+
+func (c *countBatch) Add([]byte, netip.AddrPort) { c.added++ }
+func (c *countBatch) Flush() int                 { c.flushed += c.added; c.added = 0; return 0 }
 
 func touch(t *testing.T, dir string, names ...string) {
 	t.Helper()
@@ -173,7 +179,7 @@ func TestPickIsRoundRobinInIDOrderOverOKBackends(t *testing.T) {
 
 func TestQueueBoundsAndStates(t *testing.T) {
 	q := newQueue(100)
-	frame := make([]byte, 40)
+	frame := protocol.AppendUDP(nil, protocol.FrameInboundUDP, 1, 2, make([]byte, 24)) // 40 bytes
 	if q.push(frame, true) != pushDown || q.push(frame, false) != pushDown {
 		t.Fatal("a closed queue accepted a frame")
 	}
@@ -181,7 +187,8 @@ func TestQueueBoundsAndStates(t *testing.T) {
 	if q.push(frame, false) != pushDown {
 		t.Fatal("data accepted before SERVER_HELLO")
 	}
-	if q.push(frame[:4], true) != pushed {
+	hello := protocol.AppendType(nil, protocol.FrameClientHello)
+	if q.push(hello, true) != pushed {
 		t.Fatal("control frame refused while connecting")
 	}
 	q.open()
@@ -194,39 +201,63 @@ func TestQueueBoundsAndStates(t *testing.T) {
 	if b, f := q.length(); b != 84 || f != 3 {
 		t.Fatalf("length %d bytes %d frames", b, f)
 	}
-	batch, n := q.take(nil)
-	if len(batch) != 84 || n != 3 {
-		t.Fatalf("take %d bytes %d frames", len(batch), n)
+
+	// One writer at a time.
+	b, epoch := q.take()
+	if len(b) != 84 {
+		t.Fatalf("take %d bytes", len(b))
+	}
+	if again, _ := q.take(); again != nil {
+		t.Fatal("a second writer got the queue")
 	}
 	q.push(frame, false)
-	if n := q.reset(queueClosed); n != 1 {
-		t.Fatalf("reset discarded %d frames", n)
+	// A partial write: the rest goes back in front of what came since.
+	if more := q.done(b, 10, epoch); !more {
+		t.Fatal("done after a partial write reports nothing left")
 	}
-	// Once both buffers have grown, pushing and taking allocate nothing.
+	if n, f := q.length(); n != 74+40 || f != 3 {
+		t.Fatalf("after a partial write: %d bytes, %d frames; want 114, 3", n, f)
+	}
+	b, epoch = q.take()
+	want := append(append(append([]byte{}, hello...), frame...), frame...)[10:]
+	if len(b) != 114 || string(b[:74]) != string(want[:74]) {
+		t.Fatalf("requeued bytes out of order")
+	}
+	// A write that outlives a reset is dropped, whatever it wrote.
+	if n := q.reset(queueControl); n != 0 {
+		t.Fatalf("reset discarded %d frames of a batch being written", n)
+	}
+	q.push(hello, true)
+	if q.done(b, 3, epoch) {
+		t.Fatal("a stale write put bytes back")
+	}
+	if got, _ := q.take(); string(got) != string(hello) {
+		t.Fatalf("after a stale write the queue holds %x", got)
+	}
+
+	// Once both buffers have grown, pushing and writing allocate nothing.
 	q.reset(queueOpen)
-	spare := make([]byte, 0, 100)
 	if a := testing.AllocsPerRun(1000, func() {
 		q.push(frame, false)
-		spare, _ = q.take(spare)
+		b, e := q.take()
+		q.done(b, len(b), e)
 	}); a != 0 {
 		t.Fatalf("queue allocates %.1f per frame", a)
 	}
 }
 
 func TestReplyPathAllocatesNothing(t *testing.T) {
-	sent := 0
-	s, _ := newTestSet(t, testbed.SocketDir(t), Config{Reply: func(b []byte, to netip.AddrPort) error {
-		sent++
-		return nil
-	}})
+	s, _ := newTestSet(t, testbed.SocketDir(t), Config{})
 	b := newBackend(s, 1, "x")
+	batch := &countBatch{}
 	f := protocol.Frame{Type: protocol.FrameOutboundUDP, IP: 0x7f000001, Port: 5353, Data: make([]byte, 60)}
-	if a := testing.AllocsPerRun(1000, func() { b.reply(&f) }); a != 0 {
+	if a := testing.AllocsPerRun(1000, func() { b.reply(&f, batch) }); a != 0 {
 		t.Fatalf("reply allocates %.1f per packet", a)
 	}
+	sent := batch.added
 	f.Port = 0
-	b.reply(&f)
-	if st := b.Stats(); st.OutboundErrors != 1 || int(st.OutboundUDP) != sent+1 {
+	b.reply(&f, batch)
+	if st := b.Stats(); st.OutboundErrors != 1 || int(st.OutboundUDP) != sent+1 || batch.added != sent {
 		t.Fatalf("a reply to port 0 was not refused and counted: %+v", st)
 	}
 }

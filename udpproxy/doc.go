@@ -1,13 +1,17 @@
 // Package udpproxy carries DNS over UDP between clients and backends.
 //
-// A [Proxy] owns the DNS UDP socket. Its reader goroutine takes each
-// datagram, finds the client's remote and backend ([remotes.Table.Route]),
-// wraps the datagram in an INBOUND_UDP frame and queues it on the backend
-// ([backend.Backend.SendUDP]). The frame header is filled in place in the
-// 16 bytes reserved in front of the datagram in the read buffer, so the
-// path allocates nothing. Backends' replies come back through
-// [Proxy.Reply], which the backend sessions call to send OUTBOUND_UDP data
-// from the same socket.
+// A [Proxy] owns the DNS UDP socket. Its reader goroutine takes up to 64
+// datagrams per system call (recvmmsg); for each it finds the client's
+// remote and backend ([remotes.Table.Route]), wraps the datagram in an
+// INBOUND_UDP frame and queues it on the backend
+// ([backend.Backend.SendUDP]); at the end of the batch it writes each
+// backend's queue in one write ([backend.Backend.Flush]). The frame header
+// is filled in place in the 16 bytes reserved in front of each datagram's
+// buffer, so the path allocates nothing. Backends' replies come back
+// through the batches of [Proxy.Replies]: each session reader sends the
+// replies it decoded from one read in one sendmmsg, from the same socket.
+//
+// The batching is Linux's (recvmmsg, sendmmsg); bbal runs on Linux.
 //
 // # Drops
 //
@@ -21,7 +25,7 @@
 //
 // # Concurrency
 //
-// One goroutine (readLoop) reads the socket; Reply is safe for concurrent
-// use by any number of backend sessions. Close stops the reader and waits
-// for it.
+// One goroutine (readLoop) reads the socket. Each reply batch belongs to
+// one session reader; any number of them send concurrently. Close stops
+// the reader and waits for it.
 package udpproxy

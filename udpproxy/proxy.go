@@ -4,11 +4,14 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/protocol"
@@ -51,14 +54,10 @@ func DropReasons() []DropReason {
 	return out
 }
 
-// readBufferLen is the read buffer: the frame header, then room for the
-// largest UDP payload so that an oversized datagram is seen whole (and
-// its true length logged) rather than truncated.
-const readBufferLen = protocol.UDPHeaderLen + 65535
-
 // Proxy is the UDP half of the balancer.
 type Proxy struct {
 	conn     *net.UDPConn
+	raw      syscall.RawConn
 	table    *remotes.Table
 	backends *backend.Set
 	log      zerolog.Logger
@@ -71,6 +70,7 @@ type Proxy struct {
 	drops      [numDrops]atomic.Uint64
 
 	oversizeLog *timeouts.Limiter
+	sendLog     *timeouts.Limiter
 
 	wg   sync.WaitGroup
 	once sync.Once
@@ -78,8 +78,30 @@ type Proxy struct {
 
 // New returns a proxy on conn, which it owns from then on. Its Reply may
 // be used at once; nothing is read until Start.
-func New(conn *net.UDPConn, clock timeouts.Clock, log zerolog.Logger) *Proxy {
-	return &Proxy{conn: conn, log: log, oversizeLog: timeouts.NewLimiter(clock, 5*time.Second)}
+func New(conn *net.UDPConn, clock timeouts.Clock, log zerolog.Logger) (*Proxy, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &Proxy{conn: conn, raw: raw, log: log,
+		oversizeLog: timeouts.NewLimiter(clock, 5*time.Second),
+		sendLog:     timeouts.NewLimiter(clock, 5*time.Second),
+	}, nil
+}
+
+// Replies returns a new batch of replies to send from the DNS socket: the
+// backends' Config.Replies.
+func (p *Proxy) Replies() backend.ReplyBatch { return p.newSendBatch() }
+
+// sendFailed counts a reply that could not be sent, and logs it at most
+// once per 5 s.
+func (p *Proxy) sendFailed(err error, to *unix.RawSockaddrInet4) {
+	p.sendErrors.Add(1)
+	if ok, held := p.sendLog.Allow(); ok {
+		port := uint16(to.Port>>8 | to.Port<<8)
+		p.log.Error().Err(err).Stringer("dest", netip.AddrPortFrom(netip.AddrFrom4(to.Addr), port)).
+			Int64("suppressed", held).Msg("outbound UDP packet error")
+	}
 }
 
 // Addr returns the socket's local address.
@@ -102,23 +124,12 @@ func (p *Proxy) Close() {
 	p.wg.Wait()
 }
 
-// Reply sends data to a client from the DNS socket. It is the backends'
-// Config.Reply.
-func (p *Proxy) Reply(data []byte, to netip.AddrPort) error {
-	if _, err := p.conn.WriteToUDPAddrPort(data, to); err != nil {
-		p.sendErrors.Add(1)
-		return err
-	}
-	p.packetsOut.Add(1)
-	p.bytesOut.Add(uint64(len(data)))
-	return nil
-}
-
 func (p *Proxy) readLoop() {
 	defer p.wg.Done()
-	buf := make([]byte, readBufferLen)
+	r := newRecvBatch()
+	touched := make([]*backend.Backend, 0, batchLen)
 	for {
-		n, from, err := p.conn.ReadFromUDPAddrPort(buf[protocol.UDPHeaderLen:])
+		n, err := r.read(p.raw)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -128,43 +139,53 @@ func (p *Proxy) readLoop() {
 			p.log.Debug().Err(err).Msg("UDP read error")
 			continue
 		}
-		p.handle(buf, n, from)
+		for i := range n {
+			size, ip, port, ok := r.datagram(i)
+			if be := p.handle(r.bufs[i], size, ip, port, ok); be != nil && !slices.Contains(touched, be) {
+				touched = append(touched, be)
+			}
+		}
+		// One write per backend for the whole batch.
+		for i, be := range touched {
+			be.Flush()
+			touched[i] = nil
+		}
+		touched = touched[:0]
 	}
 }
 
-// handle routes one datagram of n bytes, read at buf[UDPHeaderLen:].
-func (p *Proxy) handle(buf []byte, n int, from netip.AddrPort) {
+// handle routes one datagram of n bytes from ip:port (ok false: not
+// IPv4), read at buf[UDPHeaderLen:], and returns the backend it was
+// queued for.
+func (p *Proxy) handle(buf []byte, n int, ip uint32, port uint16, ok bool) *backend.Backend {
 	p.packetsIn.Add(1)
 	p.bytesIn.Add(uint64(n))
-	addr := from.Addr().Unmap()
-	if !addr.Is4() {
+	switch {
+	case !ok:
 		p.drops[DropNotIPv4].Add(1)
-		return
-	}
-	if n < dnsHeaderLen {
+		return nil
+	case n < dnsHeaderLen:
 		p.drop(DropRunt)
-		return
-	}
-	if n > protocol.MaxData {
+		return nil
+	case n > protocol.MaxData:
 		// Refused before it can create a remote: a flood of these
 		// from spoofed sources must not fill the table.
 		p.drop(DropOversized)
-		p.warnOversized(addr, n)
-		return
+		p.warnOversized(ip, n)
+		return nil
 	}
-	ip := protocol.AddrToU32(addr)
-	rem, id := p.table.Route(ip)
 	if e := p.log.Trace(); e != nil {
-		e.Stringer("remote_ip", addr).Uint16("remote_port", from.Port()).Int("len", n).
+		e.Stringer("remote_ip", protocol.U32ToAddr(ip)).Uint16("remote_port", port).Int("len", n).
 			Msg("received UDP packet from remote")
 	}
+	rem, id := p.table.Route(ip)
 	be := p.backends.Get(id)
 	if be == nil {
 		rem.CountDrop()
 		p.drop(DropNoBackend)
-		return
+		return nil
 	}
-	protocol.PutUDPHeader(buf, protocol.FrameInboundUDP, ip, from.Port(), n)
+	protocol.PutUDPHeader(buf, protocol.FrameInboundUDP, ip, port, n)
 	if !be.SendUDP(buf[:protocol.UDPHeaderLen+n]) {
 		rem.CountDrop()
 		if be.OK() {
@@ -172,16 +193,17 @@ func (p *Proxy) handle(buf []byte, n int, from netip.AddrPort) {
 		} else {
 			p.drop(DropDown)
 		}
-		return
+		return nil
 	}
 	rem.CountUDP()
+	return be
 }
 
 func (p *Proxy) drop(r DropReason) { p.drops[r].Add(1) }
 
-func (p *Proxy) warnOversized(addr netip.Addr, n int) {
+func (p *Proxy) warnOversized(ip uint32, n int) {
 	if ok, held := p.oversizeLog.Allow(); ok {
-		p.log.Warn().Stringer("remote_ip", addr).Int("len", n).Int64("suppressed", held).
+		p.log.Warn().Stringer("remote_ip", protocol.U32ToAddr(ip)).Int("len", n).Int64("suppressed", held).
 			Msg("dropping oversized UDP packet")
 	}
 }

@@ -42,8 +42,11 @@ func newBed(t *testing.T, log zerolog.Logger) *bed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := New(uc, ts.Clock(), log)
-	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts, Reply: p.Reply})
+	p, err := New(uc, ts.Clock(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts, Replies: p.Replies})
 	table := remotes.New(remotes.Config{Backends: set, Timeouts: ts, Log: log})
 	set.Start()
 	c := fake.Accept(t)
@@ -64,30 +67,45 @@ func TestPerPacketPathAllocatesNothing(t *testing.T) {
 	// Info level, as in production: the per-packet trace records are
 	// disabled and must cost nothing.
 	b := newBed(t, zerolog.New(io.Discard).Level(zerolog.InfoLevel))
-	buf := make([]byte, readBufferLen)
-	from := netip.MustParseAddrPort("127.0.0.9:5353")
-	b.p.handle(buf, 64, from) // creates the remote
-	if a := testing.AllocsPerRun(2000, func() { b.p.handle(buf, 64, from) }); a != 0 {
-		t.Fatalf("datagram in to frame queued: %.1f allocations", a)
+	buf := make([]byte, slotLen)
+	ip := protocol.AddrToU32(netip.MustParseAddr("127.0.0.9"))
+	be := b.set.Get(5301)
+	b.p.handle(buf, 64, ip, 5353, true) // creates the remote
+	if a := testing.AllocsPerRun(2000, func() {
+		b.p.handle(buf, 64, ip, 5353, true)
+		be.Flush()
+	}); a != 0 {
+		t.Fatalf("datagram in to frame written: %.1f allocations", a)
 	}
-	to := netip.MustParseAddrPort("127.0.0.1:9") // discard port; UDP send needs no listener
-	data := make([]byte, 64)
-	if a := testing.AllocsPerRun(2000, func() { b.p.Reply(data, to) }); a != 0 {
-		t.Fatalf("reply out: %.1f allocations", a)
-	}
-	if st := b.set.Get(5301).Stats(); st.UDPFrames < 2000 {
+	if st := be.Stats(); st.UDPFrames < 2000 {
 		t.Fatalf("only %d frames queued", st.UDPFrames)
+	}
+
+	// The reply direction: a batch of replies from the DNS socket.
+	to := netip.MustParseAddrPort("127.0.0.1:9") // UDP needs no listener to send
+	data := make([]byte, 64)
+	batch := b.p.Replies()
+	if a := testing.AllocsPerRun(200, func() {
+		for range batchLen + 3 {
+			batch.Add(data, to)
+		}
+		batch.Flush()
+	}); a != 0 {
+		t.Fatalf("replies out: %.1f allocations per batch", a)
+	}
+	if st := b.p.Stats(); st.PacketsOut < 200*(batchLen+3) {
+		t.Fatalf("%d replies sent", st.PacketsOut)
 	}
 }
 
 func TestDropsAreCountedByReason(t *testing.T) {
 	b := newBed(t, zerolog.Nop())
-	buf := make([]byte, readBufferLen)
-	from := netip.MustParseAddrPort("127.0.0.9:5353")
-	b.p.handle(buf, 5, from)
-	b.p.handle(buf, protocol.MaxData+1, from)
-	b.p.handle(buf, 64, netip.MustParseAddrPort("[2001:db8::1]:53"))
-	b.p.handle(buf, protocol.MaxData, from)
+	buf := make([]byte, slotLen)
+	ip := protocol.AddrToU32(netip.MustParseAddr("127.0.0.9"))
+	b.p.handle(buf, 5, ip, 53, true)
+	b.p.handle(buf, protocol.MaxData+1, ip, 53, true)
+	b.p.handle(buf, 64, 0, 0, false)
+	b.p.handle(buf, protocol.MaxData, ip, 53, true)
 	st := b.p.Stats()
 	want := map[string]uint64{"runt": 1, "oversized": 1, "not_ipv4": 1, "no_backend": 0, "stuck": 0, "down": 0}
 	for k, v := range want {

@@ -13,18 +13,27 @@ import (
 	"github.com/bbal/bbal/protocol"
 )
 
-// Server answers queries over the balancer protocol and plain DNS.
+// Server answers queries over the balancer protocol and plain DNS, with
+// one answer function for all three. Each connection's replies are
+// buffered and written when its input runs dry, the same way on every
+// transport.
 type Server struct {
-	Answerer
+	answer AnswerFunc
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 }
 
-// NewServer returns a server answering as name.
+// NewServer returns a server giving the demo answers as name.
 func NewServer(name string) *Server {
-	return &Server{Answerer: Answerer{Name: name}, conns: map[net.Conn]struct{}{}}
+	a := &Answerer{Name: name}
+	return NewServerFunc(a.Answer)
+}
+
+// NewServerFunc returns a server answering with f.
+func NewServerFunc(f AnswerFunc) *Server {
+	return &Server{answer: f, conns: map[net.Conn]struct{}{}}
 }
 
 func (s *Server) track(c net.Conn) bool {
@@ -103,7 +112,7 @@ func (s *Server) ServeUDP(c *net.UDPConn) error {
 			}
 			continue
 		}
-		if resp := s.Answer(buf[:n], from, false, out); resp != nil {
+		if resp := s.answer(buf[:n], from, false, out); resp != nil {
 			c.WriteToUDPAddrPort(resp, from)
 		}
 	}
@@ -113,7 +122,7 @@ func (s *Server) ServeUDP(c *net.UDPConn) error {
 // UDP frames, heartbeats) or, after INBOUND_TCP, a proxied TCP stream.
 func (s *Server) serveSession(c net.Conn) {
 	d := protocol.NewDecoder(protocol.FromBalancer, 0)
-	w := bufio.NewWriter(c)
+	w := bufio.NewWriterSize(c, 64<<10)
 	out := make([]byte, 0, 4096)
 	hello := false
 	for {
@@ -140,7 +149,7 @@ func (s *Server) serveSession(c net.Conn) {
 					return
 				}
 				from, _ := f.AddrPort()
-				if resp := s.Answer(f.Data, from, false, out); resp != nil {
+				if resp := s.answer(f.Data, from, false, out); resp != nil {
 					var hdr [protocol.UDPHeaderLen]byte
 					protocol.PutUDPHeader(hdr[:], protocol.FrameOutboundUDP, f.IP, from.Port(), len(resp))
 					w.Write(hdr[:])
@@ -168,24 +177,31 @@ func (s *Server) serveSession(c net.Conn) {
 // serveStream answers length-prefixed DNS messages read from r and
 // written to c, until EOF; then it half-closes its side.
 func (s *Server) serveStream(c net.Conn, from netip.AddrPort, r *bufio.Reader) {
+	w := bufio.NewWriterSize(c, 64<<10)
 	out := make([]byte, 0, 4096)
+	msg := make([]byte, 65535)
 	var lenbuf [2]byte
 	for {
+		if r.Buffered() == 0 && w.Flush() != nil {
+			return
+		}
 		if _, err := io.ReadFull(r, lenbuf[:]); err != nil {
 			break
 		}
-		msg := make([]byte, binary.BigEndian.Uint16(lenbuf[:]))
-		if _, err := io.ReadFull(r, msg); err != nil {
+		m := msg[:binary.BigEndian.Uint16(lenbuf[:])]
+		if _, err := io.ReadFull(r, m); err != nil {
 			break
 		}
-		resp := s.Answer(msg, from, true, out)
+		resp := s.answer(m, from, true, out)
 		if resp == nil {
+			w.Flush()
 			return
 		}
-		frame := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(resp)), uint16(len(resp)))
-		if _, err := c.Write(append(frame, resp...)); err != nil {
-			return
-		}
+		w.Write(binary.BigEndian.AppendUint16(lenbuf[:0], uint16(len(resp))))
+		w.Write(resp)
+	}
+	if w.Flush() != nil {
+		return
 	}
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()

@@ -16,6 +16,7 @@
 //	GET  /v1/stats                     process-wide counters
 //	POST /v1/counters/reset            every counter back to zero
 //	GET  /metrics                      Prometheus text format
+//	GET  /debug/pprof/...              the Go profiler (net/http/pprof)
 //
 // Errors are a JSON object {"error": "..."} with a 4xx status. Control
 // actions are logged with the peer's uid and pid (SO_PEERCRED).

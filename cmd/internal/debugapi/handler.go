@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"runtime"
@@ -124,6 +125,11 @@ func newHandler(src Sources, writeTimeout time.Duration) http.Handler {
 	route("GET", "/v1/stats", a.stats)
 	route("POST", "/v1/counters/reset", a.reset)
 	route("GET", "/metrics", a.metrics.ServeHTTP)
+	// The Go profiler, for the owner of the socket (go tool pprof can
+	// read it through curl --unix-socket).
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	})

@@ -119,10 +119,16 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		b.Timeouts.Run(ctx)
 	}()
 
-	b.UDP = udpproxy.New(uconn, opt.Clock, log)
+	if b.UDP, err = udpproxy.New(uconn, opt.Clock, log); err != nil {
+		cancel()
+		uconn.Close()
+		tln.Close()
+		fail(err).Msg("UDP socket")
+		return nil, err
+	}
 
 	bc := opt.Backends
-	bc.Dir, bc.Log, bc.Timeouts, bc.Reply = cfg.SocketDir, log, b.Timeouts, b.UDP.Reply
+	bc.Dir, bc.Log, bc.Timeouts, bc.Replies = cfg.SocketDir, log, b.Timeouts, b.UDP.Replies
 	b.Backends = backend.NewSet(bc)
 
 	rc := opt.Remotes

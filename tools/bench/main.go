@@ -1,0 +1,446 @@
+// Command bench measures bbal against dnsdist and against talking to the
+// backend directly, on one machine and in one run, and prints medians and
+// ratios. make bench builds what it needs and runs it:
+//
+//	make bench [BENCH_FLAGS='-rounds 5 -duration 10s']
+//
+// One trivial echo backend (tools/demo-backend -echo) serves the same
+// answer code path as plain DNS on UDP and TCP (for the direct path and
+// dnsdist) and as a balancer backend on a UNIX socket (for bbal). dnsdist
+// gets a generated configuration: that one backend, no packet cache,
+// loopback only. dnsperf drives each path in turn, UDP then TCP, the
+// order rotating between rounds.
+//
+// Then, for bbal only: a run from 1,000 distinct client addresses; a run
+// in front of one real node-mname process, comparing CPU time per query;
+// and a memory run that fills the remotes table with 1,000,000 clients.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+type config struct {
+	bin         string
+	mnameDir    string
+	rounds      int
+	duration    time.Duration
+	clients     int
+	outstanding int
+	many        int
+	remotes     int
+	skipNode    bool
+	skipMemory  bool
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.bin, "bin", "bin", "directory of the bbal and demo-backend binaries")
+	flag.StringVar(&c.mnameDir, "mname", "tools/mname-backend", "directory of the node-mname backend script")
+	flag.IntVar(&c.rounds, "rounds", 3, "rounds of each path and protocol (the median is reported)")
+	flag.DurationVar(&c.duration, "duration", 5*time.Second, "length of each dnsperf run")
+	flag.IntVar(&c.clients, "clients", 16, "dnsperf clients (-c)")
+	flag.IntVar(&c.outstanding, "outstanding", 100, "dnsperf outstanding queries (-q)")
+	flag.IntVar(&c.many, "many", 1000, "distinct client addresses in the many-clients run")
+	flag.IntVar(&c.remotes, "remotes", 1_000_000, "remotes in the memory run")
+	flag.BoolVar(&c.skipNode, "skip-node", false, "skip the node-mname CPU comparison")
+	flag.BoolVar(&c.skipMemory, "skip-memory", false, "skip the memory run")
+	flag.Parse()
+	if err := run(c); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// freePort returns a port free for both UDP and TCP on 127.0.0.1.
+func freePort() (int, error) {
+	for range 20 {
+		u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return 0, err
+		}
+		port := u.LocalAddr().(*net.UDPAddr).Port
+		t, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+		u.Close()
+		if err == nil {
+			t.Close()
+			return port, nil
+		}
+	}
+	return 0, errors.New("no free port")
+}
+
+// answers waits until a server answers a query over UDP and TCP.
+func answers(addr string) error {
+	return waitFor(addr+" answering", func() bool {
+		for _, n := range []string{"udp", "tcp"} {
+			c := &dns.Client{Net: n, Timeout: 200 * time.Millisecond}
+			m := new(dns.Msg)
+			m.SetQuestion("ready.example.", dns.TypeA)
+			if _, _, err := c.Exchange(m, addr); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// target is one path under test.
+type target struct {
+	name string
+	port int
+	proc *proc // whose CPU and memory are measured; nil for none
+}
+
+// sample is one dnsperf run.
+type sample struct {
+	qps     float64
+	latency time.Duration
+	lost    int64
+	cpu     float64 // the measured process's CPU seconds per 100k queries
+	rssKB   int64   // its peak RSS
+}
+
+var (
+	reQPS  = regexp.MustCompile(`Queries per second:\s+([0-9.]+)`)
+	reLat  = regexp.MustCompile(`Average Latency \(s\):\s+([0-9.]+)`)
+	reLost = regexp.MustCompile(`Queries lost:\s+([0-9]+)`)
+	reDone = regexp.MustCompile(`Queries completed:\s+([0-9]+)`)
+)
+
+func dnsperf(c config, port int, proto, queries string) (qps float64, lat time.Duration, lost, done int64, err error) {
+	out, err := exec.Command("dnsperf", "-s", "127.0.0.1", "-p", strconv.Itoa(port), "-m", proto,
+		"-d", queries, "-c", strconv.Itoa(c.clients), "-q", strconv.Itoa(c.outstanding),
+		"-l", strconv.Itoa(int(c.duration.Seconds())), "-t", "2").CombinedOutput()
+	if err != nil {
+		return 0, 0, 0, 0, fmt.Errorf("dnsperf: %v\n%s", err, out)
+	}
+	get := func(re *regexp.Regexp) string {
+		m := re.FindSubmatch(out)
+		if m == nil {
+			return "0"
+		}
+		return string(m[1])
+	}
+	qps, _ = strconv.ParseFloat(get(reQPS), 64)
+	secs, _ := strconv.ParseFloat(get(reLat), 64)
+	lost, _ = strconv.ParseInt(get(reLost), 10, 64)
+	done, _ = strconv.ParseInt(get(reDone), 10, 64)
+	return qps, time.Duration(secs * float64(time.Second)), lost, done, nil
+}
+
+func measure(c config, t target, proto, queries string) (sample, error) {
+	var cpu0 float64
+	if t.proc != nil {
+		cpu0, _ = cpuSeconds(t.proc.pid())
+	}
+	qps, lat, lost, done, err := dnsperf(c, t.port, proto, queries)
+	if err != nil {
+		return sample{}, err
+	}
+	s := sample{qps: qps, latency: lat, lost: lost}
+	if t.proc != nil && done > 0 {
+		cpu1, _ := cpuSeconds(t.proc.pid())
+		s.cpu = (cpu1 - cpu0) / float64(done) * 1e5
+		s.rssKB, _ = memKB(t.proc.pid(), "VmHWM")
+	}
+	return s, nil
+}
+
+func median(xs []sample) sample {
+	pick := func(f func(sample) float64) float64 {
+		v := make([]float64, len(xs))
+		for i, x := range xs {
+			v[i] = f(x)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	return sample{
+		qps:     pick(func(s sample) float64 { return s.qps }),
+		latency: time.Duration(pick(func(s sample) float64 { return float64(s.latency) })),
+		lost:    int64(pick(func(s sample) float64 { return float64(s.lost) })),
+		cpu:     pick(func(s sample) float64 { return s.cpu }),
+		rssKB:   int64(pick(func(s sample) float64 { return float64(s.rssKB) })),
+	}
+}
+
+func run(c config) error {
+	var missing []string
+	for _, tool := range []string{"dnsperf", "dnsdist"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%s not installed; run: sudo apt-get install %s", strings.Join(missing, " and "), strings.Join(missing, " "))
+	}
+	for _, b := range []string{"bbal", "demo-backend"} {
+		if _, err := os.Stat(filepath.Join(c.bin, b)); err != nil {
+			return fmt.Errorf("%s missing: run make bench (it builds it)", filepath.Join(c.bin, b))
+		}
+	}
+	dir, err := os.MkdirTemp("", "bbal-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	logs, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		return err
+	}
+	sockets := filepath.Join(dir, "s")
+	os.Mkdir(sockets, 0o755)
+	queries := filepath.Join(dir, "queries")
+	var q strings.Builder
+	for i := range 100 {
+		fmt.Fprintf(&q, "host%d.example.com A\n", i)
+	}
+	os.WriteFile(queries, []byte(q.String()), 0o644)
+
+	directPort, _ := freePort()
+	echo, err := start("echo backend", logs, filepath.Join(c.bin, "demo-backend"), "-echo",
+		"-socket", filepath.Join(sockets, "5301"), "-listen", fmt.Sprintf("127.0.0.1:%d", directPort))
+	if err != nil {
+		return err
+	}
+	defer echo.stop()
+	if err := answers(fmt.Sprintf("127.0.0.1:%d", directPort)); err != nil {
+		return err
+	}
+
+	dnsdistPort, _ := freePort()
+	conf := filepath.Join(dir, "dnsdist.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`-- one backend, no packet cache, loopback only
+setLocal("127.0.0.1:%d")
+setACL({"127.0.0.0/8"})
+newServer({address="127.0.0.1:%d"})
+setSecurityPollSuffix("")
+`, dnsdistPort, directPort)), 0o644)
+	dd, err := start("dnsdist", logs, "dnsdist", "--supervised", "--disable-syslog", "-C", conf)
+	if err != nil {
+		return err
+	}
+	defer dd.stop()
+
+	bbalPort, _ := freePort()
+	debugSock := filepath.Join(dir, "bbal.sock")
+	bb, err := start("bbal", logs, filepath.Join(c.bin, "bbal"), "-s", sockets, "-b", "127.0.0.1",
+		"-p", strconv.Itoa(bbalPort), "-S", debugSock, "-l", "warn")
+	if err != nil {
+		return err
+	}
+	defer bb.stop()
+	for _, p := range []int{dnsdistPort, bbalPort} {
+		if err := answers(fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
+			return err
+		}
+	}
+
+	targets := []target{{"direct", directPort, echo}, {"dnsdist", dnsdistPort, dd}, {"bbal", bbalPort, bb}}
+	results := map[string][]sample{}
+	fmt.Printf("bbal benchmark: %d rounds of %v, dnsperf -c %d -q %d, echo backend\n",
+		c.rounds, c.duration, c.clients, c.outstanding)
+	for r := range c.rounds {
+		for _, proto := range []string{"udp", "tcp"} {
+			for i := range targets {
+				t := targets[(i+r)%len(targets)]
+				s, err := measure(c, t, proto, queries)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("  round %d %-3s %-7s %9.0f qps  %7.3f ms  lost %d\n", r+1, proto, t.name, s.qps,
+					float64(s.latency)/1e6, s.lost)
+				results[t.name+"/"+proto] = append(results[t.name+"/"+proto], s)
+			}
+		}
+	}
+
+	fmt.Printf("\nMedians of %d rounds\n", c.rounds)
+	fmt.Printf("%-5s %-8s %10s %12s %6s %18s %12s\n", "PROTO", "PATH", "QPS", "AVG LATENCY", "LOST", "CPU s / 100k q", "PEAK RSS")
+	med := map[string]sample{}
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, t := range targets {
+			m := median(results[t.name+"/"+proto])
+			med[t.name+"/"+proto] = m
+			fmt.Printf("%-5s %-8s %10.0f %10.3f ms %6d %18.3f %9.1f MiB\n", proto, t.name, m.qps,
+				float64(m.latency)/1e6, m.lost, m.cpu, float64(m.rssKB)/1024)
+		}
+	}
+	fmt.Printf("\nRatios (CPU and RSS are each path's own process: echo backend, dnsdist, bbal)\n")
+	for _, proto := range []string{"udp", "tcp"} {
+		b, d, x := med["bbal/"+proto], med["dnsdist/"+proto], med["direct/"+proto]
+		fmt.Printf("%s: bbal/dnsdist %.2fx   bbal/direct %.2fx   added latency over direct: bbal %+.3f ms, dnsdist %+.3f ms\n",
+			proto, b.qps/d.qps, b.qps/x.qps, float64(b.latency-x.latency)/1e6, float64(d.latency-x.latency)/1e6)
+	}
+
+	if err := manyClients(c, bbalPort, debugSock); err != nil {
+		return err
+	}
+	if !c.skipNode {
+		if err := nodeCPU(c, dir, logs, queries); err != nil {
+			return err
+		}
+	}
+	if !c.skipMemory {
+		if err := memory(c, dir, logs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// manyClients drives bbal from c.many distinct client addresses.
+func manyClients(c config, port int, debugSock string) error {
+	g := loadgen{
+		target:  netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)),
+		sources: sourceRange(netip.MustParseAddr("127.1.0.1"), c.many),
+		window:  c.clients * c.outstanding,
+		d:       c.duration,
+		timeout: 2 * time.Second,
+	}
+	r, err := g.run()
+	if err != nil {
+		return err
+	}
+	st, err := bbalStats(debugSock)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nMany clients: %d source addresses, %d outstanding, %v\n", c.many, g.window, c.duration)
+	fmt.Printf("bbal: %.0f qps, avg latency %.3f ms, p99 %.3f ms, lost %d of %d; bbal holds %d remotes\n",
+		r.QPS(), float64(r.AvgLatency)/1e6, float64(r.P99Latency)/1e6, r.Lost(), r.Sent, st.Remotes)
+	return nil
+}
+
+// nodeCPU runs bbal in front of one node-mname process and compares their
+// CPU time per query.
+func nodeCPU(c config, dir string, logs *os.File, queries string) error {
+	script := filepath.Join(c.mnameDir, "backend.js")
+	if _, err := os.Stat(filepath.Join(c.mnameDir, "node_modules", "mname")); err != nil {
+		return fmt.Errorf("node-mname missing: run make npm-deps (or -skip-node)")
+	}
+	sockets := filepath.Join(dir, "node")
+	os.Mkdir(sockets, 0o755)
+	node, err := start("node-mname", logs, "node", script, filepath.Join(sockets, "5301"), "n1")
+	if err != nil {
+		return err
+	}
+	defer node.stop()
+	if err := waitFor("node-mname socket", func() bool {
+		_, err := os.Stat(filepath.Join(sockets, "5301"))
+		return err == nil
+	}); err != nil {
+		return err
+	}
+	port, _ := freePort()
+	bb, err := start("bbal", logs, filepath.Join(c.bin, "bbal"), "-s", sockets, "-b", "127.0.0.1",
+		"-p", strconv.Itoa(port), "-S", filepath.Join(dir, "node.sock"), "-l", "warn")
+	if err != nil {
+		return err
+	}
+	defer bb.stop()
+	if err := answers(fmt.Sprintf("127.0.0.1:%d", port)); err != nil {
+		return err
+	}
+	b0, _ := cpuSeconds(bb.pid())
+	n0, _ := cpuSeconds(node.pid())
+	qps, lat, lost, done, err := dnsperf(c, port, "udp", queries)
+	if err != nil {
+		return err
+	}
+	b1, _ := cpuSeconds(bb.pid())
+	n1, _ := cpuSeconds(node.pid())
+	per := func(cpu float64) float64 { return cpu / float64(done) * 1e6 }
+	fmt.Printf("\nIn front of one node-mname process (UDP, %v): %.0f qps, avg latency %.3f ms, lost %d\n",
+		c.duration, qps, float64(lat)/1e6, lost)
+	fmt.Printf("CPU per query: bbal %.2f µs, node-mname %.2f µs: bbal/node-mname %.1f%%\n",
+		per(b1-b0), per(n1-n0), 100*(b1-b0)/(n1-n0))
+	return nil
+}
+
+// memory fills a fresh bbal's remotes table and reports its RSS per
+// remote.
+func memory(c config, dir string, logs *os.File) error {
+	sockets := filepath.Join(dir, "mem")
+	os.Mkdir(sockets, 0o755)
+	echo, err := start("echo backend", logs, filepath.Join(c.bin, "demo-backend"), "-echo",
+		"-socket", filepath.Join(sockets, "5301"))
+	if err != nil {
+		return err
+	}
+	defer echo.stop()
+	waitFor("echo socket", func() bool { _, err := os.Stat(filepath.Join(sockets, "5301")); return err == nil })
+	port, _ := freePort()
+	debugSock := filepath.Join(dir, "mem.sock")
+	bb, err := start("bbal", logs, filepath.Join(c.bin, "bbal"), "-s", sockets, "-b", "127.0.0.1",
+		"-p", strconv.Itoa(port), "-S", debugSock, "-l", "warn")
+	if err != nil {
+		return err
+	}
+	defer bb.stop()
+	if err := answers(fmt.Sprintf("127.0.0.1:%d", port)); err != nil {
+		return err
+	}
+	rss0, _ := memKB(bb.pid(), "VmRSS")
+	g := loadgen{
+		target:  netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)),
+		sources: sourceRange(netip.MustParseAddr("127.16.0.1"), c.remotes),
+		window:  1000,
+		total:   c.remotes,
+		timeout: 2 * time.Second,
+	}
+	r, err := g.run()
+	if err != nil {
+		return err
+	}
+	var st stats
+	if err := waitFor("remotes", func() bool {
+		st, err = bbalStats(debugSock)
+		return err == nil && st.Remotes >= c.remotes-int(r.Lost())
+	}); err != nil {
+		return err
+	}
+	rss1, _ := memKB(bb.pid(), "VmRSS")
+	hwm, _ := memKB(bb.pid(), "VmHWM")
+	fmt.Printf("\nMemory: %d remotes (%d queries at %.0f qps, lost %d)\n", st.Remotes, r.Sent, r.QPS(), r.Lost())
+	fmt.Printf("bbal RSS %.1f MiB before, %.1f MiB after (peak %.1f MiB): %.0f bytes per remote\n",
+		float64(rss0)/1024, float64(rss1)/1024, float64(hwm)/1024, float64(rss1-rss0)*1024/float64(st.Remotes))
+	return nil
+}
+
+// stats is the part of bbal's /v1/stats the benchmark reads.
+type stats struct {
+	Remotes int `json:"remotes"`
+}
+
+func bbalStats(sock string) (stats, error) {
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	defer hc.CloseIdleConnections()
+	var st stats
+	resp, err := hc.Get("http://bbal/v1/stats")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
