@@ -28,6 +28,16 @@ type session struct {
 	wbuf    []byte
 	wn      int
 	writeFn func(fd uintptr) bool
+
+	// readFrames' state, for the same reason: the decoder, this
+	// session's replies, whether SERVER_HELLO was seen, and the read
+	// or protocol error that ended it.
+	dec     *protocol.Decoder
+	replies ReplyBatch
+	hello   bool
+	readFn  func(fd uintptr) bool
+	rerr    error
+	perr    error
 }
 
 func startSession(b *Backend, c *net.UnixConn, gen uint64) (*session, error) {
@@ -37,6 +47,9 @@ func startSession(b *Backend, c *net.UnixConn, gen uint64) (*session, error) {
 	}
 	s := &session{b: b, conn: c, raw: raw, gen: gen, closing: make(chan struct{})}
 	s.writeFn = s.writeRaw
+	s.readFn = s.readRaw
+	s.dec = protocol.NewDecoder(protocol.FromBackend, 0)
+	s.replies = b.set.cfg.Replies()
 	s.wg.Add(2)
 	go s.readFrames()
 	go s.writeFrames()
@@ -71,33 +84,63 @@ func (s *session) notify(k eventKind) {
 func (s *session) readFrames() {
 	defer s.wg.Done()
 	b := s.b
-	d := protocol.NewDecoder(protocol.FromBackend, 0)
-	replies := b.set.cfg.Replies()
-	hello := false
+	err := s.raw.Read(s.readFn)
+	if s.perr != nil { // already reported
+		return
+	}
+	if s.rerr != nil {
+		err = s.rerr
+	}
+	if errors.Is(err, io.EOF) {
+		b.log.Warn().Msg("backend socket EOF")
+		s.fail(ReasonEOF, err)
+		return
+	}
+	select {
+	case <-s.closing: // our own Close
+	default:
+		b.log.Error().Err(err).Msg("backend socket error")
+	}
+	s.fail(ReasonReadError, err)
+}
+
+// readRaw reads and handles what the backend sent, waiting in the
+// runtime's poller when there is nothing, until EOF, an error or a
+// protocol error. A read that leaves space in the buffer has emptied the
+// socket, and the poller is edge-triggered, so it waits at once rather
+// than spend a system call to see EAGAIN.
+func (s *session) readRaw(fd uintptr) bool {
 	for {
-		_, rerr := d.Fill(s.conn)
-		err := s.frames(d, replies, &hello)
+		space := s.dec.Space()
+		if len(space) == 0 {
+			s.rerr = protocol.ErrFull
+			return true
+		}
+		n, err := unix.Read(int(fd), space)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return false
+		case err != nil:
+			s.rerr = err
+			return true
+		case n == 0:
+			s.rerr = io.EOF
+			return true
+		}
+		s.dec.Commit(n)
+		s.perr = s.frames(s.dec, s.replies, &s.hello)
 		// Replies point into the decoder's buffer: out they go before
 		// it is filled again.
-		if failed := replies.Flush(); failed > 0 {
-			b.stats.outboundErrors.Add(uint64(failed))
+		if failed := s.replies.Flush(); failed > 0 {
+			s.b.stats.outboundErrors.Add(uint64(failed))
 		}
-		if err != nil {
-			return
+		if s.perr != nil {
+			return true
 		}
-		if rerr != nil {
-			if errors.Is(rerr, io.EOF) {
-				b.log.Warn().Msg("backend socket EOF")
-				s.fail(ReasonEOF, rerr)
-			} else {
-				select {
-				case <-s.closing: // our own Close
-				default:
-					b.log.Error().Err(rerr).Msg("backend socket error")
-				}
-				s.fail(ReasonReadError, rerr)
-			}
-			return
+		if n < len(space) {
+			return false
 		}
 	}
 }

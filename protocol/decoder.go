@@ -121,13 +121,27 @@ func (d *Decoder) room() []byte {
 // Fill reads once from r into the buffer. Frames returned by Next before
 // the call are no longer valid after it.
 func (d *Decoder) Fill(r io.Reader) (int, error) {
-	free := d.room()
+	free := d.Space()
 	if len(free) == 0 {
 		return 0, ErrFull
 	}
 	n, err := r.Read(free)
-	d.w += n
+	d.Commit(n)
 	return n, err
+}
+
+// Space returns the free space at the end of the buffer, for a caller
+// that reads into it itself (with a raw read system call); Commit then
+// records what it read. Frames returned by Next before the call are no
+// longer valid after it.
+func (d *Decoder) Space() []byte { return d.room() }
+
+// Commit records n bytes read into the slice Space returned.
+func (d *Decoder) Commit(n int) {
+	if n < 0 || d.w+n > len(d.buf) {
+		panic("protocol: Commit beyond the decoder's space")
+	}
+	d.w += n
 }
 
 // Write copies as much of p as fits into the buffer, for callers that

@@ -36,14 +36,15 @@ type recvBatch struct {
 	names [batchLen]unix.RawSockaddrInet4
 	bufs  [batchLen][]byte // each slotLen; the datagram starts at UDPHeaderLen
 
-	// The callback for RawConn.Read, made once, and what it returns.
-	readFn func(fd uintptr) bool
-	n      int
-	err    error
+	// The callback for RawConn.Read, made once; what the reader does with
+	// each batch; the error that ended a run.
+	readFn  func(fd uintptr) bool
+	process func(n int)
+	err     error
 }
 
-func newRecvBatch() *recvBatch {
-	r := &recvBatch{}
+func newRecvBatch(process func(n int)) *recvBatch {
+	r := &recvBatch{process: process}
 	mem := make([]byte, batchLen*slotLen)
 	for i := range r.hdrs {
 		r.bufs[i] = mem[i*slotLen : (i+1)*slotLen : (i+1)*slotLen]
@@ -59,30 +60,37 @@ func newRecvBatch() *recvBatch {
 	return r
 }
 
-// read receives up to batchLen datagrams, waiting (in the runtime's
-// poller) for the first. It returns how many arrived.
-func (r *recvBatch) read(rc syscall.RawConn) (int, error) {
-	for i := range r.hdrs {
-		r.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet4
-		r.hdrs[i].hdr.Flags = 0
-	}
-	r.n, r.err = 0, nil
+// run receives datagrams and hands each batch to process, waiting in
+// the runtime's poller when there are none, until the socket is closed
+// (net.ErrClosed) or fails.
+//
+// A batch that does not fill every slot has emptied the socket's queue;
+// the poller is edge-triggered and any datagram arriving after that
+// signals it, so the reader can wait at once rather than spend a system
+// call to see EAGAIN.
+func (r *recvBatch) run(rc syscall.RawConn) error {
+	r.err = nil
 	if err := rc.Read(r.readFn); err != nil {
-		return 0, err
+		return err
 	}
-	return r.n, r.err
+	return r.err
 }
 
 func (r *recvBatch) recvmmsg(fd uintptr) bool {
 	for {
+		for i := range r.hdrs {
+			r.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet4
+			r.hdrs[i].hdr.Flags = 0
+		}
 		m, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), batchLen,
 			unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
 		switch e {
 		case 0:
-			r.n = int(m)
-			return true
+			r.process(int(m))
+			if m < batchLen {
+				return false
+			}
 		case unix.EINTR:
-			continue
 		case unix.EAGAIN:
 			return false
 		default:

@@ -126,19 +126,9 @@ func (p *Proxy) Close() {
 
 func (p *Proxy) readLoop() {
 	defer p.wg.Done()
-	r := newRecvBatch()
 	touched := make([]*backend.Backend, 0, batchLen)
-	for {
-		n, err := r.read(p.raw)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// ICMP errors and the like surface here on Linux; they
-			// concern one earlier datagram, not the socket.
-			p.log.Debug().Err(err).Msg("UDP read error")
-			continue
-		}
+	var r *recvBatch
+	r = newRecvBatch(func(n int) {
 		for i := range n {
 			size, ip, port, ok := r.datagram(i)
 			if be := p.handle(r.bufs[i], size, ip, port, ok); be != nil && !slices.Contains(touched, be) {
@@ -151,6 +141,15 @@ func (p *Proxy) readLoop() {
 			touched[i] = nil
 		}
 		touched = touched[:0]
+	})
+	for {
+		err := r.run(p.raw)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		// ICMP errors and the like surface here on Linux; they concern
+		// one earlier datagram, not the socket.
+		p.log.Debug().Err(err).Msg("UDP read error")
 	}
 }
 
