@@ -323,9 +323,19 @@ func (s *session) pipe() {
 		s.closeBoth()
 	})
 	defer drain.Clear()
+	toBack, err := newCopier(s.back, s.front)
+	if err != nil {
+		s.copyFailed("front", err)
+		return
+	}
+	toFront, err := newCopier(s.front, s.back)
+	if err != nil {
+		s.copyFailed("back", err)
+		return
+	}
 	done := make(chan struct{})
-	go s.copyToBackend(done, drain)
-	if _, err := io.Copy(s.front, s.back); err != nil {
+	go s.copyToBackend(toBack, done, drain)
+	if err := toFront.run(); err != nil {
 		s.copyFailed("back", err)
 	} else {
 		if e := s.p.log.Trace(); e != nil {
@@ -336,9 +346,9 @@ func (s *session) pipe() {
 	<-done
 }
 
-func (s *session) copyToBackend(done chan<- struct{}, drain *timeouts.Timeout) {
+func (s *session) copyToBackend(c *copier, done chan<- struct{}, drain *timeouts.Timeout) {
 	defer close(done)
-	if _, err := io.Copy(s.back, s.front); err != nil {
+	if err := c.run(); err != nil {
 		s.copyFailed("front", err)
 		return
 	}
