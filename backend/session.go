@@ -106,9 +106,9 @@ func (s *session) readFrames() {
 
 // readRaw reads and handles what the backend sent, waiting in the
 // runtime's poller when there is nothing, until EOF, an error or a
-// protocol error. A read that leaves space in the buffer has emptied the
-// socket, and the poller is edge-triggered, so it waits at once rather
-// than spend a system call to see EAGAIN.
+// protocol error. It reads until EAGAIN before waiting: on a stream
+// socket a short read does not mean nothing is pending, as the backend's
+// FIN may have come with its last bytes and will raise no further edge.
 func (s *session) readRaw(fd uintptr) bool {
 	for {
 		space := s.dec.Space()
@@ -138,9 +138,6 @@ func (s *session) readRaw(fd uintptr) bool {
 		}
 		if s.perr != nil {
 			return true
-		}
-		if n < len(space) {
-			return false
 		}
 	}
 }

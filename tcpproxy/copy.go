@@ -17,10 +17,11 @@ var buffers = sync.Pool{New: func() any { b := make([]byte, copyBufferLen); retu
 
 // copier moves bytes from one connection to another. DNS messages are
 // small: a read and a write cost less than the two splices through a pipe
-// that io.Copy would use (measured: see BENCHMARKS.md), and reading in
-// the raw connection's callback lets the copier go back to the
-// edge-triggered poller as soon as a read leaves room in its buffer,
-// without a system call to see EAGAIN.
+// that io.Copy would use (measured: see BENCHMARKS.md).
+//
+// It reads until EAGAIN before waiting: on a stream socket a short read
+// does not mean nothing is pending, as the peer's FIN may have come with
+// the last bytes and will raise no further edge.
 type copier struct {
 	dst    net.Conn
 	src    syscall.RawConn
@@ -74,8 +75,5 @@ func (c *copier) read(fd uintptr) bool {
 			return true
 		}
 		c.n += int64(n)
-		if n < len(buf) {
-			return false
-		}
 	}
 }

@@ -136,6 +136,13 @@ func TestBackendFaults(t *testing.T) {
 				f.helloOK()
 				f.conn.CloseWrite()
 			}, time.Second},
+		{"EOF right behind a frame", backend.ReasonEOF, "backend socket EOF",
+			func(f *faultBed) {
+				f.helloOK()
+				// The frame and the FIN reach the balancer together.
+				f.conn.Send(f.T, protocol.AppendUDP(nil, protocol.FrameOutboundUDP, 0x7f000001, 9, []byte("late reply")))
+				f.conn.CloseWrite()
+			}, time.Second},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
