@@ -69,7 +69,17 @@ func (r *Remote) CountTCP() { r.tcp.Add(1) }
 // not be sent on.
 func (r *Remote) CountDrop() { r.drops.Add(1) }
 
-func lessRemote(a, b *Remote) bool { return a.addr < b.addr }
+// entry is an item of the tree: the address inline, so that a search
+// compares keys in the node's own memory and follows a pointer only to
+// the remote it finds.
+type entry struct {
+	addr uint32
+	r    *Remote
+}
+
+func lessEntry(a, b entry) bool { return a.addr < b.addr }
+
+func key(ip uint32) entry { return entry{addr: ip} }
 
 // Table maps client addresses to remotes. Create it with New.
 type Table struct {
@@ -79,8 +89,7 @@ type Table struct {
 	epoch time.Time
 
 	mu        sync.Mutex
-	tree      *btree.BTreeG[*Remote]
-	probe     Remote             // search key, used under mu
+	tree      *btree.BTreeG[entry]
 	primaries map[backend.ID]int // remotes per primary backend
 	backups   map[backend.ID]int // remotes per backup backend
 
@@ -108,7 +117,7 @@ func New(cfg Config) *Table {
 		log:       cfg.Log,
 		clock:     clock,
 		epoch:     clock.Now(),
-		tree:      btree.NewG(32, lessRemote),
+		tree:      btree.NewG(64, lessEntry),
 		primaries: map[backend.ID]int{},
 		backups:   map[backend.ID]int{},
 		kick:      make(chan func(), 2),
@@ -177,11 +186,11 @@ func (t *Table) now() uint32 {
 func (t *Table) Route(ip uint32) (*Remote, backend.ID) {
 	now := t.now()
 	t.mu.Lock()
-	t.probe.addr = ip
-	r, found := t.tree.Get(&t.probe)
+	e, found := t.tree.Get(key(ip))
+	r := e.r
 	if !found {
 		r = &Remote{addr: ip, first: now}
-		t.tree.ReplaceOrInsert(r)
+		t.tree.ReplaceOrInsert(entry{ip, r})
 		t.log.Info().Stringer("remote_ip", protocol.U32ToAddr(ip)).Msg("new remote peer")
 	}
 	r.last = now
@@ -291,8 +300,8 @@ func (t *Table) Rebalance() int {
 	}
 	todo := spread - len(ok)
 	cleared := 0
-	t.tree.Ascend(func(r *Remote) bool {
-		if r.primary == maxID {
+	t.tree.Ascend(func(e entry) bool {
+		if r := e.r; r.primary == maxID {
 			t.log.Info().Stringer("remote_ip", protocol.U32ToAddr(r.addr)).
 				Uint16("be_id", uint16(maxID)).Msg("rebalancing to reduce spread")
 			t.reset(r)
@@ -310,16 +319,16 @@ func (t *Table) Expire() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var stale []*Remote
-	t.tree.Ascend(func(r *Remote) bool {
-		if now-r.last > limit {
-			stale = append(stale, r)
+	t.tree.Ascend(func(e entry) bool {
+		if now-e.r.last > limit {
+			stale = append(stale, e.r)
 		}
 		return true
 	})
 	for _, r := range stale {
 		t.log.Info().Stringer("remote_ip", protocol.U32ToAddr(r.addr)).Msg("expiring remote entry")
 		t.reset(r)
-		t.tree.Delete(r)
+		t.tree.Delete(key(r.addr))
 	}
 	return len(stale)
 }
@@ -362,10 +371,10 @@ func (t *Table) ResetCounters() {
 	next, more := uint32(0), true
 	for more {
 		t.mu.Lock()
-		t.probe.addr = next
 		more = false
 		n := 0
-		t.tree.AscendGreaterOrEqual(&t.probe, func(r *Remote) bool {
+		t.tree.AscendGreaterOrEqual(key(next), func(e entry) bool {
+			r := e.r
 			if n == chunk {
 				more, next = true, r.addr
 				return false
@@ -396,12 +405,11 @@ type Info struct {
 func (t *Table) Lookup(ip uint32) (Info, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.probe.addr = ip
-	r, ok := t.tree.Get(&t.probe)
+	e, ok := t.tree.Get(key(ip))
 	if !ok {
 		return Info{}, false
 	}
-	return t.info(r), true
+	return t.info(e.r), true
 }
 
 func (t *Table) info(r *Remote) Info {
@@ -423,15 +431,14 @@ func (t *Table) Walk(ctx context.Context, from uint32, fn func(Info) bool) {
 	for more && ctx.Err() == nil {
 		buf = buf[:0]
 		t.mu.Lock()
-		t.probe.addr = next
 		more = false
-		t.tree.AscendGreaterOrEqual(&t.probe, func(r *Remote) bool {
+		t.tree.AscendGreaterOrEqual(key(next), func(e entry) bool {
 			if len(buf) == chunk {
 				more = true
-				next = r.addr
+				next = e.addr
 				return false
 			}
-			buf = append(buf, t.info(r))
+			buf = append(buf, t.info(e.r))
 			return true
 		})
 		t.mu.Unlock()

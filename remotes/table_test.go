@@ -90,7 +90,7 @@ func (f *fakeBackends) EligibleIDs() []backend.ID {
 	return f.ids()
 }
 
-func newTable(t *testing.T, b Backends) (*Table, *timeouts.Fake, *testbed.Logs) {
+func newTable(t testing.TB, b Backends) (*Table, *timeouts.Fake, *testbed.Logs) {
 	t.Helper()
 	clock := timeouts.NewFake(testbed.Epoch)
 	logs := testbed.NewLogs()

@@ -29,7 +29,7 @@ type bed struct {
 	conn  *testbed.FakeConn
 }
 
-func newBed(t *testing.T, log zerolog.Logger) *bed {
+func newBed(t testing.TB, log zerolog.Logger) *bed {
 	t.Helper()
 	dir := testbed.SocketDir(t)
 	fake := testbed.NewFake(t, filepath.Join(dir, "5301"))
