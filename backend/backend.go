@@ -155,7 +155,7 @@ func newBackend(s *Set, id ID, path string) *Backend {
 		path:   path,
 		set:    s,
 		log:    s.log.With().Uint16("be_id", uint16(id)).Str("be_path", path).Logger(),
-		q:      newQueue(s.cfg.QueueBytes),
+		q:      newQueue(s.cfg.QueueBytes, s.cfg.QueueFrames, int64(s.cfg.QueueAge)),
 		events: make(chan event, eventQueueLen),
 	}
 	name := "backend " + itoa(int(id)) + " "
@@ -211,10 +211,11 @@ func (b *Backend) post(ev event) {
 }
 
 // SendUDP queues an INBOUND_UDP frame, which the caller has built in
-// frame (header included). It reports whether the frame was queued; a
-// refused frame is counted here as a stuck or down drop.
-func (b *Backend) SendUDP(frame []byte) bool {
-	switch b.q.push(frame, false) {
+// frame (header included), received at now (unix nanoseconds). It reports
+// whether the frame was queued; a refused frame is counted here as a
+// stuck or down drop.
+func (b *Backend) SendUDP(frame []byte, now int64) bool {
+	switch b.q.push(frame, false, now) {
 	case pushed:
 		b.stats.udpFrames.Add(1)
 		b.stats.udpBytes.Add(uint64(len(frame) - protocol.UDPHeaderLen))
@@ -278,6 +279,7 @@ func (b *Backend) Stats() Stats {
 		StuckDrops:      b.stats.stuckDrops.Load(),
 		DownDrops:       b.stats.downDrops.Load(),
 		Discarded:       b.stats.discarded.Load(),
+		Expired:         b.stats.expired.Load(),
 		TCPTotal:        b.stats.tcpTotal.Load(),
 		TCPActive:       b.stats.tcpActive.Load(),
 		TCPErrors:       b.stats.tcpErrors.Load(),
@@ -300,7 +302,7 @@ func (b *Backend) Stats() Stats {
 func (b *Backend) ResetCounters() {
 	c := &b.stats
 	for _, v := range []*atomic.Uint64{&c.udpFrames, &c.udpBytes, &c.outboundUDP, &c.outboundBytes,
-		&c.outboundErrors, &c.stuckDrops, &c.downDrops, &c.discarded, &c.tcpTotal, &c.tcpErrors,
+		&c.outboundErrors, &c.stuckDrops, &c.downDrops, &c.discarded, &c.expired, &c.tcpTotal, &c.tcpErrors,
 		&c.connectAttempts, &c.connectErrors, &c.heartbeats} {
 		v.Store(0)
 	}
@@ -437,7 +439,7 @@ func (b *Backend) connect(ctx context.Context) {
 	}
 	b.sess = sess
 	b.cur.Store(sess)
-	b.q.push(protocol.AppendType(nil, protocol.FrameClientHello), true)
+	b.q.push(protocol.AppendType(nil, protocol.FrameClientHello), true, 0)
 }
 
 // established runs when SERVER_HELLO arrives.
@@ -456,7 +458,7 @@ func (b *Backend) sendHeartbeat() {
 	// A heartbeat that cannot even be queued is as good as unanswered:
 	// this wait faults a backend that never drains its queue.
 	b.hbWaitT.Set(b.set.cfg.HeartbeatTimeout)
-	if b.q.push(protocol.AppendType(nil, protocol.FrameClientHeartbeat), true) == pushed {
+	if b.q.push(protocol.AppendType(nil, protocol.FrameClientHeartbeat), true, 0) == pushed {
 		if e := b.log.Trace(); e != nil {
 			e.Msg("heartbeat sent")
 		}
@@ -535,19 +537,26 @@ func (b *Backend) reply(f *protocol.Frame, replies ReplyBatch) {
 }
 
 // Flush writes what is queued for the backend without blocking. The UDP
-// reader calls it after each batch of datagrams, so that a batch costs
-// one write and no goroutine has to wake; what the socket does not take
-// is left to the session's writer goroutine.
-func (b *Backend) Flush() {
+// reader calls it after each batch of datagrams, with the batch's time, so
+// that a batch costs one write and no goroutine has to wake; what the
+// socket does not take is left to the session's writer goroutine.
+func (b *Backend) Flush(now int64) {
 	s := b.cur.Load()
 	if s == nil {
 		return
 	}
-	buf, epoch := b.q.take()
-	if buf == nil {
+	bt, expired, ok := b.q.take(now)
+	b.countExpired(expired)
+	if !ok {
 		return
 	}
-	if b.q.done(buf, s.writeNow(buf), epoch) {
+	if b.q.done(bt, s.writeNow(bt.bytes())) {
 		b.q.wake()
+	}
+}
+
+func (b *Backend) countExpired(n int) {
+	if n > 0 {
+		b.stats.expired.Add(uint64(n))
 	}
 }

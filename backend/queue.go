@@ -25,6 +25,15 @@ const (
 	pushStuck            // the queue is full: the backend is not draining it
 )
 
+// mark records where a queued frame starts and when it was queued. A
+// kept frame never expires: a control frame, or the rest of a frame
+// partly written.
+type mark struct {
+	off  int32
+	keep bool
+	at   int64 // unix nanoseconds
+}
+
 // queue is a backend's outgoing byte queue. Frames are appended whole to
 // one buffer; whoever writes to the socket takes the buffer in exchange
 // for the spare one and writes it all in one call. Two buffers per
@@ -37,41 +46,50 @@ const (
 // the rest goes back to the front of the queue and the session's writer
 // goroutine, which may block, takes over.
 //
-// The cap is in bytes: when a frame does not fit, the backend is not
-// keeping up and the frame is refused (the caller drops and counts it).
+// The queue is bounded in bytes and in frames: when a frame does not fit,
+// the backend is not keeping up and the frame is refused (the caller drops
+// and counts it as stuck). A data frame that has waited longer than maxAge
+// when a writer takes the queue is dropped (counted as expired) rather
+// than written: its client has given up on it.
 type queue struct {
-	mu      sync.Mutex
-	state   queueState
-	buf     []byte
-	spare   []byte
-	frames  int
-	limit   int
-	writing bool
-	epoch   uint64 // counts resets: a write from before one is stale
+	mu         sync.Mutex
+	state      queueState
+	buf        []byte
+	marks      []mark
+	spare      []byte
+	spareMarks []mark
+
+	limit     int   // bytes
+	maxFrames int   // frames
+	maxAge    int64 // nanoseconds; 0: none
+	writing   bool
+	epoch     uint64 // counts resets: a write from before one is stale
 
 	// kick has room for one token: the writer goroutine has work.
 	kick chan struct{}
 }
 
-func newQueue(limit int) *queue {
-	return &queue{limit: limit, kick: make(chan struct{}, 1)}
+func newQueue(limit, maxFrames int, maxAge int64) *queue {
+	return &queue{limit: limit, maxFrames: maxFrames, maxAge: maxAge, kick: make(chan struct{}, 1)}
 }
 
-// push appends frame if the queue accepts it. Data frames need an open
-// queue; control frames (hello, heartbeat) need a session. Control frames
-// wake the writer goroutine; data frames wait for Flush.
-func (q *queue) push(frame []byte, control bool) pushResult {
+// push appends frame, queued at now (unix nanoseconds), if the queue
+// accepts it. Data frames need an open queue; control frames (hello,
+// heartbeat) need a session, never expire, and wake the writer goroutine;
+// data frames wait for Flush.
+func (q *queue) push(frame []byte, control bool, now int64) pushResult {
 	q.mu.Lock()
 	switch {
 	case q.state == queueClosed || (!control && q.state != queueOpen):
 		q.mu.Unlock()
 		return pushDown
-	case len(q.buf)+len(frame) > q.limit:
+	case len(q.buf)+len(frame) > q.limit || len(q.marks) >= q.maxFrames:
 		q.mu.Unlock()
 		return pushStuck
 	}
+	m := mark{off: int32(len(q.buf)), keep: control, at: now}
+	q.marks = append(q.marks, m)
 	q.buf = append(q.buf, frame...)
-	q.frames++
 	q.mu.Unlock()
 	if control {
 		q.wake()
@@ -87,45 +105,80 @@ func (q *queue) wake() {
 	}
 }
 
-// take makes the caller the writer and hands it the queued bytes, with
-// the queue's epoch for done. It returns nil when another writer is at
-// work or nothing is queued.
-func (q *queue) take() ([]byte, uint64) {
+// batch is what a writer takes from the queue: buf[off:] to write. The
+// whole buffer and the epoch go back to the queue with done.
+type batch struct {
+	buf   []byte
+	off   int
+	epoch uint64
+}
+
+func (b batch) bytes() []byte { return b.buf[b.off:] }
+
+// take makes the caller the writer and hands it the queued bytes, after
+// dropping the data frames at the front that are older than maxAge at now
+// (their number is returned). ok is false when another writer is at work
+// or nothing is left to write.
+func (q *queue) take(now int64) (b batch, expired int, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.writing || len(q.buf) == 0 || q.state == queueClosed {
-		return nil, 0
+		return batch{}, 0, false
+	}
+	if q.maxAge > 0 {
+		for expired < len(q.marks) && !q.marks[expired].keep && now-q.marks[expired].at > q.maxAge {
+			expired++
+		}
+	}
+	b = batch{buf: q.buf, off: len(q.buf), epoch: q.epoch}
+	if expired < len(q.marks) {
+		b.off = int(q.marks[expired].off)
+	}
+	q.buf, q.spare = q.spare[:0], nil
+	q.marks, q.spareMarks = q.spareMarks[:0], q.marks
+	if b.off == len(b.buf) { // all of it expired
+		q.spare = b.buf[:0]
+		return batch{}, expired, false
 	}
 	q.writing = true
-	b := q.buf
-	q.buf, q.spare = q.spare[:0], nil
-	q.frames = 0
-	return b, q.epoch
+	return b, expired, true
 }
 
-// done ends a write of b, taken at epoch, of which n bytes were written:
-// the rest goes back to the front of the queue, and b becomes the spare.
-// A write from before a reset is over and done with: its rest is
-// dropped, so that nothing of an old session reaches a new one. done
-// reports whether anything is left to write.
-func (q *queue) done(b []byte, n int, epoch uint64) (more bool) {
+// done ends the write of b, of which n bytes were written: the rest goes
+// back to the front of the queue (never to expire: a frame begun must be
+// finished), and the buffer becomes the spare. A write from before a reset
+// is over and done with: its rest is dropped, so that nothing of an old
+// session reaches a new one. done reports whether anything is left to
+// write.
+func (q *queue) done(b batch, n int) (more bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if epoch != q.epoch {
+	if b.epoch != q.epoch {
 		if q.spare == nil {
-			q.spare = b[:0]
+			q.spare = b.buf[:0]
 		}
 		return false
 	}
 	q.writing = false
-	if n < len(b) {
+	full, written := b.buf, b.buf[b.off:]
+	if n < len(written) {
 		// The unwritten rest, then what was queued meanwhile.
-		q.frames += unfinished(b, n)
-		m := copy(b, b[n:])
-		b = append(b[:m], q.buf...)
-		q.buf, b = b, q.buf
+		rest := len(written) - n
+		k := unfinished(written, n)
+		copy(full, written[n:])
+		full = append(full[:rest], q.buf...)
+		marks := q.spareMarks[:0]
+		for range k {
+			marks = append(marks, mark{keep: true})
+		}
+		for _, m := range q.marks {
+			m.off += int32(rest)
+			marks = append(marks, m)
+		}
+		q.buf, full = full, q.buf
+		q.marks, q.spareMarks = marks, q.marks
 	}
-	q.spare = b[:0]
+	q.spare = full[:0]
 	return len(q.buf) > 0
 }
 
@@ -157,8 +210,8 @@ func unfinished(b []byte, n int) int {
 func (q *queue) reset(s queueState) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	n := q.frames
-	q.buf, q.frames, q.state = q.buf[:0], 0, s
+	n := len(q.marks)
+	q.buf, q.marks, q.state = q.buf[:0], q.marks[:0], s
 	q.writing = false
 	q.epoch++
 	select {
@@ -179,5 +232,5 @@ func (q *queue) open() {
 func (q *queue) length() (bytes, frames int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.buf), q.frames
+	return len(q.buf), len(q.marks)
 }

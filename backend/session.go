@@ -215,12 +215,13 @@ func (s *session) writeFrames() {
 		case <-q.kick:
 		}
 		for {
-			buf, epoch := q.take()
-			if buf == nil {
+			bt, expired, ok := q.take(s.b.set.cfg.Timeouts.Clock().Now().UnixNano())
+			s.b.countExpired(expired)
+			if !ok {
 				break
 			}
-			n, err := s.conn.Write(buf)
-			more := q.done(buf, n, epoch)
+			n, err := s.conn.Write(bt.bytes())
+			more := q.done(bt, n)
 			if err != nil {
 				select {
 				case <-s.closing:

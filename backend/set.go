@@ -33,6 +33,12 @@ const (
 	// backend drains it far faster; past it the backend is stuck and
 	// datagrams for it are dropped.
 	DefaultQueueBytes = 256 << 10
+	// DefaultQueueFrames caps the same queue in frames.
+	DefaultQueueFrames = 4096
+	// DefaultQueueAge is how long a query may wait in a backend's queue:
+	// about as long as a client waits before it asks again. An older one
+	// is dropped before it is written (counted as expired).
+	DefaultQueueAge = time.Second
 	// DefaultMaxBackends caps the number of socket paths tracked. A
 	// directory with more entries has the rest logged and ignored.
 	DefaultMaxBackends = 1000
@@ -80,6 +86,8 @@ type Config struct {
 	ReconnectStep     time.Duration
 	ReconnectMax      time.Duration
 	QueueBytes        int
+	QueueFrames       int
+	QueueAge          time.Duration
 	MaxBackends       int
 }
 
@@ -99,6 +107,10 @@ func (c *Config) setDefaults() {
 	if c.QueueBytes <= 0 {
 		c.QueueBytes = DefaultQueueBytes
 	}
+	if c.QueueFrames <= 0 {
+		c.QueueFrames = DefaultQueueFrames
+	}
+	def(&c.QueueAge, DefaultQueueAge)
 	if c.MaxBackends <= 0 {
 		c.MaxBackends = DefaultMaxBackends
 	}
@@ -331,4 +343,30 @@ func (s *Set) EligibleIDs() []ID {
 		}
 	}
 	return ids
+}
+
+// HashID chooses among the eligible backends, in ID order, by h: the
+// same h gives the same backend while that set stays the same. 0 when
+// none is eligible.
+func (s *Set) HashID(h uint32) ID {
+	list := *s.list.Load()
+	n := 0
+	for _, b := range list {
+		if b.Eligible() {
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	k := int(h % uint32(n))
+	for _, b := range list {
+		if b.Eligible() {
+			if k == 0 {
+				return b.id
+			}
+			k--
+		}
+	}
+	return 0
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -121,7 +122,7 @@ func fakeList(s *Set, ok map[ID]bool) {
 	var list []*Backend
 	for _, id := range []ID{1, 2, 3, 5301, 5302} {
 		if v, in := ok[id]; in {
-			b := &Backend{id: id, set: s, q: newQueue(1024)}
+			b := &Backend{id: id, set: s, q: newQueue(1024, 16, 0)}
 			b.ok.Store(v)
 			list = append(list, b)
 		}
@@ -178,71 +179,108 @@ func TestPickIsRoundRobinInIDOrderOverOKBackends(t *testing.T) {
 }
 
 func TestQueueBoundsAndStates(t *testing.T) {
-	q := newQueue(100)
+	q := newQueue(100, 1000, 0)
 	frame := protocol.AppendUDP(nil, protocol.FrameInboundUDP, 1, 2, make([]byte, 24)) // 40 bytes
-	if q.push(frame, true) != pushDown || q.push(frame, false) != pushDown {
+	if q.push(frame, true, 0) != pushDown || q.push(frame, false, 0) != pushDown {
 		t.Fatal("a closed queue accepted a frame")
 	}
 	q.reset(queueControl)
-	if q.push(frame, false) != pushDown {
+	if q.push(frame, false, 0) != pushDown {
 		t.Fatal("data accepted before SERVER_HELLO")
 	}
 	hello := protocol.AppendType(nil, protocol.FrameClientHello)
-	if q.push(hello, true) != pushed {
+	if q.push(hello, true, 0) != pushed {
 		t.Fatal("control frame refused while connecting")
 	}
 	q.open()
-	if q.push(frame, false) != pushed || q.push(frame, false) != pushed {
+	if q.push(frame, false, 0) != pushed || q.push(frame, false, 0) != pushed {
 		t.Fatal("data refused while open")
 	}
-	if q.push(frame, false) != pushStuck {
-		t.Fatal("queue grew past its cap")
+	if q.push(frame, false, 0) != pushStuck {
+		t.Fatal("queue grew past its cap in bytes")
 	}
 	if b, f := q.length(); b != 84 || f != 3 {
 		t.Fatalf("length %d bytes %d frames", b, f)
 	}
 
 	// One writer at a time.
-	b, epoch := q.take()
-	if len(b) != 84 {
-		t.Fatalf("take %d bytes", len(b))
+	bt, _, ok := q.take(0)
+	if !ok || len(bt.bytes()) != 84 {
+		t.Fatalf("take %d bytes", len(bt.bytes()))
 	}
-	if again, _ := q.take(); again != nil {
+	if _, _, again := q.take(0); again {
 		t.Fatal("a second writer got the queue")
 	}
-	q.push(frame, false)
+	q.push(frame, false, 0)
 	// A partial write: the rest goes back in front of what came since.
-	if more := q.done(b, 10, epoch); !more {
+	if more := q.done(bt, 10); !more {
 		t.Fatal("done after a partial write reports nothing left")
 	}
 	if n, f := q.length(); n != 74+40 || f != 3 {
 		t.Fatalf("after a partial write: %d bytes, %d frames; want 114, 3", n, f)
 	}
-	b, epoch = q.take()
+	bt, _, _ = q.take(0)
 	want := append(append(append([]byte{}, hello...), frame...), frame...)[10:]
-	if len(b) != 114 || string(b[:74]) != string(want[:74]) {
+	if b := bt.bytes(); len(b) != 114 || string(b[:74]) != string(want[:74]) {
 		t.Fatalf("requeued bytes out of order")
 	}
 	// A write that outlives a reset is dropped, whatever it wrote.
 	if n := q.reset(queueControl); n != 0 {
 		t.Fatalf("reset discarded %d frames of a batch being written", n)
 	}
-	q.push(hello, true)
-	if q.done(b, 3, epoch) {
+	q.push(hello, true, 0)
+	if q.done(bt, 3) {
 		t.Fatal("a stale write put bytes back")
 	}
-	if got, _ := q.take(); string(got) != string(hello) {
-		t.Fatalf("after a stale write the queue holds %x", got)
+	if got, _, _ := q.take(0); string(got.bytes()) != string(hello) {
+		t.Fatalf("after a stale write the queue holds %x", got.bytes())
 	}
 
 	// Once both buffers have grown, pushing and writing allocate nothing.
 	q.reset(queueOpen)
 	if a := testing.AllocsPerRun(1000, func() {
-		q.push(frame, false)
-		b, e := q.take()
-		q.done(b, len(b), e)
+		q.push(frame, false, 0)
+		bt, _, _ := q.take(0)
+		q.done(bt, len(bt.bytes()))
 	}); a != 0 {
 		t.Fatalf("queue allocates %.1f per frame", a)
+	}
+}
+
+func TestQueueFrameCapAndAge(t *testing.T) {
+	const second = int64(time.Second)
+	q := newQueue(1<<20, 3, second)
+	q.reset(queueOpen)
+	frame := protocol.AppendUDP(nil, protocol.FrameInboundUDP, 1, 2, make([]byte, 8))
+	hb := protocol.AppendType(nil, protocol.FrameClientHeartbeat)
+	q.push(frame, false, 0)
+	q.push(frame, false, second/2)
+	q.push(hb, true, 0)
+	if q.push(frame, false, second) != pushStuck {
+		t.Fatal("queue grew past its cap in frames")
+	}
+	// At 1.2 s the first frame is too old, the second is not: only the
+	// first is dropped, and the heartbeat stays.
+	bt, expired, ok := q.take(second + second/5)
+	if !ok || expired != 1 || len(bt.bytes()) != len(frame)+len(hb) {
+		t.Fatalf("take: ok %v, expired %d, %d bytes", ok, expired, len(bt.bytes()))
+	}
+	q.done(bt, len(bt.bytes()))
+	// Everything expired: nothing to write, the count returned.
+	q.push(frame, false, 0)
+	q.push(frame, false, 0)
+	if _, expired, ok := q.take(2 * second); ok || expired != 2 {
+		t.Fatalf("all expired: ok %v, expired %d", ok, expired)
+	}
+	if n, f := q.length(); n != 0 || f != 0 {
+		t.Fatalf("after expiry %d bytes %d frames", n, f)
+	}
+	// The rest of a partly written frame never expires.
+	q.push(frame, false, 0)
+	bt, _, _ = q.take(0)
+	q.done(bt, 5)
+	if bt, expired, ok := q.take(10 * second); !ok || expired != 0 || len(bt.bytes()) != len(frame)-5 {
+		t.Fatalf("rest of a frame: ok %v, expired %d, %d bytes", ok, expired, len(bt.bytes()))
 	}
 }
 

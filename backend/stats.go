@@ -66,6 +66,7 @@ type counters struct {
 	stuckDrops      atomic.Uint64 // datagrams dropped: queue full
 	downDrops       atomic.Uint64 // datagrams dropped: no ready session
 	discarded       atomic.Uint64 // frames queued but thrown away by a fault
+	expired         atomic.Uint64 // frames queued but too old to write
 	tcpTotal        atomic.Uint64 // TCP proxy sessions opened
 	tcpActive       atomic.Int64  // TCP proxy sessions open now
 	tcpErrors       atomic.Uint64 // TCP proxy sessions that could not connect
@@ -96,6 +97,7 @@ type Stats struct {
 	StuckDrops      uint64
 	DownDrops       uint64
 	Discarded       uint64
+	Expired         uint64
 	TCPTotal        uint64
 	TCPActive       int64
 	TCPErrors       uint64

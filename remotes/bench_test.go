@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"testing"
+	"time"
 )
 
 // BenchmarkRoute1M looks up known remotes in a table of 10^6, in random
@@ -46,5 +47,31 @@ func BenchmarkTableMemory(b *testing.B) {
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/n, "heap-bytes/remote")
 		runtime.KeepAlive(tab)
+	}
+}
+
+// BenchmarkScanPause1M runs expiry (half the table stale) and a
+// rebalance over 10^6 remotes and reports the longest time a scan held
+// the lock: how long a packet could wait behind maintenance.
+func BenchmarkScanPause1M(b *testing.B) {
+	const n = 1_000_000
+	for b.Loop() {
+		f := newFake(1)
+		tab, clock, _ := newTable(b, f)
+		tab.log = tab.log.Level(100)
+		for i := range n / 2 {
+			tab.Route(0x0a000000 + uint32(i)*7)
+		}
+		clock.Advance(4 * time.Minute)
+		for i := n / 2; i < n; i++ {
+			tab.Route(0x0a000000 + uint32(i)*7)
+		}
+		clock.Advance(2 * time.Minute)
+		f.set(2, true) // all remotes on backend 1: rebalance moves many
+		tab.Rebalance()
+		if got := tab.Expire(); got != n/2 {
+			b.Fatalf("expired %d", got)
+		}
+		b.ReportMetric(float64(tab.MaxPause().Microseconds()), "max-pause-µs")
 	}
 }

@@ -19,6 +19,23 @@ const (
 	DefaultRebalanceInterval = 15 * time.Second
 	DefaultExpireInterval    = 30 * time.Second
 	DefaultExpireAfter       = 5 * time.Minute
+	// DefaultMaxRemotes bounds the table: about 100 MB at some 100
+	// bytes per remote.
+	DefaultMaxRemotes = 1_000_000
+)
+
+// scanChunk is how many remotes a maintenance scan handles per hold of
+// the lock, so that a scan of a large table never stalls the packet path
+// for long (the longest hold is measured: MaxPause).
+const scanChunk = 1024
+
+// Per-remote log records (new remote, assignments, rebalancing, expiry)
+// are limited to remoteLogBurst per remoteLogInterval, so that a flood of
+// new (spoofed) sources cannot flood the log; the next record says how
+// many were not written.
+const (
+	remoteLogBurst    = 1000
+	remoteLogInterval = 5 * time.Second
 )
 
 // Backends is what the table needs to know of the backends;
@@ -33,6 +50,11 @@ type Backends interface {
 	// EligibleIDs lists, in ID order, the backends that may be given
 	// new remotes: those rebalancing spreads remotes over.
 	EligibleIDs() []backend.ID
+	// HashID chooses an eligible backend by a hash of a client's
+	// address, for clients the full table cannot pin; 0 when none is
+	// eligible. The same hash gives the same backend while the set of
+	// eligible backends stays the same.
+	HashID(h uint32) backend.ID
 }
 
 // Config configures a Table. Backends and Timeouts are required.
@@ -43,6 +65,14 @@ type Config struct {
 	RebalanceInterval time.Duration
 	ExpireInterval    time.Duration
 	ExpireAfter       time.Duration
+	// MaxRemotes bounds the table (DefaultMaxRemotes when zero). When it
+	// is full, a new client is served by a hash of its address over the
+	// eligible backends, without a record, and counted (Unpinned).
+	MaxRemotes int
+	// PrefixBits pins clients by network rather than by address: with
+	// 24, every address of a /24 is one remote (like ipvsadm's
+	// netmask). 0 means 32.
+	PrefixBits int
 }
 
 // Remote is one client address and its assignment.
@@ -93,6 +123,13 @@ type Table struct {
 	primaries map[backend.ID]int // remotes per primary backend
 	backups   map[backend.ID]int // remotes per backup backend
 
+	mask     uint32 // applied to an address to make its key
+	overflow Remote // counts for clients served without a record
+	unpinned atomic.Uint64
+	maxPause atomic.Int64 // nanoseconds, the longest hold of mu by a scan
+	logLimit *timeouts.Limiter
+	fullLog  *timeouts.Limiter
+
 	rebalanceT *timeouts.Timeout
 	expireT    *timeouts.Timeout
 	kick       chan func()
@@ -111,6 +148,12 @@ func New(cfg Config) *Table {
 	if cfg.ExpireAfter <= 0 {
 		cfg.ExpireAfter = DefaultExpireAfter
 	}
+	if cfg.MaxRemotes <= 0 {
+		cfg.MaxRemotes = DefaultMaxRemotes
+	}
+	if cfg.PrefixBits <= 0 || cfg.PrefixBits > 32 {
+		cfg.PrefixBits = 32
+	}
 	clock := cfg.Timeouts.Clock()
 	t := &Table{
 		cfg:       cfg,
@@ -122,6 +165,9 @@ func New(cfg Config) *Table {
 		backups:   map[backend.ID]int{},
 		kick:      make(chan func(), 2),
 		done:      make(chan struct{}),
+		mask:      ^uint32(0) << (32 - cfg.PrefixBits),
+		logLimit:  timeouts.NewBurstLimiter(clock, remoteLogInterval, remoteLogBurst),
+		fullLog:   timeouts.NewLimiter(clock, 5*time.Second),
 	}
 	t.rebalanceT = cfg.Timeouts.NewTimeout("remotes rebalance", func() { t.post(t.rebalanceTick) })
 	t.expireT = cfg.Timeouts.NewTimeout("remotes expiry", func() { t.post(t.expireTick) })
@@ -181,22 +227,53 @@ func (t *Table) now() uint32 {
 	return uint32(t.clock.Now().Sub(t.epoch) / time.Second)
 }
 
-// Route finds the remote for ip, creating it if it is new, marks it seen,
-// and returns it with the backend to use (0 when no backend is ok).
+// Route finds the remote for ip (its network, with PrefixBits), creating
+// it if it is new, marks it seen, and returns it with the backend to use
+// (0 when no backend is ok). When the table is full, a new client gets
+// no record: it is served by HashID, and the Remote returned is the
+// shared one that counts such clients.
 func (t *Table) Route(ip uint32) (*Remote, backend.ID) {
 	now := t.now()
+	k := ip & t.mask
 	t.mu.Lock()
-	e, found := t.tree.Get(key(ip))
+	e, found := t.tree.Get(key(k))
 	r := e.r
 	if !found {
-		r = &Remote{addr: ip, first: now}
-		t.tree.ReplaceOrInsert(entry{ip, r})
-		t.log.Info().Stringer("remote_ip", protocol.U32ToAddr(ip)).Msg("new remote peer")
+		if t.tree.Len() >= t.cfg.MaxRemotes {
+			t.mu.Unlock()
+			return t.unpinnedRoute(k)
+		}
+		r = &Remote{addr: k, first: now}
+		t.tree.ReplaceOrInsert(entry{k, r})
+		if l := t.remoteLog(r); l != nil {
+			l.Msg("new remote peer")
+		}
 	}
 	r.last = now
 	id := t.assign(r)
 	t.mu.Unlock()
 	return r, id
+}
+
+// unpinnedRoute serves a client the full table cannot record.
+func (t *Table) unpinnedRoute(k uint32) (*Remote, backend.ID) {
+	t.unpinned.Add(1)
+	if ok, held := t.fullLog.Allow(); ok {
+		t.log.Warn().Int("max_remotes", t.cfg.MaxRemotes).Int64("suppressed", held).
+			Msg("remotes table full: new clients served by address hash")
+	}
+	return &t.overflow, t.cfg.Backends.HashID(hash(k))
+}
+
+// hash mixes an address so that neighbouring addresses spread (the
+// finaliser of MurmurHash3).
+func hash(k uint32) uint32 {
+	k ^= k >> 16
+	k *= 0x85ebca6b
+	k ^= k >> 13
+	k *= 0xc2b2ae35
+	k ^= k >> 16
+	return k
 }
 
 // assign applies the assignment rules of the package comment. t.mu is
@@ -210,7 +287,9 @@ func (t *Table) assign(r *Remote) backend.ID {
 			t.reset(r)
 		case ok:
 			if r.backup != 0 {
-				t.remoteLog(r).Uint16("be_id", uint16(r.primary)).Msg("remote assigned to original primary backend")
+				if l := t.remoteLog(r); l != nil {
+					l.Uint16("be_id", uint16(r.primary)).Msg("remote assigned to original primary backend")
+				}
 				t.setBackup(r, 0)
 			}
 			return r.primary
@@ -223,7 +302,9 @@ func (t *Table) assign(r *Remote) backend.ID {
 			}
 			id := b.PickID()
 			if id != 0 {
-				t.remoteLog(r).Uint16("be_id", uint16(id)).Msg("remote assigned to new backup backend")
+				if l := t.remoteLog(r); l != nil {
+					l.Uint16("be_id", uint16(id)).Msg("remote assigned to new backup backend")
+				}
 				t.setBackup(r, id)
 			}
 			return id
@@ -231,15 +312,30 @@ func (t *Table) assign(r *Remote) backend.ID {
 	}
 	id := b.PickID()
 	if id != 0 {
-		t.remoteLog(r).Uint16("be_id", uint16(id)).Msg("remote assigned to new primary backend")
+		if l := t.remoteLog(r); l != nil {
+			l.Uint16("be_id", uint16(id)).Msg("remote assigned to new primary backend")
+		}
 		t.setPrimary(r, id)
 	}
 	t.setBackup(r, 0)
 	return id
 }
 
+// remoteLog starts an info record about r, or returns nil when per-remote
+// records are over their limit (or info is off).
 func (t *Table) remoteLog(r *Remote) *zerolog.Event {
-	return t.log.Info().Stringer("remote_ip", protocol.U32ToAddr(r.addr))
+	if t.log.GetLevel() > zerolog.InfoLevel {
+		return nil
+	}
+	ok, held := t.logLimit.Allow()
+	if !ok {
+		return nil
+	}
+	e := t.log.Info().Stringer("remote_ip", protocol.U32ToAddr(r.addr))
+	if held > 0 {
+		e = e.Int64("suppressed", held)
+	}
+	return e
 }
 
 // The per-backend counts change only here, with the assignment they
@@ -272,16 +368,15 @@ func move(counts map[backend.ID]int, from, to backend.ID) {
 	}
 }
 
-// Rebalance clears the assignment of enough remotes of the fullest ok
-// backend to bring the spread down, as described in the package comment.
-// It returns the number of remotes cleared.
+// Rebalance clears the assignment of enough remotes of the fullest
+// eligible backend to bring the spread down, as described in the package
+// comment. It returns the number of remotes cleared.
 func (t *Table) Rebalance() int {
 	ok := t.cfg.Backends.EligibleIDs()
 	if len(ok) == 0 {
 		return 0
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	maxID, maxN, minN := ok[0], t.primaries[ok[0]], t.primaries[ok[0]]
 	for _, id := range ok[1:] {
 		n := t.primaries[id]
@@ -290,6 +385,7 @@ func (t *Table) Rebalance() int {
 		}
 		minN = min(minN, n)
 	}
+	t.mu.Unlock()
 	spread := maxN - minN
 	if e := t.log.Trace(); e != nil {
 		e.Int("max_count", maxN).Int("min_count", minN).Uint16("max_be_id", uint16(maxID)).
@@ -300,15 +396,16 @@ func (t *Table) Rebalance() int {
 	}
 	todo := spread - len(ok)
 	cleared := 0
-	t.tree.Ascend(func(e entry) bool {
-		if r := e.r; r.primary == maxID {
-			t.log.Info().Stringer("remote_ip", protocol.U32ToAddr(r.addr)).
-				Uint16("be_id", uint16(maxID)).Msg("rebalancing to reduce spread")
+	t.scan(func(r *Remote) (stop bool) {
+		if r.primary == maxID {
+			if l := t.remoteLog(r); l != nil {
+				l.Uint16("be_id", uint16(maxID)).Msg("rebalancing to reduce spread")
+			}
 			t.reset(r)
 			cleared++
 		}
-		return cleared < todo
-	})
+		return cleared >= todo
+	}, nil)
 	return cleared
 }
 
@@ -316,22 +413,82 @@ func (t *Table) Rebalance() int {
 func (t *Table) Expire() int {
 	limit := uint32(t.cfg.ExpireAfter / time.Second)
 	now := t.now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	expired := 0
 	var stale []*Remote
-	t.tree.Ascend(func(e entry) bool {
-		if now-e.r.last > limit {
-			stale = append(stale, e.r)
+	t.scan(func(r *Remote) bool {
+		if now-r.last > limit {
+			stale = append(stale, r)
 		}
-		return true
+		return false
+	}, func() {
+		// At the end of each chunk, still under the lock: the tree
+		// may not change while it is being walked.
+		for _, r := range stale {
+			if l := t.remoteLog(r); l != nil {
+				l.Msg("expiring remote entry")
+			}
+			t.reset(r)
+			t.tree.Delete(key(r.addr))
+		}
+		expired += len(stale)
+		stale = stale[:0]
 	})
-	for _, r := range stale {
-		t.log.Info().Stringer("remote_ip", protocol.U32ToAddr(r.addr)).Msg("expiring remote entry")
-		t.reset(r)
-		t.tree.Delete(key(r.addr))
-	}
-	return len(stale)
+	return expired
 }
+
+// scan visits every remote in address order, scanChunk at a time, each
+// chunk under the lock, calling endChunk (if not nil) at the end of each
+// chunk before the lock is released. It stops when visit returns true.
+func (t *Table) scan(visit func(*Remote) (stop bool), endChunk func()) {
+	next, more := uint32(0), true
+	for more {
+		t.mu.Lock()
+		start := time.Now()
+		more = false
+		n := 0
+		stopped := false
+		t.tree.AscendGreaterOrEqual(key(next), func(e entry) bool {
+			if n == scanChunk {
+				more, next = true, e.addr
+				return false
+			}
+			n++
+			if visit(e.r) {
+				stopped = true
+				return false
+			}
+			return true
+		})
+		if endChunk != nil {
+			endChunk()
+		}
+		t.notePause(time.Since(start))
+		t.mu.Unlock()
+		if stopped {
+			return
+		}
+	}
+}
+
+func (t *Table) notePause(d time.Duration) {
+	for {
+		old := t.maxPause.Load()
+		if int64(d) <= old || t.maxPause.CompareAndSwap(old, int64(d)) {
+			return
+		}
+	}
+}
+
+// MaxPause returns the longest time a maintenance scan has held the
+// table's lock (and so kept the packet path waiting).
+func (t *Table) MaxPause() time.Duration { return time.Duration(t.maxPause.Load()) }
+
+// Unpinned returns the number of datagrams and connections from clients
+// the full table could not record.
+func (t *Table) Unpinned() uint64 { return t.unpinned.Load() }
+
+// MaxRemotes returns the table's bound.
+func (t *Table) MaxRemotes() int { return t.cfg.MaxRemotes }
 
 // Len returns the number of remotes.
 func (t *Table) Len() int {
@@ -367,26 +524,13 @@ func (t *Table) Counts() map[backend.ID]Counts {
 // ResetCounters sets every remote's counters back to zero, a chunk of
 // remotes at a time.
 func (t *Table) ResetCounters() {
-	const chunk = 4096
-	next, more := uint32(0), true
-	for more {
-		t.mu.Lock()
-		more = false
-		n := 0
-		t.tree.AscendGreaterOrEqual(key(next), func(e entry) bool {
-			r := e.r
-			if n == chunk {
-				more, next = true, r.addr
-				return false
-			}
-			r.udp.Store(0)
-			r.tcp.Store(0)
-			r.drops.Store(0)
-			n++
-			return true
-		})
-		t.mu.Unlock()
-	}
+	t.scan(func(r *Remote) bool {
+		r.udp.Store(0)
+		r.tcp.Store(0)
+		r.drops.Store(0)
+		return false
+	}, nil)
+	t.unpinned.Store(0)
 }
 
 // Info is a snapshot of one remote.
@@ -401,11 +545,12 @@ type Info struct {
 	LastSeen  time.Time
 }
 
-// Lookup returns a snapshot of the remote for ip.
+// Lookup returns a snapshot of the remote for ip (its network, with
+// PrefixBits).
 func (t *Table) Lookup(ip uint32) (Info, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e, ok := t.tree.Get(key(ip))
+	e, ok := t.tree.Get(key(ip & t.mask))
 	if !ok {
 		return Info{}, false
 	}

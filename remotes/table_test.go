@@ -84,6 +84,14 @@ func (f *fakeBackends) PickID() backend.ID {
 	return ids[0]
 }
 
+func (f *fakeBackends) HashID(h uint32) backend.ID {
+	ids := f.EligibleIDs()
+	if len(ids) == 0 {
+		return 0
+	}
+	return ids[h%uint32(len(ids))]
+}
+
 func (f *fakeBackends) EligibleIDs() []backend.ID {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -92,10 +100,15 @@ func (f *fakeBackends) EligibleIDs() []backend.ID {
 
 func newTable(t testing.TB, b Backends) (*Table, *timeouts.Fake, *testbed.Logs) {
 	t.Helper()
+	return newTableConfig(t, Config{Backends: b})
+}
+
+func newTableConfig(t testing.TB, cfg Config) (*Table, *timeouts.Fake, *testbed.Logs) {
+	t.Helper()
 	clock := timeouts.NewFake(testbed.Epoch)
 	logs := testbed.NewLogs()
-	tab := New(Config{Backends: b, Timeouts: timeouts.New(clock), Log: testbed.Logger(logs)})
-	return tab, clock, logs
+	cfg.Timeouts, cfg.Log = timeouts.New(clock), testbed.Logger(logs)
+	return New(cfg), clock, logs
 }
 
 func ip(n int) uint32 { return protocol.AddrToU32(testbed.Loopback(n)) }
@@ -281,4 +294,103 @@ func TestResetCounters(t *testing.T) {
 		}
 		return true
 	})
+}
+
+func TestFullTableServesByHash(t *testing.T) {
+	f := newFake(1, 2, 3)
+	tab, clock, logs := newTableConfig(t, Config{Backends: f, MaxRemotes: 100})
+	for n := range 100 {
+		tab.Route(ip(n))
+	}
+	got := map[backend.ID]int{}
+	for n := 100; n < 400; n++ {
+		r, id := tab.Route(ip(n))
+		if id == 0 {
+			t.Fatal("unpinned client not served")
+		}
+		r.CountUDP()
+		got[id]++
+		// The same client gets the same backend again.
+		if _, again := tab.Route(ip(n)); again != id {
+			t.Fatalf("client %d moved from %d to %d", n, id, again)
+		}
+	}
+	if tab.Len() != 100 {
+		t.Fatalf("table holds %d, bound 100", tab.Len())
+	}
+	if len(got) != 3 || got[1] < 50 || got[2] < 50 || got[3] < 50 {
+		t.Fatalf("unpinned clients spread %v over 3 backends", got)
+	}
+	if tab.Unpinned() != 600 || tab.overflow.udp.Load() != 300 {
+		t.Fatalf("unpinned %d, overflow udp %d", tab.Unpinned(), tab.overflow.udp.Load())
+	}
+	if n := logs.Count("remotes table full: new clients served by address hash", map[string]any{"max_remotes": 100}); n != 1 {
+		t.Fatalf("table-full warning logged %d times in 5 s", n)
+	}
+	// Known clients are still pinned, and expiry makes room again.
+	if _, ok := tab.Lookup(ip(5)); !ok {
+		t.Fatal("pinned client lost")
+	}
+	clock.Advance(6 * time.Minute)
+	tab.Expire()
+	if _, _ = tab.Route(ip(500)); tab.Len() != 1 {
+		t.Fatalf("after expiry a new client was not recorded: %d", tab.Len())
+	}
+}
+
+func TestPrefixPinning(t *testing.T) {
+	f := newFake(1, 2)
+	tab, _, _ := newTableConfig(t, Config{Backends: f, PrefixBits: 24})
+	_, a := tab.Route(0x0a000001) // 10.0.0.1
+	_, b := tab.Route(0x0a0000fe) // 10.0.0.254: same /24
+	_, c := tab.Route(0x0a000101) // 10.0.1.1: the next /24
+	if a != b || a == c {
+		t.Fatalf("backends %d %d %d: a /24 should share one and the next differ", a, b, c)
+	}
+	if tab.Len() != 2 {
+		t.Fatalf("%d remotes, want one per /24", tab.Len())
+	}
+	if in, ok := tab.Lookup(0x0a000077); !ok || in.Addr != 0x0a000000 || in.Primary != a {
+		t.Fatalf("Lookup in the /24: %+v %v", in, ok)
+	}
+}
+
+func TestScansHoldTheLockAChunkAtATime(t *testing.T) {
+	f := newFake(1)
+	tab, clock, _ := newTable(t, f)
+	const n = 10 * scanChunk
+	for i := range n {
+		tab.Route(uint32(i))
+	}
+	// While an expiry scan of the whole table runs, the packet path
+	// gets the lock between chunks: count the holds.
+	holds := 0
+	tab.scan(func(*Remote) bool { return false }, func() { holds++ })
+	if holds < n/scanChunk {
+		t.Fatalf("%d holds of the lock for %d remotes", holds, n)
+	}
+	clock.Advance(10 * time.Minute)
+	if got := tab.Expire(); got != n || tab.Len() != 0 {
+		t.Fatalf("expired %d of %d, %d left", got, n, tab.Len())
+	}
+	if tab.MaxPause() <= 0 {
+		t.Fatal("no pause measured")
+	}
+}
+
+func TestRemoteLogsAreLimited(t *testing.T) {
+	f := newFake(1)
+	tab, clock, logs := newTable(t, f)
+	for i := range 3 * remoteLogBurst {
+		tab.Route(uint32(i))
+	}
+	if n := len(logs.Records()); n != remoteLogBurst {
+		t.Fatalf("%d records for %d new remotes, limit %d per interval", n, 3*remoteLogBurst, remoteLogBurst)
+	}
+	clock.Advance(remoteLogInterval)
+	tab.Route(0xffff0000)
+	r := logs.Records()[remoteLogBurst]
+	if r.Msg() != "new remote peer" || r["suppressed"] != float64(2*3*remoteLogBurst-remoteLogBurst) {
+		t.Fatalf("next record %v, want the count of those not written (two records per new remote)", r)
+	}
 }

@@ -208,3 +208,22 @@ func TestLimiter(t *testing.T) {
 		t.Fatalf("Allow allocates %.1f", a)
 	}
 }
+
+func TestBurstLimiter(t *testing.T) {
+	clock := NewFake(epoch)
+	l := NewBurstLimiter(clock, time.Second, 3)
+	for i := range 3 {
+		if ok, _ := l.Allow(); !ok {
+			t.Fatalf("event %d of the burst held", i)
+		}
+	}
+	for range 5 {
+		if ok, _ := l.Allow(); ok {
+			t.Fatal("event past the burst let through")
+		}
+	}
+	clock.Advance(time.Second)
+	if ok, held := l.Allow(); !ok || held != 5 {
+		t.Fatalf("next interval: %v, held %d, want 5", ok, held)
+	}
+}

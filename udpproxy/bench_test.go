@@ -18,13 +18,13 @@ func BenchmarkDatagramToBackend(b *testing.B) {
 	buf := make([]byte, slotLen)
 	ip := protocol.AddrToU32(netip.MustParseAddr("127.0.0.9"))
 	be := bed.set.Get(5301)
-	bed.p.handle(buf, 64, ip, 5353, true)
+	bed.p.handle(buf, 64, ip, 5353, true, 0)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		bed.p.handle(buf, 64, ip, 5353, true)
+		bed.p.handle(buf, 64, ip, 5353, true, 0)
 		if i++; i%batchLen == 0 {
-			be.Flush()
+			be.Flush(0)
 		}
 	}
 }

@@ -58,6 +58,7 @@ func DropReasons() []DropReason {
 type Proxy struct {
 	conn     *net.UDPConn
 	raw      syscall.RawConn
+	clock    timeouts.Clock
 	table    *remotes.Table
 	backends *backend.Set
 	log      zerolog.Logger
@@ -83,7 +84,7 @@ func New(conn *net.UDPConn, clock timeouts.Clock, log zerolog.Logger) (*Proxy, e
 	if err != nil {
 		return nil, err
 	}
-	return &Proxy{conn: conn, raw: raw, log: log,
+	return &Proxy{conn: conn, raw: raw, clock: clock, log: log,
 		oversizeLog: timeouts.NewLimiter(clock, 5*time.Second),
 		sendLog:     timeouts.NewLimiter(clock, 5*time.Second),
 	}, nil
@@ -129,15 +130,16 @@ func (p *Proxy) readLoop() {
 	touched := make([]*backend.Backend, 0, batchLen)
 	var r *recvBatch
 	r = newRecvBatch(func(n int) {
+		now := p.clock.Now().UnixNano()
 		for i := range n {
 			size, ip, port, ok := r.datagram(i)
-			if be := p.handle(r.bufs[i], size, ip, port, ok); be != nil && !slices.Contains(touched, be) {
+			if be := p.handle(r.bufs[i], size, ip, port, ok, now); be != nil && !slices.Contains(touched, be) {
 				touched = append(touched, be)
 			}
 		}
 		// One write per backend for the whole batch.
 		for i, be := range touched {
-			be.Flush()
+			be.Flush(now)
 			touched[i] = nil
 		}
 		touched = touched[:0]
@@ -154,9 +156,9 @@ func (p *Proxy) readLoop() {
 }
 
 // handle routes one datagram of n bytes from ip:port (ok false: not
-// IPv4), read at buf[UDPHeaderLen:], and returns the backend it was
+// IPv4), read at buf[UDPHeaderLen:] at now, and returns the backend it was
 // queued for.
-func (p *Proxy) handle(buf []byte, n int, ip uint32, port uint16, ok bool) *backend.Backend {
+func (p *Proxy) handle(buf []byte, n int, ip uint32, port uint16, ok bool, now int64) *backend.Backend {
 	p.packetsIn.Add(1)
 	p.bytesIn.Add(uint64(n))
 	switch {
@@ -185,7 +187,7 @@ func (p *Proxy) handle(buf []byte, n int, ip uint32, port uint16, ok bool) *back
 		return nil
 	}
 	protocol.PutUDPHeader(buf, protocol.FrameInboundUDP, ip, port, n)
-	if !be.SendUDP(buf[:protocol.UDPHeaderLen+n]) {
+	if !be.SendUDP(buf[:protocol.UDPHeaderLen+n], now) {
 		rem.CountDrop()
 		if be.OK() {
 			p.drop(DropStuck)

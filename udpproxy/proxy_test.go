@@ -70,10 +70,10 @@ func TestPerPacketPathAllocatesNothing(t *testing.T) {
 	buf := make([]byte, slotLen)
 	ip := protocol.AddrToU32(netip.MustParseAddr("127.0.0.9"))
 	be := b.set.Get(5301)
-	b.p.handle(buf, 64, ip, 5353, true) // creates the remote
+	b.p.handle(buf, 64, ip, 5353, true, 0) // creates the remote
 	if a := testing.AllocsPerRun(2000, func() {
-		b.p.handle(buf, 64, ip, 5353, true)
-		be.Flush()
+		b.p.handle(buf, 64, ip, 5353, true, 0)
+		be.Flush(0)
 	}); a != 0 {
 		t.Fatalf("datagram in to frame written: %.1f allocations", a)
 	}
@@ -102,10 +102,10 @@ func TestDropsAreCountedByReason(t *testing.T) {
 	b := newBed(t, zerolog.Nop())
 	buf := make([]byte, slotLen)
 	ip := protocol.AddrToU32(netip.MustParseAddr("127.0.0.9"))
-	b.p.handle(buf, 5, ip, 53, true)
-	b.p.handle(buf, protocol.MaxData+1, ip, 53, true)
-	b.p.handle(buf, 64, 0, 0, false)
-	b.p.handle(buf, protocol.MaxData, ip, 53, true)
+	b.p.handle(buf, 5, ip, 53, true, 0)
+	b.p.handle(buf, protocol.MaxData+1, ip, 53, true, 0)
+	b.p.handle(buf, 64, 0, 0, false, 0)
+	b.p.handle(buf, protocol.MaxData, ip, 53, true, 0)
 	st := b.p.Stats()
 	want := map[string]uint64{"runt": 1, "oversized": 1, "not_ipv4": 1, "no_backend": 0, "stuck": 0, "down": 0}
 	for k, v := range want {

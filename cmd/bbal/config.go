@@ -14,6 +14,7 @@ import (
 
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/cmd/internal/server"
+	"github.com/bbal/bbal/remotes"
 )
 
 // config is the command line, checked.
@@ -23,9 +24,12 @@ type config struct {
 	level       zerolog.Level
 	debugSocket string
 	metricsAddr string
+	maxRemotes  int
+	prefixBits  int
 }
 
 const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
+            [-R MAX] [-M BITS]
 
   -s DIR    directory of backend sockets (required)
   -b ADDR   IPv4 address to listen on (default 0.0.0.0)
@@ -35,6 +39,9 @@ const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH] [-m A
   -S PATH   debug socket for balstat (default /var/run/bbal.sock)
   -m ADDR:PORT
             also serve Prometheus metrics (/metrics only) over TCP here
+  -R MAX    at most MAX remotes (clients) pinned to backends (default
+            1000000); more are served by a hash of their address
+  -M BITS   pin clients by network prefix, e.g. 24 for a /24 (default 32)
 `
 
 // errHelp asks for the usage text and a successful exit.
@@ -50,6 +57,8 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	level := fs.String("l", "info", "")
 	debug := fs.String("S", debugapi.DefaultSocket, "")
 	metrics := fs.String("m", "", "")
+	maxRemotes := fs.Int("R", remotes.DefaultMaxRemotes, "")
+	prefixBits := fs.Int("M", 32, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return config{}, errHelp
@@ -90,7 +99,15 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 			return config{}, fmt.Errorf("invalid address for -m: %q (want ADDR:PORT)", *metrics)
 		}
 	}
+	if *maxRemotes < 1 {
+		return config{}, fmt.Errorf("invalid -R %d (want at least 1)", *maxRemotes)
+	}
+	if *prefixBits < 1 || *prefixBits > 32 {
+		return config{}, fmt.Errorf("invalid -M %d (want 1 to 32)", *prefixBits)
+	}
 	return config{
+		maxRemotes:  *maxRemotes,
+		prefixBits:  *prefixBits,
 		socketDir:   *dir,
 		listen:      netip.AddrPortFrom(ip, uint16(p)),
 		level:       lvl,

@@ -6,12 +6,14 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/tools/dnsbackend"
 	"github.com/bbal/bbal/tools/testbed"
 )
@@ -411,4 +413,88 @@ func TestTCPClientBytesBeforeOKAreHeld(t *testing.T) {
 	if err != nil || string(reply) != "\x00\x03bye" {
 		t.Fatalf("client read %q, %v", reply, err)
 	}
+}
+
+// slowReadDuration is how long TestSlowBackendKeepsMemoryFlat floods;
+// make chaos runs it for minutes.
+func slowReadDuration() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("BBAL_SLOW_READER")); err == nil {
+		return d
+	}
+	return 3 * time.Second
+}
+
+func TestSlowBackendKeepsMemoryFlat(t *testing.T) {
+	// A real clock: queued frames must grow old.
+	h := newHarness(t, func(o *server.Options) { o.Clock = timeouts.System })
+	testbed.StartGo(t, h.Sock("5301"), "good")
+	fake := testbed.NewFake(t, h.Sock("5302"))
+	h.B.Backends.Scan()
+	h.Established(0, 5301)
+	c := fake.Accept(t)
+	c.Hello(t)
+	h.Established(0, 5302)
+	// The backend reads about 100 KB/s, some 1,000 queries a second:
+	// a full queue (256 KiB) would wait more than the 1 s a query may.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		buf := make([]byte, 1024)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				if _, err := c.Read(buf); err != nil {
+					return
+				}
+			}
+		}
+	}()
+
+	slow, good := h.PinTo(5302), h.PinTo(5301)
+	conn, err := net.DialUDP("udp", &net.UDPAddr{IP: slow.AsSlice()}, net.UDPAddrFromAddrPort(h.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	query := make([]byte, 100)
+	be := h.B.Backends.Get(5302)
+	var ms runtime.MemStats
+	var base uint64
+	var sent int
+	start := time.Now()
+	for d := slowReadDuration(); time.Since(start) < d; {
+		// Ten times what the backend reads.
+		for range 100 {
+			conn.Write(query)
+			sent++
+		}
+		time.Sleep(10 * time.Millisecond) // the offered rate, not synchronisation
+		if base == 0 && time.Since(start) > time.Second {
+			runtime.GC()
+			runtime.ReadMemStats(&ms)
+			base = ms.HeapInuse
+			h.Who(good, false) // the other backend's clients are served meanwhile
+		}
+		if st := be.Stats(); st.QueuedBytes > backend.DefaultQueueBytes || st.QueuedFrames > backend.DefaultQueueFrames {
+			t.Fatalf("queue past its bounds: %d bytes, %d frames", st.QueuedBytes, st.QueuedFrames)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	if grew := int64(ms.HeapInuse) - int64(base); grew > 4<<20 {
+		t.Fatalf("heap grew %d bytes while the backend lagged", grew)
+	}
+	st := be.Stats()
+	if st.StuckDrops+st.Expired == 0 {
+		t.Fatalf("no drops counted for a backend reading a tenth of the load: %+v", st)
+	}
+	if st.Expired == 0 {
+		t.Fatalf("no query expired in the queue: %+v", st)
+	}
+	t.Logf("%d sent in %v: %d queued, %d stuck, %d expired", sent, time.Since(start), st.UDPFrames, st.StuckDrops, st.Expired)
+	h.Who(good, false)
 }

@@ -47,6 +47,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		Listen:      cfg.listen,
 		DebugSocket: cfg.debugSocket,
 		MetricsAddr: cfg.metricsAddr,
+		MaxRemotes:  cfg.maxRemotes,
+		PrefixBits:  cfg.prefixBits,
 	}, server.Options{}, log)
 	if err != nil {
 		return 1

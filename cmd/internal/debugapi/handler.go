@@ -187,7 +187,7 @@ func (a *api) backendInfo(b *backend.Backend, counts map[backend.ID]remotes.Coun
 		Remotes: counts[st.ID].Primary, BackupRemotes: counts[st.ID].Backup,
 		UDPFrames: st.UDPFrames, UDPBytes: st.UDPBytes,
 		OutboundUDP: st.OutboundUDP, OutboundBytes: st.OutboundBytes, OutboundErrors: st.OutboundErrors,
-		StuckDrops: st.StuckDrops, DownDrops: st.DownDrops, Discarded: st.Discarded,
+		StuckDrops: st.StuckDrops, DownDrops: st.DownDrops, Discarded: st.Discarded, ExpiredDrops: st.Expired,
 		TCPTotal: st.TCPTotal, TCPActive: st.TCPActive, TCPErrors: st.TCPErrors,
 		ConnectAttempts: st.ConnectAttempts, ConnectErrors: st.ConnectErrors,
 		Faults:                st.Faults,
@@ -388,6 +388,9 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	out.TCP.Active, out.TCP.Total, out.TCP.AcceptErrors = ts.Active, ts.Total, ts.AcceptErrors
 	out.Drops = map[string]map[string]uint64{"udp": us.Drops, "tcp": ts.Drops}
 	out.Remotes = a.src.Table.Len()
+	out.RemotesMax = a.src.Table.MaxRemotes()
+	out.Unpinned = a.src.Table.Unpinned()
+	out.ScanPauseMaxSeconds = a.src.Table.MaxPause().Seconds()
 	for _, b := range a.src.Backends.All() {
 		out.Backends++
 		if b.OK() {

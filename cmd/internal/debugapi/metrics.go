@@ -28,6 +28,9 @@ var (
 	mTCPActive   = desc("bbal_tcp_connections_active", "Client TCP connections open now.")
 	mTCPAcceptEr = desc("bbal_tcp_accept_errors_total", "Failed accepts on the DNS TCP socket.")
 	mRemotes     = desc("bbal_remotes", "Clients in the remotes table.")
+	mRemotesMax  = desc("bbal_remotes_max", "The remotes table's bound (-R).")
+	mUnpinned    = desc("bbal_remotes_unpinned_total", "Queries and connections from clients served by address hash because the table was full.")
+	mScanPause   = desc("bbal_remotes_scan_pause_max_seconds", "The longest hold of the remotes table's lock by expiry or rebalancing.")
 
 	mBackendInfo     = desc("bbal_backend_info", "A backend's socket path; always 1.", "backend", "path")
 	mBackendUp       = desc("bbal_backend_up", "1 when the backend's session is up (SERVER_HELLO received).", "backend")
@@ -40,7 +43,7 @@ var (
 	mBackendOut      = desc("bbal_backend_outbound_udp_total", "OUTBOUND_UDP frames received from the backend.", "backend")
 	mBackendOutBytes = desc("bbal_backend_outbound_bytes_total", "DNS bytes in OUTBOUND_UDP frames received from the backend.", "backend")
 	mBackendOutErr   = desc("bbal_backend_outbound_errors_total", "OUTBOUND_UDP frames that could not be sent on.", "backend")
-	mBackendDrops    = desc("bbal_backend_drops_total", "Datagrams for the backend dropped: stuck (queue full), down (no session), discarded (queued, then the session faulted).", "backend", "reason")
+	mBackendDrops    = desc("bbal_backend_drops_total", "Datagrams for the backend dropped: stuck (queue full), down (no session), discarded (queued, then the session faulted), expired (queued too long).", "backend", "reason")
 	mBackendTCP      = desc("bbal_backend_tcp_sessions_total", "TCP proxy sessions opened to the backend.", "backend")
 	mBackendTCPAct   = desc("bbal_backend_tcp_sessions_active", "TCP proxy sessions open to the backend now.", "backend")
 	mBackendTCPErr   = desc("bbal_backend_tcp_errors_total", "TCP proxy sessions that could not connect.", "backend")
@@ -94,6 +97,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(mDrops, n, "tcp", r)
 	}
 	gauge(mRemotes, float64(c.src.Table.Len()))
+	gauge(mRemotesMax, float64(c.src.Table.MaxRemotes()))
+	counter(mUnpinned, c.src.Table.Unpinned())
+	gauge(mScanPause, c.src.Table.MaxPause().Seconds())
 
 	counts := c.src.Table.Counts()
 	for _, b := range c.src.Backends.All() {
@@ -117,6 +123,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(mBackendDrops, st.StuckDrops, id, "stuck")
 		counter(mBackendDrops, st.DownDrops, id, "down")
 		counter(mBackendDrops, st.Discarded, id, "discarded")
+		counter(mBackendDrops, st.Expired, id, "expired")
 		counter(mBackendTCP, st.TCPTotal, id)
 		gauge(mBackendTCPAct, float64(st.TCPActive), id)
 		counter(mBackendTCPErr, st.TCPErrors, id)

@@ -23,6 +23,7 @@ type Backend struct {
 	StuckDrops            uint64            `json:"stuck_drops"`
 	DownDrops             uint64            `json:"down_drops"`
 	Discarded             uint64            `json:"discarded"`
+	ExpiredDrops          uint64            `json:"expired_drops"`
 	TCPTotal              uint64            `json:"tcp_total"`
 	TCPActive             int64             `json:"tcp_active"`
 	TCPErrors             uint64            `json:"tcp_errors"`
@@ -95,12 +96,19 @@ type Stats struct {
 		AcceptErrors uint64 `json:"accept_errors"`
 	} `json:"tcp"`
 	// Drops by protocol ("udp", "tcp") and reason.
-	Drops      map[string]map[string]uint64 `json:"drops"`
-	Remotes    int                          `json:"remotes"`
-	Backends   int                          `json:"backends"`
-	BackendsOK int                          `json:"backends_ok"`
-	Goroutines int                          `json:"goroutines"`
-	RSSBytes   int64                        `json:"rss_bytes"`
+	Drops   map[string]map[string]uint64 `json:"drops"`
+	Remotes int                          `json:"remotes"`
+	// RemotesMax bounds the table; Unpinned counts queries and
+	// connections from clients served by hash because it was full.
+	RemotesMax int    `json:"remotes_max"`
+	Unpinned   uint64 `json:"unpinned"`
+	// ScanPauseMaxSeconds is the longest hold of the table's lock by
+	// expiry or rebalancing.
+	ScanPauseMaxSeconds float64 `json:"scan_pause_max_seconds"`
+	Backends            int     `json:"backends"`
+	BackendsOK          int     `json:"backends_ok"`
+	Goroutines          int     `json:"goroutines"`
+	RSSBytes            int64   `json:"rss_bytes"`
 }
 
 // ErrorReply is the body of every error response.

@@ -30,6 +30,8 @@ type Config struct {
 	Listen      netip.AddrPort // UDP and TCP; port 0 picks one free for both
 	DebugSocket string         // the debug socket's path; none when empty
 	MetricsAddr string         // also serve /metrics on this TCP address; none when empty
+	MaxRemotes  int            // bound of the remotes table (remotes.DefaultMaxRemotes when 0)
+	PrefixBits  int            // pin clients by this prefix length (32 when 0)
 }
 
 // Options are the settings the command line does not reach: the clock
@@ -133,6 +135,7 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 
 	rc := opt.Remotes
 	rc.Backends, rc.Timeouts, rc.Log = b.Backends, b.Timeouts, log
+	rc.MaxRemotes, rc.PrefixBits = cfg.MaxRemotes, cfg.PrefixBits
 	b.Table = remotes.New(rc)
 
 	b.TCP = tcpproxy.New(tln, tcpproxy.Config{
