@@ -29,16 +29,55 @@ type copier struct {
 	n      int64 // bytes copied
 	eof    bool
 	err    error // the read or write error that ended the copy
+
+	// The DNS messages that pass, counted by following the two-byte
+	// length framing, are reported to onMessages.
+	framing    framer
+	onMessages func(n int)
 }
 
-func newCopier(dst net.Conn, src syscall.Conn) (*copier, error) {
+func newCopier(dst net.Conn, src syscall.Conn, onMessages func(int)) (*copier, error) {
 	raw, err := src.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	c := &copier{dst: dst, src: raw}
+	c := &copier{dst: dst, src: raw, onMessages: onMessages}
 	c.readFn = c.read
 	return c, nil
+}
+
+// framer follows DNS-over-TCP's framing (a two-byte length before each
+// message) through a byte stream split anywhere, counting whole messages.
+type framer struct {
+	need    int  // bytes of the current message still to come
+	inLen   bool // half of a length seen
+	lenHigh byte
+}
+
+// feed consumes b and returns the number of messages it completed.
+func (f *framer) feed(b []byte) (msgs int) {
+	for len(b) > 0 {
+		if f.need > 0 {
+			k := min(f.need, len(b))
+			f.need -= k
+			b = b[k:]
+			if f.need == 0 {
+				msgs++
+			}
+			continue
+		}
+		if !f.inLen {
+			f.lenHigh, f.inLen = b[0], true
+			b = b[1:]
+			continue
+		}
+		f.need, f.inLen = int(f.lenHigh)<<8|int(b[0]), false
+		b = b[1:]
+		if f.need == 0 {
+			msgs++
+		}
+	}
+	return msgs
 }
 
 // run copies until EOF (returning nil) or an error.
@@ -69,6 +108,9 @@ func (c *copier) read(fd uintptr) bool {
 		case n == 0:
 			c.eof = true
 			return true
+		}
+		if k := c.framing.feed(buf[:n]); k > 0 && c.onMessages != nil {
+			c.onMessages(k)
 		}
 		if _, err := c.dst.Write(buf[:n]); err != nil {
 			c.err = err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,23 @@ const DefaultOKTimeout = 10 * time.Second
 // closes half-way through one would leave a session behind.
 const DefaultDrainTimeout = 10 * time.Second
 
+// Defaults of the connection limits.
+const (
+	// DefaultMaxConns bounds the client connections open at once.
+	DefaultMaxConns = 4096
+	// DefaultMaxConnsPerIP bounds one client address's connections.
+	DefaultMaxConnsPerIP = 64
+	// DefaultIdleTimeout closes a connection that has no query
+	// outstanding and has carried no complete message for this long (the
+	// original had none; dnsdist uses 2 s, node-mname 5 s).
+	DefaultIdleTimeout = 5 * time.Second
+	// DefaultMaxLifetime closes any connection this old.
+	DefaultMaxLifetime = 5 * time.Minute
+	// sweepInterval is how often the idle and lifetime limits are
+	// checked: they are enforced to within it.
+	sweepInterval = time.Second
+)
+
 // Accept back-off bounds, for errors such as EMFILE that would otherwise
 // make the accept loop spin.
 const (
@@ -47,6 +65,32 @@ type Config struct {
 	// DrainTimeout bounds the wait for the backend after the client's
 	// half-close; DefaultDrainTimeout when zero.
 	DrainTimeout time.Duration
+	// The connection limits; the defaults above when zero.
+	MaxConns      int
+	MaxConnsPerIP int
+	IdleTimeout   time.Duration
+	MaxLifetime   time.Duration
+}
+
+// Limit names a connection limit.
+type Limit uint8
+
+// The connection limits; their String values are the metric labels.
+const (
+	LimitConns    Limit = iota // too many connections
+	LimitPerIP                 // too many from one address
+	LimitIdle                  // idle too long
+	LimitLifetime              // open too long
+	numLimits
+)
+
+var limitNames = [numLimits]string{"max_conns", "max_conns_per_ip", "idle_timeout", "max_lifetime"}
+
+func (l Limit) String() string {
+	if l < numLimits {
+		return limitNames[l]
+	}
+	return "unknown"
 }
 
 // Drop reasons: why a client connection was closed without being proxied.
@@ -82,9 +126,13 @@ type Proxy struct {
 	acceptErrors atomic.Uint64
 	acceptLog    *timeouts.Limiter
 	drops        [numDrops]atomic.Uint64
+	limits       [numLimits]atomic.Uint64
+	limitLogs    [numLimits]*timeouts.Limiter
+	sweepT       *timeouts.Timeout
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
+	perIP    map[netip.Addr]int
 	closed   bool
 
 	ctx  context.Context
@@ -100,9 +148,27 @@ func New(ln *net.TCPListener, cfg Config) *Proxy {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxConnsPerIP <= 0 {
+		cfg.MaxConnsPerIP = DefaultMaxConnsPerIP
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxLifetime <= 0 {
+		cfg.MaxLifetime = DefaultMaxLifetime
+	}
 	ctx, stop := context.WithCancel(context.Background())
-	return &Proxy{ln: ln, cfg: cfg, log: cfg.Log, sessions: map[*session]struct{}{}, ctx: ctx, stop: stop,
-		acceptLog: timeouts.NewLimiter(cfg.Timeouts.Clock(), 5*time.Second)}
+	clock := cfg.Timeouts.Clock()
+	p := &Proxy{ln: ln, cfg: cfg, log: cfg.Log, sessions: map[*session]struct{}{}, perIP: map[netip.Addr]int{},
+		ctx: ctx, stop: stop, acceptLog: timeouts.NewLimiter(clock, 5*time.Second)}
+	for i := range p.limitLogs {
+		p.limitLogs[i] = timeouts.NewLimiter(clock, 5*time.Second)
+	}
+	p.sweepT = cfg.Timeouts.NewTimeout("tcp sessions sweep", p.sweep)
+	return p
 }
 
 // Addr returns the listener's address.
@@ -110,12 +176,14 @@ func (p *Proxy) Addr() net.Addr { return p.ln.Addr() }
 
 // Start starts accepting.
 func (p *Proxy) Start() {
+	p.sweepT.Set(sweepInterval)
 	p.wg.Add(1)
 	go p.acceptLoop()
 }
 
 // Close stops accepting, closes every session and waits for them.
 func (p *Proxy) Close() {
+	p.sweepT.Clear()
 	p.stop()
 	p.ln.Close()
 	p.mu.Lock()
@@ -150,20 +218,78 @@ func (p *Proxy) acceptLoop() {
 			continue
 		}
 		backoff = 0
-		s := &session{p: p, front: c, id: p.nextID.Add(1)}
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			c.Close()
-			return
-		}
-		p.sessions[s] = struct{}{}
-		p.wg.Add(1)
-		p.mu.Unlock()
-		p.total.Add(1)
-		p.active.Add(1)
-		go s.serve()
+		p.admit(c)
 	}
+}
+
+// admit starts a session for c, or closes it when a limit is reached.
+func (p *Proxy) admit(c *net.TCPConn) {
+	addr := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+	now := p.cfg.Timeouts.Clock().Now().UnixNano()
+	s := &session{p: p, front: c, id: p.nextID.Add(1), addr: addr, accepted: now}
+	s.lastActive.Store(now)
+	p.mu.Lock()
+	switch {
+	case p.closed:
+		p.mu.Unlock()
+		c.Close()
+		return
+	case len(p.sessions) >= p.cfg.MaxConns:
+		p.mu.Unlock()
+		p.limitHit(LimitConns, addr, p.cfg.MaxConns)
+		c.Close()
+		return
+	case p.perIP[addr] >= p.cfg.MaxConnsPerIP:
+		p.mu.Unlock()
+		p.limitHit(LimitPerIP, addr, p.cfg.MaxConnsPerIP)
+		c.Close()
+		return
+	}
+	p.sessions[s] = struct{}{}
+	p.perIP[addr]++
+	p.wg.Add(1)
+	p.mu.Unlock()
+	p.total.Add(1)
+	p.active.Add(1)
+	go s.serve()
+}
+
+// limitHit counts a connection closed by limit l, and logs it at most
+// once per 5 s.
+func (p *Proxy) limitHit(l Limit, addr netip.Addr, value any) {
+	p.limits[l].Add(1)
+	if ok, held := p.limitLogs[l].Allow(); ok {
+		p.log.Warn().Str("limit", l.String()).Interface("value", value).Stringer("remote_ip", addr).
+			Int64("suppressed", held).Msg("TCP connection closed by a limit")
+	}
+}
+
+// sweep closes the sessions past the idle timeout or the lifetime. It
+// runs on the timers' goroutine every sweepInterval.
+func (p *Proxy) sweep() {
+	now := p.cfg.Timeouts.Clock().Now().UnixNano()
+	idle, life := int64(p.cfg.IdleTimeout), int64(p.cfg.MaxLifetime)
+	var old []*session
+	var which []Limit
+	p.mu.Lock()
+	for s := range p.sessions {
+		switch {
+		case now-s.accepted >= life:
+			old, which = append(old, s), append(which, LimitLifetime)
+		case s.piping.Load() && s.queries.Load() == s.answers.Load() && now-s.lastActive.Load() >= idle:
+			old, which = append(old, s), append(which, LimitIdle)
+		}
+	}
+	p.mu.Unlock()
+	for i, s := range old {
+		d := p.cfg.IdleTimeout
+		if which[i] == LimitLifetime {
+			d = p.cfg.MaxLifetime
+		}
+		p.limitHit(which[i], s.addr, d.String())
+		s.closeBoth()
+	}
+	p.sweepT.Set(sweepInterval)
 }
 
 // session is one proxied client connection.
@@ -180,6 +306,26 @@ type session struct {
 	remoteIP   string
 	remotePort uint16
 	backendID  backend.ID
+
+	// For the idle and lifetime limits: when the connection was
+	// accepted and last carried a complete message (unix nanoseconds),
+	// and the queries and answers that have passed.
+	addr       netip.Addr
+	accepted   int64
+	piping     atomic.Bool // past INBOUND_TCP_OK: the idle limit applies
+	lastActive atomic.Int64
+	queries    atomic.Int64
+	answers    atomic.Int64
+}
+
+func (s *session) sawQueries(n int) {
+	s.queries.Add(int64(n))
+	s.lastActive.Store(s.p.cfg.Timeouts.Clock().Now().UnixNano())
+}
+
+func (s *session) sawAnswers(n int) {
+	s.answers.Add(int64(n))
+	s.lastActive.Store(s.p.cfg.Timeouts.Clock().Now().UnixNano())
 }
 
 // event adds the session's context fields (the original's child logger
@@ -209,6 +355,9 @@ func (s *session) serve() {
 		s.closeBoth()
 		p.mu.Lock()
 		delete(p.sessions, s)
+		if p.perIP[s.addr]--; p.perIP[s.addr] <= 0 {
+			delete(p.perIP, s.addr)
+		}
 		p.mu.Unlock()
 		p.active.Add(-1)
 		p.wg.Done()
@@ -268,6 +417,8 @@ func (s *session) serve() {
 	if e := p.log.Trace(); e != nil {
 		s.event(e).Msg("backend reports TCP OK")
 	}
+	s.lastActive.Store(p.cfg.Timeouts.Clock().Now().UnixNano())
+	s.piping.Store(true)
 	s.pipe()
 }
 
@@ -323,12 +474,12 @@ func (s *session) pipe() {
 		s.closeBoth()
 	})
 	defer drain.Clear()
-	toBack, err := newCopier(s.back, s.front)
+	toBack, err := newCopier(s.back, s.front, s.sawQueries)
 	if err != nil {
 		s.copyFailed("front", err)
 		return
 	}
-	toFront, err := newCopier(s.front, s.back)
+	toFront, err := newCopier(s.front, s.back, s.sawAnswers)
 	if err != nil {
 		s.copyFailed("back", err)
 		return
@@ -377,6 +528,9 @@ func (p *Proxy) ResetCounters() {
 	for i := range p.drops {
 		p.drops[i].Store(0)
 	}
+	for i := range p.limits {
+		p.limits[i].Store(0)
+	}
 }
 
 // Stats is a snapshot of the proxy's counters.
@@ -385,6 +539,7 @@ type Stats struct {
 	Active       int64
 	AcceptErrors uint64
 	Drops        map[string]uint64
+	Limits       map[string]uint64 // connections closed by each limit
 }
 
 // Stats returns the proxy's counters.
@@ -393,6 +548,10 @@ func (p *Proxy) Stats() Stats {
 		Drops: make(map[string]uint64, numDrops)}
 	for r := range numDrops {
 		s.Drops[r.String()] = p.drops[r].Load()
+	}
+	s.Limits = make(map[string]uint64, numLimits)
+	for l := range numLimits {
+		s.Limits[l.String()] = p.limits[l].Load()
 	}
 	return s
 }

@@ -21,7 +21,9 @@
 // when no backend is ok ("no_backend"), when its source is not IPv4
 // ("not_ipv4"), or when the backend's queue is full ("stuck") or the
 // backend went down between the choice and the send ("down"). The reader
-// never waits on a backend.
+// never waits on a backend. With [Proxy.ServfailWhenDown], a query that
+// finds no backend is answered SERVFAIL (its header and question, no
+// records) instead of only dropped.
 //
 // # Concurrency
 //

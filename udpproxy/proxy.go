@@ -73,6 +73,12 @@ type Proxy struct {
 	oversizeLog *timeouts.Limiter
 	sendLog     *timeouts.Limiter
 
+	// servfail, when set, answers a query SERVFAIL when no backend is
+	// available instead of dropping it; out is the reader's scratch.
+	servfail  bool
+	servfails atomic.Uint64
+	out       []byte
+
 	wg   sync.WaitGroup
 	once sync.Once
 }
@@ -88,6 +94,13 @@ func New(conn *net.UDPConn, clock timeouts.Clock, log zerolog.Logger) (*Proxy, e
 		oversizeLog: timeouts.NewLimiter(clock, 5*time.Second),
 		sendLog:     timeouts.NewLimiter(clock, 5*time.Second),
 	}, nil
+}
+
+// ServfailWhenDown makes the proxy answer SERVFAIL, rather than drop, a
+// query that finds no backend available. Call it before Start.
+func (p *Proxy) ServfailWhenDown() {
+	p.servfail = true
+	p.out = make([]byte, 0, protocol.MaxData)
 }
 
 // Replies returns a new batch of replies to send from the DNS socket: the
@@ -184,6 +197,9 @@ func (p *Proxy) handle(buf []byte, n int, ip uint32, port uint16, ok bool, now i
 	if be == nil {
 		rem.CountDrop()
 		p.drop(DropNoBackend)
+		if p.servfail {
+			p.answerServfail(buf[protocol.UDPHeaderLen:protocol.UDPHeaderLen+n], ip, port)
+		}
 		return nil
 	}
 	protocol.PutUDPHeader(buf, protocol.FrameInboundUDP, ip, port, n)
@@ -202,6 +218,21 @@ func (p *Proxy) handle(buf []byte, n int, ip uint32, port uint16, ok bool, now i
 
 func (p *Proxy) drop(r DropReason) { p.drops[r].Add(1) }
 
+func (p *Proxy) answerServfail(query []byte, ip uint32, port uint16) {
+	resp := servfail(query, p.out)
+	if resp == nil {
+		return
+	}
+	to := netip.AddrPortFrom(protocol.U32ToAddr(ip), port)
+	if _, err := p.conn.WriteToUDPAddrPort(resp, to); err != nil {
+		p.sendErrors.Add(1)
+		return
+	}
+	p.servfails.Add(1)
+	p.packetsOut.Add(1)
+	p.bytesOut.Add(uint64(len(resp)))
+}
+
 func (p *Proxy) warnOversized(ip uint32, n int) {
 	if ok, held := p.oversizeLog.Allow(); ok {
 		p.log.Warn().Stringer("remote_ip", protocol.U32ToAddr(ip)).Int("len", n).Int64("suppressed", held).
@@ -211,7 +242,7 @@ func (p *Proxy) warnOversized(ip uint32, n int) {
 
 // ResetCounters sets the proxy's counters back to zero.
 func (p *Proxy) ResetCounters() {
-	for _, c := range []*atomic.Uint64{&p.packetsIn, &p.bytesIn, &p.packetsOut, &p.bytesOut, &p.sendErrors} {
+	for _, c := range []*atomic.Uint64{&p.packetsIn, &p.bytesIn, &p.packetsOut, &p.bytesOut, &p.sendErrors, &p.servfails} {
 		c.Store(0)
 	}
 	for i := range p.drops {
@@ -221,6 +252,7 @@ func (p *Proxy) ResetCounters() {
 
 // Stats is a snapshot of the proxy's counters.
 type Stats struct {
+	Servfails  uint64 // queries answered SERVFAIL for want of a backend
 	PacketsIn  uint64
 	BytesIn    uint64
 	PacketsOut uint64
@@ -235,6 +267,7 @@ func (p *Proxy) Stats() Stats {
 		PacketsIn: p.packetsIn.Load(), BytesIn: p.bytesIn.Load(),
 		PacketsOut: p.packetsOut.Load(), BytesOut: p.bytesOut.Load(),
 		SendErrors: p.sendErrors.Load(),
+		Servfails:  p.servfails.Load(),
 		Drops:      make(map[string]uint64, numDrops),
 	}
 	for r := range numDrops {

@@ -9,12 +9,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/remotes"
+	"github.com/bbal/bbal/tcpproxy"
 )
 
 // config is the command line, checked.
@@ -26,10 +28,15 @@ type config struct {
 	metricsAddr string
 	maxRemotes  int
 	prefixBits  int
+	tcpMax      int
+	tcpPerIP    int
+	tcpIdle     time.Duration
+	tcpLife     time.Duration
+	servfail    bool
 }
 
 const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
-            [-R MAX] [-M BITS]
+            [-R MAX] [-M BITS] [-T MAX] [-P MAX] [-I SECS] [-L SECS] [-F]
 
   -s DIR    directory of backend sockets (required)
   -b ADDR   IPv4 address to listen on (default 0.0.0.0)
@@ -42,6 +49,13 @@ const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH] [-m A
   -R MAX    at most MAX remotes (clients) pinned to backends (default
             1000000); more are served by a hash of their address
   -M BITS   pin clients by network prefix, e.g. 24 for a /24 (default 32)
+  -T MAX    at most MAX client TCP connections at once (default 4096)
+  -P MAX    at most MAX client TCP connections from one address (default 64)
+  -I SECS   close a TCP connection idle this long, with no query
+            outstanding (default 5)
+  -L SECS   close a TCP connection this old (default 300)
+  -F        answer SERVFAIL to UDP queries when no backend is available
+            (default: drop them, as mname-balancer does)
 `
 
 // errHelp asks for the usage text and a successful exit.
@@ -59,6 +73,11 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	metrics := fs.String("m", "", "")
 	maxRemotes := fs.Int("R", remotes.DefaultMaxRemotes, "")
 	prefixBits := fs.Int("M", 32, "")
+	tcpMax := fs.Int("T", tcpproxy.DefaultMaxConns, "")
+	tcpPerIP := fs.Int("P", tcpproxy.DefaultMaxConnsPerIP, "")
+	tcpIdle := fs.String("I", secs(tcpproxy.DefaultIdleTimeout), "")
+	tcpLife := fs.String("L", secs(tcpproxy.DefaultMaxLifetime), "")
+	servfail := fs.Bool("F", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return config{}, errHelp
@@ -105,7 +124,23 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	if *prefixBits < 1 || *prefixBits > 32 {
 		return config{}, fmt.Errorf("invalid -M %d (want 1 to 32)", *prefixBits)
 	}
+	if *tcpMax < 1 || *tcpPerIP < 1 {
+		return config{}, fmt.Errorf("invalid -T %d or -P %d (want at least 1)", *tcpMax, *tcpPerIP)
+	}
+	idle, err := parseSecs("-I", *tcpIdle)
+	if err != nil {
+		return config{}, err
+	}
+	life, err := parseSecs("-L", *tcpLife)
+	if err != nil {
+		return config{}, err
+	}
 	return config{
+		tcpMax:      *tcpMax,
+		tcpPerIP:    *tcpPerIP,
+		tcpIdle:     idle,
+		tcpLife:     life,
+		servfail:    *servfail,
 		maxRemotes:  *maxRemotes,
 		prefixBits:  *prefixBits,
 		socketDir:   *dir,
@@ -114,6 +149,18 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 		debugSocket: *debug,
 		metricsAddr: *metrics,
 	}, nil
+}
+
+// secs formats a duration as the seconds the flags take.
+func secs(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) }
+
+// parseSecs parses a flag's seconds (decimals allowed), more than 0.
+func parseSecs(flag, v string) (time.Duration, error) {
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f <= 0 || f > 1e6 {
+		return 0, fmt.Errorf("invalid %s %q (want seconds, more than 0)", flag, v)
+	}
+	return time.Duration(f * float64(time.Second)), nil
 }
 
 // within reports whether path is in the directory dir or below it, after

@@ -49,6 +49,12 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		MetricsAddr: cfg.metricsAddr,
 		MaxRemotes:  cfg.maxRemotes,
 		PrefixBits:  cfg.prefixBits,
+
+		TCPMaxConns:      cfg.tcpMax,
+		TCPMaxConnsPerIP: cfg.tcpPerIP,
+		TCPIdleTimeout:   cfg.tcpIdle,
+		TCPMaxLifetime:   cfg.tcpLife,
+		ServfailWhenDown: cfg.servfail,
 	}, server.Options{}, log)
 	if err != nil {
 		return 1

@@ -66,6 +66,11 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"-s", dir, "-S", dir + "/bbal.sock"}, "", "bbal: the debug socket -S " + dir + "/bbal.sock must not be inside the backend socket directory " + dir},
 		{[]string{"-s", dir, "-S", dir + "/../" + filepath.Base(dir) + "/sub/bbal.sock"}, "", "bbal: the debug socket -S " + dir + "/../" + filepath.Base(dir) + "/sub/bbal.sock must not be inside the backend socket directory " + dir},
 		{[]string{"-s", dir, "-m", "9100"}, "", `bbal: invalid address for -m: "9100" (want ADDR:PORT)`},
+		{[]string{"-s", dir, "-R", "0"}, "", `bbal: invalid -R 0 (want at least 1)`},
+		{[]string{"-s", dir, "-M", "33"}, "", `bbal: invalid -M 33 (want 1 to 32)`},
+		{[]string{"-s", dir, "-T", "0"}, "", `bbal: invalid -T 0 or -P 64 (want at least 1)`},
+		{[]string{"-s", dir, "-I", "soon"}, "", `bbal: invalid -I "soon" (want seconds, more than 0)`},
+		{[]string{"-s", dir, "-L", "-1"}, "", `bbal: invalid -L "-1" (want seconds, more than 0)`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " ")+tt.env, func(t *testing.T) {
@@ -361,4 +366,90 @@ func TestSecondBbalOnTheSameDebugSocketFails(t *testing.T) {
 	if _, err := os.Stat(debug); err == nil {
 		t.Fatal("debug socket left behind after shutdown")
 	}
+}
+
+// cpuSeconds returns the CPU time process pid has used.
+func cpuSeconds(t *testing.T, pid int) float64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	u, _ := strconv.ParseFloat(f[11], 64)
+	k, _ := strconv.ParseFloat(f[12], 64)
+	return (u + k) / 100
+}
+
+func TestAcceptFailuresBackOff(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
+	p := startProcess(t, []string{"BBAL_TEST_NOFILE=40"}, "-s", dir, "-b", "127.0.0.1", "-p", "0",
+		"-S", filepath.Join(testbed.SocketDir(t), "debug.sock"))
+	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
+	addr := listenAddr(t, p)
+	// Each connection costs bbal two descriptors: soon accept fails with
+	// EMFILE while connections wait in the backlog.
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 60; i++ {
+		c, err := net.Dial("tcp", addr.String())
+		if err != nil {
+			break
+		}
+		conns = append(conns, c)
+	}
+	r := p.logs.Wait(t, "incoming TCP accept failure", nil)
+	if !strings.Contains(r["err"].(string), "too many open files") {
+		t.Fatalf("accept failed with %q", r["err"])
+	}
+	// Backing off, not spinning: over two seconds of EMFILE the process
+	// uses little CPU.
+	cpu0 := cpuSeconds(t, p.cmd.Process.Pid)
+	time.Sleep(2 * time.Second) // the span measured, not synchronisation
+	if used := cpuSeconds(t, p.cmd.Process.Pid) - cpu0; used > 0.5 {
+		t.Fatalf("%.2f s of CPU in 2 s of accept failures: spinning", used)
+	}
+	if n := p.logs.Count("incoming TCP accept failure", nil); n > 1 {
+		t.Fatalf("accept failure logged %d times in 2 s", n)
+	}
+	// Descriptors freed, service resumes.
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	testbed.Eventually(t, "TCP served again", func() bool {
+		_, err := testbed.WhoTimeout(addr, testbed.Loopback(5), true, 500*time.Millisecond)
+		return err == nil
+	})
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.wait(t, 5*time.Second)
+}
+
+func TestIdleWithNoBackendsCostsNothing(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	// A socket that refuses connections: bbal retries with back-off.
+	ln, _ := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "5301"), Net: "unix"})
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-F",
+		"-S", filepath.Join(testbed.SocketDir(t), "debug.sock"))
+	p.logs.Wait(t, "failed to connect", map[string]any{"be_id": 5301})
+	addr := listenAddr(t, p)
+	r, _, err := testbed.QueryTimeout(addr, testbed.Loopback(1), false, "x.example.", 1, time.Second)
+	if err != nil || r.Rcode != 2 {
+		t.Fatalf("-F with no backend: %v %v, want SERVFAIL", r, err)
+	}
+	cpu0 := cpuSeconds(t, p.cmd.Process.Pid)
+	time.Sleep(2 * time.Second) // the span measured, not synchronisation
+	if used := cpuSeconds(t, p.cmd.Process.Pid) - cpu0; used > 0.2 {
+		t.Fatalf("%.2f s of CPU in 2 s with no backend up", used)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.wait(t, 5*time.Second)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -82,6 +83,9 @@ func Serve(ln *net.UnixListener, src Sources, lim Limits) *Server {
 		ReadTimeout:       lim.HeaderTimeout,
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    8 << 10,
+		// The server's own complaints (accept errors, bad requests)
+		// go to bbal's log, at debug level.
+		ErrorLog: stdlog.New(debugWriter{src.Log}, "", 0),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(*peerConn); ok {
 				return context.WithValue(ctx, peerKey{}, pc.peer)
@@ -94,6 +98,14 @@ func Serve(ln *net.UnixListener, src Sources, lim Limits) *Server {
 		s.srv.Serve(s.ln)
 	}()
 	return s
+}
+
+// debugWriter writes net/http's log lines as debug records.
+type debugWriter struct{ log zerolog.Logger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debug().Str("component", "debug socket").Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 // Conns returns the number of connections open now.

@@ -32,6 +32,14 @@ type Config struct {
 	MetricsAddr string         // also serve /metrics on this TCP address; none when empty
 	MaxRemotes  int            // bound of the remotes table (remotes.DefaultMaxRemotes when 0)
 	PrefixBits  int            // pin clients by this prefix length (32 when 0)
+	// TCP connection limits; tcpproxy's defaults when 0.
+	TCPMaxConns      int
+	TCPMaxConnsPerIP int
+	TCPIdleTimeout   time.Duration
+	TCPMaxLifetime   time.Duration
+	// ServfailWhenDown answers UDP queries SERVFAIL when no backend is
+	// available, instead of dropping them.
+	ServfailWhenDown bool
 }
 
 // Options are the settings the command line does not reach: the clock
@@ -129,6 +137,10 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		return nil, err
 	}
 
+	if cfg.ServfailWhenDown {
+		b.UDP.ServfailWhenDown()
+	}
+
 	bc := opt.Backends
 	bc.Dir, bc.Log, bc.Timeouts, bc.Replies = cfg.SocketDir, log, b.Timeouts, b.UDP.Replies
 	b.Backends = backend.NewSet(bc)
@@ -140,6 +152,8 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 
 	b.TCP = tcpproxy.New(tln, tcpproxy.Config{
 		Table: b.Table, Backends: b.Backends, Timeouts: b.Timeouts, Log: log, OKTimeout: opt.OKTimeout,
+		MaxConns: cfg.TCPMaxConns, MaxConnsPerIP: cfg.TCPMaxConnsPerIP,
+		IdleTimeout: cfg.TCPIdleTimeout, MaxLifetime: cfg.TCPMaxLifetime,
 	})
 
 	b.Backends.Start()

@@ -39,6 +39,12 @@ type Harness struct {
 // setup, if not nil, may change the options first.
 func New(t testing.TB, setup func(*server.Options)) *Harness {
 	t.Helper()
+	return NewConfig(t, nil, setup)
+}
+
+// NewConfig is New with a chance to change the configuration too.
+func NewConfig(t testing.TB, config func(*server.Config), setup func(*server.Options)) *Harness {
+	t.Helper()
 	h := &Harness{
 		T:           t,
 		Dir:         testbed.SocketDir(t),
@@ -51,6 +57,9 @@ func New(t testing.TB, setup func(*server.Options)) *Harness {
 		setup(&opt)
 	}
 	cfg := server.Config{SocketDir: h.Dir, Listen: netip.MustParseAddrPort("127.0.0.1:0"), DebugSocket: h.DebugSocket}
+	if config != nil {
+		config(&cfg)
+	}
 	b, err := server.Start(cfg, opt, server.NewLogger(h.Logs, zerolog.DebugLevel, h.Clock.Now))
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,42 @@
+package udpproxy
+
+import "encoding/binary"
+
+// servfail builds in out the SERVFAIL answer to query: its header and
+// question, with QR set, RCODE 2 and no records. It returns nil for
+// anything that is not a well-formed query with at most one question.
+func servfail(query, out []byte) []byte {
+	if len(query) < dnsHeaderLen || query[2]&0x80 != 0 {
+		return nil
+	}
+	end := dnsHeaderLen
+	switch binary.BigEndian.Uint16(query[4:]) {
+	case 0:
+	case 1:
+		i := dnsHeaderLen
+		for {
+			if i >= len(query) {
+				return nil
+			}
+			l := int(query[i])
+			if l&0xc0 != 0 { // a pointer, or a label type no query uses
+				return nil
+			}
+			i += 1 + l
+			if l == 0 {
+				break
+			}
+		}
+		end = i + 4 // QTYPE, QCLASS
+		if end > len(query) {
+			return nil
+		}
+	default:
+		return nil
+	}
+	out = append(out[:0], query[:end]...)
+	out[2] = 0x80 | query[2]&0x79 // QR; the opcode and RD stay; AA and TC clear
+	out[3] = query[3]&0x10 | 2    // CD stays; RCODE SERVFAIL
+	clear(out[6:12])              // no answer, authority or additional records
+	return out
+}
