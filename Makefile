@@ -46,9 +46,12 @@ BENCH_FLAGS ?=
 bench: build npm-deps
 	$(GO) run ./tools/bench $(BENCH_FLAGS)
 
-# Each fuzz target for FUZZTIME.
+# Each fuzz target for FUZZTIME (their seed corpora are committed under
+# testdata/fuzz, and run with every make test).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecoder$$' -fuzztime $(FUZZTIME) ./protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./backend
+	$(GO) test -run '^$$' -fuzz '^FuzzServfail$$' -fuzztime $(FUZZTIME) ./udpproxy
 
 clean:
 	rm -rf $(BIN)

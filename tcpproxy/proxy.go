@@ -414,7 +414,7 @@ func (s *session) serve() {
 		return
 	}
 	rem.CountTCP()
-	if e := p.log.Trace(); e != nil {
+	if e := p.log.Debug(); e != nil {
 		s.event(e).Msg("backend reports TCP OK")
 	}
 	s.lastActive.Store(p.cfg.Timeouts.Clock().Now().UnixNano())

@@ -75,7 +75,8 @@ func TestTCPIdleTimeoutAndLifetime(t *testing.T) {
 	half := h.DialTCP(testbed.Loopback(3))   // half a query, then nothing
 	half.Write([]byte{0, 40, 1, 2, 3})
 	tcpQuery(t, busy)
-	testbed.Eventually(t, "sessions open", func() bool { return h.B.TCP.Stats().Active == 3 })
+	// The idle clock starts at INBOUND_TCP_OK.
+	testbed.Eventually(t, "sessions piping", func() bool { return h.Logs.Count("backend reports TCP OK", nil) == 3 })
 	for range 3 {
 		h.Advance(2 * time.Second)
 		tcpQuery(t, busy)

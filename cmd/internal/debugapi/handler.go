@@ -396,8 +396,10 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	us := a.src.UDP.Stats()
 	out.UDP.PacketsIn, out.UDP.BytesIn = us.PacketsIn, us.BytesIn
 	out.UDP.PacketsOut, out.UDP.BytesOut, out.UDP.SendErrors = us.PacketsOut, us.BytesOut, us.SendErrors
+	out.UDP.Servfails = us.Servfails
 	ts := a.src.TCP.Stats()
 	out.TCP.Active, out.TCP.Total, out.TCP.AcceptErrors = ts.Active, ts.Total, ts.AcceptErrors
+	out.TCP.Limits = ts.Limits
 	out.Drops = map[string]map[string]uint64{"udp": us.Drops, "tcp": ts.Drops}
 	out.Remotes = a.src.Table.Len()
 	out.RemotesMax = a.src.Table.MaxRemotes()

@@ -27,6 +27,8 @@ var (
 	mTCPTotal    = desc("bbal_tcp_connections_total", "Client TCP connections accepted.")
 	mTCPActive   = desc("bbal_tcp_connections_active", "Client TCP connections open now.")
 	mTCPAcceptEr = desc("bbal_tcp_accept_errors_total", "Failed accepts on the DNS TCP socket.")
+	mTCPLimits   = desc("bbal_tcp_limit_total", "Client TCP connections closed by a limit: max_conns, max_conns_per_ip, idle_timeout, max_lifetime.", "limit")
+	mServfails   = desc("bbal_udp_servfail_total", "Queries answered SERVFAIL for want of a backend (-F).")
 	mRemotes     = desc("bbal_remotes", "Clients in the remotes table.")
 	mRemotesMax  = desc("bbal_remotes_max", "The remotes table's bound (-R).")
 	mUnpinned    = desc("bbal_remotes_unpinned_total", "Queries and connections from clients served by address hash because the table was full.")
@@ -96,6 +98,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for r, n := range ts.Drops {
 		counter(mDrops, n, "tcp", r)
 	}
+	for l, n := range ts.Limits {
+		counter(mTCPLimits, n, l)
+	}
+	counter(mServfails, us.Servfails)
 	gauge(mRemotes, float64(c.src.Table.Len()))
 	gauge(mRemotesMax, float64(c.src.Table.MaxRemotes()))
 	counter(mUnpinned, c.src.Table.Unpinned())

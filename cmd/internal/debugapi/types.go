@@ -89,11 +89,13 @@ type Stats struct {
 		PacketsOut uint64 `json:"packets_out"`
 		BytesOut   uint64 `json:"bytes_out"`
 		SendErrors uint64 `json:"send_errors"`
+		Servfails  uint64 `json:"servfails"`
 	} `json:"udp"`
 	TCP struct {
-		Active       int64  `json:"active"`
-		Total        uint64 `json:"total"`
-		AcceptErrors uint64 `json:"accept_errors"`
+		Active       int64             `json:"active"`
+		Total        uint64            `json:"total"`
+		AcceptErrors uint64            `json:"accept_errors"`
+		Limits       map[string]uint64 `json:"limits"`
 	} `json:"tcp"`
 	// Drops by protocol ("udp", "tcp") and reason.
 	Drops   map[string]map[string]uint64 `json:"drops"`
