@@ -33,10 +33,12 @@ type config struct {
 	tcpIdle     time.Duration
 	tcpLife     time.Duration
 	servfail    bool
+	user        string
 }
 
 const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
             [-R MAX] [-M BITS] [-T MAX] [-P MAX] [-I SECS] [-L SECS] [-F]
+            [-u USER]
 
   -s DIR    directory of backend sockets (required)
   -b ADDR   IPv4 address to listen on (default 0.0.0.0)
@@ -56,6 +58,8 @@ const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH] [-m A
   -L SECS   close a TCP connection this old (default 300)
   -F        answer SERVFAIL to UDP queries when no backend is available
             (default: drop them, as mname-balancer does)
+  -u USER   once the sockets are bound, run as USER and its group (the
+            debug socket is handed to USER)
 `
 
 // errHelp asks for the usage text and a successful exit.
@@ -78,6 +82,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	tcpIdle := fs.String("I", secs(tcpproxy.DefaultIdleTimeout), "")
 	tcpLife := fs.String("L", secs(tcpproxy.DefaultMaxLifetime), "")
 	servfail := fs.Bool("F", false, "")
+	runAs := fs.String("u", "", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return config{}, errHelp
@@ -141,6 +146,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 		tcpIdle:     idle,
 		tcpLife:     life,
 		servfail:    *servfail,
+		user:        *runAs,
 		maxRemotes:  *maxRemotes,
 		prefixBits:  *prefixBits,
 		socketDir:   *dir,

@@ -55,6 +55,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		TCPIdleTimeout:   cfg.tcpIdle,
 		TCPMaxLifetime:   cfg.tcpLife,
 		ServfailWhenDown: cfg.servfail,
+		User:             cfg.user,
 	}, server.Options{}, log)
 	if err != nil {
 		return 1

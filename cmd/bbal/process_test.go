@@ -453,3 +453,57 @@ func TestIdleWithNoBackendsCostsNothing(t *testing.T) {
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	p.wait(t, 5*time.Second)
 }
+
+func TestRunAsUser(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("dropping privileges needs root")
+	}
+	dir := testbed.SocketDir(t)
+	os.Chmod(dir, 0o755)
+	testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
+	os.Chmod(filepath.Join(dir, "5301"), 0o777) // nobody must be able to connect
+	// The debug socket's directory belongs to the user, so that it can
+	// remove the socket at exit.
+	debugDir := testbed.SocketDir(t)
+	os.Chown(debugDir, 65534, 65534)
+	debug := filepath.Join(debugDir, "debug.sock")
+	p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-S", debug, "-u", "nobody")
+	p.logs.Wait(t, "running as user", map[string]any{"user": "nobody", "uid": 65534})
+	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
+	status, _ := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/status")
+	for _, field := range []string{"Uid:\t65534\t65534\t65534\t65534", "Gid:\t65534\t65534\t65534\t65534", "Groups:\t65534"} {
+		if !strings.Contains(string(status), field) {
+			t.Fatalf("process status lacks %q:\n%s", field, status)
+		}
+	}
+	fi, err := os.Stat(debug)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 65534 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("debug socket owned by %d, mode %v", st.Uid, fi.Mode().Perm())
+	}
+	testbed.MustWho(t, listenAddr(t, p), testbed.Loopback(1), false)
+	if p.logs.Count("the debug socket's directory is not writable by the user: the socket will stay behind at exit (a new bbal replaces it)", nil) != 0 {
+		t.Fatal("warned about a writable directory")
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if _, err := os.Stat(debug); err == nil {
+		t.Fatal("debug socket left behind")
+	}
+}
+
+func TestRunAsUnknownUserFails(t *testing.T) {
+	debug := filepath.Join(testbed.SocketDir(t), "debug.sock")
+	p := startProcess(t, nil, "-s", testbed.SocketDir(t), "-b", "127.0.0.1", "-p", "0", "-S", debug, "-u", "no-such-user-here")
+	if code := p.wait(t, 10*time.Second); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	p.logs.Wait(t, "failed to drop privileges", map[string]any{"level": 60, "user": "no-such-user-here"})
+	if _, err := os.Stat(debug); err == nil {
+		t.Fatal("debug socket left behind")
+	}
+}

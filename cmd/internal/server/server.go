@@ -10,11 +10,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/cmd/internal/debugapi"
@@ -40,6 +43,10 @@ type Config struct {
 	// ServfailWhenDown answers UDP queries SERVFAIL when no backend is
 	// available, instead of dropping them.
 	ServfailWhenDown bool
+	// User, when set, is who bbal runs as once its sockets are bound:
+	// the debug socket is handed to that user and the process drops to
+	// its uid and primary group before any backend is connected.
+	User string
 }
 
 // Options are the settings the command line does not reach: the clock
@@ -115,6 +122,24 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		fail(err).Str("address", cfg.Listen.Addr().String()).
 			Uint16("port", cfg.Listen.Port()).Msg("failed to create listen sockets")
 		return nil, err
+	}
+	undo = append(undo, uconn.Close, tln.Close)
+	if cfg.User != "" {
+		var owned []string
+		if cfg.DebugSocket != "" {
+			owned = append(owned, cfg.DebugSocket)
+		}
+		if err := dropPrivileges(cfg.User, owned...); err != nil {
+			fail(err).Str("user", cfg.User).Msg("failed to drop privileges")
+			return nil, err
+		}
+		log.Info().Str("user", cfg.User).Int("uid", os.Getuid()).Int("gid", os.Getgid()).Msg("running as user")
+		if cfg.DebugSocket != "" {
+			if dir := filepath.Dir(cfg.DebugSocket); unix.Access(dir, unix.W_OK) != nil {
+				log.Warn().Str("path", cfg.DebugSocket).Str("user", cfg.User).
+					Msg("the debug socket's directory is not writable by the user: the socket will stay behind at exit (a new bbal replaces it)")
+			}
+		}
 	}
 	addr := uconn.LocalAddr().(*net.UDPAddr).AddrPort()
 	log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for UDP packets")
