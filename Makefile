@@ -7,7 +7,7 @@ BIN       := bin
 MNAME_DIR := tools/mname-backend
 FUZZTIME  ?= 30s
 
-.PHONY: all build demo test npm-deps vet fuzz bench clean
+.PHONY: all build demo test npm-deps vet fuzz bench chaos clean
 
 all: build
 
@@ -45,6 +45,16 @@ test: npm-deps vet
 BENCH_FLAGS ?=
 bench: build npm-deps
 	$(GO) run ./tools/bench $(BENCH_FLAGS)
+
+# The chaos test: CHAOS_ROUNDS rounds of SIGKILL, SIGSTOP/SIGCONT and
+# unlink-and-restart of node-mname and Go backends under load, then the
+# slow-reader flood for SLOW_READER. Not part of make test (it runs for
+# minutes on the real clock).
+CHAOS_ROUNDS ?= 24
+SLOW_READER  ?= 2m
+chaos: npm-deps
+	CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(GO) test -tags chaos -count=1 -timeout 30m -v -run '^TestChaos$$' ./cmd/bbal
+	BBAL_SLOW_READER=$(SLOW_READER) $(GO) test -count=1 -timeout 30m -v -run '^TestSlowBackendKeepsMemoryFlat$$' ./cmd/bbal
 
 # Each fuzz target for FUZZTIME (their seed corpora are committed under
 # testdata/fuzz, and run with every make test).

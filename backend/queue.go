@@ -46,7 +46,8 @@ type mark struct {
 // the rest goes back to the front of the queue and the session's writer
 // goroutine, which may block, takes over.
 //
-// The queue is bounded in bytes and in frames: when a frame does not fit,
+// The queue is bounded in bytes and in frames, counting the batch being
+// written until it is done: when a frame does not fit,
 // the backend is not keeping up and the frame is refused (the caller drops
 // and counts it as stuck). A data frame that has waited longer than maxAge
 // when a writer takes the queue is dropped (counted as expired) rather
@@ -63,7 +64,10 @@ type queue struct {
 	maxFrames int   // frames
 	maxAge    int64 // nanoseconds; 0: none
 	writing   bool
-	epoch     uint64 // counts resets: a write from before one is stale
+	// The batch a writer holds counts against the caps until done, so
+	// that its unwritten rest and what was queued meanwhile still fit.
+	outBytes, outFrames int
+	epoch               uint64 // counts resets: a write from before one is stale
 
 	// kick has room for one token: the writer goroutine has work.
 	kick chan struct{}
@@ -83,7 +87,7 @@ func (q *queue) push(frame []byte, control bool, now int64) pushResult {
 	case q.state == queueClosed || (!control && q.state != queueOpen):
 		q.mu.Unlock()
 		return pushDown
-	case len(q.buf)+len(frame) > q.limit || len(q.marks) >= q.maxFrames:
+	case q.outBytes+len(q.buf)+len(frame) > q.limit || q.outFrames+len(q.marks) >= q.maxFrames:
 		q.mu.Unlock()
 		return pushStuck
 	}
@@ -141,6 +145,7 @@ func (q *queue) take(now int64) (b batch, expired int, ok bool) {
 		return batch{}, expired, false
 	}
 	q.writing = true
+	q.outBytes, q.outFrames = len(b.buf)-b.off, len(q.spareMarks)-expired
 	return b, expired, true
 }
 
@@ -160,6 +165,7 @@ func (q *queue) done(b batch, n int) (more bool) {
 		return false
 	}
 	q.writing = false
+	q.outBytes, q.outFrames = 0, 0
 	full, written := b.buf, b.buf[b.off:]
 	if n < len(written) {
 		// The unwritten rest, then what was queued meanwhile.
@@ -213,6 +219,7 @@ func (q *queue) reset(s queueState) int {
 	n := len(q.marks)
 	q.buf, q.marks, q.state = q.buf[:0], q.marks[:0], s
 	q.writing = false
+	q.outBytes, q.outFrames = 0, 0
 	q.epoch++
 	select {
 	case <-q.kick:
@@ -228,9 +235,9 @@ func (q *queue) open() {
 	q.mu.Unlock()
 }
 
-// length returns the queued bytes and frames.
+// length returns the bytes and frames queued or being written.
 func (q *queue) length() (bytes, frames int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.buf), len(q.marks)
+	return q.outBytes + len(q.buf), q.outFrames + len(q.marks)
 }

@@ -101,6 +101,17 @@ func (l *Logs) Count(msg string, fields map[string]any) int {
 	return n
 }
 
+// CountAfter is Count for the records after mark.
+func (l *Logs) CountAfter(mark int, msg string, fields map[string]any) int {
+	n := 0
+	for _, r := range l.Records()[mark:] {
+		if r.Match(msg, fields) {
+			n++
+		}
+	}
+	return n
+}
+
 // Mark returns the number of records so far, for WaitAfter.
 func (l *Logs) Mark() int {
 	l.mu.Lock()
