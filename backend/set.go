@@ -2,6 +2,8 @@ package backend
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -168,7 +170,13 @@ func NewSet(cfg Config) *Set {
 // Start scans the directory now, connecting to what it finds, and then
 // again every ScanInterval until Close.
 func (s *Set) Start() {
+	s.mu.Lock()
 	s.ctx, s.stop = context.WithCancel(context.Background())
+	for _, b := range *s.list.Load() { // restored ones
+		s.wg.Add(1)
+		go b.run(s.ctx, &s.wg)
+	}
+	s.mu.Unlock()
 	s.Scan()
 	s.wg.Add(1)
 	go s.scanLoop()
@@ -259,18 +267,42 @@ func (s *Set) add(path string) {
 			id = list[len(list)-1].id + 1
 		}
 	}
-	b := newBackend(s, id, path)
+	b := s.insert(id, path)
 	b.log.Info().Msg("new backend")
-	s.byPath[path] = b
+	s.wg.Add(1)
+	go b.run(s.ctx, &s.wg)
+}
 
+// insert makes the backend id for path and publishes it. s.mu is held.
+func (s *Set) insert(id ID, path string) *Backend {
+	list := *s.list.Load()
+	b := newBackend(s, id, path)
+	s.byPath[path] = b
 	next := make([]*Backend, len(list), len(list)+1)
 	copy(next, list)
 	i, _ := slices.BinarySearchFunc(next, id, func(b *Backend, id ID) int { return int(b.id) - int(id) })
 	next = slices.Insert(next, i, b)
 	s.list.Store(&next)
+	return b
+}
 
-	s.wg.Add(1)
-	go b.run(s.ctx, &s.wg)
+// Restore recreates, before Start, a backend a predecessor process had:
+// the same ID for the same socket path, and the operator's setting, so
+// that a restart changes neither the IDs in logs and balstat nor the
+// remotes' assignments.
+func (s *Set) Restore(id ID, path string, admin Admin) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.ctx != nil:
+		return errors.New("backend: Restore after Start")
+	case id == 0 || s.lookup(*s.list.Load(), id) != nil || s.byPath[path] != nil:
+		return fmt.Errorf("backend: cannot restore %d at %s: taken", id, path)
+	}
+	b := s.insert(id, path)
+	b.SetAdmin(admin)
+	b.log.Info().Str("admin", admin.String()).Msg("backend restored from the previous process")
+	return nil
 }
 
 func (s *Set) lookup(list []*Backend, id ID) *Backend {

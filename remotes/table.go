@@ -490,6 +490,32 @@ func (t *Table) Unpinned() uint64 { return t.unpinned.Load() }
 // MaxRemotes returns the table's bound.
 func (t *Table) MaxRemotes() int { return t.cfg.MaxRemotes }
 
+// Restore adds a remote as a predecessor process had it: its
+// assignments, counters and times (kept to the second; times before the
+// table's epoch are clamped to it). It is for a fresh table, before
+// traffic; an existing remote for the address is left alone.
+func (t *Table) Restore(in Info) {
+	sec := func(tm time.Time) uint32 {
+		if d := tm.Sub(t.epoch); d > 0 {
+			return uint32(d / time.Second)
+		}
+		return 0
+	}
+	k := in.Addr & t.mask
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.tree.Has(key(k)) || t.tree.Len() >= t.cfg.MaxRemotes {
+		return
+	}
+	r := &Remote{addr: k, first: sec(in.FirstSeen), last: sec(in.LastSeen)}
+	r.udp.Store(in.UDP)
+	r.tcp.Store(in.TCP)
+	r.drops.Store(in.Drops)
+	t.setPrimary(r, in.Primary)
+	t.setBackup(r, in.Backup)
+	t.tree.ReplaceOrInsert(entry{k, r})
+}
+
 // Len returns the number of remotes.
 func (t *Table) Len() int {
 	t.mu.Lock()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -180,6 +181,30 @@ func (p *Proxy) Start() {
 	p.wg.Add(1)
 	go p.acceptLoop()
 }
+
+// StopAccepting closes the listener; the sessions go on. A process
+// handing over to its successor, which accepts on the same socket from
+// then on, does this and then waits for its sessions with Drain.
+func (p *Proxy) StopAccepting() {
+	p.ln.Close()
+}
+
+// Drain waits until no session is left or until d has passed, and
+// reports whether none is.
+func (p *Proxy) Drain(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for p.active.Load() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+// File returns a duplicate of the listener's descriptor, for a successor
+// process.
+func (p *Proxy) File() (*os.File, error) { return p.ln.File() }
 
 // Close stops accepting, closes every session and waits for them.
 func (p *Proxy) Close() {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -79,8 +80,9 @@ type Proxy struct {
 	servfails atomic.Uint64
 	out       []byte
 
-	wg   sync.WaitGroup
-	once sync.Once
+	wg       sync.WaitGroup
+	once     sync.Once
+	stopping atomic.Bool // StopReading was called
 }
 
 // New returns a proxy on conn, which it owns from then on. Its Reply may
@@ -132,6 +134,19 @@ func (p *Proxy) Start(table *remotes.Table, backends *backend.Set) {
 	go p.readLoop()
 }
 
+// StopReading stops the reader but keeps the socket, so that replies to
+// queries already sent on can still go out: a process handing over to
+// its successor, which reads the same socket from then on, does this.
+func (p *Proxy) StopReading() {
+	p.stopping.Store(true)
+	p.conn.SetReadDeadline(time.Now())
+	p.wg.Wait()
+}
+
+// File returns a duplicate of the socket's descriptor, for a successor
+// process.
+func (p *Proxy) File() (*os.File, error) { return p.conn.File() }
+
 // Close closes the socket and waits for the reader to stop.
 func (p *Proxy) Close() {
 	p.once.Do(func() { p.conn.Close() })
@@ -159,7 +174,7 @@ func (p *Proxy) readLoop() {
 	})
 	for {
 		err := r.run(p.raw)
-		if errors.Is(err, net.ErrClosed) {
+		if errors.Is(err, net.ErrClosed) || p.stopping.Load() {
 			return
 		}
 		// ICMP errors and the like surface here on Linux; they concern

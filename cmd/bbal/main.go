@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/bbal/bbal/cmd/internal/server"
 )
 
@@ -18,9 +20,13 @@ import (
 // gone within 5 s of SIGTERM.
 const shutdownGrace = 4 * time.Second
 
+// handoverDrain bounds how long a process that has handed over waits for
+// its TCP sessions; the idle timeout usually ends them sooner.
+const handoverDrain = 10 * time.Second
+
 func main() {
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr, sigs))
 }
 
@@ -41,7 +47,12 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 	}
 
 	log := server.NewLogger(stdout, cfg.level, time.Now)
-	log.Info().Str("socket_dir", cfg.socketDir).Msg("starting up")
+	inherited, err := server.Inherit()
+	if err != nil {
+		log.WithLevel(zerolog.FatalLevel).Err(err).Msg("failed to take over from the previous process")
+		return 1
+	}
+	log.Info().Str("socket_dir", cfg.socketDir).Bool("takeover", inherited != nil).Msg("starting up")
 	b, err := server.Start(server.Config{
 		SocketDir:   cfg.socketDir,
 		Listen:      cfg.listen,
@@ -56,12 +67,32 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		TCPMaxLifetime:   cfg.tcpLife,
 		ServfailWhenDown: cfg.servfail,
 		User:             cfg.user,
+		Inherited:        inherited,
 	}, server.Options{}, log)
 	if err != nil {
 		return 1
 	}
+	if inherited != nil {
+		b.TakeOver(10 * time.Second)
+	} else {
+		server.NotifyReady()
+	}
 
-	sig := <-sigs
+	var sig os.Signal
+	for sig = range sigs {
+		if sig != syscall.SIGUSR2 {
+			break
+		}
+		// A zero-downtime restart: a new process takes over.
+		log.Info().Msg("restart requested")
+		if err := b.Handover(os.Args, handoverDrain); err != nil {
+			log.Error().Err(err).Msg("restart failed; carrying on")
+			continue
+		}
+		b.Close()
+		log.Info().Msg("exiting after the handover")
+		return 0
+	}
 	log.Info().Str("signal", sig.String()).Msg("shutting down")
 	done := make(chan struct{})
 	go func() {

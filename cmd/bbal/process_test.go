@@ -101,29 +101,34 @@ func TestHelp(t *testing.T) {
 	}
 }
 
-// process is bbal running as a child, its stdout parsed as it comes.
+// process is bbal running as a child, its stdout parsed as it comes. A
+// successor it hands over to writes to the same stdout.
 type process struct {
 	cmd  *exec.Cmd
 	logs *testbed.Logs
 	raw  *bytes.Buffer
 	mu   sync.Mutex
-	done chan struct{}
+	done chan struct{} // the process has exited
+	read chan struct{} // stdout is closed, or the test over
 }
 
 func startProcess(t *testing.T, env []string, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: bbalCmd(args...), logs: testbed.NewLogs(), raw: new(bytes.Buffer), done: make(chan struct{})}
+	p := &process{cmd: bbalCmd(args...), logs: testbed.NewLogs(), raw: new(bytes.Buffer),
+		done: make(chan struct{}), read: make(chan struct{})}
 	p.cmd.Env = append(p.cmd.Env, env...)
-	out, err := p.cmd.StdoutPipe()
+	out, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.cmd.Stdout = w
 	p.cmd.Stderr = os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	w.Close()
 	go func() {
-		defer close(p.done)
+		defer close(p.read)
 		r := bufio.NewReader(out)
 		for {
 			line, err := r.ReadBytes('\n')
@@ -132,19 +137,29 @@ func startProcess(t *testing.T, env []string, args ...string) *process {
 			p.mu.Unlock()
 			p.logs.Write(line)
 			if err != nil {
-				p.cmd.Wait()
 				return
 			}
 		}
 	}()
+	go func() {
+		p.cmd.Wait()
+		close(p.done)
+	}()
 	t.Cleanup(func() {
 		p.cmd.Process.Kill()
 		<-p.done
+		out.Close()
+		<-p.read
 	})
 	return p
 }
 
+// stdout returns what the process wrote, once its stdout is closed.
 func (p *process) stdout() []byte {
+	select {
+	case <-p.read:
+	case <-time.After(10 * time.Second):
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return bytes.Clone(p.raw.Bytes())
@@ -505,5 +520,89 @@ func TestRunAsUnknownUserFails(t *testing.T) {
 	p.logs.Wait(t, "failed to drop privileges", map[string]any{"level": 60, "user": "no-such-user-here"})
 	if _, err := os.Stat(debug); err == nil {
 		t.Fatal("debug socket left behind")
+	}
+}
+
+func TestZeroDowntimeRestart(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
+	testbed.StartGo(t, filepath.Join(dir, "5302"), "two")
+	debug := filepath.Join(testbed.SocketDir(t), "debug.sock")
+	p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-S", debug)
+	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
+	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5302})
+	addr := listenAddr(t, p)
+
+	// Load: clients asking in a loop over UDP, and over TCP on a new
+	// connection each time, each query waited for (up to 2 s).
+	type result struct {
+		client  int
+		tcp     bool
+		backend string
+		err     error
+		at      time.Time
+	}
+	results := make(chan result, 100000)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 24 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tcp := i%4 == 3
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				got, err := testbed.WhoTimeout(addr, testbed.Loopback(10+i), tcp, 2*time.Second)
+				results <- result{client: i, tcp: tcp, backend: got["backend"], err: err, at: time.Now()}
+			}
+		}()
+	}
+	time.Sleep(time.Second) // load before the restart: the span is the test's
+	p.cmd.Process.Signal(syscall.SIGUSR2)
+	r := p.logs.Wait(t, "serving: took over from the previous process", nil)
+	newPid := int(r["pid"].(float64))
+	t.Cleanup(func() { syscall.Kill(newPid, syscall.SIGKILL) })
+	if r["backends_up"] != float64(2) {
+		t.Fatalf("took over with %v backends up", r["backends_up"])
+	}
+	if code := p.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("the old process exited %d", code)
+	}
+	p.logs.Wait(t, "exiting after the handover", map[string]any{"pid": p.cmd.Process.Pid})
+	time.Sleep(time.Second) // load after the restart
+	close(stop)
+	wg.Wait()
+	close(results)
+
+	byClient := map[int]string{}
+	n := 0
+	for res := range results {
+		n++
+		if res.err != nil {
+			t.Fatalf("client %d (tcp %v) lost a query across the restart: %v", res.client, res.tcp, res.err)
+		}
+		// The remote map came across: a client keeps its backend.
+		if prev, ok := byClient[res.client]; ok && prev != res.backend {
+			t.Fatalf("client %d moved from %s to %s across the restart", res.client, prev, res.backend)
+		}
+		byClient[res.client] = res.backend
+	}
+	t.Logf("%d queries, none lost; new pid %d", n, newPid)
+
+	// The new process serves the debug socket, and stops cleanly.
+	c := debugapi.NewClient(debug)
+	defer c.Close()
+	st, err := c.Stats(context.Background())
+	if err != nil || st.Remotes < 24 {
+		t.Fatalf("new process's stats: %+v, %v", st, err)
+	}
+	syscall.Kill(newPid, syscall.SIGTERM)
+	testbed.Eventually(t, "new process gone", func() bool { return syscall.Kill(newPid, 0) != nil })
+	if _, err := os.Stat(debug); err == nil {
+		t.Fatal("debug socket left behind by the new process")
 	}
 }

@@ -111,6 +111,17 @@ func (w debugWriter) Write(p []byte) (int, error) {
 // Conns returns the number of connections open now.
 func (s *Server) Conns() int { return int(s.ln.open.Load()) }
 
+// File returns a duplicate of the listening socket's descriptor, for a
+// successor process.
+func (s *Server) File() (*os.File, error) { return s.ln.File() }
+
+// CloseKeepSocket is Close for a process that hands the socket over: the
+// socket file stays for the successor.
+func (s *Server) CloseKeepSocket() {
+	s.ln.SetUnlinkOnClose(false)
+	s.Close()
+}
+
 // Close stops the server, closes its connections and removes the socket.
 func (s *Server) Close() {
 	s.srv.Close()

@@ -47,6 +47,10 @@ type Config struct {
 	// the debug socket is handed to that user and the process drops to
 	// its uid and primary group before any backend is connected.
 	User string
+	// Inherited, when set, holds the sockets and state handed over by
+	// the previous process (see Handover); nothing is bound, and the
+	// caller starts serving with Serve.
+	Inherited *Inherited
 }
 
 // Options are the settings the command line does not reach: the clock
@@ -75,7 +79,9 @@ type Balancer struct {
 	UDP      *udpproxy.Proxy
 	TCP      *tcpproxy.Proxy
 
+	cfg        Config
 	debug      *debugapi.Server
+	debugLn    *net.UnixListener
 	metrics    *http.Server
 	metricsLn  net.Listener
 	stopTimers context.CancelFunc
@@ -97,31 +103,44 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		}
 		return log.WithLevel(zerolog.FatalLevel).Err(err)
 	}
-	var debugLn *net.UnixListener
-	if cfg.DebugSocket != "" {
-		ln, err := debugapi.Listen(cfg.DebugSocket)
+	var (
+		debugLn   *net.UnixListener
+		metricsLn net.Listener
+		uconn     *net.UDPConn
+		tln       *net.TCPListener
+		err       error
+	)
+	if in := cfg.Inherited; in != nil {
+		debugLn, metricsLn, uconn, tln = in.Debug, in.Metrics, in.UDP, in.TCP
+		if debugLn != nil {
+			debugLn.SetUnlinkOnClose(true) // ours to remove at exit now
+			undo = append(undo, func() error { debugLn.SetUnlinkOnClose(false); return debugLn.Close() })
+		}
+	} else {
+		if cfg.DebugSocket != "" {
+			ln, err := debugapi.Listen(cfg.DebugSocket)
+			if err != nil {
+				fail(err).Str("path", cfg.DebugSocket).Msg("failed to create debug socket")
+				return nil, err
+			}
+			debugLn = ln
+			undo = append(undo, ln.Close)
+		}
+		if cfg.MetricsAddr != "" {
+			ln, err := net.Listen("tcp", cfg.MetricsAddr)
+			if err != nil {
+				fail(err).Str("address", cfg.MetricsAddr).Msg("failed to create metrics listener")
+				return nil, err
+			}
+			metricsLn = ln
+			undo = append(undo, ln.Close)
+		}
+		uconn, tln, err = listen(cfg.Listen)
 		if err != nil {
-			fail(err).Str("path", cfg.DebugSocket).Msg("failed to create debug socket")
+			fail(err).Str("address", cfg.Listen.Addr().String()).
+				Uint16("port", cfg.Listen.Port()).Msg("failed to create listen sockets")
 			return nil, err
 		}
-		debugLn = ln
-		undo = append(undo, ln.Close)
-	}
-	var metricsLn net.Listener
-	if cfg.MetricsAddr != "" {
-		ln, err := net.Listen("tcp", cfg.MetricsAddr)
-		if err != nil {
-			fail(err).Str("address", cfg.MetricsAddr).Msg("failed to create metrics listener")
-			return nil, err
-		}
-		metricsLn = ln
-		undo = append(undo, ln.Close)
-	}
-	uconn, tln, err := listen(cfg.Listen)
-	if err != nil {
-		fail(err).Str("address", cfg.Listen.Addr().String()).
-			Uint16("port", cfg.Listen.Port()).Msg("failed to create listen sockets")
-		return nil, err
 	}
 	undo = append(undo, uconn.Close, tln.Close)
 	if cfg.User != "" {
@@ -181,10 +200,16 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		IdleTimeout: cfg.TCPIdleTimeout, MaxLifetime: cfg.TCPMaxLifetime,
 	})
 
+	if in := cfg.Inherited; in != nil && in.State != nil {
+		if err := b.restore(in.State); err != nil {
+			b.Close()
+			fail(err).Msg("failed to take over the previous process's state")
+			return nil, err
+		}
+	}
 	b.Backends.Start()
 	b.Table.Start()
-	b.UDP.Start(b.Table, b.Backends)
-	b.TCP.Start()
+	b.debugLn, b.metricsLn = debugLn, metricsLn
 
 	src := debugapi.Sources{
 		Backends: b.Backends, Table: b.Table, UDP: b.UDP, TCP: b.TCP,
@@ -194,6 +219,7 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		b.debug = debugapi.Serve(debugLn, src, opt.DebugLimits)
 		log.Info().Str("path", cfg.DebugSocket).Msg("debug socket ready")
 	}
+	b.cfg = cfg
 	if metricsLn != nil {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", debugapi.MetricsHandler(src))
@@ -203,7 +229,18 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		go b.metrics.Serve(metricsLn)
 		log.Info().Str("address", metricsLn.Addr().String()).Msg("serving metrics")
 	}
+	if cfg.Inherited == nil {
+		b.Serve()
+	}
 	return b, nil
+}
+
+// Serve starts reading the UDP socket and accepting TCP connections.
+// Start calls it, except for a successor process, which first waits for
+// its backends (see WaitBackends).
+func (b *Balancer) Serve() {
+	b.UDP.Start(b.Table, b.Backends)
+	b.TCP.Start()
 }
 
 // Debug returns the debug socket's server, or nil.

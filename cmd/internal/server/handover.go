@@ -1,0 +1,402 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/remotes"
+)
+
+// A zero-downtime restart (SIGUSR2) hands the listening sockets and the
+// remote→backend map to a new process, which may run a newly installed
+// binary:
+//
+//  1. The old process starts its own executable with the UDP socket, the
+//     TCP listener, the debug and metrics listeners, a state pipe and a
+//     ready pipe as inherited descriptors, named in InheritEnv.
+//  2. It writes its state on the state pipe: the backends (ID, socket
+//     path, admin setting, whether up) and every remote.
+//  3. The new process restores the backends with their IDs and the
+//     remotes with their assignments, connects to the backends, waits
+//     until those that were up are up again, starts reading and
+//     accepting, and writes on the ready pipe.
+//  4. The old process then stops reading the UDP socket (it keeps it to
+//     send the replies still coming for queries it sent on) and stops
+//     accepting; it waits for its TCP sessions and late replies, and
+//     exits.
+//
+// Both processes hold the same sockets throughout: a datagram or a
+// connection is taken by one or the other, and none is lost.
+
+// InheritEnv names the environment variable that tells a new process
+// which descriptors it inherited: "udp:3,tcp:4,debug:5,metrics:6,state:7,ready:8".
+const InheritEnv = "BBAL_INHERIT"
+
+// Inherited is what a new process takes over.
+type Inherited struct {
+	UDP     *net.UDPConn
+	TCP     *net.TCPListener
+	Debug   *net.UnixListener // nil when there is no debug socket
+	Metrics net.Listener      // nil without -m
+	State   *State
+	ready   *os.File
+}
+
+// State is the old process's state.
+type State struct {
+	Backends []StateBackend `json:"backends"`
+	remotes  []remotes.Info
+}
+
+// StateBackend is one backend in a State.
+type StateBackend struct {
+	ID    backend.ID `json:"id"`
+	Path  string     `json:"path"`
+	Admin string     `json:"admin"`
+	OK    bool       `json:"ok"`
+}
+
+// remoteRecordLen is the length of one remote in the state stream:
+// address, primary, backup, first and last seen (unix seconds), UDP, TCP
+// and drop counts.
+const remoteRecordLen = 4 + 2 + 2 + 4 + 4 + 8 + 8 + 8
+
+// writeState writes the state: a JSON line with the backends, then a
+// record per remote until the end of the stream.
+func (b *Balancer) writeState(w io.Writer) error {
+	var st State
+	for _, be := range b.Backends.All() {
+		st.Backends = append(st.Backends, StateBackend{ID: be.ID(), Path: be.Path(), Admin: be.Admin().String(), OK: be.OK()})
+	}
+	bw := bufio.NewWriterSize(w, 64<<10)
+	if err := json.NewEncoder(bw).Encode(st); err != nil {
+		return err
+	}
+	var rec [remoteRecordLen]byte
+	var werr error
+	b.Table.Walk(context.Background(), 0, func(in remotes.Info) bool {
+		binary.LittleEndian.PutUint32(rec[0:], in.Addr)
+		binary.LittleEndian.PutUint16(rec[4:], uint16(in.Primary))
+		binary.LittleEndian.PutUint16(rec[6:], uint16(in.Backup))
+		binary.LittleEndian.PutUint32(rec[8:], uint32(in.FirstSeen.Unix()))
+		binary.LittleEndian.PutUint32(rec[12:], uint32(in.LastSeen.Unix()))
+		binary.LittleEndian.PutUint64(rec[16:], in.UDP)
+		binary.LittleEndian.PutUint64(rec[24:], in.TCP)
+		binary.LittleEndian.PutUint64(rec[32:], in.Drops)
+		_, werr = bw.Write(rec[:])
+		return werr == nil
+	})
+	if werr != nil {
+		return werr
+	}
+	return bw.Flush()
+}
+
+// ReadState reads a state written by writeState.
+func ReadState(r io.Reader) (*State, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return nil, fmt.Errorf("state header: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(line, &st); err != nil {
+		return nil, fmt.Errorf("state header: %w", err)
+	}
+	var rec [remoteRecordLen]byte
+	for {
+		if _, err := io.ReadFull(br, rec[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				return &st, nil
+			}
+			return nil, fmt.Errorf("state remote %d: %w", len(st.remotes), err)
+		}
+		st.remotes = append(st.remotes, remotes.Info{
+			Addr:      binary.LittleEndian.Uint32(rec[0:]),
+			Primary:   backend.ID(binary.LittleEndian.Uint16(rec[4:])),
+			Backup:    backend.ID(binary.LittleEndian.Uint16(rec[6:])),
+			FirstSeen: time.Unix(int64(binary.LittleEndian.Uint32(rec[8:])), 0),
+			LastSeen:  time.Unix(int64(binary.LittleEndian.Uint32(rec[12:])), 0),
+			UDP:       binary.LittleEndian.Uint64(rec[16:]),
+			TCP:       binary.LittleEndian.Uint64(rec[24:]),
+			Drops:     binary.LittleEndian.Uint64(rec[32:]),
+		})
+	}
+}
+
+// restore applies the old process's state, before anything starts.
+func (b *Balancer) restore(st *State) error {
+	known := map[backend.ID]bool{}
+	for _, sb := range st.Backends {
+		admin, ok := backend.ParseAdmin(sb.Admin)
+		if !ok {
+			return fmt.Errorf("backend %d: admin setting %q", sb.ID, sb.Admin)
+		}
+		if err := b.Backends.Restore(sb.ID, sb.Path, admin); err != nil {
+			return err
+		}
+		known[sb.ID] = true
+	}
+	n := 0
+	for _, in := range st.remotes {
+		if (in.Primary == 0 || known[in.Primary]) && (in.Backup == 0 || known[in.Backup]) {
+			b.Table.Restore(in)
+			n++
+		}
+	}
+	b.Log.Info().Int("backends", len(st.Backends)).Int("remotes", n).Msg("took over the previous process's state")
+	st.remotes = nil
+	return nil
+}
+
+// Inherit takes over the descriptors named in InheritEnv, reading the
+// state. It returns nil when the variable is not set.
+func Inherit() (*Inherited, error) {
+	spec := os.Getenv(InheritEnv)
+	if spec == "" {
+		return nil, nil
+	}
+	os.Unsetenv(InheritEnv)
+	in := &Inherited{}
+	for _, item := range strings.Split(spec, ",") {
+		name, num, _ := strings.Cut(item, ":")
+		fd, err := strconv.Atoi(num)
+		if err != nil || fd < 3 {
+			return nil, fmt.Errorf("%s: bad descriptor in %q", InheritEnv, item)
+		}
+		f := os.NewFile(uintptr(fd), name)
+		switch name {
+		case "udp":
+			c, err := net.FilePacketConn(f)
+			if err != nil {
+				return nil, fmt.Errorf("inherited UDP socket: %w", err)
+			}
+			in.UDP = c.(*net.UDPConn)
+			f.Close()
+		case "tcp", "debug", "metrics":
+			ln, err := net.FileListener(f)
+			if err != nil {
+				return nil, fmt.Errorf("inherited %s listener: %w", name, err)
+			}
+			f.Close()
+			switch name {
+			case "tcp":
+				in.TCP = ln.(*net.TCPListener)
+			case "debug":
+				in.Debug = ln.(*net.UnixListener)
+			default:
+				in.Metrics = ln
+			}
+		case "state":
+			st, err := ReadState(f)
+			f.Close()
+			if err != nil {
+				return nil, err
+			}
+			in.State = st
+		case "ready":
+			in.ready = f
+		default:
+			return nil, fmt.Errorf("%s: unknown descriptor %q", InheritEnv, name)
+		}
+	}
+	if in.UDP == nil || in.TCP == nil || in.ready == nil {
+		return nil, fmt.Errorf("%s %q: the UDP socket, TCP listener and ready pipe are needed", InheritEnv, spec)
+	}
+	return in, nil
+}
+
+// TakeOver completes a new process's start: it waits (up to limit) for
+// the backends that were up in the old process to be up here, starts
+// serving, and tells the old process it may go.
+func (b *Balancer) TakeOver(limit time.Duration) {
+	in := b.cfg.Inherited
+	var want []backend.ID
+	if in.State != nil {
+		for _, sb := range in.State.Backends {
+			if sb.OK {
+				want = append(want, sb.ID)
+			}
+		}
+	}
+	deadline := time.Now().Add(limit)
+	for _, id := range want {
+		for be := b.Backends.Get(id); be != nil && !be.OK() && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	b.Serve()
+	up := 0
+	for _, id := range want {
+		if be := b.Backends.Get(id); be != nil && be.OK() {
+			up++
+		}
+	}
+	b.Log.Info().Int("backends_up", up).Int("backends_were_up", len(want)).Msg("serving: took over from the previous process")
+	in.ready.Write([]byte("ready\n"))
+	in.ready.Close()
+	notifySystemd(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
+}
+
+// Handover starts a successor process and, once it serves, steps aside:
+// it stops reading and accepting, then waits for its TCP sessions (up to
+// drain) and for replies still due. It returns nil when the successor has
+// taken over, and then the caller exits; on an error the successor is
+// gone and this process carries on serving.
+func (b *Balancer) Handover(args []string, drain time.Duration) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	var spec []string
+	add := func(name string, f *os.File) {
+		files = append(files, f)
+		spec = append(spec, fmt.Sprintf("%s:%d", name, 2+len(files)))
+	}
+	uf, err := b.UDP.File()
+	if err != nil {
+		return err
+	}
+	add("udp", uf)
+	tf, err := b.TCP.File()
+	if err != nil {
+		return err
+	}
+	add("tcp", tf)
+	if b.debug != nil {
+		f, err := b.debug.File()
+		if err != nil {
+			return err
+		}
+		add("debug", f)
+	}
+	if b.metricsLn != nil {
+		f, err := b.metricsLn.(*net.TCPListener).File()
+		if err != nil {
+			return err
+		}
+		add("metrics", f)
+	}
+	stateR, stateW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	add("state", stateR)
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		stateW.Close()
+		return err
+	}
+	defer readyR.Close()
+	add("ready", readyW)
+
+	env := append(os.Environ(), InheritEnv+"="+strings.Join(spec, ","))
+	proc, err := os.StartProcess(exe, args, &os.ProcAttr{
+		Env:   env,
+		Files: append([]*os.File{os.Stdin, os.Stdout, os.Stderr}, files...),
+	})
+	if err != nil {
+		stateW.Close()
+		return fmt.Errorf("starting %s: %w", exe, err)
+	}
+	b.Log.Info().Int("new_pid", proc.Pid).Str("executable", exe).Msg("handing over to a new process")
+	for _, f := range files {
+		f.Close()
+	}
+	files = nil
+	exited := make(chan error, 1)
+	go func() {
+		st, err := proc.Wait()
+		if err == nil {
+			err = fmt.Errorf("new process exited: %v", st)
+		}
+		exited <- err
+	}()
+	go func() {
+		b.writeState(stateW)
+		stateW.Close()
+	}()
+
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(readyR).ReadString('\n')
+		if err == nil && line != "ready\n" {
+			err = fmt.Errorf("new process said %q", line)
+		}
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			proc.Kill()
+			return fmt.Errorf("new process did not take over: %w", err)
+		}
+	case err := <-exited:
+		return err
+	case <-time.After(time.Minute):
+		proc.Kill()
+		return errors.New("new process not ready after a minute")
+	}
+
+	// The successor serves. Step aside, and let what is under way end.
+	b.UDP.StopReading()
+	b.TCP.StopAccepting()
+	if b.debug != nil {
+		b.debug.CloseKeepSocket()
+		b.debug = nil
+	}
+	if b.metrics != nil {
+		b.metrics.Close()
+		b.metrics = nil
+	}
+	b.Log.Info().Int("new_pid", proc.Pid).Msg("handed over: finishing what is under way")
+	if !b.TCP.Drain(drain) {
+		b.Log.Warn().Dur("drain", drain).Msg("TCP sessions still open after the drain; closing them")
+	}
+	time.Sleep(lateReplies) // replies to queries already sent on
+	proc.Release()
+	return nil
+}
+
+// lateReplies is how long a process that has handed over keeps its
+// backend sessions for the replies to queries it sent on: a client has
+// given up on a later one.
+const lateReplies = time.Second
+
+// notifySystemd sends state to systemd's notification socket, when there
+// is one (Type=notify; NotifyAccess=all lets a successor send MAINPID).
+func notifySystemd(state string) {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return
+	}
+	if strings.HasPrefix(addr, "@") {
+		addr = "\x00" + addr[1:]
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.Write([]byte(state))
+}
+
+// NotifyReady tells systemd, when there is one, that bbal serves.
+func NotifyReady() { notifySystemd("READY=1") }
