@@ -44,6 +44,12 @@
 // SERVER_HEARTBEAT with none outstanding, a frame type a backend may not
 // send, an OUTBOUND_UDP with more than 1500 bytes of data.
 //
+// # Restarts
+//
+// A new process taking over from an old one ([Set.Restore]) recreates
+// the old one's backends with their IDs and admin settings before it
+// scans, so that IDs and the remotes' assignments carry over.
+//
 // # Concurrency
 //
 // The timers live in a [timeouts.Set]; their callbacks, the session's
@@ -58,17 +64,22 @@
 //
 // # Backpressure
 //
-// Each backend has one bounded outgoing queue (QueueBytes, 256 KiB by
-// default) that its session's writer drains a batch per write. When a
-// backend stops reading, the queue fills and further datagrams for it are
-// dropped and counted as stuck: memory stays flat and the UDP reader never
-// waits on a backend.
+// Each backend has one outgoing queue, bounded in bytes (QueueBytes, 256
+// KiB) and in frames (QueueFrames, 4096), counting the batch being
+// written. The UDP reader writes what it queued at the end of each batch
+// of datagrams without blocking ([Backend.Flush]); the session's writer
+// goroutine takes over when the socket is full. When a backend stops
+// reading, the queue fills and further datagrams for it are dropped and
+// counted as stuck; a query that has waited longer than QueueAge (1 s,
+// about as long as a client waits) is dropped before it is written and
+// counted as expired. Memory stays flat and the UDP reader never waits on
+// a backend.
 //
 // # Counters
 //
 // Every backend counts INBOUND_UDP frames and bytes queued, OUTBOUND_UDP
-// frames and bytes received, replies that could not be sent, stuck and
-// down drops, frames discarded by a fault, TCP proxy sessions (total,
+// frames and bytes received, replies that could not be sent, stuck, down
+// and expired drops, frames discarded by a fault, TCP proxy sessions (total,
 // active, failed), connect attempts and errors, faults by [Reason], and
 // the last heartbeat round trip; [Backend.Stats] returns a snapshot.
 package backend

@@ -31,6 +31,17 @@
 // primary it is; those counts change only in this package, together with
 // the primary they count.
 //
+// # Bounds
+//
+// The table holds at most MaxRemotes remotes (1,000,000 by default, some
+// 100 MB). When it is full, a new client is served by a hash of its
+// address over the eligible backends ([Backends.HashID], like ipvsadm's
+// source-hash scheduler): consistently, without a record, and counted
+// ([Table.Unpinned]). With PrefixBits, clients are pinned by network (a
+// /24 shares one remote, like ipvsadm's netmask). Per-remote log records
+// are limited to 1000 per 5 s, so that a flood of new (spoofed) sources
+// cannot flood the log.
+//
 // # Maintenance
 //
 // Every RebalanceInterval (15 s) the spread between the ok backends with
@@ -39,5 +50,7 @@
 // lose their assignment and pick again on their next packet. Every
 // ExpireInterval (30 s), remotes not seen for ExpireAfter (5 min) are
 // forgotten. Both run on the table's own goroutine, woken by timers in a
-// [timeouts.Set].
+// [timeouts.Set], and walk the table a chunk of remotes per hold of the
+// lock, so that the packet path never waits long behind them; the
+// longest hold is measured ([Table.MaxPause]).
 package remotes

@@ -20,6 +20,18 @@
 // is faulted and the client's connection closed; any other first frame
 // closes the session without faulting the backend.
 //
+// # Limits
+//
+// At most MaxConns client connections are open at once (4096) and
+// MaxConnsPerIP from one address (64); more are closed at once. A
+// connection past INBOUND_TCP_OK that has no query outstanding and has
+// carried no complete message for IdleTimeout (5 s), or any connection
+// older than MaxLifetime (5 min), is closed: the copiers follow DNS's
+// two-byte framing to count queries and answers, and a sweep on the
+// timers checks every second. Each limit hit is counted and logged at
+// most once per 5 s. A failing accept (EMFILE) backs off up to 1 s
+// instead of spinning.
+//
 // # Ownership and shutdown
 //
 // After accepting a connection the proxy owns it until both halves are
