@@ -2,6 +2,9 @@ package udpproxy
 
 import "encoding/binary"
 
+// maxNameLen is the longest domain name in wire format (RFC 1035).
+const maxNameLen = 255
+
 // servfail builds in out the SERVFAIL answer to query: its header and
 // question, with QR set, RCODE 2 and no records. It returns nil for
 // anything that is not a well-formed query with at most one question.
@@ -25,6 +28,9 @@ func servfail(query, out []byte) []byte {
 			i += 1 + l
 			if l == 0 {
 				break
+			}
+			if i-dnsHeaderLen >= maxNameLen { // no room left for the root label
+				return nil
 			}
 		}
 		end = i + 4 // QTYPE, QCLASS

@@ -35,3 +35,21 @@ func TestServfail(t *testing.T) {
 		t.Errorf("servfail allocates %.1f", a)
 	}
 }
+
+func TestServfailNameLengthLimit(t *testing.T) {
+	// A name of 255 octets in wire format is the longest there is.
+	query := func(labels ...int) []byte {
+		q := []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0}
+		for _, l := range labels {
+			q = append(q, byte(l))
+			q = append(q, make([]byte, l)...)
+		}
+		return append(q, 0, 0, 1, 0, 1)
+	}
+	if servfail(query(63, 63, 63, 61), nil) == nil { // 64+64+64+62+1 = 255
+		t.Fatal("255-octet name refused")
+	}
+	if servfail(query(63, 63, 63, 62), nil) != nil { // 256
+		t.Fatal("256-octet name answered")
+	}
+}
