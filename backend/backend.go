@@ -119,7 +119,6 @@ type Backend struct {
 	hbSendT    *timeouts.Timeout
 	hbWaitT    *timeouts.Timeout
 	reconnectT *timeouts.Timeout
-	everReady  bool
 }
 
 type eventKind uint8

@@ -139,7 +139,6 @@ type Set struct {
 
 	lastPicked atomic.Uint32     // ID most recently chosen by Pick
 	noneLog    *timeouts.Limiter // "no backends available"
-	replyLog   *timeouts.Limiter // "outbound UDP packet error"
 
 	ctx  context.Context
 	stop context.CancelFunc
