@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -72,7 +73,8 @@ type ReplyBatch interface {
 }
 
 // Config configures a Set. Dir, Timeouts and Replies are required; every
-// other zero field takes the default above.
+// other zero field takes the default above (negative values are not
+// for use).
 type Config struct {
 	Dir      string         // the socket directory
 	Log      zerolog.Logger // the root logger
@@ -94,28 +96,17 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	def(&c.ConnectTimeout, DefaultConnectTimeout)
-	def(&c.HeartbeatInterval, DefaultHeartbeatInterval)
-	def(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
-	def(&c.ScanInterval, DefaultScanInterval)
-	def(&c.ReconnectMin, DefaultReconnectMin)
-	def(&c.ReconnectStep, DefaultReconnectStep)
-	def(&c.ReconnectMax, DefaultReconnectMax)
-	if c.QueueBytes <= 0 {
-		c.QueueBytes = DefaultQueueBytes
-	}
-	if c.QueueFrames <= 0 {
-		c.QueueFrames = DefaultQueueFrames
-	}
-	def(&c.QueueAge, DefaultQueueAge)
-	if c.MaxBackends <= 0 {
-		c.MaxBackends = DefaultMaxBackends
-	}
+	c.ConnectTimeout = cmp.Or(c.ConnectTimeout, DefaultConnectTimeout)
+	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, DefaultHeartbeatInterval)
+	c.HeartbeatTimeout = cmp.Or(c.HeartbeatTimeout, DefaultHeartbeatTimeout)
+	c.ScanInterval = cmp.Or(c.ScanInterval, DefaultScanInterval)
+	c.ReconnectMin = cmp.Or(c.ReconnectMin, DefaultReconnectMin)
+	c.ReconnectStep = cmp.Or(c.ReconnectStep, DefaultReconnectStep)
+	c.ReconnectMax = cmp.Or(c.ReconnectMax, DefaultReconnectMax)
+	c.QueueBytes = cmp.Or(c.QueueBytes, DefaultQueueBytes)
+	c.QueueFrames = cmp.Or(c.QueueFrames, DefaultQueueFrames)
+	c.QueueAge = cmp.Or(c.QueueAge, DefaultQueueAge)
+	c.MaxBackends = cmp.Or(c.MaxBackends, DefaultMaxBackends)
 }
 
 // Set is every backend found in the socket directory. It owns discovery

@@ -1,6 +1,7 @@
 package remotes
 
 import (
+	"cmp"
 	"context"
 	"sync"
 	"sync/atomic"
@@ -139,18 +140,10 @@ type Table struct {
 
 // New returns an empty table. Its maintenance starts with Start.
 func New(cfg Config) *Table {
-	if cfg.RebalanceInterval <= 0 {
-		cfg.RebalanceInterval = DefaultRebalanceInterval
-	}
-	if cfg.ExpireInterval <= 0 {
-		cfg.ExpireInterval = DefaultExpireInterval
-	}
-	if cfg.ExpireAfter <= 0 {
-		cfg.ExpireAfter = DefaultExpireAfter
-	}
-	if cfg.MaxRemotes <= 0 {
-		cfg.MaxRemotes = DefaultMaxRemotes
-	}
+	cfg.RebalanceInterval = cmp.Or(cfg.RebalanceInterval, DefaultRebalanceInterval)
+	cfg.ExpireInterval = cmp.Or(cfg.ExpireInterval, DefaultExpireInterval)
+	cfg.ExpireAfter = cmp.Or(cfg.ExpireAfter, DefaultExpireAfter)
+	cfg.MaxRemotes = cmp.Or(cfg.MaxRemotes, DefaultMaxRemotes)
 	if cfg.PrefixBits <= 0 || cfg.PrefixBits > 32 {
 		cfg.PrefixBits = 32
 	}

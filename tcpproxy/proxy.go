@@ -1,6 +1,7 @@
 package tcpproxy
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -143,24 +144,12 @@ type Proxy struct {
 
 // New returns a proxy accepting on ln, which it owns from then on.
 func New(ln *net.TCPListener, cfg Config) *Proxy {
-	if cfg.OKTimeout <= 0 {
-		cfg.OKTimeout = DefaultOKTimeout
-	}
-	if cfg.DrainTimeout <= 0 {
-		cfg.DrainTimeout = DefaultDrainTimeout
-	}
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = DefaultMaxConns
-	}
-	if cfg.MaxConnsPerIP <= 0 {
-		cfg.MaxConnsPerIP = DefaultMaxConnsPerIP
-	}
-	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = DefaultIdleTimeout
-	}
-	if cfg.MaxLifetime <= 0 {
-		cfg.MaxLifetime = DefaultMaxLifetime
-	}
+	cfg.OKTimeout = cmp.Or(cfg.OKTimeout, DefaultOKTimeout)
+	cfg.DrainTimeout = cmp.Or(cfg.DrainTimeout, DefaultDrainTimeout)
+	cfg.MaxConns = cmp.Or(cfg.MaxConns, DefaultMaxConns)
+	cfg.MaxConnsPerIP = cmp.Or(cfg.MaxConnsPerIP, DefaultMaxConnsPerIP)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
+	cfg.MaxLifetime = cmp.Or(cfg.MaxLifetime, DefaultMaxLifetime)
 	ctx, stop := context.WithCancel(context.Background())
 	clock := cfg.Timeouts.Clock()
 	p := &Proxy{ln: ln, cfg: cfg, log: cfg.Log, sessions: map[*session]struct{}{}, perIP: map[netip.Addr]int{},
