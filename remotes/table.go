@@ -226,7 +226,17 @@ func (t *Table) now() uint32 {
 // no record: it is served by HashID, and the Remote returned is the
 // shared one that counts such clients.
 func (t *Table) Route(ip uint32) (*Remote, backend.ID) {
-	now := t.now()
+	return t.RouteAt(ip, t.clock.Now().UnixNano())
+}
+
+// RouteAt is Route for a caller that has read the clock already (the UDP
+// reader reads it once per batch of datagrams): now is in unix
+// nanoseconds.
+func (t *Table) RouteAt(ip uint32, now int64) (*Remote, backend.ID) {
+	return t.route(ip, uint32(max(now-t.epoch.UnixNano(), 0)/int64(time.Second)))
+}
+
+func (t *Table) route(ip, now uint32) (*Remote, backend.ID) {
 	k := ip & t.mask
 	t.mu.Lock()
 	e, found := t.tree.Get(key(k))

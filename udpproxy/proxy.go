@@ -191,7 +191,7 @@ func (p *Proxy) handle(buf []byte, n int, ip uint32, port uint16, ok bool, now i
 	p.bytesIn.Add(uint64(n))
 	switch {
 	case !ok:
-		p.drops[DropNotIPv4].Add(1)
+		p.drop(DropNotIPv4)
 		return nil
 	case n < dnsHeaderLen:
 		p.drop(DropRunt)
@@ -207,7 +207,7 @@ func (p *Proxy) handle(buf []byte, n int, ip uint32, port uint16, ok bool, now i
 		e.Stringer("remote_ip", protocol.U32ToAddr(ip)).Uint16("remote_port", port).Int("len", n).
 			Msg("received UDP packet from remote")
 	}
-	rem, id := p.table.Route(ip)
+	rem, id := p.table.RouteAt(ip, now)
 	be := p.backends.Get(id)
 	if be == nil {
 		rem.CountDrop()
