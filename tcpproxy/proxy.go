@@ -238,9 +238,10 @@ func (p *Proxy) acceptLoop() {
 
 // admit starts a session for c, or closes it when a limit is reached.
 func (p *Proxy) admit(c *net.TCPConn) {
-	addr := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+	from := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	addr := from.Addr().Unmap()
 	now := p.cfg.Timeouts.Clock().Now().UnixNano()
-	s := &session{p: p, front: c, id: p.nextID.Add(1), addr: addr, accepted: now}
+	s := &session{p: p, front: c, id: p.nextID.Add(1), addr: addr, port: from.Port(), accepted: now}
 	s.lastActive.Store(now)
 	p.mu.Lock()
 	switch {
@@ -317,14 +318,13 @@ type session struct {
 	closed   bool
 	timedOut atomic.Bool
 
-	remoteIP   string
-	remotePort uint16
-	backendID  backend.ID
+	addr      netip.Addr // the client's
+	port      uint16
+	backendID backend.ID
 
 	// For the idle and lifetime limits: when the connection was
 	// accepted and last carried a complete message (unix nanoseconds),
 	// and the queries and answers that have passed.
-	addr       netip.Addr
 	accepted   int64
 	piping     atomic.Bool // past INBOUND_TCP_OK: the idle limit applies
 	lastActive atomic.Int64
@@ -345,8 +345,8 @@ func (s *session) sawAnswers(n int) {
 // event adds the session's context fields (the original's child logger
 // keys) to e; nothing is built for a disabled level.
 func (s *session) event(e *zerolog.Event) *zerolog.Event {
-	return e.Uint64("conn_id", s.id).Str("remote_ip", s.remoteIP).
-		Uint16("remote_port", s.remotePort).Uint16("backend", uint16(s.backendID))
+	return e.Uint64("conn_id", s.id).Stringer("remote_ip", s.addr).
+		Uint16("remote_port", s.port).Uint16("backend", uint16(s.backendID))
 }
 
 func (s *session) closeBoth() {
@@ -377,16 +377,13 @@ func (s *session) serve() {
 		p.wg.Done()
 	}()
 
-	from := s.front.RemoteAddr().(*net.TCPAddr).AddrPort()
-	addr := from.Addr().Unmap()
-	s.remoteIP, s.remotePort = addr.String(), from.Port()
-	if !addr.Is4() {
+	if !s.addr.Is4() {
 		s.drop(DropNotIPv4)
 		return
 	}
-	ip := protocol.AddrToU32(addr)
+	ip := protocol.AddrToU32(s.addr)
 	if e := p.log.Debug(); e != nil {
-		e.Uint64("conn_id", s.id).Str("remote_ip", s.remoteIP).Uint16("remote_port", s.remotePort).
+		e.Uint64("conn_id", s.id).Stringer("remote_ip", s.addr).Uint16("remote_port", s.port).
 			Msg("inbound TCP connection")
 	}
 	rem, id := p.cfg.Table.Route(ip)
@@ -449,7 +446,7 @@ func (s *session) handshake(be *backend.Backend, ip uint32) bool {
 	})
 	t.Set(p.cfg.OKTimeout)
 	defer t.Clear()
-	if _, err := s.back.Write(protocol.AppendInboundTCP(make([]byte, 0, protocol.InboundTCPLen), ip, s.remotePort)); err != nil {
+	if _, err := s.back.Write(protocol.AppendInboundTCP(make([]byte, 0, protocol.InboundTCPLen), ip, s.port)); err != nil {
 		s.drop(DropBadOK)
 		s.event(p.log.Warn()).Err(err).Msg("backend hello frame send failed")
 		return false

@@ -46,15 +46,6 @@ func (r DropReason) String() string {
 	return "unknown"
 }
 
-// DropReasons lists every drop reason, in order.
-func DropReasons() []DropReason {
-	out := make([]DropReason, numDrops)
-	for i := range out {
-		out[i] = DropReason(i)
-	}
-	return out
-}
-
 // Proxy is the UDP half of the balancer.
 type Proxy struct {
 	conn     *net.UDPConn
