@@ -108,6 +108,9 @@ type Backend struct {
 
 	events chan event
 
+	load   load
+	credit int64 // weighted round-robin's; guarded by the Set's pickMu
+
 	// cur is the session Flush writes to; set and cleared by run.
 	cur atomic.Pointer[session]
 
@@ -157,6 +160,7 @@ func newBackend(s *Set, id ID, path string) *Backend {
 		q:      newQueue(s.cfg.QueueBytes, s.cfg.QueueFrames, int64(s.cfg.QueueAge)),
 		events: make(chan event, eventQueueLen),
 	}
+	b.load.weight.Store(DefaultWeight)
 	name := "backend " + itoa(int(id)) + " "
 	ts := s.cfg.Timeouts
 	b.connectT = ts.NewTimeout(name+"connect", func() { b.post(event{kind: evConnectTimeout}) })
@@ -287,6 +291,14 @@ func (b *Backend) Stats() Stats {
 		HeartbeatRTT:    time.Duration(b.stats.heartbeatRTT.Load()),
 		Heartbeats:      b.stats.heartbeats.Load(),
 		Faults:          map[string]uint64{},
+		Weight:          b.Weight(),
+		Slow:            b.Slow(),
+		Outstanding:     b.Outstanding(),
+		Latency:         b.Latency(),
+		Answered:        b.load.answered.Load(),
+		Unanswered:      b.load.unanswered.Load(),
+		Evicted:         b.load.evicted.Load(),
+		Resent:          b.load.resent.Load(),
 	}
 	for r := range numReasons {
 		if n := b.stats.faults[r].Load(); n > 0 {
@@ -302,7 +314,8 @@ func (b *Backend) ResetCounters() {
 	c := &b.stats
 	for _, v := range []*atomic.Uint64{&c.udpFrames, &c.udpBytes, &c.outboundUDP, &c.outboundBytes,
 		&c.outboundErrors, &c.stuckDrops, &c.downDrops, &c.discarded, &c.expired, &c.tcpTotal, &c.tcpErrors,
-		&c.connectAttempts, &c.connectErrors, &c.heartbeats} {
+		&c.connectAttempts, &c.connectErrors, &c.heartbeats,
+		&b.load.answered, &b.load.unanswered, &b.load.evicted, &b.load.resent} {
 		v.Store(0)
 	}
 	for i := range c.faults {
@@ -317,6 +330,9 @@ func (b *Backend) setState(s State) {
 	b.since.Store(b.set.cfg.Timeouts.Clock().Now().UnixNano())
 	b.ok.Store(s == StateOK)
 	b.removed.Store(s == StateRemoved)
+	if old == StateOK && s != StateOK && b.set.cfg.Down != nil {
+		b.set.cfg.Down(b)
+	}
 	if e := b.log.Debug(); e != nil && old != s {
 		e.Str("from", old.String()).Str("to", s.String()).Msg("backend state change")
 	}

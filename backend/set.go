@@ -79,8 +79,15 @@ type Config struct {
 	Dir      string         // the socket directory
 	Log      zerolog.Logger // the root logger
 	Timeouts *timeouts.Set  // where the backends' timers live
-	// Replies returns a new, empty batch for a session's reader.
-	Replies func() ReplyBatch
+	// Replies returns a new, empty batch for the reader of a session of
+	// backend b.
+	Replies func(b *Backend) ReplyBatch
+	// Down, when set, is called when a backend that was ok stops being
+	// so (fault, removal, stop), on that backend's goroutine: the UDP
+	// proxy sends the queries it had not answered to other backends.
+	Down func(b *Backend)
+	// Policy chooses the backend of a new remote.
+	Policy Policy
 
 	ConnectTimeout    time.Duration
 	HeartbeatInterval time.Duration
@@ -129,6 +136,7 @@ type Set struct {
 	list atomic.Pointer[[]*Backend]
 
 	lastPicked atomic.Uint32     // ID most recently chosen by Pick
+	pickMu     sync.Mutex        // guards the backends' credit (weighted round-robin)
 	noneLog    *timeouts.Limiter // "no backends available"
 
 	ctx  context.Context
@@ -314,25 +322,106 @@ func (s *Set) Get(id ID) *Backend {
 // All returns every backend in ID order. The slice must not be modified.
 func (s *Set) All() []*Backend { return *s.list.Load() }
 
-// Pick chooses a backend for a new assignment: round-robin in ID order
-// over the eligible backends (ok and enabled), starting after the one
-// chosen last. It returns nil when none is eligible, and then logs "no
-// backends available" (at most once per 5 s).
-func (s *Set) Pick() *Backend {
+// Pick chooses a backend for a new assignment among the eligible ones
+// (ok and enabled), by the Set's policy; primaries gives the remotes
+// each backend is the primary of (it is only read). It returns nil when
+// none is eligible, and then logs "no backends available" (at most once
+// per 5 s).
+//
+// PolicyRoundRobin is the original's: round-robin in ID order, starting
+// after the one chosen last; when the weights differ, smooth weighted
+// round-robin (each backend chosen in proportion to its weight, evenly
+// interleaved). PolicyLeastLoaded chooses the backend with the fewest
+// queries outstanding per unit of weight, then the fewest remotes per
+// unit of weight, then the lowest ID; a backend found slow (CheckSlow)
+// is passed over while another is eligible.
+func (s *Set) Pick(primaries map[ID]int) *Backend {
 	list := *s.list.Load()
-	last := ID(s.lastPicked.Load())
-	start, _ := slices.BinarySearchFunc(list, last+1, func(b *Backend, id ID) int { return int(b.id) - int(id) })
-	for i := range list {
-		b := list[(start+i)%len(list)]
-		if b.Eligible() {
-			s.lastPicked.Store(uint32(b.id))
-			return b
+	var b *Backend
+	switch {
+	case s.cfg.Policy == PolicyLeastLoaded:
+		b = leastLoaded(list, primaries)
+	case !sameWeights(list):
+		b = s.weightedRoundRobin(list)
+	default:
+		last := ID(s.lastPicked.Load())
+		start, _ := slices.BinarySearchFunc(list, last+1, func(b *Backend, id ID) int { return int(b.id) - int(id) })
+		for i := range list {
+			if c := list[(start+i)%len(list)]; c.Eligible() {
+				b = c
+				break
+			}
 		}
+	}
+	if b != nil {
+		s.lastPicked.Store(uint32(b.id))
+		return b
 	}
 	if ok, held := s.noneLog.Allow(); ok {
 		s.log.Error().Int64("suppressed", held).Msg("no backends available")
 	}
 	return nil
+}
+
+// sameWeights reports whether the eligible backends are weighted alike.
+func sameWeights(list []*Backend) bool {
+	w := int32(0)
+	for _, b := range list {
+		if b.Eligible() {
+			if bw := b.load.weight.Load(); w != 0 && bw != w {
+				return false
+			} else {
+				w = bw
+			}
+		}
+	}
+	return true
+}
+
+// weightedRoundRobin is nginx's smooth weighted round-robin: each
+// eligible backend's credit grows by its weight, the one with the most
+// is chosen and pays the total.
+func (s *Set) weightedRoundRobin(list []*Backend) *Backend {
+	s.pickMu.Lock()
+	defer s.pickMu.Unlock()
+	var best *Backend
+	total := int64(0)
+	for _, b := range list {
+		if !b.Eligible() {
+			continue
+		}
+		w := int64(b.load.weight.Load())
+		b.credit += w
+		total += w
+		if best == nil || b.credit > best.credit {
+			best = b
+		}
+	}
+	if best != nil {
+		best.credit -= total
+	}
+	return best
+}
+
+// leastLoaded is PolicyLeastLoaded's choice.
+func leastLoaded(list []*Backend, primaries map[ID]int) *Backend {
+	var best *Backend
+	var bestSlow bool
+	var bestOut, bestRem, bestW int64
+	for _, b := range list {
+		if !b.Eligible() {
+			continue
+		}
+		slow, out, rem, w := b.Slow(), b.Outstanding(), int64(primaries[b.id]), int64(b.load.weight.Load())
+		// Compare out/w and rem/w without dividing.
+		better := best == nil ||
+			bestSlow && !slow ||
+			bestSlow == slow && (out*bestW < bestOut*w || out*bestW == bestOut*w && rem*bestW < bestRem*w)
+		if better {
+			best, bestSlow, bestOut, bestRem, bestW = b, slow, out, rem, w
+		}
+	}
+	return best
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
@@ -348,8 +437,8 @@ func (s *Set) Status(id ID) (ok, gone bool) {
 }
 
 // PickID is Pick for callers that keep IDs; 0 when none is eligible.
-func (s *Set) PickID() ID {
-	if b := s.Pick(); b != nil {
+func (s *Set) PickID(primaries map[ID]int) ID {
+	if b := s.Pick(primaries); b != nil {
 		return b.id
 	}
 	return 0

@@ -26,7 +26,7 @@ func newTestSet(t *testing.T, dir string, cfg Config) (*Set, *testbed.Logs) {
 	cfg.Dir, cfg.Timeouts = dir, ts
 	cfg.Log = testbed.Logger(logs)
 	if cfg.Replies == nil {
-		cfg.Replies = func() ReplyBatch { return &countBatch{} }
+		cfg.Replies = func(*Backend) ReplyBatch { return &countBatch{} }
 	}
 	s := NewSet(cfg)
 	s.Start()
@@ -135,7 +135,7 @@ func TestPickIsRoundRobinInIDOrderOverOKBackends(t *testing.T) {
 	fakeList(s, map[ID]bool{1: true, 2: false, 3: true, 5301: true, 5302: false})
 	var got []ID
 	for range 7 {
-		got = append(got, s.PickID())
+		got = append(got, s.PickID(nil))
 	}
 	want := []ID{1, 3, 5301, 1, 3, 5301, 1}
 	for i := range want {
@@ -151,7 +151,7 @@ func TestPickIsRoundRobinInIDOrderOverOKBackends(t *testing.T) {
 	s.Get(3).SetAdmin(AdminDraining)
 	s.Get(5301).SetAdmin(AdminDisabled)
 	for range 3 {
-		if id := s.PickID(); id != 1 {
+		if id := s.PickID(nil); id != 1 {
 			t.Fatalf("picked %d, want only 1", id)
 		}
 	}
@@ -166,7 +166,7 @@ func TestPickIsRoundRobinInIDOrderOverOKBackends(t *testing.T) {
 
 	fakeList(s, map[ID]bool{1: false, 2: false})
 	for range 3 {
-		if id := s.PickID(); id != 0 {
+		if id := s.PickID(nil); id != 0 {
 			t.Fatalf("picked %d with none ok", id)
 		}
 	}

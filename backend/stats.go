@@ -106,4 +106,13 @@ type Stats struct {
 	Heartbeats      uint64
 	HeartbeatRTT    time.Duration
 	Faults          map[string]uint64 // by Reason.String(), only those seen
+	// Load, as the UDP path measures it.
+	Weight      int
+	Slow        bool          // answering far slower than its peers
+	Outstanding int64         // UDP queries waiting for an answer
+	Latency     time.Duration // moving average of answer times
+	Answered    uint64        // UDP queries answered
+	Unanswered  uint64        // UDP queries given up on (about 1 s)
+	Evicted     uint64        // UDP queries forgotten for room (not counted unanswered)
+	Resent      uint64        // UDP queries sent again to another backend after this one died
 }

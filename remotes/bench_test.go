@@ -2,6 +2,7 @@ package remotes
 
 import (
 	"math/rand/v2"
+	"net/netip"
 	"runtime"
 	"testing"
 	"time"
@@ -13,9 +14,9 @@ func BenchmarkRoute1M(b *testing.B) {
 	const n = 1_000_000
 	tab, _, _ := newTable(b, newFake(1, 2))
 	tab.log = tab.log.Level(100) // disabled: a million "new remote" records say nothing here
-	addrs := make([]uint32, n)
+	addrs := make([]netip.Addr, n)
 	for i := range addrs {
-		addrs[i] = 0x0a000000 + uint32(i)*7
+		addrs[i] = a4(0x0a000000 + uint32(i)*7)
 		tab.Route(addrs[i])
 	}
 	rand.Shuffle(n, func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
@@ -23,7 +24,7 @@ func BenchmarkRoute1M(b *testing.B) {
 	b.ResetTimer()
 	i := 0
 	for b.Loop() {
-		r, id := tab.Route(addrs[i%n])
+		r, id, _ := tab.Route(addrs[i%n])
 		if id == 0 || r == nil {
 			b.Fatal("no backend")
 		}
@@ -41,7 +42,7 @@ func BenchmarkTableMemory(b *testing.B) {
 		tab, _, _ := newTable(b, newFake(1, 2))
 		tab.log = tab.log.Level(100)
 		for i := range n {
-			tab.Route(0x0a000000 + uint32(i)*7)
+			tab.Route(a4(0x0a000000 + uint32(i)*7))
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
@@ -60,11 +61,11 @@ func BenchmarkScanPause1M(b *testing.B) {
 		tab, clock, _ := newTable(b, f)
 		tab.log = tab.log.Level(100)
 		for i := range n / 2 {
-			tab.Route(0x0a000000 + uint32(i)*7)
+			tab.Route(a4(0x0a000000 + uint32(i)*7))
 		}
 		clock.Advance(4 * time.Minute)
 		for i := n / 2; i < n; i++ {
-			tab.Route(0x0a000000 + uint32(i)*7)
+			tab.Route(a4(0x0a000000 + uint32(i)*7))
 		}
 		clock.Advance(2 * time.Minute)
 		f.set(2, true) // all remotes on backend 1: rebalance moves many

@@ -3,6 +3,9 @@ package remotes
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
+	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,8 +49,15 @@ type Backends interface {
 	// and whether it is unknown or its socket was removed (gone).
 	Status(id backend.ID) (ok, gone bool)
 	// PickID chooses a backend for a new assignment; 0 when none is
-	// eligible.
-	PickID() backend.ID
+	// eligible. primaries counts the remotes whose primary each backend
+	// is; it is only read.
+	PickID(primaries map[backend.ID]int) backend.ID
+	// Weight returns backend id's weight: its share of remotes relative
+	// to the others'.
+	Weight(id backend.ID) int
+	// CheckSlow returns the backends found answering far slower than
+	// their peers, whose remotes rebalancing sheds.
+	CheckSlow() []backend.ID
 	// EligibleIDs lists, in ID order, the backends that may be given
 	// new remotes: those rebalancing spreads remotes over.
 	EligibleIDs() []backend.ID
@@ -70,15 +80,29 @@ type Config struct {
 	// is full, a new client is served by a hash of its address over the
 	// eligible backends, without a record, and counted (Unpinned).
 	MaxRemotes int
-	// PrefixBits pins clients by network rather than by address: with
-	// 24, every address of a /24 is one remote (like ipvsadm's
-	// netmask). 0 means 32.
+	// PrefixBits pins IPv4 clients by network rather than by address:
+	// with 24, every address of a /24 is one remote (like ipvsadm's
+	// netmask). 0 means 32. IPv6 clients are pinned by address.
 	PrefixBits int
+	// Standins is the IPv4 range from which IPv6 clients are given
+	// their stand-in addresses (DefaultStandins when not valid). Its
+	// first two addresses are reserved for bbal's own use (see
+	// ProbeSource), and no IPv4 client within it is served.
+	Standins netip.Prefix
 }
+
+// DefaultStandins is the default stand-in range: 240.0.0.0/4, reserved
+// since RFC 1112 and never the source of a real datagram.
+var DefaultStandins = netip.MustParsePrefix("240.0.0.0/4")
+
+// ProbeSource returns the reserved address of the stand-in range that
+// bbal's own queries (health probes) come from: its second address.
+func ProbeSource(standins netip.Prefix) netip.Addr { return standins.Masked().Addr().Next() }
 
 // Remote is one client address and its assignment.
 type Remote struct {
-	addr    uint32
+	addr    addrKey
+	standin uint32 // an IPv6 remote's stand-in IPv4 address; 0 for IPv4
 	primary backend.ID
 	backup  backend.ID
 	first   uint32 // seconds since the table's epoch
@@ -104,13 +128,35 @@ func (r *Remote) CountDrop() { r.drops.Add(1) }
 // compares keys in the node's own memory and follows a pointer only to
 // the remote it finds.
 type entry struct {
-	addr uint32
+	addr addrKey
 	r    *Remote
 }
 
-func lessEntry(a, b entry) bool { return a.addr < b.addr }
+func lessEntry(a, b entry) bool {
+	return a.addr.hi < b.addr.hi || a.addr.hi == b.addr.hi && a.addr.lo < b.addr.lo
+}
 
-func key(ip uint32) entry { return entry{addr: ip} }
+func key(ip netip.Addr) entry { return entry{addr: keyOf(ip)} }
+
+// addrKey is an address as the tree orders it: the 128 bits of its IPv6
+// form (an IPv4 address as IPv4-mapped), which compare faster and take
+// less room than a netip.Addr.
+type addrKey struct{ hi, lo uint64 }
+
+func keyOf(ip netip.Addr) addrKey {
+	b := ip.As16()
+	return addrKey{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])}
+}
+
+// Addr returns the address k is the key of.
+func (k addrKey) Addr() netip.Addr {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], k.hi)
+	binary.BigEndian.PutUint64(b[8:], k.lo)
+	return netip.AddrFrom16(b).Unmap()
+}
+
+func (k addrKey) String() string { return k.Addr().String() }
 
 // Table maps client addresses to remotes. Create it with New.
 type Table struct {
@@ -124,12 +170,20 @@ type Table struct {
 	primaries map[backend.ID]int // remotes per primary backend
 	backups   map[backend.ID]int // remotes per backup backend
 
-	mask     uint32 // applied to an address to make its key
+	mask     uint32 // applied to an IPv4 address to make its key
 	overflow Remote // counts for clients served without a record
 	unpinned atomic.Uint64
 	maxPause atomic.Int64 // nanoseconds, the longest hold of mu by a scan
 	logLimit *timeouts.Limiter
 	fullLog  *timeouts.Limiter
+
+	// Stand-ins of IPv6 remotes: the range (first, size), and the
+	// reverse map, which the reply path reads under its own lock.
+	sFirst    uint32
+	sSize     uint32
+	smu       sync.RWMutex
+	standins  map[uint32]netip.Addr
+	noStandin atomic.Uint64
 
 	rebalanceT *timeouts.Timeout
 	expireT    *timeouts.Timeout
@@ -147,6 +201,10 @@ func New(cfg Config) *Table {
 	if cfg.PrefixBits <= 0 || cfg.PrefixBits > 32 {
 		cfg.PrefixBits = 32
 	}
+	if !cfg.Standins.IsValid() || !cfg.Standins.Addr().Is4() || cfg.Standins.Bits() > 30 {
+		cfg.Standins = DefaultStandins
+	}
+	cfg.Standins = cfg.Standins.Masked()
 	clock := cfg.Timeouts.Clock()
 	t := &Table{
 		cfg:       cfg,
@@ -159,6 +217,9 @@ func New(cfg Config) *Table {
 		kick:      make(chan func(), 2),
 		done:      make(chan struct{}),
 		mask:      ^uint32(0) << (32 - cfg.PrefixBits),
+		sFirst:    protocol.AddrToU32(cfg.Standins.Addr()),
+		sSize:     uint32(1) << (32 - cfg.Standins.Bits()),
+		standins:  map[uint32]netip.Addr{},
 		logLimit:  timeouts.NewBurstLimiter(clock, remoteLogInterval, remoteLogBurst),
 		fullLog:   timeouts.NewLimiter(clock, 5*time.Second),
 	}
@@ -222,51 +283,134 @@ func (t *Table) now() uint32 {
 
 // Route finds the remote for ip (its network, with PrefixBits), creating
 // it if it is new, marks it seen, and returns it with the backend to use
-// (0 when no backend is ok). When the table is full, a new client gets
-// no record: it is served by HashID, and the Remote returned is the
-// shared one that counts such clients.
-func (t *Table) Route(ip uint32) (*Remote, backend.ID) {
+// (0 when no backend is ok) and the IPv4 address the backend is to be
+// told: ip itself, or an IPv6 client's stand-in (0 when it could be
+// given none: the table or the stand-in range is full; the caller drops
+// the packet). When the table is full, a new IPv4 client gets no record:
+// it is served by HashID, and the Remote returned is the shared one that
+// counts such clients.
+//
+// ip must not be an IPv4 address within the stand-in range (see
+// InStandins); an IPv4-mapped IPv6 address is taken as the IPv4 one.
+func (t *Table) Route(ip netip.Addr) (*Remote, backend.ID, uint32) {
 	return t.RouteAt(ip, t.clock.Now().UnixNano())
 }
 
 // RouteAt is Route for a caller that has read the clock already (the UDP
 // reader reads it once per batch of datagrams): now is in unix
 // nanoseconds.
-func (t *Table) RouteAt(ip uint32, now int64) (*Remote, backend.ID) {
+func (t *Table) RouteAt(ip netip.Addr, now int64) (*Remote, backend.ID, uint32) {
 	return t.route(ip, uint32(max(now-t.epoch.UnixNano(), 0)/int64(time.Second)))
 }
 
-func (t *Table) route(ip, now uint32) (*Remote, backend.ID) {
-	k := ip & t.mask
+func (t *Table) route(ip netip.Addr, now uint32) (*Remote, backend.ID, uint32) {
+	ip = ip.Unmap()
+	k, wire := ip, uint32(0)
+	if ip.Is4() {
+		wire = protocol.AddrToU32(ip)
+		if t.mask != ^uint32(0) {
+			k = protocol.U32ToAddr(wire & t.mask)
+		}
+	}
+	ek := key(k)
 	t.mu.Lock()
-	e, found := t.tree.Get(key(k))
+	e, found := t.tree.Get(ek)
 	r := e.r
 	if !found {
 		if t.tree.Len() >= t.cfg.MaxRemotes {
 			t.mu.Unlock()
-			return t.unpinnedRoute(k)
+			return t.unpinnedRoute(k, wire)
 		}
-		r = &Remote{addr: k, first: now}
-		t.tree.ReplaceOrInsert(entry{k, r})
+		r = &Remote{addr: ek.addr, first: now}
+		if wire == 0 && !t.giveStandin(r) {
+			t.mu.Unlock()
+			return &t.overflow, 0, 0
+		}
+		ek.r = r
+		t.tree.ReplaceOrInsert(ek)
 		if l := t.remoteLog(r); l != nil {
 			l.Msg("new remote peer")
 		}
 	}
+	if wire == 0 {
+		wire = r.standin
+	}
 	r.last = now
 	id := t.assign(r)
 	t.mu.Unlock()
-	return r, id
+	return r, id, wire
 }
 
-// unpinnedRoute serves a client the full table cannot record.
-func (t *Table) unpinnedRoute(k uint32) (*Remote, backend.ID) {
-	t.unpinned.Add(1)
+// unpinnedRoute serves a client the full table cannot record. An IPv6
+// client without a record has no stand-in, and is not served.
+func (t *Table) unpinnedRoute(k netip.Addr, wire uint32) (*Remote, backend.ID, uint32) {
 	if ok, held := t.fullLog.Allow(); ok {
 		t.log.Warn().Int("max_remotes", t.cfg.MaxRemotes).Int64("suppressed", held).
 			Msg("remotes table full: new clients served by address hash")
 	}
-	return &t.overflow, t.cfg.Backends.HashID(hash(k))
+	if wire == 0 {
+		t.noStandin.Add(1)
+		return &t.overflow, 0, 0
+	}
+	t.unpinned.Add(1)
+	return &t.overflow, t.cfg.Backends.HashID(hash(wire & t.mask)), wire
 }
+
+// standinProbes bounds the search for a free stand-in.
+const standinProbes = 64
+
+// giveStandin finds r (an IPv6 remote) a free stand-in: its address's
+// hash within the range, or one of the next few. The hash is fixed, so
+// that a client keeps its stand-in from one run to the next (unless two
+// clients contend for one), and so do the backends' logs of it. t.mu is
+// held.
+func (t *Table) giveStandin(r *Remote) bool {
+	h := r.addr.hi*0x9e3779b97f4a7c15 ^ r.addr.lo*0xc2b2ae3d27d4eb4f
+	h ^= h >> 29
+	usable := uint64(t.sSize - 2)
+	t.smu.Lock()
+	defer t.smu.Unlock()
+	for i := range uint64(standinProbes) {
+		s := t.sFirst + 2 + uint32((h+i)%usable)
+		if _, taken := t.standins[s]; !taken {
+			t.standins[s] = r.addr.Addr()
+			r.standin = s
+			return true
+		}
+	}
+	t.noStandin.Add(1)
+	return false
+}
+
+// dropStandin frees r's stand-in, if it has one. t.mu is held.
+func (t *Table) dropStandin(r *Remote) {
+	if r.standin == 0 {
+		return
+	}
+	t.smu.Lock()
+	delete(t.standins, r.standin)
+	t.smu.Unlock()
+	r.standin = 0
+}
+
+// InStandins reports whether the IPv4 address ip (as the protocol
+// carries it) is within the stand-in range, reserved addresses included.
+func (t *Table) InStandins(ip uint32) bool { return ip-t.sFirst < t.sSize }
+
+// Standins returns the stand-in range.
+func (t *Table) Standins() netip.Prefix { return t.cfg.Standins }
+
+// Client returns the IPv6 client whose stand-in ip is.
+func (t *Table) Client(ip uint32) (netip.Addr, bool) {
+	t.smu.RLock()
+	a, ok := t.standins[ip]
+	t.smu.RUnlock()
+	return a, ok
+}
+
+// NoStandin returns the number of datagrams and connections from IPv6
+// clients that could not be given a stand-in.
+func (t *Table) NoStandin() uint64 { return t.noStandin.Load() }
 
 // hash mixes an address so that neighbouring addresses spread (the
 // finaliser of MurmurHash3).
@@ -303,7 +447,7 @@ func (t *Table) assign(r *Remote) backend.ID {
 				}
 				t.setBackup(r, 0)
 			}
-			id := b.PickID()
+			id := b.PickID(t.primaries)
 			if id != 0 {
 				if l := t.remoteLog(r); l != nil {
 					l.Uint16("be_id", uint16(id)).Msg("remote assigned to new backup backend")
@@ -313,7 +457,7 @@ func (t *Table) assign(r *Remote) backend.ID {
 			return id
 		}
 	}
-	id := b.PickID()
+	id := b.PickID(t.primaries)
 	if id != 0 {
 		if l := t.remoteLog(r); l != nil {
 			l.Uint16("be_id", uint16(id)).Msg("remote assigned to new primary backend")
@@ -334,7 +478,10 @@ func (t *Table) remoteLog(r *Remote) *zerolog.Event {
 	if !ok {
 		return nil
 	}
-	e := t.log.Info().Stringer("remote_ip", protocol.U32ToAddr(r.addr))
+	e := t.log.Info().Stringer("remote_ip", r.addr)
+	if r.standin != 0 {
+		e = e.Stringer("standin", protocol.U32ToAddr(r.standin))
+	}
 	if held > 0 {
 		e = e.Int64("suppressed", held)
 	}
@@ -373,41 +520,71 @@ func move(counts map[backend.ID]int, from, to backend.ID) {
 
 // Rebalance clears the assignment of enough remotes of the fullest
 // eligible backend to bring the spread down, as described in the package
-// comment. It returns the number of remotes cleared.
+// comment, and sheds half the remotes of each backend found slow. It
+// returns the number of remotes cleared.
 func (t *Table) Rebalance() int {
+	cleared := 0
+	for _, id := range t.cfg.Backends.CheckSlow() {
+		t.mu.Lock()
+		n := (t.primaries[id] + 1) / 2
+		t.mu.Unlock()
+		cleared += t.shed(id, n, "rebalancing away from slow backend")
+	}
 	ok := t.cfg.Backends.EligibleIDs()
 	if len(ok) == 0 {
-		return 0
+		return cleared
 	}
+	// Each backend's count is compared per unit of its weight; with
+	// equal weights, this is the original's spread.
+	weights := make([]int, len(ok))
+	total, sumW := 0, 0
 	t.mu.Lock()
-	maxID, maxN, minN := ok[0], t.primaries[ok[0]], t.primaries[ok[0]]
-	for _, id := range ok[1:] {
-		n := t.primaries[id]
-		if n > maxN {
-			maxID, maxN = id, n
-		}
-		minN = min(minN, n)
+	for i, id := range ok {
+		weights[i] = max(t.cfg.Backends.Weight(id), 1)
+		total += t.primaries[id]
+		sumW += weights[i]
 	}
+	maxI, minI := 0, 0
+	for i, id := range ok {
+		if t.primaries[id]*weights[maxI] > t.primaries[ok[maxI]]*weights[i] {
+			maxI = i
+		}
+		if t.primaries[id]*weights[minI] < t.primaries[ok[minI]]*weights[i] {
+			minI = i
+		}
+	}
+	maxID, maxN, minN := ok[maxI], t.primaries[ok[maxI]], t.primaries[ok[minI]]
 	t.mu.Unlock()
 	spread := maxN - minN
+	if slices.ContainsFunc(weights, func(w int) bool { return w != weights[0] }) {
+		// Weighted: how far the fullest is over its share.
+		spread = maxN - total*weights[maxI]/sumW
+	}
 	if e := t.log.Trace(); e != nil {
 		e.Int("max_count", maxN).Int("min_count", minN).Uint16("max_be_id", uint16(maxID)).
 			Int("spread", spread).Msg("balancer spread statistics")
 	}
 	if spread <= len(ok) {
+		return cleared
+	}
+	return cleared + t.shed(maxID, spread-len(ok), "rebalancing to reduce spread")
+}
+
+// shed clears the assignment of up to n remotes whose primary is id.
+func (t *Table) shed(id backend.ID, n int, msg string) int {
+	cleared := 0
+	if n <= 0 {
 		return 0
 	}
-	todo := spread - len(ok)
-	cleared := 0
 	t.scan(func(r *Remote) (stop bool) {
-		if r.primary == maxID {
+		if r.primary == id {
 			if l := t.remoteLog(r); l != nil {
-				l.Uint16("be_id", uint16(maxID)).Msg("rebalancing to reduce spread")
+				l.Uint16("be_id", uint16(id)).Msg(msg)
 			}
 			t.reset(r)
 			cleared++
 		}
-		return cleared >= todo
+		return cleared >= n
 	}, nil)
 	return cleared
 }
@@ -431,7 +608,8 @@ func (t *Table) Expire() int {
 				l.Msg("expiring remote entry")
 			}
 			t.reset(r)
-			t.tree.Delete(key(r.addr))
+			t.dropStandin(r)
+			t.tree.Delete(entry{addr: r.addr})
 		}
 		expired += len(stale)
 		stale = stale[:0]
@@ -443,14 +621,14 @@ func (t *Table) Expire() int {
 // chunk under the lock, calling endChunk (if not nil) at the end of each
 // chunk before the lock is released. It stops when visit returns true.
 func (t *Table) scan(visit func(*Remote) (stop bool), endChunk func()) {
-	next, more := uint32(0), true
+	next, more := addrKey{}, true
 	for more {
 		t.mu.Lock()
 		start := time.Now()
 		more = false
 		n := 0
 		stopped := false
-		t.tree.AscendGreaterOrEqual(key(next), func(e entry) bool {
+		t.tree.AscendGreaterOrEqual(entry{addr: next}, func(e entry) bool {
 			if n == scanChunk {
 				more, next = true, e.addr
 				return false
@@ -504,19 +682,44 @@ func (t *Table) Restore(in Info) {
 		}
 		return 0
 	}
-	k := in.Addr & t.mask
+	k := in.Addr.Unmap()
+	if k.Is4() {
+		k = protocol.U32ToAddr(protocol.AddrToU32(k) & t.mask)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.tree.Has(key(k)) || t.tree.Len() >= t.cfg.MaxRemotes {
+	if !k.IsValid() || t.tree.Has(key(k)) || t.tree.Len() >= t.cfg.MaxRemotes {
 		return
 	}
-	r := &Remote{addr: k, first: sec(in.FirstSeen), last: sec(in.LastSeen)}
+	r := &Remote{addr: keyOf(k), first: sec(in.FirstSeen), last: sec(in.LastSeen)}
+	if k.Is6() && !t.restoreStandin(r, in.Standin) {
+		return
+	}
 	r.udp.Store(in.UDP)
 	r.tcp.Store(in.TCP)
 	r.drops.Store(in.Drops)
 	t.setPrimary(r, in.Primary)
 	t.setBackup(r, in.Backup)
-	t.tree.ReplaceOrInsert(entry{k, r})
+	t.tree.ReplaceOrInsert(entry{r.addr, r})
+}
+
+// restoreStandin gives r (an IPv6 remote) the stand-in it had, if that
+// is within the range and free, else a new one. t.mu is held.
+func (t *Table) restoreStandin(r *Remote, had netip.Addr) bool {
+	if had.Is4() {
+		s := protocol.AddrToU32(had)
+		t.smu.Lock()
+		_, taken := t.standins[s]
+		if free := s-t.sFirst-2 < t.sSize-2 && !taken; free {
+			t.standins[s] = r.addr.Addr()
+			r.standin = s
+		}
+		t.smu.Unlock()
+		if r.standin != 0 {
+			return true
+		}
+	}
+	return t.giveStandin(r)
 }
 
 // Len returns the number of remotes.
@@ -564,7 +767,8 @@ func (t *Table) ResetCounters() {
 
 // Info is a snapshot of one remote.
 type Info struct {
-	Addr      uint32
+	Addr      netip.Addr
+	Standin   netip.Addr // an IPv6 remote's stand-in; the zero Addr for IPv4
 	Primary   backend.ID
 	Backup    backend.ID
 	UDP       uint64
@@ -576,10 +780,14 @@ type Info struct {
 
 // Lookup returns a snapshot of the remote for ip (its network, with
 // PrefixBits).
-func (t *Table) Lookup(ip uint32) (Info, bool) {
+func (t *Table) Lookup(ip netip.Addr) (Info, bool) {
+	ip = ip.Unmap()
+	if ip.Is4() {
+		ip = protocol.U32ToAddr(protocol.AddrToU32(ip) & t.mask)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e, ok := t.tree.Get(key(ip & t.mask))
+	e, ok := t.tree.Get(key(ip))
 	if !ok {
 		return Info{}, false
 	}
@@ -587,26 +795,31 @@ func (t *Table) Lookup(ip uint32) (Info, bool) {
 }
 
 func (t *Table) info(r *Remote) Info {
+	var standin netip.Addr
+	if r.standin != 0 {
+		standin = protocol.U32ToAddr(r.standin)
+	}
 	return Info{
-		Addr: r.addr, Primary: r.primary, Backup: r.backup,
+		Addr: r.addr.Addr(), Standin: standin, Primary: r.primary, Backup: r.backup,
 		UDP: r.udp.Load(), TCP: r.tcp.Load(), Drops: r.drops.Load(),
 		FirstSeen: t.epoch.Add(time.Duration(r.first) * time.Second),
 		LastSeen:  t.epoch.Add(time.Duration(r.last) * time.Second),
 	}
 }
 
-// Walk calls fn for each remote in address order, from the address from
-// onwards, holding the lock for at most chunk remotes at a time so that a
+// Walk calls fn for each remote in address order (that of their IPv6 forms),
+// from the address from onwards (all of them when from is the zero
+// Addr), holding the lock for at most chunk remotes at a time so that a
 // long walk does not stall the packet path. fn must not call the table.
-func (t *Table) Walk(ctx context.Context, from uint32, fn func(Info) bool) {
+func (t *Table) Walk(ctx context.Context, from netip.Addr, fn func(Info) bool) {
 	const chunk = 1024
 	buf := make([]Info, 0, chunk)
-	next, more := from, true
+	next, more := keyOf(from), true
 	for more && ctx.Err() == nil {
 		buf = buf[:0]
 		t.mu.Lock()
 		more = false
-		t.tree.AscendGreaterOrEqual(key(next), func(e entry) bool {
+		t.tree.AscendGreaterOrEqual(entry{addr: next}, func(e entry) bool {
 			if len(buf) == chunk {
 				more = true
 				next = e.addr

@@ -1,8 +1,12 @@
 package remotes
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +29,9 @@ type fakeBackends struct {
 	gone  map[backend.ID]bool
 	last  backend.ID
 	picks int
+
+	weights map[backend.ID]int
+	slow    []backend.ID
 }
 
 func newFake(ids ...backend.ID) *fakeBackends {
@@ -66,7 +73,19 @@ func (f *fakeBackends) ids() []backend.ID {
 	return ids
 }
 
-func (f *fakeBackends) PickID() backend.ID {
+func (f *fakeBackends) Weight(id backend.ID) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return cmp.Or(f.weights[id], 1)
+}
+
+func (f *fakeBackends) CheckSlow() []backend.ID {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.slow
+}
+
+func (f *fakeBackends) PickID(map[backend.ID]int) backend.ID {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.picks++
@@ -111,12 +130,15 @@ func newTableConfig(t testing.TB, cfg Config) (*Table, *timeouts.Fake, *testbed.
 	return New(cfg), clock, logs
 }
 
-func ip(n int) uint32 { return protocol.AddrToU32(testbed.Loopback(n)) }
+func ip(n int) netip.Addr { return testbed.Loopback(n) }
+
+// a4 is the IPv4 address v.
+func a4(v uint32) netip.Addr { return protocol.U32ToAddr(v) }
 
 func TestAssignment(t *testing.T) {
 	f := newFake(1, 2)
 	tab, _, logs := newTable(t, f)
-	route := func(n int) backend.ID { _, id := tab.Route(ip(n)); return id }
+	route := func(n int) backend.ID { _, id, _ := tab.Route(ip(n)); return id }
 
 	// New remotes get primaries round-robin, and keep them.
 	if a, b, c := route(1), route(2), route(1); a != 1 || b != 2 || c != 1 {
@@ -253,18 +275,25 @@ func TestWalkInAddressOrderInChunks(t *testing.T) {
 		tab.Route(ip(n))
 	}
 	for n := range 3000 {
-		tab.Route(0x0a000000 + uint32(n))
+		tab.Route(a4(0x0a000000 + uint32(n)))
 	}
-	var got []uint32
-	tab.Walk(context.Background(), 0, func(in Info) bool {
+	// IPv6 remotes after every IPv4 one.
+	for _, s := range []string{"::1", "2001:db8::1", "fe80::1"} {
+		tab.Route(netip.MustParseAddr(s))
+	}
+	var got []netip.Addr
+	tab.Walk(context.Background(), netip.Addr{}, func(in Info) bool {
 		got = append(got, in.Addr)
 		return true
 	})
-	if len(got) != 3007 || !slices.IsSorted(got) {
-		t.Fatalf("walked %d remotes, sorted %v", len(got), slices.IsSorted(got))
+	// In the order of the addresses' IPv6 forms: ::1, then IPv4, then
+	// the others.
+	by16 := func(a, b netip.Addr) int { x, y := a.As16(), b.As16(); return bytes.Compare(x[:], y[:]) }
+	if len(got) != 3010 || !slices.IsSortedFunc(got, by16) || got[0].String() != "::1" || !got[1].Is4() {
+		t.Fatalf("walked %d remotes, sorted %v, first %v", len(got), slices.IsSortedFunc(got, by16), got[:2])
 	}
 	n := 0
-	tab.Walk(context.Background(), 0x0a000000+2500, func(Info) bool { n++; return n < 100 })
+	tab.Walk(context.Background(), a4(0x0a000000+2500), func(Info) bool { n++; return n < 100 })
 	if n != 100 {
 		t.Fatalf("walk did not stop: %d", n)
 	}
@@ -282,15 +311,15 @@ func TestRouteAllocatesNothingForKnownRemotes(t *testing.T) {
 func TestResetCounters(t *testing.T) {
 	tab, _, _ := newTable(t, newFake(1))
 	for n := range 5000 {
-		r, _ := tab.Route(uint32(n))
+		r, _, _ := tab.Route(a4(uint32(n)))
 		r.CountUDP()
 		r.CountTCP()
 		r.CountDrop()
 	}
 	tab.ResetCounters()
-	tab.Walk(context.Background(), 0, func(in Info) bool {
+	tab.Walk(context.Background(), netip.Addr{}, func(in Info) bool {
 		if in.UDP+in.TCP+in.Drops != 0 {
-			t.Fatalf("remote %d not reset: %+v", in.Addr, in)
+			t.Fatalf("remote %v not reset: %+v", in.Addr, in)
 		}
 		return true
 	})
@@ -304,14 +333,14 @@ func TestFullTableServesByHash(t *testing.T) {
 	}
 	got := map[backend.ID]int{}
 	for n := 100; n < 400; n++ {
-		r, id := tab.Route(ip(n))
+		r, id, _ := tab.Route(ip(n))
 		if id == 0 {
 			t.Fatal("unpinned client not served")
 		}
 		r.CountUDP()
 		got[id]++
 		// The same client gets the same backend again.
-		if _, again := tab.Route(ip(n)); again != id {
+		if _, again, _ := tab.Route(ip(n)); again != id {
 			t.Fatalf("client %d moved from %d to %d", n, id, again)
 		}
 	}
@@ -333,7 +362,7 @@ func TestFullTableServesByHash(t *testing.T) {
 	}
 	clock.Advance(6 * time.Minute)
 	tab.Expire()
-	if _, _ = tab.Route(ip(500)); tab.Len() != 1 {
+	if _, _, _ = tab.Route(ip(500)); tab.Len() != 1 {
 		t.Fatalf("after expiry a new client was not recorded: %d", tab.Len())
 	}
 }
@@ -341,16 +370,16 @@ func TestFullTableServesByHash(t *testing.T) {
 func TestPrefixPinning(t *testing.T) {
 	f := newFake(1, 2)
 	tab, _, _ := newTableConfig(t, Config{Backends: f, PrefixBits: 24})
-	_, a := tab.Route(0x0a000001) // 10.0.0.1
-	_, b := tab.Route(0x0a0000fe) // 10.0.0.254: same /24
-	_, c := tab.Route(0x0a000101) // 10.0.1.1: the next /24
+	_, a, _ := tab.Route(a4(0x0a000001)) // 10.0.0.1
+	_, b, _ := tab.Route(a4(0x0a0000fe)) // 10.0.0.254: same /24
+	_, c, _ := tab.Route(a4(0x0a000101)) // 10.0.1.1: the next /24
 	if a != b || a == c {
 		t.Fatalf("backends %d %d %d: a /24 should share one and the next differ", a, b, c)
 	}
 	if tab.Len() != 2 {
 		t.Fatalf("%d remotes, want one per /24", tab.Len())
 	}
-	if in, ok := tab.Lookup(0x0a000077); !ok || in.Addr != 0x0a000000 || in.Primary != a {
+	if in, ok := tab.Lookup(a4(0x0a000077)); !ok || in.Addr != a4(0x0a000000) || in.Primary != a {
 		t.Fatalf("Lookup in the /24: %+v %v", in, ok)
 	}
 }
@@ -360,7 +389,7 @@ func TestScansHoldTheLockAChunkAtATime(t *testing.T) {
 	tab, clock, _ := newTable(t, f)
 	const n = 10 * scanChunk
 	for i := range n {
-		tab.Route(uint32(i))
+		tab.Route(a4(uint32(i)))
 	}
 	// While an expiry scan of the whole table runs, the packet path
 	// gets the lock between chunks: count the holds.
@@ -382,15 +411,107 @@ func TestRemoteLogsAreLimited(t *testing.T) {
 	f := newFake(1)
 	tab, clock, logs := newTable(t, f)
 	for i := range 3 * remoteLogBurst {
-		tab.Route(uint32(i))
+		tab.Route(a4(uint32(i)))
 	}
 	if n := len(logs.Records()); n != remoteLogBurst {
 		t.Fatalf("%d records for %d new remotes, limit %d per interval", n, 3*remoteLogBurst, remoteLogBurst)
 	}
 	clock.Advance(remoteLogInterval)
-	tab.Route(0xffff0000)
+	tab.Route(a4(0xdfff0000))
 	r := logs.Records()[remoteLogBurst]
 	if r.Msg() != "new remote peer" || r["suppressed"] != float64(2*3*remoteLogBurst-remoteLogBurst) {
 		t.Fatalf("next record %v, want the count of those not written (two records per new remote)", r)
+	}
+}
+
+func TestIPv6RemotesGetStandins(t *testing.T) {
+	f := newFake(1, 2)
+	// A /29: six usable stand-ins after the two reserved addresses.
+	tab, clock, logs := newTableConfig(t, Config{Backends: f, Standins: netip.MustParsePrefix("198.18.0.9/29")})
+	if got := tab.Standins(); got.String() != "198.18.0.8/29" {
+		t.Fatalf("range %v, want it masked", got)
+	}
+	if got := ProbeSource(tab.Standins()); got != netip.MustParseAddr("198.18.0.9") {
+		t.Fatalf("probe source %v", got)
+	}
+	seen := map[uint32]netip.Addr{}
+	var first uint32
+	for i := range 6 {
+		c := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i + 1)})
+		r, id, wire := tab.Route(c)
+		if id == 0 || r == nil {
+			t.Fatalf("client %v not routed", c)
+		}
+		if !tab.InStandins(wire) || wire < protocol.AddrToU32(netip.MustParseAddr("198.18.0.10")) {
+			t.Fatalf("client %v given %v, outside the usable range", c, protocol.U32ToAddr(wire))
+		}
+		if _, dup := seen[wire]; dup {
+			t.Fatalf("stand-in %v given twice", protocol.U32ToAddr(wire))
+		}
+		seen[wire] = c
+		if i == 0 {
+			first = wire
+		}
+		if _, _, again := tab.Route(c); again != wire {
+			t.Fatalf("client %v: stand-in changed from %v to %v", c, protocol.U32ToAddr(wire), protocol.U32ToAddr(again))
+		}
+		if back, ok := tab.Client(wire); !ok || back != c {
+			t.Fatalf("Client(%v) = %v %v, want %v", protocol.U32ToAddr(wire), back, ok, c)
+		}
+		if in, ok := tab.Lookup(c); !ok || in.Standin != protocol.U32ToAddr(wire) {
+			t.Fatalf("Lookup(%v) = %+v", c, in)
+		}
+	}
+	// The range is full: a seventh IPv6 client is not served, and counted.
+	if _, id, wire := tab.Route(netip.MustParseAddr("2001:db8::99")); id != 0 || wire != 0 || tab.NoStandin() != 1 {
+		t.Fatalf("seventh client: backend %d, stand-in %v, counted %d", id, wire, tab.NoStandin())
+	}
+	if tab.Len() != 6 {
+		t.Fatalf("%d remotes: the refused client must not be kept", tab.Len())
+	}
+	// IPv4 clients are not affected, and have no stand-in.
+	if _, id, wire := tab.Route(ip(1)); id == 0 || wire != protocol.AddrToU32(ip(1)) {
+		t.Fatalf("IPv4 client: backend %d, wire %v", id, protocol.U32ToAddr(wire))
+	}
+	if !tab.InStandins(protocol.AddrToU32(netip.MustParseAddr("198.18.0.8"))) || tab.InStandins(protocol.AddrToU32(ip(1))) {
+		t.Fatal("InStandins is wrong at the edges")
+	}
+	if logs.Count("new remote peer", map[string]any{"remote_ip": "2001:db8::1", "standin": protocol.U32ToAddr(first).String()}) != 1 {
+		t.Fatalf("no new remote record with the IPv6 address and its stand-in:\n%s", strings.Join(logs.Lines(), "\n"))
+	}
+	// Expiry frees the stand-ins.
+	clock.Advance(10 * time.Minute)
+	tab.Expire()
+	for wire := range seen {
+		if _, ok := tab.Client(wire); ok {
+			t.Fatalf("stand-in %v still mapped after expiry", protocol.U32ToAddr(wire))
+		}
+	}
+	if _, id, wire := tab.Route(netip.MustParseAddr("2001:db8::99")); id == 0 || wire == 0 {
+		t.Fatal("no stand-in after the others expired")
+	}
+}
+
+func TestRestoreKeepsStandins(t *testing.T) {
+	f := newFake(1)
+	tab, _, _ := newTable(t, f)
+	c := netip.MustParseAddr("2001:db8::7")
+	_, _, wire := tab.Route(c)
+	in, _ := tab.Lookup(c)
+
+	next, _, _ := newTable(t, f)
+	next.Restore(in)
+	got, ok := next.Lookup(c)
+	if !ok || got.Standin != protocol.U32ToAddr(wire) || got.Primary != in.Primary {
+		t.Fatalf("restored %+v, want %+v", got, in)
+	}
+	if back, ok := next.Client(wire); !ok || back != c {
+		t.Fatalf("restored stand-in maps to %v %v", back, ok)
+	}
+	// A stand-in outside the range is replaced by a new one.
+	in.Addr, in.Standin = netip.MustParseAddr("2001:db8::8"), netip.MustParseAddr("10.0.0.1")
+	next.Restore(in)
+	if got, ok := next.Lookup(in.Addr); !ok || !next.InStandins(protocol.AddrToU32(got.Standin)) {
+		t.Fatalf("restored %+v with a stand-in out of range", got)
 	}
 }

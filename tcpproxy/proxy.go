@@ -99,15 +99,16 @@ func (l Limit) String() string {
 type DropReason uint8
 
 const (
-	DropNoBackend DropReason = iota // no backend ok
-	DropDial                        // the backend's socket refused the connection
-	DropOKTimeout                   // no INBOUND_TCP_OK in time
-	DropBadOK                       // the backend sent something else, or closed
-	DropNotIPv4                     // the client address is not IPv4
+	DropNoBackend    DropReason = iota // no backend ok
+	DropDial                           // the backend's socket refused the connection
+	DropOKTimeout                      // no INBOUND_TCP_OK in time
+	DropBadOK                          // the backend sent something else, or closed
+	DropStandinRange                   // an IPv4 client within the stand-in range
+	DropNoStandin                      // an IPv6 client that could be given no stand-in
 	numDrops
 )
 
-var dropNames = [numDrops]string{"no_backend", "dial_error", "ok_timeout", "bad_ok", "not_ipv4"}
+var dropNames = [numDrops]string{"no_backend", "dial_error", "ok_timeout", "bad_ok", "standin_range", "no_standin"}
 
 func (r DropReason) String() string {
 	if r < numDrops {
@@ -118,7 +119,7 @@ func (r DropReason) String() string {
 
 // Proxy is the TCP half of the balancer.
 type Proxy struct {
-	ln  *net.TCPListener
+	lns []*net.TCPListener
 	cfg Config
 	log zerolog.Logger
 
@@ -142,8 +143,9 @@ type Proxy struct {
 	wg   sync.WaitGroup
 }
 
-// New returns a proxy accepting on ln, which it owns from then on.
-func New(ln *net.TCPListener, cfg Config) *Proxy {
+// New returns a proxy accepting on lns (at least one), which it owns
+// from then on.
+func New(lns []*net.TCPListener, cfg Config) *Proxy {
 	cfg.OKTimeout = cmp.Or(cfg.OKTimeout, DefaultOKTimeout)
 	cfg.DrainTimeout = cmp.Or(cfg.DrainTimeout, DefaultDrainTimeout)
 	cfg.MaxConns = cmp.Or(cfg.MaxConns, DefaultMaxConns)
@@ -152,7 +154,7 @@ func New(ln *net.TCPListener, cfg Config) *Proxy {
 	cfg.MaxLifetime = cmp.Or(cfg.MaxLifetime, DefaultMaxLifetime)
 	ctx, stop := context.WithCancel(context.Background())
 	clock := cfg.Timeouts.Clock()
-	p := &Proxy{ln: ln, cfg: cfg, log: cfg.Log, sessions: map[*session]struct{}{}, perIP: map[netip.Addr]int{},
+	p := &Proxy{lns: lns, cfg: cfg, log: cfg.Log, sessions: map[*session]struct{}{}, perIP: map[netip.Addr]int{},
 		ctx: ctx, stop: stop, acceptLog: timeouts.NewLimiter(clock, 5*time.Second)}
 	for i := range p.limitLogs {
 		p.limitLogs[i] = timeouts.NewLimiter(clock, 5*time.Second)
@@ -161,21 +163,25 @@ func New(ln *net.TCPListener, cfg Config) *Proxy {
 	return p
 }
 
-// Addr returns the listener's address.
-func (p *Proxy) Addr() net.Addr { return p.ln.Addr() }
+// Addr returns the first listener's address.
+func (p *Proxy) Addr() net.Addr { return p.lns[0].Addr() }
 
-// Start starts accepting.
+// Start starts accepting, a goroutine per listener.
 func (p *Proxy) Start() {
 	p.sweepT.Set(sweepInterval)
-	p.wg.Add(1)
-	go p.acceptLoop()
+	for _, ln := range p.lns {
+		p.wg.Add(1)
+		go p.acceptLoop(ln)
+	}
 }
 
-// StopAccepting closes the listener; the sessions go on. A process
-// handing over to its successor, which accepts on the same socket from
+// StopAccepting closes the listeners; the sessions go on. A process
+// handing over to its successor, which accepts on the same sockets from
 // then on, does this and then waits for its sessions with Drain.
 func (p *Proxy) StopAccepting() {
-	p.ln.Close()
+	for _, ln := range p.lns {
+		ln.Close()
+	}
 }
 
 // Drain waits until no session is left or until d has passed, and
@@ -191,15 +197,28 @@ func (p *Proxy) Drain(d time.Duration) bool {
 	return true
 }
 
-// File returns a duplicate of the listener's descriptor, for a successor
-// process.
-func (p *Proxy) File() (*os.File, error) { return p.ln.File() }
+// Files returns duplicates of the listeners' descriptors, in order, for
+// a successor process.
+func (p *Proxy) Files() ([]*os.File, error) {
+	var out []*os.File
+	for _, ln := range p.lns {
+		f, err := ln.File()
+		if err != nil {
+			for _, f := range out {
+				f.Close()
+			}
+			return nil, err
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
 
 // Close stops accepting, closes every session and waits for them.
 func (p *Proxy) Close() {
 	p.sweepT.Clear()
 	p.stop()
-	p.ln.Close()
+	p.StopAccepting()
 	p.mu.Lock()
 	p.closed = true
 	for s := range p.sessions {
@@ -209,11 +228,11 @@ func (p *Proxy) Close() {
 	p.wg.Wait()
 }
 
-func (p *Proxy) acceptLoop() {
+func (p *Proxy) acceptLoop(ln *net.TCPListener) {
 	defer p.wg.Done()
 	backoff := time.Duration(0)
 	for {
-		c, err := p.ln.AcceptTCP()
+		c, err := ln.AcceptTCP()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -377,16 +396,19 @@ func (s *session) serve() {
 		p.wg.Done()
 	}()
 
-	if !s.addr.Is4() {
-		s.drop(DropNotIPv4)
+	if s.addr.Is4() && p.cfg.Table.InStandins(protocol.AddrToU32(s.addr)) {
+		s.drop(DropStandinRange)
 		return
 	}
-	ip := protocol.AddrToU32(s.addr)
 	if e := p.log.Debug(); e != nil {
 		e.Uint64("conn_id", s.id).Stringer("remote_ip", s.addr).Uint16("remote_port", s.port).
 			Msg("inbound TCP connection")
 	}
-	rem, id := p.cfg.Table.Route(ip)
+	rem, id, ip := p.cfg.Table.Route(s.addr)
+	if ip == 0 {
+		s.drop(DropNoStandin)
+		return
+	}
 	s.backendID = id
 	be := p.cfg.Backends.Get(id)
 	if be == nil {

@@ -6,8 +6,6 @@ import (
 	"testing"
 
 	"github.com/rs/zerolog"
-
-	"github.com/bbal/bbal/protocol"
 )
 
 // BenchmarkDatagramToBackend is the UDP path from a datagram read to its
@@ -16,13 +14,14 @@ import (
 func BenchmarkDatagramToBackend(b *testing.B) {
 	bed := newBed(b, zerolog.New(io.Discard).Level(zerolog.InfoLevel))
 	buf := make([]byte, slotLen)
-	ip := protocol.AddrToU32(netip.MustParseAddr("127.0.0.9"))
+	ip := netip.MustParseAddr("127.0.0.9")
+	var o origin
 	be := bed.set.Get(5301)
-	bed.p.handle(buf, 64, ip, 5353, true, 0)
+	bed.p.handle(bed.p.ls[0], buf, 64, ip, 5353, &o, 0)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		bed.p.handle(buf, 64, ip, 5353, true, 0)
+		bed.p.handle(bed.p.ls[0], buf, 64, ip, 5353, &o, 0)
 		if i++; i%batchLen == 0 {
 			be.Flush(0)
 		}
@@ -35,7 +34,7 @@ func BenchmarkReplyToClient(b *testing.B) {
 	bed := newBed(b, zerolog.Nop())
 	to := netip.MustParseAddrPort("127.0.0.1:9")
 	data := make([]byte, 64)
-	batch := bed.p.Replies()
+	batch := bed.p.Replies(bed.set.Get(5301))
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {

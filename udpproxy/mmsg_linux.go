@@ -22,19 +22,25 @@ const batchLen = 64
 // oversized.
 const slotLen = protocol.UDPHeaderLen + 2048
 
+// ctlLen is the control buffer of one datagram: room for one IP_PKTINFO
+// or IPV6_PKTINFO message.
+const ctlLen = 64
+
 // mmsghdr is the kernel's struct mmsghdr.
 type mmsghdr struct {
 	hdr unix.Msghdr
 	n   uint32
 }
 
-// recvBatch is the UDP reader's set of buffers for recvmmsg, allocated
-// once.
+// recvBatch is a listener's reader's set of buffers for recvmmsg,
+// allocated once.
 type recvBatch struct {
 	hdrs  [batchLen]mmsghdr
 	iovs  [batchLen]unix.Iovec
-	names [batchLen]unix.RawSockaddrInet4
+	names [batchLen]unix.RawSockaddrInet6 // room for either family
+	ctls  [batchLen][ctlLen]byte
 	bufs  [batchLen][]byte // each slotLen; the datagram starts at UDPHeaderLen
+	ctl   bool             // the listener asks for PKTINFO
 
 	// The callback for RawConn.Read, made once; what the reader does with
 	// each batch; the error that ended a run.
@@ -43,8 +49,8 @@ type recvBatch struct {
 	err     error
 }
 
-func newRecvBatch(process func(n int)) *recvBatch {
-	r := &recvBatch{process: process}
+func newRecvBatch(ctl bool, process func(n int)) *recvBatch {
+	r := &recvBatch{process: process, ctl: ctl}
 	mem := make([]byte, batchLen*slotLen)
 	for i := range r.hdrs {
 		r.bufs[i] = mem[i*slotLen : (i+1)*slotLen : (i+1)*slotLen]
@@ -55,6 +61,9 @@ func newRecvBatch(process func(n int)) *recvBatch {
 		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
 		h.Iov = &r.iovs[i]
 		h.SetIovlen(1)
+		if ctl {
+			h.Control = &r.ctls[i][0]
+		}
 	}
 	r.readFn = r.recvmmsg
 	return r
@@ -79,8 +88,12 @@ func (r *recvBatch) run(rc syscall.RawConn) error {
 func (r *recvBatch) recvmmsg(fd uintptr) bool {
 	for {
 		for i := range r.hdrs {
-			r.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet4
-			r.hdrs[i].hdr.Flags = 0
+			h := &r.hdrs[i].hdr
+			h.Namelen = unix.SizeofSockaddrInet6
+			h.Flags = 0
+			if r.ctl {
+				h.SetControllen(ctlLen)
+			}
 		}
 		m, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), batchLen,
 			unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
@@ -101,24 +114,64 @@ func (r *recvBatch) recvmmsg(fd uintptr) bool {
 }
 
 // datagram returns the i'th datagram's true length (which may exceed its
-// buffer) and source.
-func (r *recvBatch) datagram(i int) (n int, ip uint32, port uint16, ok bool) {
+// buffer) and source (ok false: no usable source address).
+func (r *recvBatch) datagram(i int) (n int, ip netip.Addr, port uint16, ok bool) {
 	name := &r.names[i]
-	if r.hdrs[i].hdr.Namelen < unix.SizeofSockaddrInet4 || name.Family != unix.AF_INET {
-		return int(r.hdrs[i].n), 0, 0, false
+	h := &r.hdrs[i].hdr
+	n = int(r.hdrs[i].n)
+	switch {
+	case name.Family == unix.AF_INET && h.Namelen >= unix.SizeofSockaddrInet4:
+		in4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(name))
+		port = binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&in4.Port))[:])
+		return n, netip.AddrFrom4(in4.Addr), port, true
+	case name.Family == unix.AF_INET6 && h.Namelen >= unix.SizeofSockaddrInet6:
+		port = binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&name.Port))[:])
+		return n, netip.AddrFrom16(name.Addr).Unmap(), port, true
 	}
-	port = binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&name.Port))[:])
-	return int(r.hdrs[i].n), binary.BigEndian.Uint32(name.Addr[:]), port, true
+	return n, netip.Addr{}, 0, false
 }
 
-// sendBatch collects replies for one sendmmsg. It is one session
-// reader's own.
-type sendBatch struct {
+// origin fills o with where the i'th datagram came in: its destination
+// address and interface, from its PKTINFO control message.
+func (r *recvBatch) origin(i int, o *origin) {
+	o.ifindex, o.local = 0, [16]byte{}
+	if !r.ctl {
+		return
+	}
+	h := &r.hdrs[i].hdr
+	ctl := r.ctls[i][:min(int(h.Controllen), ctlLen)]
+	for len(ctl) >= unix.SizeofCmsghdr {
+		c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
+		clen := int(c.Len)
+		if clen < unix.SizeofCmsghdr || clen > len(ctl) {
+			return
+		}
+		data := ctl[unix.CmsgLen(0):clen]
+		switch {
+		case c.Level == unix.IPPROTO_IP && c.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
+			pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0]))
+			o.local = netip.AddrFrom4(pi.Addr).As16()
+			o.ifindex = uint32(pi.Ifindex)
+			return
+		case c.Level == unix.IPPROTO_IPV6 && c.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
+			pi := (*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0]))
+			o.local = pi.Addr
+			o.ifindex = pi.Ifindex
+			return
+		}
+		ctl = ctl[min(unix.CmsgSpace(clen-unix.CmsgLen(0)), len(ctl)):]
+	}
+}
+
+// sendQueue collects replies to send from one listener in one sendmmsg.
+type sendQueue struct {
 	p     *Proxy
+	l     *listener
 	n     int
 	hdrs  [batchLen]mmsghdr
 	iovs  [batchLen]unix.Iovec
-	names [batchLen]unix.RawSockaddrInet4
+	names [batchLen]unix.RawSockaddrInet6
+	ctls  [batchLen][ctlLen]byte
 
 	// The callback for RawConn.Write, made once, and its state.
 	writeFn func(fd uintptr) bool
@@ -127,83 +180,126 @@ type sendBatch struct {
 	err     error
 }
 
-func (p *Proxy) newSendBatch() *sendBatch {
-	b := &sendBatch{p: p}
-	for i := range b.hdrs {
-		h := &b.hdrs[i].hdr
-		h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
-		h.Namelen = unix.SizeofSockaddrInet4
-		h.Iov = &b.iovs[i]
+func newSendQueue(p *Proxy, l *listener) *sendQueue {
+	q := &sendQueue{p: p, l: l}
+	for i := range q.hdrs {
+		h := &q.hdrs[i].hdr
+		h.Name = (*byte)(unsafe.Pointer(&q.names[i]))
+		h.Iov = &q.iovs[i]
 		h.SetIovlen(1)
-		b.names[i].Family = unix.AF_INET
 	}
-	b.writeFn = b.sendmmsg
-	return b
+	q.writeFn = q.sendmmsg
+	return q
 }
 
-// Add queues data for to, sending the batch first if it is full.
-func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
-	if len(data) == 0 {
-		return
+// add queues data for to (of the listener's family), from the address
+// and interface in o when it has one. The queue must not be full.
+func (q *sendQueue) add(data []byte, to netip.AddrPort, o *origin) {
+	i := q.n
+	q.iovs[i].Base = &data[0]
+	q.iovs[i].SetLen(len(data))
+	h := &q.hdrs[i].hdr
+	name := &q.names[i]
+	port := to.Port()
+	if !q.l.v6 {
+		in4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(name))
+		in4.Family = unix.AF_INET
+		in4.Addr = to.Addr().As4()
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&in4.Port))[:], port)
+		h.Namelen = unix.SizeofSockaddrInet4
+	} else {
+		name.Family = unix.AF_INET6
+		name.Addr = to.Addr().As16()
+		name.Scope_id = 0
+		if to.Addr().IsLinkLocalUnicast() && o != nil {
+			name.Scope_id = o.ifindex
+		}
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&name.Port))[:], port)
+		h.Namelen = unix.SizeofSockaddrInet6
 	}
-	if b.n == batchLen {
-		b.flush()
+	h.Control = nil
+	h.SetControllen(0)
+	if q.l.pktinfo && o != nil && o.local != ([16]byte{}) {
+		ctl := q.ctls[i][:]
+		c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
+		if !q.l.v6 {
+			c.Level, c.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
+			c.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+			pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&ctl[unix.CmsgLen(0)]))
+			*pi = unix.Inet4Pktinfo{Spec_dst: netip.AddrFrom16(o.local).Unmap().As4()}
+			h.SetControllen(unix.CmsgSpace(unix.SizeofInet4Pktinfo))
+		} else {
+			c.Level, c.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
+			c.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
+			pi := (*unix.Inet6Pktinfo)(unsafe.Pointer(&ctl[unix.CmsgLen(0)]))
+			*pi = unix.Inet6Pktinfo{Addr: o.local}
+			if netip.AddrFrom16(o.local).IsLinkLocalUnicast() {
+				pi.Ifindex = o.ifindex
+			}
+			h.SetControllen(unix.CmsgSpace(unix.SizeofInet6Pktinfo))
+		}
+		h.Control = &ctl[0]
 	}
-	i := b.n
-	b.iovs[i].Base = &data[0]
-	b.iovs[i].SetLen(len(data))
-	b.names[i].Addr = to.Addr().As4()
-	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&b.names[i].Port))[:], to.Port())
-	b.n++
+	q.n++
 }
 
-// Flush sends what was added; it returns how many could not be sent.
-func (b *sendBatch) Flush() int { return b.flush() }
-
-func (b *sendBatch) flush() (failed int) {
-	p := b.p
-	b.sent = 0
-	for b.sent < b.n {
-		b.m, b.err = 0, nil
-		if err := p.raw.Write(b.writeFn); err != nil { // the socket is closed
-			failed += b.n - b.sent
+// flush sends what was added; it returns how many could not be sent.
+func (q *sendQueue) flush() (failed int) {
+	p := q.p
+	q.sent = 0
+	for q.sent < q.n {
+		q.m, q.err = 0, nil
+		if err := q.l.raw.Write(q.writeFn); err != nil { // the socket is closed
+			failed += q.n - q.sent
 			break
 		}
-		if b.err != nil {
+		if q.err != nil {
 			// The first datagram of the rest could not be sent
 			// (a routing error, say): count it and go on.
-			p.sendFailed(b.err, &b.names[b.sent])
+			p.sendFailed(q.err, q.dest(q.sent))
 			failed++
-			b.sent++
+			q.sent++
 			continue
 		}
-		for i := b.sent; i < b.sent+b.m; i++ {
-			p.bytesOut.Add(uint64(b.iovs[i].Len))
+		for i := q.sent; i < q.sent+q.m; i++ {
+			p.bytesOut.Add(uint64(q.iovs[i].Len))
 		}
-		p.packetsOut.Add(uint64(b.m))
-		b.sent += b.m
+		p.packetsOut.Add(uint64(q.m))
+		q.sent += q.m
 	}
-	for i := range b.n {
-		b.iovs[i].Base = nil // let go of the session's buffer
+	for i := range q.n {
+		q.iovs[i].Base = nil // let go of the session's buffer
 	}
-	b.n = 0
+	q.n = 0
 	return failed
 }
 
-func (b *sendBatch) sendmmsg(fd uintptr) bool {
+// dest returns the destination of the i'th datagram.
+func (q *sendQueue) dest(i int) netip.AddrPort {
+	name := &q.names[i]
+	if !q.l.v6 {
+		in4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(name))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&in4.Port))[:])
+		return netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), port)
+	}
+	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&name.Port))[:])
+	return netip.AddrPortFrom(netip.AddrFrom16(name.Addr), port)
+}
+
+func (q *sendQueue) sendmmsg(fd uintptr) bool {
 	for {
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[b.sent])),
-			uintptr(b.n-b.sent), unix.MSG_DONTWAIT, 0, 0)
+		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&q.hdrs[q.sent])),
+			uintptr(q.n-q.sent), unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case 0:
-			b.m = int(r)
+			q.m = int(r)
 			return true
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
 			return false
 		default:
-			b.err = e
+			q.err = e
 			return true
 		}
 	}

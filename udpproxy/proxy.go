@@ -2,6 +2,7 @@ package udpproxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -24,16 +26,19 @@ import (
 type DropReason uint8
 
 const (
-	DropOversized DropReason = iota // datagram over 1500 bytes
-	DropNoBackend                   // no backend ok
-	DropStuck                       // the backend's queue is full
-	DropDown                        // the backend went down before the send
-	DropNotIPv4                     // the source address is not IPv4
-	DropRunt                        // datagram shorter than a DNS header
+	DropOversized    DropReason = iota // datagram over 1500 bytes
+	DropNoBackend                      // no backend ok
+	DropStuck                          // the backend's queue is full
+	DropDown                           // the backend went down before the send
+	DropBadSource                      // the source address is unusable
+	DropRunt                           // datagram shorter than a DNS header
+	DropStandinRange                   // an IPv4 source within the stand-in range
+	DropNoStandin                      // an IPv6 client that could be given no stand-in
 	numDrops
 )
 
-var dropNames = [numDrops]string{"oversized", "no_backend", "stuck", "down", "not_ipv4", "runt"}
+var dropNames = [numDrops]string{"oversized", "no_backend", "stuck", "down", "bad_source", "runt",
+	"standin_range", "no_standin"}
 
 // dnsHeaderLen is the length of a DNS message header: nothing shorter can
 // be a query, and no backend could answer it.
@@ -46,29 +51,52 @@ func (r DropReason) String() string {
 	return "unknown"
 }
 
+// listener is one of the proxy's sockets.
+type listener struct {
+	idx  uint8
+	conn *net.UDPConn
+	raw  syscall.RawConn
+	addr netip.AddrPort
+	v6   bool
+	// pktinfo: bound to a wildcard address, the socket is told each
+	// query's destination, and each reply is sent from it.
+	pktinfo bool
+}
+
+// MaxListeners bounds the sockets of one proxy.
+const MaxListeners = 64
+
 // Proxy is the UDP half of the balancer.
 type Proxy struct {
-	conn     *net.UDPConn
-	raw      syscall.RawConn
+	ls       []*listener
+	first    [2]*listener // the first IPv4 and IPv6 listeners, for replies with no query on record
 	clock    timeouts.Clock
-	table    *remotes.Table
-	backends *backend.Set
+	ts       *timeouts.Set
+	table    atomic.Pointer[remotes.Table]
+	backends atomic.Pointer[backend.Set]
+	flights  *flights
+	sweepT   *timeouts.Timeout
 	log      zerolog.Logger
 
-	packetsIn  atomic.Uint64
-	bytesIn    atomic.Uint64
-	packetsOut atomic.Uint64
-	bytesOut   atomic.Uint64
-	sendErrors atomic.Uint64
-	drops      [numDrops]atomic.Uint64
+	packetsIn   atomic.Uint64
+	bytesIn     atomic.Uint64
+	packetsOut  atomic.Uint64
+	bytesOut    atomic.Uint64
+	sendErrors  atomic.Uint64
+	drops       [numDrops]atomic.Uint64
+	unmatched   atomic.Uint64 // replies to no query on record
+	lostReplies atomic.Uint64 // replies to a stand-in of no client, or to a family with no listener
+	resent      atomic.Uint64 // queries sent again after their backend died
+	unresent    atomic.Uint64 // queries of a dead backend that could not be sent again
 
 	oversizeLog *timeouts.Limiter
 	sendLog     *timeouts.Limiter
 
 	// servfail, when set, answers a query SERVFAIL when no backend is
-	// available instead of dropping it; out is the reader's scratch.
+	// available instead of dropping it; out is the readers' scratch.
 	servfail  bool
 	servfails atomic.Uint64
+	outMu     sync.Mutex
 	out       []byte
 
 	wg       sync.WaitGroup
@@ -76,17 +104,56 @@ type Proxy struct {
 	stopping atomic.Bool // StopReading was called
 }
 
-// New returns a proxy on conn, which it owns from then on. Its Reply may
-// be used at once; nothing is read until Start.
-func New(conn *net.UDPConn, clock timeouts.Clock, log zerolog.Logger) (*Proxy, error) {
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return nil, err
+// New returns a proxy on conns (at least one, at most MaxListeners),
+// which it owns from then on; its timers live in ts. Its Replies may be
+// used at once; nothing is read until Start. A socket bound to a
+// wildcard address is set to learn each query's destination
+// (IP_PKTINFO, IPV6_RECVPKTINFO), so that each reply leaves from the
+// address its query came to.
+func New(conns []*net.UDPConn, ts *timeouts.Set, log zerolog.Logger) (*Proxy, error) {
+	if len(conns) == 0 || len(conns) > MaxListeners {
+		return nil, fmt.Errorf("%d UDP sockets (want 1 to %d)", len(conns), MaxListeners)
 	}
-	return &Proxy{conn: conn, raw: raw, clock: clock, log: log,
+	clock := ts.Clock()
+	p := &Proxy{clock: clock, ts: ts, log: log, flights: newFlights(),
 		oversizeLog: timeouts.NewLimiter(clock, 5*time.Second),
 		sendLog:     timeouts.NewLimiter(clock, 5*time.Second),
-	}, nil
+	}
+	for i, c := range conns {
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return nil, err
+		}
+		addr := c.LocalAddr().(*net.UDPAddr).AddrPort()
+		l := &listener{idx: uint8(i), conn: c, raw: raw, addr: addr, v6: addr.Addr().Is6() && !addr.Addr().Is4In6()}
+		if addr.Addr().IsUnspecified() {
+			var serr error
+			raw.Control(func(fd uintptr) {
+				if l.v6 {
+					serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
+				} else {
+					serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+				}
+			})
+			if serr != nil {
+				return nil, fmt.Errorf("UDP socket %v: PKTINFO: %w", addr, serr)
+			}
+			l.pktinfo = true
+		}
+		p.ls = append(p.ls, l)
+		if fam := family(l.v6); p.first[fam] == nil {
+			p.first[fam] = l
+		}
+	}
+	p.sweepT = ts.NewTimeout("udp queries in flight", p.sweep)
+	return p, nil
+}
+
+func family(v6 bool) int {
+	if v6 {
+		return 1
+	}
+	return 0
 }
 
 // ServfailWhenDown makes the proxy answer SERVFAIL, rather than drop, a
@@ -96,63 +163,98 @@ func (p *Proxy) ServfailWhenDown() {
 	p.out = make([]byte, 0, protocol.MaxData)
 }
 
-// Replies returns a new batch of replies to send from the DNS socket: the
-// backends' Config.Replies.
-func (p *Proxy) Replies() backend.ReplyBatch { return p.newSendBatch() }
+// Replies returns a new batch of replies from backend be to send from the
+// DNS sockets: the backends' Config.Replies.
+func (p *Proxy) Replies(be *backend.Backend) backend.ReplyBatch { return p.newSendBatch(be) }
 
 // sendFailed counts a reply that could not be sent, and logs it at most
 // once per 5 s.
-func (p *Proxy) sendFailed(err error, to *unix.RawSockaddrInet4) {
+func (p *Proxy) sendFailed(err error, to netip.AddrPort) {
 	p.sendErrors.Add(1)
 	if ok, held := p.sendLog.Allow(); ok {
-		port := uint16(to.Port>>8 | to.Port<<8)
-		p.log.Error().Err(err).Stringer("dest", netip.AddrPortFrom(netip.AddrFrom4(to.Addr), port)).
-			Int64("suppressed", held).Msg("outbound UDP packet error")
+		p.log.Error().Err(err).Stringer("dest", to).Int64("suppressed", held).Msg("outbound UDP packet error")
 	}
 }
 
-// Addr returns the socket's local address.
-func (p *Proxy) Addr() netip.AddrPort {
-	return p.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+// Addr returns the first socket's local address.
+func (p *Proxy) Addr() netip.AddrPort { return p.ls[0].addr }
+
+// Addrs returns every socket's local address, in order.
+func (p *Proxy) Addrs() []netip.AddrPort {
+	out := make([]netip.AddrPort, len(p.ls))
+	for i, l := range p.ls {
+		out[i] = l.addr
+	}
+	return out
 }
 
-// Start starts the reader goroutine, routing datagrams with table to
-// backends. (The backends need Reply before they exist, hence the late
-// binding.)
+// Start starts a reader goroutine per socket, routing datagrams with
+// table to backends. (The backends need Replies before they exist, hence
+// the late binding.)
 func (p *Proxy) Start(table *remotes.Table, backends *backend.Set) {
-	p.table, p.backends = table, backends
-	p.wg.Add(1)
-	go p.readLoop()
+	p.table.Store(table)
+	p.backends.Store(backends)
+	p.sweepT.Set(FlightAge)
+	for _, l := range p.ls {
+		p.wg.Add(1)
+		go p.readLoop(l)
+	}
 }
 
-// StopReading stops the reader but keeps the socket, so that replies to
-// queries already sent on can still go out: a process handing over to
-// its successor, which reads the same socket from then on, does this.
+// StopReading stops the readers but keeps the sockets, so that replies
+// to queries already sent on can still go out: a process handing over to
+// its successor, which reads the same sockets from then on, does this.
 func (p *Proxy) StopReading() {
 	p.stopping.Store(true)
-	p.conn.SetReadDeadline(time.Now())
+	for _, l := range p.ls {
+		l.conn.SetReadDeadline(time.Now())
+	}
 	p.wg.Wait()
 }
 
-// File returns a duplicate of the socket's descriptor, for a successor
-// process.
-func (p *Proxy) File() (*os.File, error) { return p.conn.File() }
+// Files returns duplicates of the sockets' descriptors, in order, for a
+// successor process.
+func (p *Proxy) Files() ([]*os.File, error) {
+	var out []*os.File
+	for _, l := range p.ls {
+		f, err := l.conn.File()
+		if err != nil {
+			for _, f := range out {
+				f.Close()
+			}
+			return nil, err
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
 
-// Close closes the socket and waits for the reader to stop.
+// Close closes the sockets and waits for the readers to stop.
 func (p *Proxy) Close() {
-	p.once.Do(func() { p.conn.Close() })
+	p.once.Do(func() {
+		p.sweepT.Clear()
+		for _, l := range p.ls {
+			l.conn.Close()
+		}
+	})
 	p.wg.Wait()
 }
 
-func (p *Proxy) readLoop() {
+func (p *Proxy) readLoop(l *listener) {
 	defer p.wg.Done()
 	touched := make([]*backend.Backend, 0, batchLen)
+	var o origin
+	o.lis = l.idx
 	var r *recvBatch
-	r = newRecvBatch(func(n int) {
+	r = newRecvBatch(l.pktinfo, func(n int) {
 		now := p.clock.Now().UnixNano()
 		for i := range n {
 			size, ip, port, ok := r.datagram(i)
-			if be := p.handle(r.bufs[i], size, ip, port, ok, now); be != nil && !slices.Contains(touched, be) {
+			r.origin(i, &o)
+			if !ok {
+				ip = netip.Addr{}
+			}
+			if be := p.handle(l, r.bufs[i], size, ip, port, &o, now); be != nil && !slices.Contains(touched, be) {
 				touched = append(touched, be)
 			}
 		}
@@ -164,7 +266,7 @@ func (p *Proxy) readLoop() {
 		touched = touched[:0]
 	})
 	for {
-		err := r.run(p.raw)
+		err := r.run(l.raw)
 		if errors.Is(err, net.ErrClosed) || p.stopping.Load() {
 			return
 		}
@@ -174,15 +276,16 @@ func (p *Proxy) readLoop() {
 	}
 }
 
-// handle routes one datagram of n bytes from ip:port (ok false: not
-// IPv4), read at buf[UDPHeaderLen:] at now, and returns the backend it was
-// queued for.
-func (p *Proxy) handle(buf []byte, n int, ip uint32, port uint16, ok bool, now int64) *backend.Backend {
+// handle routes one datagram of n bytes from ip:port (not valid: the
+// source was unusable), read on l at buf[UDPHeaderLen:] at now, having
+// come in as o says, and returns the backend it was queued for.
+func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint16, o *origin, now int64) *backend.Backend {
 	p.packetsIn.Add(1)
 	p.bytesIn.Add(uint64(n))
+	table := p.table.Load()
 	switch {
-	case !ok:
-		p.drop(DropNotIPv4)
+	case !ip.IsValid():
+		p.drop(DropBadSource)
 		return nil
 	case n < dnsHeaderLen:
 		p.drop(DropRunt)
@@ -193,23 +296,37 @@ func (p *Proxy) handle(buf []byte, n int, ip uint32, port uint16, ok bool, now i
 		p.drop(DropOversized)
 		p.warnOversized(ip, n)
 		return nil
+	case ip.Is4() && table.InStandins(protocol.AddrToU32(ip)):
+		p.drop(DropStandinRange)
+		return nil
 	}
 	if e := p.log.Trace(); e != nil {
-		e.Stringer("remote_ip", protocol.U32ToAddr(ip)).Uint16("remote_port", port).Int("len", n).
+		e.Stringer("remote_ip", ip).Uint16("remote_port", port).Int("len", n).
 			Msg("received UDP packet from remote")
 	}
-	rem, id := p.table.RouteAt(ip, now)
-	be := p.backends.Get(id)
+	rem, id, wire := table.RouteAt(ip, now)
+	if wire == 0 {
+		p.drop(DropNoStandin)
+		return nil
+	}
+	be := p.backends.Load().Get(id)
+	query := buf[protocol.UDPHeaderLen : protocol.UDPHeaderLen+n]
 	if be == nil {
 		rem.CountDrop()
 		p.drop(DropNoBackend)
 		if p.servfail {
-			p.answerServfail(buf[protocol.UDPHeaderLen:protocol.UDPHeaderLen+n], ip, port)
+			p.answerServfail(l, query, netip.AddrPortFrom(ip, port), o)
 		}
 		return nil
 	}
-	protocol.PutUDPHeader(buf, protocol.FrameInboundUDP, ip, port, n)
+	// On record before it is sent, so that its answer finds it.
+	key := flightKey(wire, port, uint16(query[0])<<8|uint16(query[1]))
+	displaced, evicted := p.flights.put(key, id, o, query, now)
+	p.forget(displaced, evicted)
+	protocol.PutUDPHeader(buf, protocol.FrameInboundUDP, wire, port, n)
 	if !be.SendUDP(buf[:protocol.UDPHeaderLen+n], now) {
+		var a answered
+		p.flights.take(key, &a)
 		rem.CountDrop()
 		if be.OK() {
 			p.drop(DropStuck)
@@ -218,19 +335,100 @@ func (p *Proxy) handle(buf []byte, n int, ip uint32, port uint16, ok bool, now i
 		}
 		return nil
 	}
+	be.QuerySent()
 	rem.CountUDP()
 	return be
 }
 
+// forget counts a query of backend id displaced from the table.
+func (p *Proxy) forget(id backend.ID, evicted bool) {
+	if id == 0 {
+		return
+	}
+	if be := p.backends.Load().Get(id); be != nil {
+		be.QueryForgotten(evicted)
+	}
+}
+
+// sweep forgets the queries not answered in FlightAge.
+func (p *Proxy) sweep() {
+	set := p.backends.Load()
+	p.flights.sweep(p.clock.Now().UnixNano(), func(id backend.ID) {
+		if be := set.Get(id); be != nil {
+			be.QueryForgotten(false)
+		}
+	})
+	p.sweepT.Set(FlightAge)
+}
+
+// Resend sends the queries backend be has not answered (up to FlightAge
+// old) to the backends their remotes use now: be's Config.Down. A query
+// too long to have been kept is left to be forgotten.
+func (p *Proxy) Resend(be *backend.Backend) {
+	table, set := p.table.Load(), p.backends.Load()
+	if table == nil || set == nil {
+		return
+	}
+	now := p.clock.Now().UnixNano()
+	var touched []*backend.Backend
+	frame := make([]byte, protocol.UDPHeaderLen+keepLen)
+	p.flights.each(be.ID(), now, func(f *flight) {
+		wire, port := uint32(f.key>>32), uint16(f.key>>16)
+		client := protocol.U32ToAddr(wire)
+		if table.InStandins(wire) {
+			var ok bool
+			if client, ok = table.Client(wire); !ok {
+				p.unresent.Add(1)
+				return
+			}
+		}
+		if f.qlen == 0 {
+			p.unresent.Add(1)
+			return
+		}
+		_, id, _ := table.RouteAt(client, now)
+		to := set.Get(id)
+		if to == nil || to == be {
+			p.unresent.Add(1)
+			return
+		}
+		n := int(f.qlen)
+		protocol.PutUDPHeader(frame, protocol.FrameInboundUDP, wire, port, n)
+		copy(frame[protocol.UDPHeaderLen:], f.query[:n])
+		if !to.SendUDP(frame[:protocol.UDPHeaderLen+n], now) {
+			p.unresent.Add(1)
+			return
+		}
+		f.be, f.resent = id, true
+		be.QueryMoved()
+		to.QuerySent()
+		p.resent.Add(1)
+		if !slices.Contains(touched, to) {
+			touched = append(touched, to)
+		}
+	})
+	for _, to := range touched {
+		to.Flush(now)
+	}
+	if len(touched) > 0 {
+		be.Logger().Info().Uint64("resent_total", p.resent.Load()).Msg("unanswered queries sent to other backends")
+	}
+}
+
 func (p *Proxy) drop(r DropReason) { p.drops[r].Add(1) }
 
-func (p *Proxy) answerServfail(query []byte, ip uint32, port uint16) {
+func (p *Proxy) answerServfail(l *listener, query []byte, to netip.AddrPort, o *origin) {
+	p.outMu.Lock()
+	defer p.outMu.Unlock()
 	resp := servfail(query, p.out)
 	if resp == nil {
 		return
 	}
-	to := netip.AddrPortFrom(protocol.U32ToAddr(ip), port)
-	if _, err := p.conn.WriteToUDPAddrPort(resp, to); err != nil {
+	var oob []byte
+	if l.pktinfo {
+		oob = pktinfo(l.v6, o)
+	}
+	if _, _, err := l.conn.WriteMsgUDPAddrPort(resp, oob, to); err != nil {
 		p.sendErrors.Add(1)
 		return
 	}
@@ -239,16 +437,120 @@ func (p *Proxy) answerServfail(query []byte, ip uint32, port uint16) {
 	p.bytesOut.Add(uint64(len(resp)))
 }
 
-func (p *Proxy) warnOversized(ip uint32, n int) {
+// pktinfo returns the control message that sends a datagram from o's
+// address.
+func pktinfo(v6 bool, o *origin) []byte {
+	if v6 {
+		b := make([]byte, unix.CmsgSpace(unix.SizeofInet6Pktinfo))
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+		h.Level, h.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
+		h.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
+		pi := (*unix.Inet6Pktinfo)(unsafe.Pointer(&b[unix.CmsgLen(0)]))
+		pi.Addr = o.local
+		if netip.AddrFrom16(o.local).IsLinkLocalUnicast() {
+			pi.Ifindex = o.ifindex
+		}
+		return b
+	}
+	b := make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
+	h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+	pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&b[unix.CmsgLen(0)]))
+	pi.Spec_dst = netip.AddrFrom16(o.local).Unmap().As4()
+	return b
+}
+
+func (p *Proxy) warnOversized(ip netip.Addr, n int) {
 	if ok, held := p.oversizeLog.Allow(); ok {
-		p.log.Warn().Stringer("remote_ip", protocol.U32ToAddr(ip)).Int("len", n).Int64("suppressed", held).
+		p.log.Warn().Stringer("remote_ip", ip).Int("len", n).Int64("suppressed", held).
 			Msg("dropping oversized UDP packet")
 	}
 }
 
+// sendBatch collects the replies of one session's reader, a queue per
+// listener, each sent with one sendmmsg.
+type sendBatch struct {
+	p   *Proxy
+	be  *backend.Backend
+	qs  []*sendQueue // by listener, made when first used
+	now int64        // the clock, read at the first answer of a batch
+	a   answered
+}
+
+func (p *Proxy) newSendBatch(be *backend.Backend) *sendBatch {
+	return &sendBatch{p: p, be: be, qs: make([]*sendQueue, len(p.ls))}
+}
+
+// Add queues data, an answer from the batch's backend for to (a client
+// address or stand-in as the backend knows it), for the listener and
+// from the address its query came to; an answer to no query on record
+// leaves from the first listener of the client's family. A full queue
+// is sent at once.
+func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
+	if len(data) == 0 {
+		return
+	}
+	p := b.p
+	wire := protocol.AddrToU32(to.Addr())
+	var o *origin
+	if len(data) >= 2 && p.flights.take(flightKey(wire, to.Port(), uint16(data[0])<<8|uint16(data[1])), &b.a) {
+		o = &b.a.origin
+		if b.now == 0 {
+			b.now = p.clock.Now().UnixNano()
+		}
+		rtt := time.Duration(max(b.now-b.a.sent, 0))
+		if b.a.be == b.be.ID() {
+			b.be.QueryAnswered(rtt, !b.a.resent)
+		} else if other := p.backends.Load().Get(b.a.be); other != nil {
+			// Sent again elsewhere, answered here after all.
+			other.QueryAnswered(rtt, false)
+		}
+	} else {
+		p.unmatched.Add(1)
+	}
+	client := to.Addr()
+	if table := p.table.Load(); table != nil && table.InStandins(wire) {
+		c, ok := table.Client(wire)
+		if !ok {
+			p.lostReplies.Add(1)
+			return
+		}
+		client = c
+	}
+	var l *listener
+	if o != nil && int(o.lis) < len(p.ls) && p.ls[o.lis].v6 == client.Is6() {
+		l = p.ls[o.lis]
+	} else if l = p.first[family(client.Is6())]; l == nil {
+		p.lostReplies.Add(1)
+		return
+	}
+	q := b.qs[l.idx]
+	if q == nil {
+		q = newSendQueue(p, l)
+		b.qs[l.idx] = q
+	}
+	if q.n == batchLen {
+		q.flush()
+	}
+	q.add(data, netip.AddrPortFrom(client, to.Port()), o)
+}
+
+// Flush sends what was added; it returns how many could not be sent.
+func (b *sendBatch) Flush() (failed int) {
+	for _, q := range b.qs {
+		if q != nil && q.n > 0 {
+			failed += q.flush()
+		}
+	}
+	b.now = 0
+	return failed
+}
+
 // ResetCounters sets the proxy's counters back to zero.
 func (p *Proxy) ResetCounters() {
-	for _, c := range []*atomic.Uint64{&p.packetsIn, &p.bytesIn, &p.packetsOut, &p.bytesOut, &p.sendErrors, &p.servfails} {
+	for _, c := range []*atomic.Uint64{&p.packetsIn, &p.bytesIn, &p.packetsOut, &p.bytesOut, &p.sendErrors, &p.servfails,
+		&p.unmatched, &p.lostReplies, &p.resent, &p.unresent} {
 		c.Store(0)
 	}
 	for i := range p.drops {
@@ -265,6 +567,15 @@ type Stats struct {
 	BytesOut   uint64
 	SendErrors uint64
 	Drops      map[string]uint64
+	// Unmatched counts replies to no query on record (late beyond
+	// FlightAge, or unsolicited): they leave from the first socket of
+	// the client's family.
+	Unmatched uint64
+	// LostReplies counts replies that could not be sent: to a stand-in
+	// no client has, or to a family bbal does not listen on.
+	LostReplies uint64
+	Resent      uint64 // queries sent again after their backend died
+	Unresent    uint64 // queries of a dead backend that could not be
 }
 
 // Stats returns the proxy's counters.
@@ -274,7 +585,9 @@ func (p *Proxy) Stats() Stats {
 		PacketsOut: p.packetsOut.Load(), BytesOut: p.bytesOut.Load(),
 		SendErrors: p.sendErrors.Load(),
 		Servfails:  p.servfails.Load(),
-		Drops:      make(map[string]uint64, numDrops),
+		Unmatched:  p.unmatched.Load(), LostReplies: p.lostReplies.Load(),
+		Resent: p.resent.Load(), Unresent: p.unresent.Load(),
+		Drops: make(map[string]uint64, numDrops),
 	}
 	for r := range numDrops {
 		s.Drops[r.String()] = p.drops[r].Load()

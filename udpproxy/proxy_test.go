@@ -42,7 +42,7 @@ func newBed(t testing.TB, log zerolog.Logger) *bed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := New(uc, ts.Clock(), log)
+	p, err := New([]*net.UDPConn{uc}, ts, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,11 +68,12 @@ func TestPerPacketPathAllocatesNothing(t *testing.T) {
 	// disabled and must cost nothing.
 	b := newBed(t, zerolog.New(io.Discard).Level(zerolog.InfoLevel))
 	buf := make([]byte, slotLen)
-	ip := protocol.AddrToU32(netip.MustParseAddr("127.0.0.9"))
+	ip := netip.MustParseAddr("127.0.0.9")
+	var o origin
 	be := b.set.Get(5301)
-	b.p.handle(buf, 64, ip, 5353, true, 0) // creates the remote
+	b.p.handle(b.p.ls[0], buf, 64, ip, 5353, &o, 0) // creates the remote
 	if a := testing.AllocsPerRun(2000, func() {
-		b.p.handle(buf, 64, ip, 5353, true, 0)
+		b.p.handle(b.p.ls[0], buf, 64, ip, 5353, &o, 0)
 		be.Flush(0)
 	}); a != 0 {
 		t.Fatalf("datagram in to frame written: %.1f allocations", a)
@@ -84,7 +85,7 @@ func TestPerPacketPathAllocatesNothing(t *testing.T) {
 	// The reply direction: a batch of replies from the DNS socket.
 	to := netip.MustParseAddrPort("127.0.0.1:9") // UDP needs no listener to send
 	data := make([]byte, 64)
-	batch := b.p.Replies()
+	batch := b.p.Replies(be)
 	if a := testing.AllocsPerRun(200, func() {
 		for range batchLen + 3 {
 			batch.Add(data, to)
@@ -101,19 +102,21 @@ func TestPerPacketPathAllocatesNothing(t *testing.T) {
 func TestDropsAreCountedByReason(t *testing.T) {
 	b := newBed(t, zerolog.Nop())
 	buf := make([]byte, slotLen)
-	ip := protocol.AddrToU32(netip.MustParseAddr("127.0.0.9"))
-	b.p.handle(buf, 5, ip, 53, true, 0)
-	b.p.handle(buf, protocol.MaxData+1, ip, 53, true, 0)
-	b.p.handle(buf, 64, 0, 0, false, 0)
-	b.p.handle(buf, protocol.MaxData, ip, 53, true, 0)
+	ip := netip.MustParseAddr("127.0.0.9")
+	var o origin
+	b.p.handle(b.p.ls[0], buf, 5, ip, 53, &o, 0)
+	b.p.handle(b.p.ls[0], buf, protocol.MaxData+1, ip, 53, &o, 0)
+	b.p.handle(b.p.ls[0], buf, 64, netip.Addr{}, 0, &o, 0)
+	b.p.handle(b.p.ls[0], buf, 64, netip.MustParseAddr("240.1.2.3"), 53, &o, 0)
+	b.p.handle(b.p.ls[0], buf, protocol.MaxData, ip, 53, &o, 0)
 	st := b.p.Stats()
-	want := map[string]uint64{"runt": 1, "oversized": 1, "not_ipv4": 1, "no_backend": 0, "stuck": 0, "down": 0}
+	want := map[string]uint64{"runt": 1, "oversized": 1, "bad_source": 1, "standin_range": 1, "no_backend": 0, "stuck": 0, "down": 0}
 	for k, v := range want {
 		if st.Drops[k] != v {
 			t.Errorf("drops[%s] = %d, want %d", k, st.Drops[k], v)
 		}
 	}
-	if st.PacketsIn != 4 {
+	if st.PacketsIn != 5 {
 		t.Errorf("PacketsIn %d", st.PacketsIn)
 	}
 	// Only the good datagram made a remote.

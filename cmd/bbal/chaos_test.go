@@ -23,7 +23,6 @@ import (
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
-	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/tools/testbed"
@@ -226,7 +225,7 @@ func TestChaos(t *testing.T) {
 	time.Sleep(time.Second) // load settles: the span is part of the test, not synchronisation
 
 	primary := func(c *client) backend.ID {
-		in, _ := h.B.Table.Lookup(protocol.AddrToU32(c.addr))
+		in, _ := h.B.Table.Lookup(c.addr)
 		return in.Primary
 	}
 	actions := []string{"kill", "stop", "unlink"}
@@ -307,7 +306,7 @@ func TestChaos(t *testing.T) {
 
 	// Counters agree: what the remotes counted is what the backends did.
 	var remoteUDP, remoteDrops uint64
-	h.B.Table.Walk(t.Context(), 0, func(in remotes.Info) bool {
+	h.B.Table.Walk(t.Context(), netip.Addr{}, func(in remotes.Info) bool {
 		remoteUDP += in.UDP
 		remoteDrops += in.Drops
 		return true

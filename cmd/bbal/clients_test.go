@@ -129,7 +129,7 @@ func TestIdleRemotesExpire(t *testing.T) {
 	h.Logs.Wait(t, "expiring remote entry", map[string]any{"remote_ip": b.String()})
 	h.Logs.Wait(t, "expiring remote entry", map[string]any{"remote_ip": c.String()})
 	testbed.Eventually(t, "two remotes expired", func() bool { return h.B.Table.Len() == 1 })
-	if _, ok := h.B.Table.Lookup(protocol.AddrToU32(a)); !ok {
+	if _, ok := h.B.Table.Lookup(a); !ok {
 		t.Fatal("the recently seen remote expired")
 	}
 	if n := h.B.Table.Counts()[5301].Primary; n != 1 {

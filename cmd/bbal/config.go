@@ -7,12 +7,14 @@ import (
 	"io"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/remotes"
@@ -22,7 +24,10 @@ import (
 // config is the command line, checked.
 type config struct {
 	socketDir   string
-	listen      netip.AddrPort
+	listen      []netip.Addr
+	port        uint16
+	standins    netip.Prefix
+	policy      backend.Policy
 	level       zerolog.Level
 	debugSocket string
 	metricsAddr string
@@ -36,12 +41,13 @@ type config struct {
 	user        string
 }
 
-const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
-            [-R MAX] [-M BITS] [-T MAX] [-P MAX] [-I SECS] [-L SECS] [-F]
-            [-u USER]
+const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
+            [-R MAX] [-M BITS] [-6 PREFIX] [-P POLICY] [-T MAX] [-C MAX]
+            [-I SECS] [-L SECS] [-F] [-u USER]
 
   -s DIR    directory of backend sockets (required)
-  -b ADDR   IPv4 address to listen on (default 0.0.0.0)
+  -b ADDR   address to listen on, IPv4 or IPv6; give -b again for more
+            (e.g. -b 0.0.0.0 -b ::) (default 0.0.0.0)
   -p PORT   UDP and TCP port to listen on (default 53; 0 picks a free one)
   -l LEVEL  log level: trace, debug, info, warn, error, fatal (default info);
             the environment variable LOG_LEVEL overrides it
@@ -50,9 +56,15 @@ const usage = `usage: bbal -s DIR [-b ADDR] [-p PORT] [-l LEVEL] [-S PATH] [-m A
             also serve Prometheus metrics (/metrics only) over TCP here
   -R MAX    at most MAX remotes (clients) pinned to backends (default
             1000000); more are served by a hash of their address
-  -M BITS   pin clients by network prefix, e.g. 24 for a /24 (default 32)
+  -M BITS   pin IPv4 clients by network prefix, e.g. 24 for a /24
+            (default 32)
+  -6 PREFIX IPv4 range of IPv6 clients' stand-in addresses, which the
+            backends see (default 240.0.0.0/4)
+  -P POLICY backend of a new client: rr (round-robin, the original's) or
+            least-loaded (fewest queries outstanding; slow backends shed
+            clients) (default rr)
   -T MAX    at most MAX client TCP connections at once (default 4096)
-  -P MAX    at most MAX client TCP connections from one address (default 64)
+  -C MAX    at most MAX client TCP connections from one address (default 64)
   -I SECS   close a TCP connection idle this long, with no query
             outstanding (default 5)
   -L SECS   close a TCP connection this old (default 300)
@@ -70,7 +82,10 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	fs := flag.NewFlagSet("bbal", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	dir := fs.String("s", "", "")
-	addr := fs.String("b", "0.0.0.0", "")
+	var addrs listenAddrs
+	fs.Var(&addrs, "b", "")
+	standins := fs.String("6", remotes.DefaultStandins.String(), "")
+	policy := fs.String("P", "rr", "")
 	port := fs.String("p", "53", "")
 	level := fs.String("l", "info", "")
 	debug := fs.String("S", debugapi.DefaultSocket, "")
@@ -78,7 +93,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	maxRemotes := fs.Int("R", remotes.DefaultMaxRemotes, "")
 	prefixBits := fs.Int("M", 32, "")
 	tcpMax := fs.Int("T", tcpproxy.DefaultMaxConns, "")
-	tcpPerIP := fs.Int("P", tcpproxy.DefaultMaxConnsPerIP, "")
+	tcpPerIP := fs.Int("C", tcpproxy.DefaultMaxConnsPerIP, "")
 	tcpIdle := fs.String("I", secs(tcpproxy.DefaultIdleTimeout), "")
 	tcpLife := fs.String("L", secs(tcpproxy.DefaultMaxLifetime), "")
 	servfail := fs.Bool("F", false, "")
@@ -95,9 +110,24 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	if *dir == "" {
 		return config{}, errors.New("must specify socket directory (-s)")
 	}
-	ip, err := netip.ParseAddr(*addr)
-	if err != nil || !ip.Is4() {
-		return config{}, fmt.Errorf("invalid listen address for -b: %q (want an IPv4 address)", *addr)
+	if len(addrs) == 0 {
+		addrs = listenAddrs{netip.IPv4Unspecified()}
+	}
+	sp, err := netip.ParsePrefix(*standins)
+	if err != nil || !sp.Addr().Is4() || sp.Bits() < 1 || sp.Bits() > 30 {
+		return config{}, fmt.Errorf("invalid -6 %q (want an IPv4 prefix, /1 to /30, such as 240.0.0.0/4)", *standins)
+	}
+	for _, a := range addrs {
+		if sp.Contains(a) {
+			return config{}, fmt.Errorf("listen address %v is within the stand-in range -6 %v", a, sp.Masked())
+		}
+	}
+	pol, ok := backend.ParsePolicy(*policy)
+	if !ok {
+		if _, err := strconv.Atoi(*policy); err == nil {
+			return config{}, fmt.Errorf("invalid -P %q: -P takes a policy, rr or least-loaded (the per-address TCP connection limit is -C)", *policy)
+		}
+		return config{}, fmt.Errorf("invalid -P %q (want rr or least-loaded)", *policy)
 	}
 	p, err := strconv.ParseUint(*port, 10, 16)
 	if err != nil {
@@ -130,7 +160,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 		return config{}, fmt.Errorf("invalid -M %d (want 1 to 32)", *prefixBits)
 	}
 	if *tcpMax < 1 || *tcpPerIP < 1 {
-		return config{}, fmt.Errorf("invalid -T %d or -P %d (want at least 1)", *tcpMax, *tcpPerIP)
+		return config{}, fmt.Errorf("invalid -T %d or -C %d (want at least 1)", *tcpMax, *tcpPerIP)
 	}
 	idle, err := parseSecs("-I", *tcpIdle)
 	if err != nil {
@@ -150,11 +180,38 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 		maxRemotes:  *maxRemotes,
 		prefixBits:  *prefixBits,
 		socketDir:   *dir,
-		listen:      netip.AddrPortFrom(ip, uint16(p)),
+		listen:      addrs,
+		port:        uint16(p),
+		standins:    sp.Masked(),
+		policy:      pol,
 		level:       lvl,
 		debugSocket: *debug,
 		metricsAddr: *metrics,
 	}, nil
+}
+
+// maxListen bounds the -b addresses.
+const maxListen = 16
+
+// listenAddrs is the -b flag: each use adds an address.
+type listenAddrs []netip.Addr
+
+func (l *listenAddrs) String() string { return fmt.Sprint(*l) }
+
+func (l *listenAddrs) Set(v string) error {
+	a, err := netip.ParseAddr(v)
+	if err != nil || a.Zone() != "" {
+		return errors.New("want an IPv4 or IPv6 address")
+	}
+	a = a.Unmap()
+	if slices.Contains(*l, a) {
+		return errors.New("given twice")
+	}
+	if len(*l) == maxListen {
+		return fmt.Errorf("more than %d listen addresses", maxListen)
+	}
+	*l = append(*l, a)
+	return nil
 }
 
 // secs formats a duration as the seconds the flags take.

@@ -320,7 +320,7 @@ func TestStuckBackendDropsAndCounts(t *testing.T) {
 	if st.Drops["stuck"] == 0 {
 		t.Fatalf("proxy stuck drops not counted: %v", st.Drops)
 	}
-	info, _ := h.B.Table.Lookup(protocol.AddrToU32(stuckFrom))
+	info, _ := h.B.Table.Lookup(stuckFrom)
 	if info.Drops == 0 {
 		t.Fatal("remote's drops not counted")
 	}

@@ -56,6 +56,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 	b, err := server.Start(server.Config{
 		SocketDir:   cfg.socketDir,
 		Listen:      cfg.listen,
+		Port:        cfg.port,
+		Standins:    cfg.standins,
+		Policy:      cfg.policy,
 		DebugSocket: cfg.debugSocket,
 		MetricsAddr: cfg.metricsAddr,
 		MaxRemotes:  cfg.maxRemotes,

@@ -22,6 +22,7 @@ import (
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
+	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/tools/testbed"
 )
 
@@ -152,7 +153,10 @@ func TestEndpoints(t *testing.T) {
 		{"GET", "/v1/backends/5301/disable", "", 405, ``},
 		{"POST", "/v1/backends/5301/drain", "x=1", 413, `requests take no body`},
 		{"GET", "/v1/remotes?ip=127.0.0.2", "", 200, `"ip":"127.0.0.2"`},
-		{"GET", "/v1/remotes?ip=::1", "", 400, `bad IPv4 address`},
+		{"GET", "/v1/remotes?ip=fe80::1%25eth0", "", 400, `bad IP address`},
+		{"GET", "/v1/remotes?ip=nonsense", "", 400, `bad IP address`},
+		{"POST", "/v1/backends/5301/weight?value=0", "", 400, `(want 1 to 1000)`},
+		{"POST", "/v1/backends/5301/weight", "", 400, `(want 1 to 1000)`},
 		{"GET", "/v1/remotes?backend=9999", "", 404, `no backend 9999`},
 		{"GET", "/v1/remotes?backend=5301", "", 200, `"backend":5301`},
 		{"GET", "/v1/remotes?colour=red", "", 400, `unknown parameter \"colour\"`},
@@ -290,7 +294,7 @@ func TestHostileClients(t *testing.T) {
 	// cut off by the write deadline; the server's memory stays bounded.
 	const n = 30_000 // some 5 MB of JSON, far more than the socket buffers
 	for i := range n {
-		h.B.Table.Route(0x0a000000 + uint32(i))
+		h.B.Table.Route(protocol.U32ToAddr(0x0a000000 + uint32(i)))
 	}
 	var ms runtime.MemStats
 	runtime.GC()

@@ -21,7 +21,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/bbal/bbal/backend"
-	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/timeouts"
@@ -218,6 +217,9 @@ func (a *api) backendInfo(b *backend.Backend, counts map[backend.ID]remotes.Coun
 		Heartbeats:            st.Heartbeats,
 		HeartbeatRTTSeconds:   st.HeartbeatRTT.Seconds(),
 		QueueBytes:            st.QueuedBytes, QueueFrames: st.QueuedFrames,
+		Weight: st.Weight, Slow: st.Slow, Outstanding: st.Outstanding,
+		LatencySeconds: st.Latency.Seconds(), Answered: st.Answered, Unanswered: st.Unanswered,
+		Evicted: st.Evicted, Resent: st.Resent,
 	}
 	for _, n := range st.Faults {
 		out.FaultsTotal += n
@@ -268,9 +270,16 @@ var actions = map[string]backend.Admin{
 
 func (a *api) backendAction(w http.ResponseWriter, r *http.Request) {
 	action := r.PathValue("action")
+	if action == "weight" {
+		a.weight(w, r)
+		return
+	}
 	to, ok := actions[action]
 	if !ok {
-		fail(w, http.StatusNotFound, "unknown action %q (want enable, disable or drain)", action)
+		fail(w, http.StatusNotFound, "unknown action %q (want enable, disable, drain or weight)", action)
+		return
+	}
+	if !checkQuery(w, r) {
 		return
 	}
 	b := a.lookup(w, r)
@@ -284,6 +293,32 @@ func (a *api) backendAction(w http.ResponseWriter, r *http.Request) {
 	a.src.Log.Info().Uint16("be_id", uint16(b.ID())).Str("be_path", b.Path()).
 		Str("from", from.String()).Str("to", to.String()).Int("uid", peer.UID).Int("pid", peer.PID).
 		Msg("backend " + to.String() + " by operator")
+	a.reply(w, a.backendInfo(b, a.src.Table.Counts()))
+}
+
+// weight sets a backend's weight: POST /v1/backends/{id}/weight?value=N.
+func (a *api) weight(w http.ResponseWriter, r *http.Request) {
+	if !checkQuery(w, r, "value") {
+		return
+	}
+	b := a.lookup(w, r)
+	if b == nil {
+		return
+	}
+	v := r.URL.Query().Get("value")
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > backend.MaxWeight {
+		fail(w, http.StatusBadRequest, "bad weight %q (want 1 to %d)", v, backend.MaxWeight)
+		return
+	}
+	a.mu.Lock()
+	from := b.Weight()
+	b.SetWeight(n)
+	a.mu.Unlock()
+	peer, _ := PeerOf(r.Context())
+	a.src.Log.Info().Uint16("be_id", uint16(b.ID())).Str("be_path", b.Path()).
+		Int("from", from).Int("to", n).Int("uid", peer.UID).Int("pid", peer.PID).
+		Msg("backend weight set by operator")
 	a.reply(w, a.backendInfo(b, a.src.Table.Counts()))
 }
 
@@ -307,8 +342,13 @@ func (a *api) reset(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) remoteInfo(in remotes.Info) Remote {
+	var standin string
+	if in.Standin.IsValid() {
+		standin = in.Standin.String()
+	}
 	return Remote{
-		IP: protocol.U32ToAddr(in.Addr).String(), Backend: uint16(in.Primary), Backup: uint16(in.Backup),
+		Standin: standin,
+		IP:      in.Addr.String(), Backend: uint16(in.Primary), Backup: uint16(in.Backup),
 		UDP: in.UDP, TCP: in.TCP, Drops: in.Drops,
 		FirstSeen: in.FirstSeen.UTC(), LastSeen: in.LastSeen.UTC(),
 	}
@@ -337,8 +377,8 @@ func (a *api) remotes(w http.ResponseWriter, r *http.Request) {
 	var ip netip.Addr
 	if v := q.Get("ip"); v != "" {
 		addr, err := netip.ParseAddr(v)
-		if err != nil || !addr.Unmap().Is4() {
-			fail(w, http.StatusBadRequest, "bad IPv4 address %q", v)
+		if err != nil || addr.Zone() != "" {
+			fail(w, http.StatusBadRequest, "bad IP address %q", v)
 			return
 		}
 		ip = addr.Unmap()
@@ -371,11 +411,11 @@ func (a *api) remotes(w http.ResponseWriter, r *http.Request) {
 		return true
 	}
 	if ip.IsValid() {
-		if in, ok := a.src.Table.Lookup(protocol.AddrToU32(ip)); ok {
+		if in, ok := a.src.Table.Lookup(ip); ok {
 			emit(in)
 		}
 	} else {
-		a.src.Table.Walk(r.Context(), 0, emit)
+		a.src.Table.Walk(r.Context(), netip.Addr{}, emit)
 	}
 	bw.WriteString("\n]}\n")
 	bw.Flush()
@@ -404,10 +444,17 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	out.UptimeSeconds = now.Sub(a.src.Started).Seconds()
 	out.ListenUDP = a.src.UDP.Addr().String()
 	out.ListenTCP = a.src.TCP.Addr().String()
+	for _, l := range a.src.UDP.Addrs() {
+		out.Listen = append(out.Listen, l.String())
+	}
+	out.Standins = a.src.Table.Standins().String()
+	out.NoStandin = a.src.Table.NoStandin()
 	us := a.src.UDP.Stats()
 	out.UDP.PacketsIn, out.UDP.BytesIn = us.PacketsIn, us.BytesIn
 	out.UDP.PacketsOut, out.UDP.BytesOut, out.UDP.SendErrors = us.PacketsOut, us.BytesOut, us.SendErrors
 	out.UDP.Servfails = us.Servfails
+	out.UDP.Unmatched, out.UDP.LostReplies = us.Unmatched, us.LostReplies
+	out.UDP.Resent, out.UDP.Unresent = us.Resent, us.Unresent
 	ts := a.src.TCP.Stats()
 	out.TCP.Active, out.TCP.Total, out.TCP.AcceptErrors = ts.Active, ts.Total, ts.AcceptErrors
 	out.TCP.Limits = ts.Limits

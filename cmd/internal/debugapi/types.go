@@ -36,6 +36,15 @@ type Backend struct {
 	HeartbeatRTTSeconds   float64           `json:"heartbeat_rtt_seconds"`
 	QueueBytes            int               `json:"queue_bytes"`
 	QueueFrames           int               `json:"queue_frames"`
+	// Load, as bbal measures it from the UDP queries and answers.
+	Weight         int     `json:"weight"`
+	Slow           bool    `json:"slow"`
+	Outstanding    int64   `json:"outstanding"`
+	LatencySeconds float64 `json:"latency_seconds"`
+	Answered       uint64  `json:"answered"`
+	Unanswered     uint64  `json:"unanswered"`
+	Evicted        uint64  `json:"evicted"`
+	Resent         uint64  `json:"resent"`
 }
 
 // BackendsReply is GET /v1/backends.
@@ -47,8 +56,9 @@ type BackendsReply struct {
 // Remote is one client.
 type Remote struct {
 	IP        string    `json:"ip"`
-	Backend   uint16    `json:"backend"` // primary; 0 for none
-	Backup    uint16    `json:"backup"`  // 0 for none
+	Standin   string    `json:"standin,omitempty"` // an IPv6 client's stand-in IPv4 address
+	Backend   uint16    `json:"backend"`           // primary; 0 for none
+	Backup    uint16    `json:"backup"`            // 0 for none
 	UDP       uint64    `json:"udp"`
 	TCP       uint64    `json:"tcp"`
 	Drops     uint64    `json:"drops"`
@@ -83,13 +93,26 @@ type Stats struct {
 	UptimeSeconds float64   `json:"uptime_seconds"`
 	ListenUDP     string    `json:"listen_udp"`
 	ListenTCP     string    `json:"listen_tcp"`
-	UDP           struct {
+	Listen        []string  `json:"listen"` // every address, UDP and TCP alike
+	// Standins is the range of IPv6 clients' stand-in addresses;
+	// NoStandin counts queries and connections of IPv6 clients that
+	// could be given none.
+	Standins  string `json:"standins"`
+	NoStandin uint64 `json:"no_standin"`
+	UDP       struct {
 		PacketsIn  uint64 `json:"packets_in"`
 		BytesIn    uint64 `json:"bytes_in"`
 		PacketsOut uint64 `json:"packets_out"`
 		BytesOut   uint64 `json:"bytes_out"`
 		SendErrors uint64 `json:"send_errors"`
 		Servfails  uint64 `json:"servfails"`
+		// Replies to no query on record; replies that could not be
+		// sent (stand-in of no client, no socket of the family);
+		// queries sent again, or not, when their backend died.
+		Unmatched   uint64 `json:"unmatched"`
+		LostReplies uint64 `json:"lost_replies"`
+		Resent      uint64 `json:"resent"`
+		Unresent    uint64 `json:"unresent"`
 	} `json:"udp"`
 	TCP struct {
 		Active       int64             `json:"active"`

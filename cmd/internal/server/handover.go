@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 )
 
@@ -45,10 +47,10 @@ const InheritEnv = "BBAL_INHERIT"
 
 // Inherited is what a new process takes over.
 type Inherited struct {
-	UDP     *net.UDPConn
-	TCP     *net.TCPListener
-	Debug   *net.UnixListener // nil when there is no debug socket
-	Metrics net.Listener      // nil without -m
+	UDP     []*net.UDPConn     // one per listen address, in order
+	TCP     []*net.TCPListener // likewise
+	Debug   *net.UnixListener  // nil when there is no debug socket
+	Metrics net.Listener       // nil without -m
 	State   *State
 	ready   *os.File
 }
@@ -56,7 +58,11 @@ type Inherited struct {
 // State is the old process's state.
 type State struct {
 	Backends []StateBackend `json:"backends"`
-	remotes  []remotes.Info
+	// RemoteFormat is the format of the remote records that follow:
+	// remoteFormatV2, or 0 for the first (IPv4 only, from bbal before
+	// IPv6 clients).
+	RemoteFormat int `json:"remote_format,omitempty"`
+	remotes      []remotes.Info
 }
 
 // StateBackend is one backend in a State.
@@ -65,35 +71,53 @@ type StateBackend struct {
 	Path  string     `json:"path"`
 	Admin string     `json:"admin"`
 	OK    bool       `json:"ok"`
+	// Weight is 0 in a state from before weights: the default.
+	Weight int `json:"weight,omitempty"`
 }
 
-// remoteRecordLen is the length of one remote in the state stream:
-// address, primary, backup, first and last seen (unix seconds), UDP, TCP
-// and drop counts.
-const remoteRecordLen = 4 + 2 + 2 + 4 + 4 + 8 + 8 + 8
+// A remote in the state stream is its address, then its assignment,
+// times and counters (remoteFieldsLen bytes: primary, backup, first and
+// last seen in unix seconds, UDP, TCP and drop counts). The first format
+// had the IPv4 address (4 bytes); remoteFormatV2 has the IPv6 form of
+// the address (16 bytes) and the stand-in (4 bytes, 0 for none).
+const (
+	remoteFieldsLen = 2 + 2 + 4 + 4 + 8 + 8 + 8
+	remoteV1Len     = 4 + remoteFieldsLen
+	remoteFormatV2  = 2
+	remoteV2Len     = 16 + 4 + remoteFieldsLen
+)
 
 // writeState writes the state: a JSON line with the backends, then a
 // record per remote until the end of the stream.
 func (b *Balancer) writeState(w io.Writer) error {
 	var st State
 	for _, be := range b.Backends.All() {
-		st.Backends = append(st.Backends, StateBackend{ID: be.ID(), Path: be.Path(), Admin: be.Admin().String(), OK: be.OK()})
+		st.Backends = append(st.Backends, StateBackend{ID: be.ID(), Path: be.Path(), Admin: be.Admin().String(),
+			OK: be.OK(), Weight: be.Weight()})
 	}
+	st.RemoteFormat = remoteFormatV2
 	bw := bufio.NewWriterSize(w, 64<<10)
 	if err := json.NewEncoder(bw).Encode(st); err != nil {
 		return err
 	}
-	var rec [remoteRecordLen]byte
+	var rec [remoteV2Len]byte
 	var werr error
-	b.Table.Walk(context.Background(), 0, func(in remotes.Info) bool {
-		binary.LittleEndian.PutUint32(rec[0:], in.Addr)
-		binary.LittleEndian.PutUint16(rec[4:], uint16(in.Primary))
-		binary.LittleEndian.PutUint16(rec[6:], uint16(in.Backup))
-		binary.LittleEndian.PutUint32(rec[8:], uint32(in.FirstSeen.Unix()))
-		binary.LittleEndian.PutUint32(rec[12:], uint32(in.LastSeen.Unix()))
-		binary.LittleEndian.PutUint64(rec[16:], in.UDP)
-		binary.LittleEndian.PutUint64(rec[24:], in.TCP)
-		binary.LittleEndian.PutUint64(rec[32:], in.Drops)
+	b.Table.Walk(context.Background(), netip.Addr{}, func(in remotes.Info) bool {
+		a16 := in.Addr.As16()
+		copy(rec[:16], a16[:])
+		var standin uint32
+		if in.Standin.IsValid() {
+			standin = protocol.AddrToU32(in.Standin)
+		}
+		binary.LittleEndian.PutUint32(rec[16:], standin)
+		f := rec[20:]
+		binary.LittleEndian.PutUint16(f[0:], uint16(in.Primary))
+		binary.LittleEndian.PutUint16(f[2:], uint16(in.Backup))
+		binary.LittleEndian.PutUint32(f[4:], uint32(in.FirstSeen.Unix()))
+		binary.LittleEndian.PutUint32(f[8:], uint32(in.LastSeen.Unix()))
+		binary.LittleEndian.PutUint64(f[12:], in.UDP)
+		binary.LittleEndian.PutUint64(f[20:], in.TCP)
+		binary.LittleEndian.PutUint64(f[28:], in.Drops)
 		_, werr = bw.Write(rec[:])
 		return werr == nil
 	})
@@ -114,24 +138,41 @@ func ReadState(r io.Reader) (*State, error) {
 	if err := json.Unmarshal(line, &st); err != nil {
 		return nil, fmt.Errorf("state header: %w", err)
 	}
-	var rec [remoteRecordLen]byte
+	var buf [remoteV2Len]byte
+	rec := buf[:remoteV1Len]
+	switch st.RemoteFormat {
+	case 0:
+	case remoteFormatV2:
+		rec = buf[:remoteV2Len]
+	default:
+		return nil, fmt.Errorf("state: unknown remote format %d", st.RemoteFormat)
+	}
 	for {
-		if _, err := io.ReadFull(br, rec[:]); err != nil {
+		if _, err := io.ReadFull(br, rec); err != nil {
 			if errors.Is(err, io.EOF) {
 				return &st, nil
 			}
 			return nil, fmt.Errorf("state remote %d: %w", len(st.remotes), err)
 		}
-		st.remotes = append(st.remotes, remotes.Info{
-			Addr:      binary.LittleEndian.Uint32(rec[0:]),
-			Primary:   backend.ID(binary.LittleEndian.Uint16(rec[4:])),
-			Backup:    backend.ID(binary.LittleEndian.Uint16(rec[6:])),
-			FirstSeen: time.Unix(int64(binary.LittleEndian.Uint32(rec[8:])), 0),
-			LastSeen:  time.Unix(int64(binary.LittleEndian.Uint32(rec[12:])), 0),
-			UDP:       binary.LittleEndian.Uint64(rec[16:]),
-			TCP:       binary.LittleEndian.Uint64(rec[24:]),
-			Drops:     binary.LittleEndian.Uint64(rec[32:]),
-		})
+		var in remotes.Info
+		f := rec[4:]
+		if st.RemoteFormat == remoteFormatV2 {
+			in.Addr = netip.AddrFrom16([16]byte(rec[:16])).Unmap()
+			if s := binary.LittleEndian.Uint32(rec[16:]); s != 0 {
+				in.Standin = protocol.U32ToAddr(s)
+			}
+			f = rec[20:]
+		} else {
+			in.Addr = protocol.U32ToAddr(binary.LittleEndian.Uint32(rec[0:]))
+		}
+		in.Primary = backend.ID(binary.LittleEndian.Uint16(f[0:]))
+		in.Backup = backend.ID(binary.LittleEndian.Uint16(f[2:]))
+		in.FirstSeen = time.Unix(int64(binary.LittleEndian.Uint32(f[4:])), 0)
+		in.LastSeen = time.Unix(int64(binary.LittleEndian.Uint32(f[8:])), 0)
+		in.UDP = binary.LittleEndian.Uint64(f[12:])
+		in.TCP = binary.LittleEndian.Uint64(f[20:])
+		in.Drops = binary.LittleEndian.Uint64(f[28:])
+		st.remotes = append(st.remotes, in)
 	}
 }
 
@@ -145,6 +186,11 @@ func (b *Balancer) restore(st *State) error {
 		}
 		if err := b.Backends.Restore(sb.ID, sb.Path, admin); err != nil {
 			return err
+		}
+		if sb.Weight != 0 {
+			if be := b.Backends.Get(sb.ID); be == nil || !be.SetWeight(sb.Weight) {
+				return fmt.Errorf("backend %d: weight %d", sb.ID, sb.Weight)
+			}
 		}
 		known[sb.ID] = true
 	}
@@ -182,7 +228,7 @@ func Inherit() (*Inherited, error) {
 			if err != nil {
 				return nil, fmt.Errorf("inherited UDP socket: %w", err)
 			}
-			in.UDP = c.(*net.UDPConn)
+			in.UDP = append(in.UDP, c.(*net.UDPConn))
 			f.Close()
 		case "tcp", "debug", "metrics":
 			ln, err := net.FileListener(f)
@@ -192,7 +238,7 @@ func Inherit() (*Inherited, error) {
 			f.Close()
 			switch name {
 			case "tcp":
-				in.TCP = ln.(*net.TCPListener)
+				in.TCP = append(in.TCP, ln.(*net.TCPListener))
 			case "debug":
 				in.Debug = ln.(*net.UnixListener)
 			default:
@@ -211,8 +257,8 @@ func Inherit() (*Inherited, error) {
 			return nil, fmt.Errorf("%s: unknown descriptor %q", InheritEnv, name)
 		}
 	}
-	if in.UDP == nil || in.TCP == nil || in.ready == nil {
-		return nil, fmt.Errorf("%s %q: the UDP socket, TCP listener and ready pipe are needed", InheritEnv, spec)
+	if len(in.UDP) == 0 || len(in.UDP) != len(in.TCP) || in.ready == nil {
+		return nil, fmt.Errorf("%s %q: UDP sockets, as many TCP listeners, and the ready pipe are needed", InheritEnv, spec)
 	}
 	return in, nil
 }
@@ -270,16 +316,20 @@ func (b *Balancer) Handover(args []string, drain time.Duration) error {
 		files = append(files, f)
 		spec = append(spec, fmt.Sprintf("%s:%d", name, 2+len(files)))
 	}
-	uf, err := b.UDP.File()
+	ufs, err := b.UDP.Files()
 	if err != nil {
 		return err
 	}
-	add("udp", uf)
-	tf, err := b.TCP.File()
+	for _, f := range ufs {
+		add("udp", f)
+	}
+	tfs, err := b.TCP.Files()
 	if err != nil {
 		return err
 	}
-	add("tcp", tf)
+	for _, f := range tfs {
+		add("tcp", f)
+	}
 	if b.debug != nil {
 		f, err := b.debug.File()
 		if err != nil {

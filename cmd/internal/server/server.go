@@ -29,12 +29,18 @@ import (
 
 // Config is what the command line sets.
 type Config struct {
-	SocketDir   string         // the backend socket directory
-	Listen      netip.AddrPort // UDP and TCP; port 0 picks one free for both
-	DebugSocket string         // the debug socket's path; none when empty
-	MetricsAddr string         // also serve /metrics on this TCP address; none when empty
-	MaxRemotes  int            // bound of the remotes table (remotes.DefaultMaxRemotes when 0)
-	PrefixBits  int            // pin clients by this prefix length (32 when 0)
+	SocketDir   string       // the backend socket directory
+	Listen      []netip.Addr // UDP and TCP, each; 0.0.0.0 when empty
+	Port        uint16       // of every listen address; 0 picks one free for all
+	DebugSocket string       // the debug socket's path; none when empty
+	MetricsAddr string       // also serve /metrics on this TCP address; none when empty
+	MaxRemotes  int          // bound of the remotes table (remotes.DefaultMaxRemotes when 0)
+	PrefixBits  int          // pin clients by this prefix length (32 when 0)
+	// Standins is the range of IPv6 clients' stand-in IPv4 addresses
+	// (remotes.DefaultStandins when not valid).
+	Standins netip.Prefix
+	// Policy chooses the backend of a new remote.
+	Policy backend.Policy
 	// TCP connection limits; tcpproxy's defaults when 0.
 	TCPMaxConns      int
 	TCPMaxConnsPerIP int
@@ -106,12 +112,12 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 	var (
 		debugLn   *net.UnixListener
 		metricsLn net.Listener
-		uconn     *net.UDPConn
-		tln       *net.TCPListener
+		uconns    []*net.UDPConn
+		tlns      []*net.TCPListener
 		err       error
 	)
 	if in := cfg.Inherited; in != nil {
-		debugLn, metricsLn, uconn, tln = in.Debug, in.Metrics, in.UDP, in.TCP
+		debugLn, metricsLn, uconns, tlns = in.Debug, in.Metrics, in.UDP, in.TCP
 		if debugLn != nil {
 			debugLn.SetUnlinkOnClose(true) // ours to remove at exit now
 			undo = append(undo, func() error { debugLn.SetUnlinkOnClose(false); return debugLn.Close() })
@@ -135,14 +141,30 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 			metricsLn = ln
 			undo = append(undo, ln.Close)
 		}
-		uconn, tln, err = listen(cfg.Listen)
-		if err != nil {
-			fail(err).Str("address", cfg.Listen.Addr().String()).
-				Uint16("port", cfg.Listen.Port()).Msg("failed to create listen sockets")
-			return nil, err
+		addrs := cfg.Listen
+		if len(addrs) == 0 {
+			addrs = []netip.Addr{netip.IPv4Unspecified()}
+		}
+		port := cfg.Port
+		for _, a := range addrs {
+			u, t, err := listen(netip.AddrPortFrom(a, port))
+			if err != nil {
+				fail(err).Str("address", a.String()).Uint16("port", port).Msg("failed to create listen sockets")
+				return nil, err
+			}
+			undo = append(undo, u.Close, t.Close)
+			uconns, tlns = append(uconns, u), append(tlns, t)
+			port = u.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 		}
 	}
-	undo = append(undo, uconn.Close, tln.Close)
+	if cfg.Inherited != nil {
+		for i := range uconns {
+			undo = append(undo, uconns[i].Close)
+		}
+		for i := range tlns {
+			undo = append(undo, tlns[i].Close)
+		}
+	}
 	if cfg.User != "" {
 		var owned []string
 		if cfg.DebugSocket != "" {
@@ -160,9 +182,14 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 			}
 		}
 	}
-	addr := uconn.LocalAddr().(*net.UDPAddr).AddrPort()
-	log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for UDP packets")
-	log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for TCP packets")
+	for _, u := range uconns {
+		addr := u.LocalAddr().(*net.UDPAddr).AddrPort()
+		log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for UDP packets")
+	}
+	for _, t := range tlns {
+		addr := t.Addr().(*net.TCPAddr).AddrPort()
+		log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for TCP packets")
+	}
 
 	b := &Balancer{Log: log, Clock: opt.Clock, Started: opt.Clock.Now(), Timeouts: timeouts.New(opt.Clock)}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -173,10 +200,9 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		b.Timeouts.Run(ctx)
 	}()
 
-	if b.UDP, err = udpproxy.New(uconn, opt.Clock, log); err != nil {
+	if b.UDP, err = udpproxy.New(uconns, b.Timeouts, log); err != nil {
 		cancel()
-		uconn.Close()
-		tln.Close()
+		b.timersDone.Wait()
 		fail(err).Msg("UDP socket")
 		return nil, err
 	}
@@ -187,14 +213,15 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 
 	bc := opt.Backends
 	bc.Dir, bc.Log, bc.Timeouts, bc.Replies = cfg.SocketDir, log, b.Timeouts, b.UDP.Replies
+	bc.Down, bc.Policy = b.UDP.Resend, cfg.Policy
 	b.Backends = backend.NewSet(bc)
 
 	rc := opt.Remotes
 	rc.Backends, rc.Timeouts, rc.Log = b.Backends, b.Timeouts, log
-	rc.MaxRemotes, rc.PrefixBits = cfg.MaxRemotes, cfg.PrefixBits
+	rc.MaxRemotes, rc.PrefixBits, rc.Standins = cfg.MaxRemotes, cfg.PrefixBits, cfg.Standins
 	b.Table = remotes.New(rc)
 
-	b.TCP = tcpproxy.New(tln, tcpproxy.Config{
+	b.TCP = tcpproxy.New(tlns, tcpproxy.Config{
 		Table: b.Table, Backends: b.Backends, Timeouts: b.Timeouts, Log: log, OKTimeout: opt.OKTimeout,
 		MaxConns: cfg.TCPMaxConns, MaxConnsPerIP: cfg.TCPMaxConnsPerIP,
 		IdleTimeout: cfg.TCPIdleTimeout, MaxLifetime: cfg.TCPMaxLifetime,
@@ -254,8 +281,11 @@ func (b *Balancer) MetricsAddr() net.Addr {
 	return b.metricsLn.Addr()
 }
 
-// Addr returns the address the balancer listens on.
+// Addr returns the (first) address the balancer listens on.
 func (b *Balancer) Addr() netip.AddrPort { return b.UDP.Addr() }
+
+// Addrs returns every address the balancer listens on.
+func (b *Balancer) Addrs() []netip.AddrPort { return b.UDP.Addrs() }
 
 // Close stops accepting, closes every session and stops every goroutine.
 func (b *Balancer) Close() {
@@ -283,13 +313,19 @@ func listen(addr netip.AddrPort) (*net.UDPConn, *net.TCPListener, error) {
 	if addr.Port() == 0 {
 		tries = 20
 	}
+	// An IPv6 socket is IPv6 only (IPV6_V6ONLY, as "udp6" and "tcp6"
+	// make it), so that :: and 0.0.0.0 can both be bound.
+	udp, tcp := "udp4", "tcp4"
+	if addr.Addr().Is6() {
+		udp, tcp = "udp6", "tcp6"
+	}
 	for i := 0; ; i++ {
-		u, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		u, err := net.ListenUDP(udp, net.UDPAddrFromAddrPort(addr))
 		if err != nil {
 			return nil, nil, fmt.Errorf("UDP: %w", err)
 		}
 		port := u.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-		t, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr.Addr(), port)))
+		t, err := net.ListenTCP(tcp, net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr.Addr(), port)))
 		if err == nil {
 			// Room for bursts; the kernel caps these at its
 			// net.core.[rw]mem_max.

@@ -17,7 +17,6 @@ import (
 
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/cmd/internal/server"
-	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/tools/testbed"
 )
@@ -56,7 +55,7 @@ func NewConfig(t testing.TB, config func(*server.Config), setup func(*server.Opt
 	if setup != nil {
 		setup(&opt)
 	}
-	cfg := server.Config{SocketDir: h.Dir, Listen: netip.MustParseAddrPort("127.0.0.1:0"), DebugSocket: h.DebugSocket}
+	cfg := server.Config{SocketDir: h.Dir, Listen: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, DebugSocket: h.DebugSocket}
 	if config != nil {
 		config(&cfg)
 	}
@@ -155,10 +154,10 @@ func (h *Harness) PinTo(id backend.ID) netip.Addr {
 	h.T.Helper()
 	for i := 1000; i < 1100; i++ {
 		a := testbed.Loopback(i)
-		if info, ok := h.B.Table.Lookup(protocol.AddrToU32(a)); ok && info.Primary != id {
+		if info, ok := h.B.Table.Lookup(a); ok && info.Primary != id {
 			continue
 		}
-		if _, got := h.B.Table.Route(protocol.AddrToU32(a)); got == id {
+		if _, got, _ := h.B.Table.Route(a); got == id {
 			return a
 		}
 	}
