@@ -13,6 +13,12 @@
 // forgotten: one whose socket is removed is marked removed, and is
 // reconnected when a later scan finds the path again.
 //
+// A socket is found removed when a connect attempt fails with ENOENT, or
+// when a scan no longer lists a faulted backend's socket (its reconnect
+// would fail so). A backend whose session is up keeps it when its socket
+// is unlinked: the session still works, and the removal is found when it
+// ends.
+//
 // A backend's ID is its socket's name when that is a number from 5300 to
 // 5399 and the ID is free (Binder names sockets after each instance's DNS
 // port, so logs read naturally); otherwise it is one more than the highest
@@ -27,6 +33,7 @@
 //	ok --heartbeat timeout (15 s), EOF, error, bad frame, TCP OK timeout--> faulted
 //	faulted --reconnect timer--> connecting
 //	connecting --connect fails with ENOENT--> removed
+//	faulted --scan finds the socket gone--> removed
 //	removed --scan finds the path again--> connecting
 //	any --Set.Close--> stopped
 //

@@ -198,8 +198,10 @@ func (s *Set) scanLoop() {
 }
 
 // Scan reads the socket directory once: new entries become backends and
-// are connected at once, and removed backends whose socket is back are
-// reconnected.
+// are connected at once, removed backends whose socket is back are
+// reconnected, and faulted backends whose socket is gone are marked
+// removed (as their next reconnect would). A backend whose session is up
+// keeps it, socket or not.
 func (s *Set) Scan() {
 	entries, err := os.ReadDir(s.cfg.Dir)
 	s.mu.Lock()
@@ -215,8 +217,10 @@ func (s *Set) Scan() {
 		s.log.Info().Str("socket_dir", s.cfg.Dir).Msg("socket directory readable again")
 		s.scanErr = ""
 	}
+	seen := make(map[string]bool, len(entries))
 	for _, e := range entries {
 		path := filepath.Join(s.cfg.Dir, e.Name())
+		seen[path] = true
 		if b := s.byPath[path]; b != nil {
 			if b.Removed() {
 				b.post(event{kind: evReturned})
@@ -239,6 +243,14 @@ func (s *Set) Scan() {
 			continue
 		}
 		s.add(path)
+	}
+	if err != nil {
+		return // only a whole listing says what is gone
+	}
+	for path, b := range s.byPath {
+		if st, _ := b.State(); st == StateFaulted && !seen[path] {
+			b.post(event{kind: evGone})
+		}
 	}
 }
 
