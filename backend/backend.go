@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -132,6 +133,7 @@ const (
 	evHeartbeatLate                   // hbWaitT fired
 	evReconnect                       // reconnectT fired
 	evReturned                        // a scan found the removed socket again
+	evGone                            // a scan found the socket gone
 	evHello                           // the reader saw SERVER_HELLO
 	evHeartbeatReply                  // the reader saw SERVER_HEARTBEAT
 	evFault                           // the reader or writer failed
@@ -374,6 +376,16 @@ func (b *Backend) handle(ctx context.Context, ev event) {
 			b.delay.Store(int64(b.set.cfg.ReconnectMin))
 			b.connect(ctx)
 		}
+	case evGone:
+		// The reconnect would fail with ENOENT: act on it now. The
+		// socket may be back since the scan, and then the reconnect
+		// stands.
+		if st != StateFaulted {
+			break
+		}
+		if _, err := os.Stat(b.path); errors.Is(err, syscall.ENOENT) {
+			b.socketRemoved()
+		}
 	case evConnectTimeout:
 		if st == StateConnecting && !b.armed(b.connectT) {
 			b.log.Warn().Msg("timed out connecting to backend")
@@ -427,8 +439,7 @@ func (b *Backend) connect(ctx context.Context) {
 	if err != nil {
 		b.stats.connectErrors.Add(1)
 		if errors.Is(err, syscall.ENOENT) {
-			b.setState(StateRemoved)
-			b.log.Warn().Msg("backend socket removed")
+			b.socketRemoved()
 			return
 		}
 		if ctx.Err() != nil {
@@ -455,6 +466,14 @@ func (b *Backend) connect(ctx context.Context) {
 	b.sess = sess
 	b.cur.Store(sess)
 	b.q.push(protocol.AppendType(nil, protocol.FrameClientHello), true, 0)
+}
+
+// socketRemoved marks the backend removed: its socket is gone, and
+// nothing is tried until a scan finds it again.
+func (b *Backend) socketRemoved() {
+	b.reconnectT.Clear()
+	b.setState(StateRemoved)
+	b.log.Warn().Msg("backend socket removed")
 }
 
 // established runs when SERVER_HELLO arrives.

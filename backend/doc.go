@@ -6,12 +6,29 @@
 //
 // # Discovery and identity
 //
-// A [Set] scans the directory at [Set.Start] and every ScanInterval (5 s).
-// Each entry other than "." and ".." is a candidate socket; a path too
-// long for sun_path (107 bytes) is logged once and skipped. A new entry
-// becomes a [Backend] and is connected at once. Backends are never
+// A [Set] scans the directory at [Set.Start], whenever the directory's
+// inotify watch reports a change (WatchSettle, 50 ms, after it: see
+// [DefaultWatchSettle]), and every ScanInterval (5 s) whatever the watch
+// says. Each entry other than "." and ".." is a candidate socket; a path
+// too long for sun_path (107 bytes) is logged once and skipped. A new
+// entry becomes a [Backend] and is connected at once. Backends are never
 // forgotten: one whose socket is removed is marked removed, and is
 // reconnected when a later scan finds the path again.
+//
+// A socket is found removed when a connect attempt fails with ENOENT, or
+// when a scan no longer lists a faulted backend's socket (its reconnect
+// would fail so). A backend whose session is up keeps it when its socket
+// is unlinked: the session still works, and the removal is found when it
+// ends.
+//
+// The watch (IN_CREATE, IN_MOVED_TO, IN_ATTRIB, IN_DELETE, IN_MOVED_FROM,
+// and the directory's own deletion or move) only ever triggers a scan,
+// so a burst of changes makes a scan or two, and a queue overflow
+// (IN_Q_OVERFLOW) one more. When the watch cannot be set up (no
+// directory yet, the watch limit reached) it is logged once and the
+// periodic scan alone finds changes; when the directory is deleted or
+// moved the watch is dropped. Each periodic scan tries the watch again.
+// [Set.Discovery] tells whether it is in place and counts its events.
 //
 // A backend's ID is its socket's name when that is a number from 5300 to
 // 5399 and the ID is free (Binder names sockets after each instance's DNS
@@ -27,6 +44,7 @@
 //	ok --heartbeat timeout (15 s), EOF, error, bad frame, TCP OK timeout--> faulted
 //	faulted --reconnect timer--> connecting
 //	connecting --connect fails with ENOENT--> removed
+//	faulted --scan finds the socket gone--> removed
 //	removed --scan finds the path again--> connecting
 //	any --Set.Close--> stopped
 //
@@ -57,6 +75,11 @@
 // talk to run only by posting events, which never blocks them. An event
 // from a session carries its generation so that one from a session
 // already replaced is ignored.
+//
+// The Set has two goroutines of its own: scanLoop, which runs every scan
+// after Start's, and readEvents, which reads the inotify instance through
+// the runtime poller and asks scanLoop for a scan. [Set.Close] closes the
+// instance and waits for both.
 //
 // The packet path reads [Backend.OK] and the Set's backend list through
 // atomics, and queues frames with [Backend.SendUDP]. The session's reader

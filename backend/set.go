@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/timeouts"
 )
@@ -25,6 +26,12 @@ const (
 	DefaultHeartbeatInterval = 5 * time.Second
 	DefaultHeartbeatTimeout  = 15 * time.Second
 	DefaultScanInterval      = 5 * time.Second
+	// DefaultWatchSettle is how long a scan waits after the directory
+	// watch reports a change. A backend's socket appears when it binds
+	// and is connectable once it listens, a few system calls later; a
+	// scan in between would be refused and retried only after the
+	// reconnect delay. The wait also lets a burst of changes end.
+	DefaultWatchSettle = 50 * time.Millisecond
 	// The reconnect delay starts at 1 s and grows by 2 s per failure to
 	// at most 32 s: longer would leave a backend that has recovered out
 	// of service for a protracted time.
@@ -93,6 +100,7 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	HeartbeatTimeout  time.Duration
 	ScanInterval      time.Duration
+	WatchSettle       time.Duration // real time, not Timeouts' clock
 	ReconnectMin      time.Duration
 	ReconnectStep     time.Duration
 	ReconnectMax      time.Duration
@@ -107,6 +115,7 @@ func (c *Config) setDefaults() {
 	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, DefaultHeartbeatInterval)
 	c.HeartbeatTimeout = cmp.Or(c.HeartbeatTimeout, DefaultHeartbeatTimeout)
 	c.ScanInterval = cmp.Or(c.ScanInterval, DefaultScanInterval)
+	c.WatchSettle = cmp.Or(c.WatchSettle, DefaultWatchSettle)
 	c.ReconnectMin = cmp.Or(c.ReconnectMin, DefaultReconnectMin)
 	c.ReconnectStep = cmp.Or(c.ReconnectStep, DefaultReconnectStep)
 	c.ReconnectMax = cmp.Or(c.ReconnectMax, DefaultReconnectMax)
@@ -123,8 +132,10 @@ type Set struct {
 	cfg Config
 	log zerolog.Logger
 
-	scanT    *timeouts.Timeout
-	scanKick chan struct{}
+	scanT     *timeouts.Timeout
+	scanKick  chan struct{} // the periodic scan is due
+	watchKick chan struct{} // the directory watch saw a change
+	watch     watch
 
 	mu      sync.Mutex // guards byPath, skipped; serialises scans
 	byPath  map[string]*Backend
@@ -148,13 +159,17 @@ type Set struct {
 func NewSet(cfg Config) *Set {
 	cfg.setDefaults()
 	s := &Set{
-		cfg:      cfg,
-		log:      cfg.Log,
-		byPath:   map[string]*Backend{},
-		skipped:  map[string]bool{},
-		scanKick: make(chan struct{}, 1),
-		noneLog:  timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
+		cfg:       cfg,
+		log:       cfg.Log,
+		byPath:    map[string]*Backend{},
+		skipped:   map[string]bool{},
+		scanKick:  make(chan struct{}, 1),
+		watchKick: make(chan struct{}, 1),
+		noneLog:   timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
 	}
+	s.watch.wd = -1
+	s.watch.init, s.watch.add = unix.InotifyInit1, unix.InotifyAddWatch
+	s.watch.overflows = timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval)
 	s.list.Store(&[]*Backend{})
 	s.scanT = cfg.Timeouts.NewTimeout("backend directory scan", func() {
 		select {
@@ -166,7 +181,8 @@ func NewSet(cfg Config) *Set {
 }
 
 // Start scans the directory now, connecting to what it finds, and then
-// again every ScanInterval until Close.
+// again whenever the directory's inotify watch reports a change and every
+// ScanInterval, until Close.
 func (s *Set) Start() {
 	s.mu.Lock()
 	s.ctx, s.stop = context.WithCancel(context.Background())
@@ -175,6 +191,7 @@ func (s *Set) Start() {
 		go b.run(s.ctx, &s.wg)
 	}
 	s.mu.Unlock()
+	s.openWatch()
 	s.Scan()
 	s.wg.Add(1)
 	go s.scanLoop()
@@ -188,9 +205,14 @@ func (s *Set) Close() {
 	}
 	s.stop()
 	s.scanT.Clear()
+	s.closeWatch()
 	s.wg.Wait()
 }
 
+// scanLoop is the scan goroutine: it scans when the directory watch
+// reports a change, and every ScanInterval whatever the watch says (the
+// periodic scan also puts back a watch that was lost or could not be
+// made).
 func (s *Set) scanLoop() {
 	defer s.wg.Done()
 	s.scanT.Set(s.cfg.ScanInterval)
@@ -198,16 +220,44 @@ func (s *Set) scanLoop() {
 		select {
 		case <-s.ctx.Done():
 			return
+		case <-s.watchKick:
+			if !s.settle() {
+				return
+			}
+			s.Scan()
+			s.watch.scans.Add(1)
 		case <-s.scanKick:
+			s.openWatch()
 			s.Scan()
 			s.scanT.Set(s.cfg.ScanInterval)
 		}
 	}
 }
 
+// settle waits WatchSettle after the watch reported a change, on the real
+// clock: what it waits for is other processes' progress, which a fake
+// clock knows nothing of. Changes reported meanwhile are covered by the
+// scan that follows. It returns false if the Set is closing.
+func (s *Set) settle() bool {
+	t := time.NewTimer(s.cfg.WatchSettle)
+	defer t.Stop()
+	select {
+	case <-s.ctx.Done():
+		return false
+	case <-t.C:
+	}
+	select {
+	case <-s.watchKick:
+	default:
+	}
+	return true
+}
+
 // Scan reads the socket directory once: new entries become backends and
-// are connected at once, and removed backends whose socket is back are
-// reconnected.
+// are connected at once, removed backends whose socket is back are
+// reconnected, and faulted backends whose socket is gone are marked
+// removed (as their next reconnect would). A backend whose session is up
+// keeps it, socket or not.
 func (s *Set) Scan() {
 	entries, err := os.ReadDir(s.cfg.Dir)
 	s.mu.Lock()
@@ -223,8 +273,10 @@ func (s *Set) Scan() {
 		s.log.Info().Str("socket_dir", s.cfg.Dir).Msg("socket directory readable again")
 		s.scanErr = ""
 	}
+	seen := make(map[string]bool, len(entries))
 	for _, e := range entries {
 		path := filepath.Join(s.cfg.Dir, e.Name())
+		seen[path] = true
 		if b := s.byPath[path]; b != nil {
 			if b.Removed() {
 				b.post(event{kind: evReturned})
@@ -247,6 +299,14 @@ func (s *Set) Scan() {
 			continue
 		}
 		s.add(path)
+	}
+	if err != nil {
+		return // only a whole listing says what is gone
+	}
+	for path, b := range s.byPath {
+		if st, _ := b.State(); st == StateFaulted && !seen[path] {
+			b.post(event{kind: evGone})
+		}
 	}
 }
 

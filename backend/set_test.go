@@ -116,6 +116,51 @@ func TestDirectoryErrorsLoggedOncePerChange(t *testing.T) {
 	logs.Wait(t, "socket directory readable again", nil)
 }
 
+// connectFake listens on name in dir and completes the balancer's
+// handshake, waiting for the balancer to see it.
+func connectFake(t *testing.T, logs *testbed.Logs, dir, name string, id int) (*testbed.Fake, *testbed.FakeConn) {
+	t.Helper()
+	f := testbed.NewFake(t, filepath.Join(dir, name))
+	c := f.Accept(t)
+	c.Hello(t)
+	logs.Wait(t, "backend socket established", map[string]any{"be_id": id})
+	return f, c
+}
+
+func TestScanRemovesFaultedBackendWhoseSocketIsGone(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	s, logs := newTestSet(t, dir, Config{})
+	f1 := testbed.NewFake(t, filepath.Join(dir, "5301"))
+	f2 := testbed.NewFake(t, filepath.Join(dir, "5302"))
+	s.Scan()
+	c1, c2 := f1.Accept(t), f2.Accept(t)
+	c1.Hello(t)
+	c2.Hello(t)
+	logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
+	logs.Wait(t, "backend socket established", map[string]any{"be_id": 5302})
+	up, faulted := s.Get(5301), s.Get(5302)
+	c2.Close()
+	logs.Wait(t, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5302})
+	testbed.Eventually(t, "a reconnect scheduled", func() bool { return faulted.armed(faulted.reconnectT) })
+
+	// Both sockets go. The faulted backend is removed, as its reconnect
+	// would find, without the attempt; the one whose session is up keeps
+	// it.
+	f1.Close()
+	f2.Close()
+	s.Scan()
+	logs.Wait(t, "backend socket removed", map[string]any{"be_id": 5302})
+	if st, _ := faulted.State(); st != StateRemoved || faulted.armed(faulted.reconnectT) {
+		t.Fatalf("state %v, reconnect armed %v; want removed, nothing scheduled", st, faulted.armed(faulted.reconnectT))
+	}
+	if n := faulted.Stats().ConnectAttempts; n != 1 {
+		t.Fatalf("%d connect attempts, want 1", n)
+	}
+	if !up.OK() || logs.Count("backend socket removed", map[string]any{"be_id": 5301}) != 0 {
+		t.Fatal("a backend whose session is up was acted on")
+	}
+}
+
 // fakeList installs backends with the given IDs and ok flags, without
 // sessions, for selection tests.
 func fakeList(s *Set, ok map[ID]bool) {

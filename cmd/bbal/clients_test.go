@@ -90,8 +90,8 @@ func TestRebalanceSpreadsRemotes(t *testing.T) {
 	for i := range 10 {
 		h.Who(testbed.Loopback(i), false)
 	}
-	testbed.StartGo(t, h.Sock("5302"), "two")
 	mark := h.Logs.Mark()
+	testbed.StartGo(t, h.Sock("5302"), "two")
 	h.B.Backends.Scan()
 	h.Established(mark, 5302)
 	if c := h.B.Table.Counts(); c[5301].Primary != 10 || c[5302].Primary != 0 {

@@ -124,6 +124,13 @@ func TestMetricsParseAndMove(t *testing.T) {
 	if v := value(t, after, "bbal_remotes", nil); v != 1 {
 		t.Errorf("bbal_remotes = %v", v)
 	}
+	// The sockets' creation was seen by the directory watch.
+	if v := value(t, after, "bbal_discovery_watch_active", nil); v != 1 {
+		t.Errorf("bbal_discovery_watch_active = %v", v)
+	}
+	if v := value(t, after, "bbal_discovery_events_total", nil); v < 2 {
+		t.Errorf("bbal_discovery_events_total = %v, want at least the 2 sockets' creation", v)
+	}
 	value(t, after, "bbal_drops_total", map[string]string{"proto": "udp", "reason": "stuck"})
 	value(t, after, "bbal_backend_faults_total", map[string]string{"backend": "5301", "reason": "heartbeat_timeout"})
 	value(t, after, "go_goroutines", nil)
@@ -180,7 +187,8 @@ func TestEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.ListenUDP != h.Addr.String() || st.ListenTCP != h.Addr.String() || st.Backends != 1 || st.BackendsOK != 1 ||
-		st.UDP.PacketsIn != 1 || st.Goroutines == 0 || st.RSSBytes == 0 || st.Version == "" || !st.Now.Equal(h.Clock.Now()) {
+		st.UDP.PacketsIn != 1 || st.Goroutines == 0 || st.RSSBytes == 0 || st.Version == "" || !st.Now.Equal(h.Clock.Now()) ||
+		!st.Discovery.WatchActive || st.Discovery.Events == 0 {
 		t.Errorf("stats %+v", st)
 	}
 	var to debugapi.TimeoutsReply

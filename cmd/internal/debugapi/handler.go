@@ -327,6 +327,7 @@ func (a *api) reset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.mu.Lock()
+	a.src.Backends.ResetCounters()
 	for _, b := range a.src.Backends.All() {
 		b.ResetCounters()
 	}
@@ -463,6 +464,8 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	out.RemotesMax = a.src.Table.MaxRemotes()
 	out.Unpinned = a.src.Table.Unpinned()
 	out.ScanPauseMaxSeconds = a.src.Table.MaxPause().Seconds()
+	ds := a.src.Backends.Discovery()
+	out.Discovery.WatchActive, out.Discovery.Events, out.Discovery.WatchScans = ds.WatchActive, ds.Events, ds.WatchScans
 	for _, b := range a.src.Backends.All() {
 		out.Backends++
 		if b.OK() {

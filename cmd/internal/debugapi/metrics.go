@@ -33,6 +33,8 @@ var (
 	mRemotesMax  = desc("bbal_remotes_max", "The remotes table's bound (-R).")
 	mUnpinned    = desc("bbal_remotes_unpinned_total", "Queries and connections from clients served by address hash because the table was full.")
 	mScanPause   = desc("bbal_remotes_scan_pause_max_seconds", "The longest hold of the remotes table's lock by expiry or rebalancing.")
+	mWatchActive = desc("bbal_discovery_watch_active", "1 while the socket directory is watched with inotify; 0 when only the periodic scan finds changes.")
+	mWatchEvents = desc("bbal_discovery_events_total", "inotify events read for the socket directory.")
 
 	mBackendInfo     = desc("bbal_backend_info", "A backend's socket path; always 1.", "backend", "path")
 	mBackendUp       = desc("bbal_backend_up", "1 when the backend's session is up (SERVER_HELLO received).", "backend")
@@ -106,6 +108,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(mRemotesMax, float64(c.src.Table.MaxRemotes()))
 	counter(mUnpinned, c.src.Table.Unpinned())
 	gauge(mScanPause, c.src.Table.MaxPause().Seconds())
+	ds := c.src.Backends.Discovery()
+	gauge(mWatchActive, bool01(ds.WatchActive))
+	counter(mWatchEvents, ds.Events)
 
 	counts := c.src.Table.Counts()
 	for _, b := range c.src.Backends.All() {

@@ -134,6 +134,13 @@ type Stats struct {
 	BackendsOK          int     `json:"backends_ok"`
 	Goroutines          int     `json:"goroutines"`
 	RSSBytes            int64   `json:"rss_bytes"`
+	// Discovery is how changes to the socket directory are found: the
+	// inotify watch (when active) besides the periodic scan.
+	Discovery struct {
+		WatchActive bool   `json:"watch_active"`
+		Events      uint64 `json:"events"`      // inotify events read
+		WatchScans  uint64 `json:"watch_scans"` // scans they triggered
+	} `json:"discovery"`
 }
 
 // ErrorReply is the body of every error response.
