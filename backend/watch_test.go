@@ -35,7 +35,7 @@ func newTickingSet(t *testing.T, dir string, setup func(*Set)) (*Set, *testbed.L
 	t.Cleanup(func() { cancel(); <-done })
 	logs := testbed.NewLogs()
 	s := NewSet(Config{Dir: dir, Timeouts: ts, Log: testbed.Logger(logs),
-		Replies: func() ReplyBatch { return &countBatch{} }})
+		Replies: func(*Backend) ReplyBatch { return &countBatch{} }})
 	if setup != nil {
 		setup(s)
 	}
