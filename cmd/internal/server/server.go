@@ -43,6 +43,10 @@ type Config struct {
 	// ServfailWhenDown answers UDP queries SERVFAIL when no backend is
 	// available, instead of dropping them.
 	ServfailWhenDown bool
+	// Probe, when its Name is set, is asked of every ok backend every
+	// 5 s from ProbeSource, as a health check (-H): a backend that
+	// answers none for 15 s is faulted.
+	Probe Probe
 	// User, when set, is who bbal runs as once its sockets are bound:
 	// the debug socket is handed to that user and the process drops to
 	// its uid and primary group before any backend is connected.
@@ -109,7 +113,14 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		uconn     *net.UDPConn
 		tln       *net.TCPListener
 		err       error
+		probe     []byte
 	)
+	if cfg.Probe.Name != "" {
+		if probe, err = cfg.Probe.Query(); err != nil {
+			fail(err).Msg("invalid DNS health check")
+			return nil, err
+		}
+	}
 	if in := cfg.Inherited; in != nil {
 		debugLn, metricsLn, uconn, tln = in.Debug, in.Metrics, in.UDP, in.TCP
 		if debugLn != nil {
@@ -187,6 +198,11 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 
 	bc := opt.Backends
 	bc.Dir, bc.Log, bc.Timeouts, bc.Replies = cfg.SocketDir, log, b.Timeouts, b.UDP.Replies
+	if probe != nil {
+		bc.Probe, bc.ProbeSource = probe, ProbeSource
+		log.Info().Str("probe", cfg.Probe.String()).Str("probe_source", ProbeSource.String()).
+			Msg("health checks by DNS")
+	}
 	b.Backends = backend.NewSet(bc)
 
 	rc := opt.Remotes
