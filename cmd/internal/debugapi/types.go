@@ -36,6 +36,18 @@ type Backend struct {
 	HeartbeatRTTSeconds   float64           `json:"heartbeat_rtt_seconds"`
 	QueueBytes            int               `json:"queue_bytes"`
 	QueueFrames           int               `json:"queue_frames"`
+	// Probes is there only with health checks by DNS (-H).
+	Probes *Probes `json:"probes,omitempty"`
+}
+
+// Probes are a backend's health checks by DNS. Every probe sent is in
+// the end answered or failed (no answer within the timeout, not queued,
+// or still waiting when the session ended).
+type Probes struct {
+	Sent       uint64  `json:"sent"`
+	Answered   uint64  `json:"answered"`
+	Failed     uint64  `json:"failed"`
+	RTTSeconds float64 `json:"rtt_seconds"` // of the last answered probe
 }
 
 // BackendsReply is GET /v1/backends.
