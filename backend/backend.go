@@ -123,6 +123,9 @@ type Backend struct {
 	hbSendT    *timeouts.Timeout
 	hbWaitT    *timeouts.Timeout
 	reconnectT *timeouts.Timeout
+
+	// probe is the health check by DNS (see probe.go).
+	probe prober
 }
 
 type eventKind uint8
@@ -138,6 +141,9 @@ const (
 	evHeartbeatReply                  // the reader saw SERVER_HEARTBEAT
 	evFault                           // the reader or writer failed
 	evTCPTimeout                      // a TCP proxy session got no INBOUND_TCP_OK
+	evProbeDue                        // probe.sendT fired
+	evProbeLate                       // probe.waitT fired
+	evProbeAnswer                     // the reader saw the answer to a probe
 )
 
 type event struct {
@@ -169,6 +175,7 @@ func newBackend(s *Set, id ID, path string) *Backend {
 	b.hbSendT = ts.NewTimeout(name+"heartbeat", func() { b.post(event{kind: evHeartbeatDue}) })
 	b.hbWaitT = ts.NewTimeout(name+"heartbeat reply", func() { b.post(event{kind: evHeartbeatLate}) })
 	b.reconnectT = ts.NewTimeout(name+"reconnect", func() { b.post(event{kind: evReconnect}) })
+	b.initProbe(name)
 	b.setState(StateConnecting)
 	return b
 }
@@ -292,6 +299,7 @@ func (b *Backend) Stats() Stats {
 		ConnectErrors:   b.stats.connectErrors.Load(),
 		HeartbeatRTT:    time.Duration(b.stats.heartbeatRTT.Load()),
 		Heartbeats:      b.stats.heartbeats.Load(),
+		Probes:          b.probe.stats(),
 		Faults:          map[string]uint64{},
 		Weight:          b.Weight(),
 		Slow:            b.Slow(),
@@ -323,6 +331,7 @@ func (b *Backend) ResetCounters() {
 	for i := range c.faults {
 		c.faults[i].Store(0)
 	}
+	b.probe.resetCounters()
 }
 
 // setState is the one place the session state changes.
@@ -423,6 +432,8 @@ func (b *Backend) handle(ctx context.Context, ev event) {
 		if ev.gen == b.gen && (st == StateConnecting || st == StateOK) {
 			b.fault(ev.reason, ev.err)
 		}
+	case evProbeDue, evProbeLate, evProbeAnswer:
+		b.handleProbe(ev, st)
 	}
 }
 
@@ -482,6 +493,7 @@ func (b *Backend) established() {
 	b.delay.Store(int64(b.set.cfg.ReconnectMin))
 	b.hbSendT.Set(b.set.cfg.HeartbeatInterval)
 	b.q.open()
+	b.startProbes()
 	b.setState(StateOK)
 	b.log.Info().Msg("backend socket established")
 }
@@ -519,6 +531,7 @@ func (b *Backend) clearTimers() {
 	b.connectT.Clear()
 	b.hbSendT.Clear()
 	b.hbWaitT.Clear()
+	b.stopProbes()
 }
 
 // closeSession closes the standing session, if any, and waits for its

@@ -42,6 +42,7 @@
 //	connecting --SERVER_HELLO--> ok
 //	connecting --connect timeout (30 s), EOF, error, bad frame--> faulted
 //	ok --heartbeat timeout (15 s), EOF, error, bad frame, TCP OK timeout--> faulted
+//	ok --no answer to DNS probes (15 s; only with Config.Probe)--> faulted
 //	faulted --reconnect timer--> connecting
 //	connecting --connect fails with ENOENT--> removed
 //	faulted --scan finds the socket gone--> removed
@@ -61,6 +62,21 @@
 // frame other than SERVER_HELLO first, a second SERVER_HELLO, a
 // SERVER_HEARTBEAT with none outstanding, a frame type a backend may not
 // send, an OUTBOUND_UDP with more than 1500 bytes of data.
+//
+// # Health checks by DNS
+//
+// Heartbeats show that a backend's session is served, not that its DNS
+// handler answers. With Config.Probe set, each ok backend is also sent
+// that query every ProbeInterval (5 s; the first one 5 s after
+// SERVER_HELLO) in an INBOUND_UDP frame from ProbeSource, an address
+// reserved for the purpose, with a new DNS ID and source port each time.
+// The session's reader takes OUTBOUND_UDP frames addressed to
+// ProbeSource off the reply path (a single compare when probes are off):
+// they never reach a client, and are not counted as OUTBOUND_UDP. A DNS
+// response with a waiting probe's ID answers it, whatever its RCODE. If
+// no probe has been answered for ProbeTimeout (15 s) since the backend
+// became ok or since the last answer, the backend is faulted with reason
+// probe_timeout, and reconnected with the usual back-off.
 //
 // # Restarts
 //
@@ -103,6 +119,8 @@
 // Every backend counts INBOUND_UDP frames and bytes queued, OUTBOUND_UDP
 // frames and bytes received, replies that could not be sent, stuck, down
 // and expired drops, frames discarded by a fault, TCP proxy sessions (total,
-// active, failed), connect attempts and errors, faults by [Reason], and
-// the last heartbeat round trip; [Backend.Stats] returns a snapshot.
+// active, failed), connect attempts and errors, faults by [Reason], the
+// last heartbeat round trip, and DNS probes sent, answered and failed with
+// the last probe's round trip ([ProbeStats]); [Backend.Stats] returns a
+// snapshot.
 package backend

@@ -171,6 +171,12 @@ func (s *session) frames(d *protocol.Decoder, replies ReplyBatch, hello *bool) e
 		}
 		switch f.Type {
 		case protocol.FrameOutboundUDP:
+			// One compare when probes are off: the answer to a
+			// probe goes no further.
+			if f.IP == b.probe.ip && b.probe.on {
+				s.probeAnswer(&f)
+				continue
+			}
 			if e := b.log.Trace(); e != nil {
 				e.Stringer("dest_ip", protocol.U32ToAddr(f.IP)).Uint32("dest_port", f.Port).
 					Int("data_len", len(f.Data)).Msg("outbound UDP packet")

@@ -108,6 +108,17 @@ type Config struct {
 	QueueFrames       int
 	QueueAge          time.Duration
 	MaxBackends       int
+
+	// Probe, when not empty, is a DNS query (wire format, at most 1500
+	// bytes) sent to each ok backend every ProbeInterval (5 s) as a
+	// health check, each time with a new ID, from ProbeSource (an IPv4
+	// address no client has, required with Probe) and a new port. A
+	// backend that answers none for ProbeTimeout (15 s) is faulted.
+	// Empty: no probes.
+	Probe         []byte
+	ProbeSource   netip.Addr
+	ProbeInterval time.Duration
+	ProbeTimeout  time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -123,6 +134,7 @@ func (c *Config) setDefaults() {
 	c.QueueFrames = cmp.Or(c.QueueFrames, DefaultQueueFrames)
 	c.QueueAge = cmp.Or(c.QueueAge, DefaultQueueAge)
 	c.MaxBackends = cmp.Or(c.MaxBackends, DefaultMaxBackends)
+	c.setProbeDefaults()
 }
 
 // Set is every backend found in the socket directory. It owns discovery

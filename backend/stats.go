@@ -21,6 +21,7 @@ const (
 	ReasonUnknownFrame                      // a frame type the backend may not send
 	ReasonOversizedUDP                      // an OUTBOUND_UDP with data over 1500 bytes
 	ReasonTCPOKTimeout                      // a TCP proxy session got no INBOUND_TCP_OK in time
+	ReasonProbeTimeout                      // no answer to a DNS probe within the probe timeout
 	numReasons
 )
 
@@ -36,6 +37,7 @@ var reasonNames = [numReasons]string{
 	ReasonUnknownFrame:        "unknown_frame",
 	ReasonOversizedUDP:        "oversized_udp",
 	ReasonTCPOKTimeout:        "tcp_ok_timeout",
+	ReasonProbeTimeout:        "probe_timeout",
 }
 
 func (r Reason) String() string {
@@ -105,6 +107,7 @@ type Stats struct {
 	ConnectErrors   uint64
 	Heartbeats      uint64
 	HeartbeatRTT    time.Duration
+	Probes          ProbeStats
 	Faults          map[string]uint64 // by Reason.String(), only those seen
 	// Load, as the UDP path measures it.
 	Weight      int

@@ -17,9 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"go.uber.org/goleak"
 
 	"github.com/bbal/bbal/cmd/internal/debugapi"
+	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
 	"github.com/bbal/bbal/tools/testbed"
 )
@@ -118,6 +120,9 @@ func TestJSON(t *testing.T) {
 	if len(got.Backends) != 2 || got.Backends[0].ID != 5301 || got.Backends[0].Remotes != 2 ||
 		got.Backends[0].UDPFrames != 2 || got.Backends[0].TCPTotal != 1 || got.Backends[1].Remotes != 1 {
 		t.Errorf("backends %+v", got.Backends)
+	}
+	if got.Backends[0].Probes != nil {
+		t.Errorf("probes %+v shown without -H", got.Backends[0].Probes)
 	}
 	var ips []string
 	for _, r := range got.Remotes {
@@ -329,5 +334,31 @@ func TestWatchShowsRates(t *testing.T) {
 	}
 	if rate <= 0 {
 		t.Fatalf("no query rate for 5301 in the second frame:\n%s", frames[1])
+	}
+}
+
+func TestProbesColumnAndJSON(t *testing.T) {
+	h := servertest.NewConfig(t, func(c *server.Config) {
+		c.Probe = server.Probe{Name: "probe.example.", Type: dns.TypeSOA}
+	}, nil)
+	h.StartGo("5301", "5302")
+	h.Who(testbed.Loopback(1), false)
+	h.Heartbeat() // and a probe to each backend
+	for _, b := range h.B.Backends.All() {
+		testbed.Eventually(t, "probe answered", func() bool { return b.Stats().Probes.Answered == 1 })
+	}
+	out, errs, code := balstat(t, h, "-b", "5301")
+	if code != 0 || errs != "" {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	golden(t, "probes", out)
+
+	out, _, _ = balstat(t, h, "-j", "-b", "5302")
+	var got debugapi.BackendsReply
+	if err := json.Unmarshal([]byte(out), &got); err != nil || len(got.Backends) != 1 {
+		t.Fatalf("-j: %v %s", err, out)
+	}
+	if p := got.Backends[0].Probes; p == nil || *p != (debugapi.Probes{Sent: 1, Answered: 1}) {
+		t.Fatalf("probes %+v, want 1 sent and answered", p)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -73,13 +74,18 @@ func showJSON(ctx context.Context, c *debugapi.Client, o options, bs debugapi.Ba
 }
 
 // printBackends prints the BACKENDS table; with rates (queries per second
-// by backend ID), a RATE column too.
+// by backend ID), a RATE column too; with health checks by DNS, a PROBES
+// column (probes answered/sent).
 func printBackends(w io.Writer, bs []debugapi.Backend, rates map[uint16]float64) {
 	fmt.Fprintln(w, "BACKENDS")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	head := "ID\tSTATE\tOK\tREMOTES\tUDP\tTCP\tSTUCK\tFAULTS\tRTT\tSOCKET PATH"
 	if rates != nil {
 		head = "ID\tSTATE\tOK\tREMOTES\tRATE\tUDP\tTCP\tSTUCK\tFAULTS\tRTT\tSOCKET PATH"
+	}
+	probes := slices.ContainsFunc(bs, func(b debugapi.Backend) bool { return b.Probes != nil })
+	if probes {
+		head = strings.Replace(head, "\tSOCKET PATH", "\tPROBES\tSOCKET PATH", 1)
 	}
 	fmt.Fprintln(tw, head)
 	for _, b := range bs {
@@ -100,7 +106,15 @@ func printBackends(w io.Writer, bs []debugapi.Backend, rates map[uint16]float64)
 			cols = append(cols, fmt.Sprintf("%.1f/s", rates[b.ID]))
 		}
 		cols = append(cols, fmt.Sprint(b.UDPFrames), fmt.Sprint(b.TCPTotal), fmt.Sprint(b.StuckDrops),
-			fmt.Sprint(b.FaultsTotal), rtt, b.Path)
+			fmt.Sprint(b.FaultsTotal), rtt)
+		if probes {
+			p := "-"
+			if b.Probes != nil {
+				p = fmt.Sprintf("%d/%d", b.Probes.Answered, b.Probes.Sent)
+			}
+			cols = append(cols, p)
+		}
+		cols = append(cols, b.Path)
 		fmt.Fprintln(tw, strings.Join(cols, "\t"))
 	}
 	tw.Flush()

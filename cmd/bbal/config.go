@@ -39,11 +39,12 @@ type config struct {
 	tcpLife     time.Duration
 	servfail    bool
 	user        string
+	probe       server.Probe
 }
 
 const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
             [-R MAX] [-M BITS] [-6 PREFIX] [-P POLICY] [-T MAX] [-C MAX]
-            [-I SECS] [-L SECS] [-F] [-u USER]
+            [-I SECS] [-L SECS] [-F] [-u USER] [-H NAME[/TYPE]]
 
   -s DIR    directory of backend sockets (required)
   -b ADDR   address to listen on, IPv4 or IPv6; give -b again for more
@@ -72,6 +73,11 @@ const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-
             (default: drop them, as mname-balancer does)
   -u USER   once the sockets are bound, run as USER and its group (the
             debug socket is handed to USER)
+  -H NAME[/TYPE]
+            health check by DNS: ask each backend this question (type A
+            when none is given, e.g. example.com/SOA) every 5 s from
+            240.0.0.1; a backend that answers none for 15 s is faulted
+            (default: heartbeats only)
 `
 
 // errHelp asks for the usage text and a successful exit.
@@ -98,6 +104,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	tcpLife := fs.String("L", secs(tcpproxy.DefaultMaxLifetime), "")
 	servfail := fs.Bool("F", false, "")
 	runAs := fs.String("u", "", "")
+	probe := fs.String("H", "", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return config{}, errHelp
@@ -170,6 +177,12 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	if err != nil {
 		return config{}, err
 	}
+	var pr server.Probe
+	if *probe != "" {
+		if pr, err = server.ParseProbe(*probe); err != nil {
+			return config{}, fmt.Errorf("-H: %w", err)
+		}
+	}
 	return config{
 		tcpMax:      *tcpMax,
 		tcpPerIP:    *tcpPerIP,
@@ -177,6 +190,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 		tcpLife:     life,
 		servfail:    *servfail,
 		user:        *runAs,
+		probe:       pr,
 		maxRemotes:  *maxRemotes,
 		prefixBits:  *prefixBits,
 		socketDir:   *dir,

@@ -28,7 +28,13 @@ type faultBed struct {
 
 func newFaultBed(t *testing.T) *faultBed {
 	t.Helper()
-	h := newHarness(t, nil)
+	return faultBedOn(newHarness(t, nil))
+}
+
+// faultBedOn is newFaultBed on a harness of the caller's.
+func faultBedOn(h *harness) *faultBed {
+	t := h.T
+	t.Helper()
 	testbed.StartGo(t, h.Sock("5301"), "good")
 	fake := testbed.NewFake(t, h.Sock("5302"))
 	h.B.Backends.Scan()

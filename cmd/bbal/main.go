@@ -69,6 +69,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		TCPIdleTimeout:   cfg.tcpIdle,
 		TCPMaxLifetime:   cfg.tcpLife,
 		ServfailWhenDown: cfg.servfail,
+		Probe:            cfg.probe,
 		User:             cfg.user,
 		Inherited:        inherited,
 	}, server.Options{}, log)

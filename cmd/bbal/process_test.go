@@ -78,6 +78,10 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"-s", dir, "-T", "0"}, "", `bbal: invalid -T 0 or -C 64 (want at least 1)`},
 		{[]string{"-s", dir, "-I", "soon"}, "", `bbal: invalid -I "soon" (want seconds, more than 0)`},
 		{[]string{"-s", dir, "-L", "-1"}, "", `bbal: invalid -L "-1" (want seconds, more than 0)`},
+		{[]string{"-s", dir, "-H", "a..b"}, "", `bbal: -H: invalid name "a..b" (want a domain name, e.g. example.com)`},
+		{[]string{"-s", dir, "-H", "/A"}, "", `bbal: -H: invalid name "" (want a domain name, e.g. example.com)`},
+		{[]string{"-s", dir, "-H", "example.com/BOGUS"}, "", `bbal: -H: invalid type "BOGUS" (want a query type, e.g. A or SOA)`},
+		{[]string{"-s", dir, "-H", "example.com/AXFR"}, "", `bbal: -H: type AXFR cannot be asked in a UDP query`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " ")+tt.env, func(t *testing.T) {

@@ -175,20 +175,38 @@ func isReset(err error) bool {
 // named name would (answering UDP queries and heartbeats) until the
 // balancer closes it. It runs on the caller's goroutine.
 func (c *FakeConn) Answer(name string) {
+	c.Serve(AnswerAs(name))
+}
+
+// AnswerAs returns the frame handler of a well-behaved backend named
+// name, for Serve: heartbeats and UDP queries are answered.
+func AnswerAs(name string) func(protocol.Frame) []byte {
 	a := dnsbackend.Answerer{Name: name}
+	return func(f protocol.Frame) []byte {
+		switch f.Type {
+		case protocol.FrameClientHeartbeat:
+			return protocol.AppendType(nil, protocol.FrameServerHeartbeat)
+		case protocol.FrameInboundUDP:
+			from, _ := f.AddrPort()
+			if resp := a.Answer(f.Data, from, false, nil); resp != nil {
+				return protocol.AppendUDP(nil, protocol.FrameOutboundUDP, f.IP, from.Port(), resp)
+			}
+		}
+		return nil
+	}
+}
+
+// Serve calls fn for each frame the balancer sends, and sends back what
+// fn returns (nothing for nil), until the balancer closes the session.
+// It runs on the caller's goroutine.
+func (c *FakeConn) Serve(fn func(protocol.Frame) []byte) {
 	for {
 		f, err := c.next(time.Hour)
 		if err != nil {
 			return
 		}
-		switch f.Type {
-		case protocol.FrameClientHeartbeat:
-			c.Write(protocol.AppendType(nil, protocol.FrameServerHeartbeat))
-		case protocol.FrameInboundUDP:
-			from, _ := f.AddrPort()
-			if resp := a.Answer(f.Data, from, false, nil); resp != nil {
-				c.Write(protocol.AppendUDP(nil, protocol.FrameOutboundUDP, f.IP, from.Port(), resp))
-			}
+		if out := fn(f); out != nil {
+			c.Write(out)
 		}
 	}
 }

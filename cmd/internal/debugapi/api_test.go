@@ -134,11 +134,39 @@ func TestMetricsParseAndMove(t *testing.T) {
 	value(t, after, "bbal_drops_total", map[string]string{"proto": "udp", "reason": "stuck"})
 	value(t, after, "bbal_backend_faults_total", map[string]string{"backend": "5301", "reason": "heartbeat_timeout"})
 	value(t, after, "go_goroutines", nil)
+	if _, ok := after["bbal_backend_probes_sent_total"]; ok {
+		t.Error("probe metrics without -H")
+	}
 	for name := range after {
 		if strings.HasPrefix(name, "bbal_") && strings.Contains(name, "remote_ip") {
 			t.Errorf("per-remote metric %s", name)
 		}
 	}
+}
+
+func TestProbeMetrics(t *testing.T) {
+	probe, err := server.ParseProbe("probe.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := servertest.NewConfig(t, func(c *server.Config) { c.Probe = probe }, nil)
+	h.StartGo("5301")
+	h.Heartbeat() // and a probe
+	b := h.B.Backends.Get(5301)
+	testbed.Eventually(t, "probe answered", func() bool { return b.Stats().Probes.Answered == 1 })
+	mf := metrics(t, h.DebugSocket)
+	b5301 := map[string]string{"backend": "5301"}
+	for name, want := range map[string]float64{
+		"bbal_backend_probes_sent_total":     1,
+		"bbal_backend_probes_answered_total": 1,
+		"bbal_backend_probes_failed_total":   0,
+		"bbal_backend_probe_rtt_seconds":     0,
+	} {
+		if v := value(t, mf, name, b5301); v != want {
+			t.Errorf("%s = %v, want %v", name, v, want)
+		}
+	}
+	value(t, mf, "bbal_backend_faults_total", map[string]string{"backend": "5301", "reason": "probe_timeout"})
 }
 
 func TestEndpoints(t *testing.T) {

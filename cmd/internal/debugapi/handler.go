@@ -224,6 +224,9 @@ func (a *api) backendInfo(b *backend.Backend, counts map[backend.ID]remotes.Coun
 	for _, n := range st.Faults {
 		out.FaultsTotal += n
 	}
+	if p := st.Probes; p.Enabled {
+		out.Probes = &Probes{Sent: p.Sent, Answered: p.Answered, Failed: p.Failed, RTTSeconds: p.RTT.Seconds()}
+	}
 	return out
 }
 

@@ -56,6 +56,10 @@ var (
 	mBackendFaults   = desc("bbal_backend_faults_total", "Faults of the standing session, by reason.", "backend", "reason")
 	mBackendHB       = desc("bbal_backend_heartbeats_total", "Heartbeat replies received.", "backend")
 	mBackendRTT      = desc("bbal_backend_heartbeat_rtt_seconds", "Round trip of the last heartbeat.", "backend")
+	mBackendProbes   = desc("bbal_backend_probes_sent_total", "DNS health-check probes sent (-H).", "backend")
+	mBackendProbeOK  = desc("bbal_backend_probes_answered_total", "DNS health-check probes answered.", "backend")
+	mBackendProbeErr = desc("bbal_backend_probes_failed_total", "DNS health-check probes not answered within the timeout, not queued, or waiting when the session ended.", "backend")
+	mBackendProbeRTT = desc("bbal_backend_probe_rtt_seconds", "Round trip of the last answered DNS health-check probe.", "backend")
 	mBackendDelay    = desc("bbal_backend_reconnect_delay_seconds", "Delay before the next reconnect attempt after a failure.", "backend")
 	mBackendQueue    = desc("bbal_backend_queue_bytes", "Bytes queued for the backend, not yet written.", "backend")
 )
@@ -145,6 +149,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(mBackendHB, st.Heartbeats, id)
 		gauge(mBackendRTT, st.HeartbeatRTT.Seconds(), id)
+		if p := st.Probes; p.Enabled {
+			counter(mBackendProbes, p.Sent, id)
+			counter(mBackendProbeOK, p.Answered, id)
+			counter(mBackendProbeErr, p.Failed, id)
+			gauge(mBackendProbeRTT, p.RTT.Seconds(), id)
+		}
 		gauge(mBackendDelay, st.ReconnectDelay.Seconds(), id)
 		gauge(mBackendQueue, float64(st.QueuedBytes), id)
 	}

@@ -45,6 +45,18 @@ type Backend struct {
 	Unanswered     uint64  `json:"unanswered"`
 	Evicted        uint64  `json:"evicted"`
 	Resent         uint64  `json:"resent"`
+	// Probes is there only with health checks by DNS (-H).
+	Probes *Probes `json:"probes,omitempty"`
+}
+
+// Probes are a backend's health checks by DNS. Every probe sent is in
+// the end answered or failed (no answer within the timeout, not queued,
+// or still waiting when the session ended).
+type Probes struct {
+	Sent       uint64  `json:"sent"`
+	Answered   uint64  `json:"answered"`
+	Failed     uint64  `json:"failed"`
+	RTTSeconds float64 `json:"rtt_seconds"` // of the last answered probe
 }
 
 // BackendsReply is GET /v1/backends.

@@ -49,6 +49,10 @@ type Config struct {
 	// ServfailWhenDown answers UDP queries SERVFAIL when no backend is
 	// available, instead of dropping them.
 	ServfailWhenDown bool
+	// Probe, when its Name is set, is asked of every ok backend every
+	// 5 s from ProbeSource, as a health check (-H): a backend that
+	// answers none for 15 s is faulted.
+	Probe Probe
 	// User, when set, is who bbal runs as once its sockets are bound:
 	// the debug socket is handed to that user and the process drops to
 	// its uid and primary group before any backend is connected.
@@ -115,7 +119,14 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		uconns    []*net.UDPConn
 		tlns      []*net.TCPListener
 		err       error
+		probe     []byte
 	)
+	if cfg.Probe.Name != "" {
+		if probe, err = cfg.Probe.Query(); err != nil {
+			fail(err).Msg("invalid DNS health check")
+			return nil, err
+		}
+	}
 	if in := cfg.Inherited; in != nil {
 		debugLn, metricsLn, uconns, tlns = in.Debug, in.Metrics, in.UDP, in.TCP
 		if debugLn != nil {
@@ -214,6 +225,15 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 	bc := opt.Backends
 	bc.Dir, bc.Log, bc.Timeouts, bc.Replies = cfg.SocketDir, log, b.Timeouts, b.UDP.Replies
 	bc.Down, bc.Policy = b.UDP.Resend, cfg.Policy
+	if probe != nil {
+		src := ProbeSource
+		if cfg.Standins.IsValid() {
+			src = remotes.ProbeSource(cfg.Standins)
+		}
+		bc.Probe, bc.ProbeSource = probe, src
+		log.Info().Str("probe", cfg.Probe.String()).Str("probe_source", src.String()).
+			Msg("health checks by DNS")
+	}
 	b.Backends = backend.NewSet(bc)
 
 	rc := opt.Remotes
