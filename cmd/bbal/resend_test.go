@@ -1,0 +1,136 @@
+package main
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/tools/dnsbackend"
+	"github.com/bbal/bbal/tools/testbed"
+)
+
+func TestQueriesOfADeadBackendAreSentToTheBackup(t *testing.T) {
+	f := newFaultBed(t) // 5301 a Go backend ("good"), 5302 the fake
+	f.helloOK()
+	from := f.PinTo(5302)
+	conn, err := net.DialUDP("udp", &net.UDPAddr{IP: from.AsSlice()}, net.UDPAddrFromAddrPort(f.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// The fake takes the queries and never answers them.
+	const n = 20
+	for i := range n {
+		q := new(dns.Msg)
+		q.SetQuestion("who.example.", dns.TypeTXT)
+		q.Id = uint16(500 + i)
+		wire, _ := q.Pack()
+		conn.Write(wire)
+	}
+	for range n {
+		if fr := f.conn.Next(t); fr.Type != protocol.FrameInboundUDP {
+			t.Fatalf("frame %v, want INBOUND_UDP", fr.Type)
+		}
+	}
+	if got := f.B.Backends.Get(5302).Outstanding(); got != n {
+		t.Fatalf("%d queries outstanding on the fake, want %d", got, n)
+	}
+	// It dies: every one of them is answered by the other backend.
+	f.conn.Close()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	seen := map[uint16]bool{}
+	buf := make([]byte, 1500)
+	for len(seen) < n {
+		m, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("%d of %d queries answered: %v", len(seen), n, err)
+		}
+		var r dns.Msg
+		if err := r.Unpack(buf[:m]); err != nil {
+			t.Fatal(err)
+		}
+		if fl, _ := dnsbackend.TXTFields(&r); fl["backend"] != "good" || fl["client"] != conn.LocalAddr().String() {
+			t.Fatalf("answer %v", fl)
+		}
+		seen[r.Id] = true
+	}
+	if st := f.B.UDP.Stats(); st.Resent != n || st.Unresent != 0 {
+		t.Fatalf("resent %d, not %d; want %d and 0", st.Resent, st.Unresent, n)
+	}
+	if st := f.B.Backends.Get(5302).Stats(); st.Resent != n || st.Outstanding != 0 {
+		t.Fatalf("dead backend: resent %d, outstanding %d", st.Resent, st.Outstanding)
+	}
+	f.Logs.Wait(t, "unanswered queries sent to other backends", map[string]any{"be_id": 5302})
+}
+
+// TestNoQueriesLostWhenNodeMnameIsKilled kills one of two node-mname
+// processes under steady load from 16 clients and counts the queries
+// never answered.
+func TestNoQueriesLostWhenNodeMnameIsKilled(t *testing.T) {
+	m := newMnameBed(t)
+	const clients = 16
+	var sent, lost atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Add(1)
+		go func(from netip.Addr) {
+			defer wg.Done()
+			c, err := net.DialUDP("udp", &net.UDPAddr{IP: from.AsSlice()}, net.UDPAddrFromAddrPort(m.Addr))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			buf := make([]byte, 1500)
+			for id := uint16(1); ; id++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				q := new(dns.Msg)
+				q.SetQuestion("who.example.", dns.TypeTXT)
+				q.Id = id
+				wire, _ := q.Pack()
+				c.Write(wire)
+				sent.Add(1)
+				// One try, as a resolver's first: no retry hides a loss.
+				c.SetReadDeadline(time.Now().Add(3 * time.Second))
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						lost.Add(1)
+						break
+					}
+					var r dns.Msg
+					if r.Unpack(buf[:n]) == nil && r.Id == id {
+						break
+					}
+				}
+			}
+		}(testbed.Loopback(200 + i))
+	}
+	be := m.B.Backends.Get(5301)
+	testbed.Eventually(t, "load on both backends", func() bool {
+		return be.Stats().Answered > 200 && m.B.Backends.Get(5302).Stats().Answered > 200
+	})
+	m.n1.Kill()
+	testbed.Eventually(t, "n1 down", func() bool { return !be.OK() })
+	// Load goes on for a while after the fault.
+	after := sent.Load()
+	testbed.Eventually(t, "load after the kill", func() bool { return sent.Load() > after+1000 })
+	close(stop)
+	wg.Wait()
+	st := m.B.UDP.Stats()
+	t.Logf("%d queries, %d unanswered; %d sent again after the kill, %d could not be", sent.Load(), lost.Load(), st.Resent, st.Unresent)
+	if lost.Load() > 1 {
+		t.Fatalf("%d of %d queries unanswered when a backend was killed", lost.Load(), sent.Load())
+	}
+}
