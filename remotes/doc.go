@@ -1,6 +1,7 @@
 // Package remotes keeps the balancer's clients ("remotes", one per IPv4
-// address) and pins each to a backend, so that every query from one client
-// goes to the same backend process for as long as it is healthy: a
+// or IPv6 address; an IPv6 client also holds a stand-in IPv4 address from
+// a reserved range, which the backends see: see [Table.Route]) and pins
+// each to a backend, so that every query from one client goes to the same backend process for as long as it is healthy: a
 // client's dig and its application see the same server, and logs and
 // caches stay consistent.
 //
@@ -26,8 +27,9 @@
 //   - nothing ok: no backend (the caller drops the packet or closes the
 //     connection).
 //
-// Picking is the backends' round-robin in ID order over the ok backends
-// ([Backends.PickID]). The table counts, per backend, the remotes whose
+// Picking is the backends' policy over the ok backends
+// ([Backends.PickID]): round-robin in ID order (weighted when the weights
+// differ), or least-loaded. The table counts, per backend, the remotes whose
 // primary it is; those counts change only in this package, together with
 // the primary they count.
 //
@@ -47,7 +49,10 @@
 // Every RebalanceInterval (15 s) the spread between the ok backends with
 // the most and the fewest remotes is checked; if it is more than the
 // number of ok backends, (spread - ok backends) remotes of the fullest
-// lose their assignment and pick again on their next packet. Every
+// lose their assignment and pick again on their next packet (with
+// weights, the fullest per unit of weight loses what it holds over its
+// share); and half the remotes of each backend found answering far
+// slower than its peers ([Backends.CheckSlow]) lose theirs. Every
 // ExpireInterval (30 s), remotes not seen for ExpireAfter (5 min) are
 // forgotten. Both run on the table's own goroutine, woken by timers in a
 // [timeouts.Set], and walk the table a chunk of remotes per hold of the

@@ -131,8 +131,11 @@ func TestPeriodicRearmFromCallback(t *testing.T) {
 	ticks := make(chan time.Time, 10)
 	var tick *Timeout
 	tick = s.NewTimeout("tick", func() {
-		ticks <- clock.Now()
+		// Re-armed before the test hears of the tick and moves the
+		// clock on.
+		now := clock.Now()
 		tick.Set(5 * time.Second)
+		ticks <- now
 	})
 	tick.Set(5 * time.Second)
 	for i := 1; i <= 3; i++ {

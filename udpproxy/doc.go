@@ -1,33 +1,48 @@
 // Package udpproxy carries DNS over UDP between clients and backends.
 //
-// A [Proxy] owns the DNS UDP socket. Its reader goroutine takes up to 64
-// datagrams per system call (recvmmsg); for each it finds the client's
-// remote and backend ([remotes.Table.Route]), wraps the datagram in an
-// INBOUND_UDP frame and queues it on the backend
+// A [Proxy] owns the DNS UDP sockets, one per listen address (IPv4 or
+// IPv6). Each socket's reader goroutine takes up to 64 datagrams per
+// system call (recvmmsg); for each it finds the client's remote and
+// backend ([remotes.Table.Route]; an IPv6 client is given a stand-in IPv4
+// address, which the frame carries), records the query as in flight,
+// wraps the datagram in an INBOUND_UDP frame and queues it on the backend
 // ([backend.Backend.SendUDP]); at the end of the batch it writes each
-// backend's queue in one write ([backend.Backend.Flush]). The frame header
-// is filled in place in the 16 bytes reserved in front of each datagram's
-// buffer, so the path allocates nothing. Backends' replies come back
-// through the batches of [Proxy.Replies]: each session reader sends the
-// replies it decoded from one read in one sendmmsg, from the same socket.
+// backend's queue in one write ([backend.Backend.Flush]). The frame
+// header is filled in place in the 16 bytes reserved in front of each
+// datagram's buffer, so the path allocates nothing. Backends' replies
+// come back through the batches of [Proxy.Replies]: each session reader
+// sends the replies it decoded from one read with one sendmmsg per
+// socket.
 //
 // The batching is Linux's (recvmmsg, sendmmsg); bbal runs on Linux.
+//
+// # Queries in flight
+//
+// Every query sent on is kept (flights.go) until its answer comes or
+// FlightAge passes, keyed by client address (or stand-in), port and DNS
+// ID. The answer is sent from the socket, and with a wildcard socket from
+// the address (IP_PKTINFO, IPV6_PKTINFO), that the query came to; the
+// backend's outstanding queries and answer latency are measured from the
+// records ([backend.Backend.QueryAnswered]); and when a backend dies,
+// [Proxy.Resend] sends its unanswered queries to the backends their
+// clients use now.
 //
 // # Drops
 //
 // A datagram is dropped, and counted by reason, when it is longer than
 // 1500 bytes ("oversized", also logged as a warning, at most once per 5 s),
-// when it is shorter than a DNS header ("runt"),
-// when no backend is ok ("no_backend"), when its source is not IPv4
-// ("not_ipv4"), or when the backend's queue is full ("stuck") or the
-// backend went down between the choice and the send ("down"). The reader
-// never waits on a backend. With [Proxy.ServfailWhenDown], a query that
-// finds no backend is answered SERVFAIL (its header and question, no
-// records) instead of only dropped.
+// when it is shorter than a DNS header ("runt"), when no backend is ok
+// ("no_backend"), when its source address is unusable ("bad_source"), is
+// an IPv4 address within the stand-in range ("standin_range") or an IPv6
+// client that could be given no stand-in ("no_standin"), or when the
+// backend's queue is full ("stuck") or the backend went down between the
+// choice and the send ("down"). The reader never waits on a backend. With
+// [Proxy.ServfailWhenDown], a query that finds no backend is answered
+// SERVFAIL (its header and question, no records) instead of only dropped.
 //
 // # Concurrency
 //
-// One goroutine (readLoop) reads the socket. Each reply batch belongs to
+// One goroutine (readLoop) reads each socket. Each reply batch belongs to
 // one session reader; any number of them send concurrently. Close stops
 // the reader and waits for it.
 package udpproxy

@@ -182,6 +182,15 @@ func TestControlActionsSteerQueries(t *testing.T) {
 		t.Fatalf("draining state not shown:\n%s", out)
 	}
 
+	balstat(t, h, "enable", "5302")
+	if out, _, code := balstat(t, h, "weight", "5302", "3"); code != 0 || !strings.HasPrefix(out, "backend 5302: weight 3 (") {
+		t.Fatalf("weight: %d %q", code, out)
+	}
+	h.Logs.Wait(t, "backend weight set by operator", map[string]any{"be_id": 5302, "from": 1, "to": 3})
+	if h.B.Backends.Get(5302).Weight() != 3 {
+		t.Fatal("weight not set")
+	}
+
 	if out, _, code := balstat(t, h, "reset"); code != 0 || out != "counters reset\n" {
 		t.Fatalf("reset: %d %q", code, out)
 	}
@@ -231,8 +240,9 @@ func TestErrors(t *testing.T) {
 		}
 	}
 	for _, args := range [][]string{
-		{"-b", "x"}, {"-b", "0"}, {"-r", "::1"}, {"-r", "nope"}, {"-w", "0"}, {"-n", "3"},
+		{"-b", "x"}, {"-b", "0"}, {"-r", "fe80::1%eth0"}, {"-r", "nope"}, {"-w", "0"}, {"-n", "3"},
 		{"frobnicate"}, {"disable"}, {"disable", "x"}, {"reset", "now"}, {"-q"},
+		{"weight", "5301"}, {"weight", "5301", "0"}, {"weight", "5301", "1001"}, {"weight", "x", "2"},
 	} {
 		_, errs, code := run1(append([]string{"-S", h.DebugSocket}, args...)...)
 		if code != 2 || !strings.HasPrefix(errs, "balstat: ") || !strings.Contains(errs, "usage: balstat") {

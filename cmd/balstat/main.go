@@ -26,18 +26,21 @@ import (
 
 const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-w SECS [-n COUNT]]
        balstat [-S PATH] disable|drain|enable ID
+       balstat [-S PATH] weight ID N
        balstat [-S PATH] reset
 
   -S PATH   bbal's debug socket (default /var/run/bbal.sock)
   -j        print JSON instead of tables
   -b ID     only this backend, and its remotes
-  -r IP     only this remote
+  -r IP     only this remote (IPv4 or IPv6)
   -w SECS   refresh every SECS seconds, with per-backend query rates
   -n COUNT  with -w, stop after COUNT refreshes
 
   disable ID  the backend takes no new remotes; its remotes go to backups
   drain ID    the backend takes no new remotes; its remotes stay
   enable ID   the backend is back to normal
+  weight ID N the backend's share of remotes relative to the others'
+              (1 to 1000; every backend starts at 1)
   reset       every counter back to zero
 `
 
@@ -92,8 +95,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if o.ip != "" {
 		a, err := netip.ParseAddr(o.ip)
-		if err != nil || !a.Unmap().Is4() {
-			return usageErr("bad IPv4 address for -r: %q", o.ip)
+		if err != nil || a.Zone() != "" {
+			return usageErr("bad IP address for -r: %q", o.ip)
 		}
 		o.ip = a.Unmap().String()
 	}
@@ -128,6 +131,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		var b debugapi.Backend
 		if b, err = c.Action(ctx, id, rest[0]); err == nil {
 			fmt.Fprintf(stdout, "backend %d: %s (%s)\n", b.ID, b.Admin, b.Path)
+		}
+	case rest[0] == "weight" && len(rest) == 3:
+		id, perr := parseID(rest[1])
+		if perr != nil {
+			return usageErr("%v", perr)
+		}
+		if n, err := strconv.Atoi(rest[2]); err != nil || n < 1 || n > 1000 {
+			return usageErr("bad weight %q (want 1 to 1000)", rest[2])
+		}
+		var b debugapi.Backend
+		if b, err = c.Weight(ctx, id, rest[2]); err == nil {
+			fmt.Fprintf(stdout, "backend %d: weight %d (%s)\n", b.ID, b.Weight, b.Path)
 		}
 	default:
 		return usageErr("unknown command %q", rest)

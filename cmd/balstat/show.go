@@ -79,9 +79,9 @@ func showJSON(ctx context.Context, c *debugapi.Client, o options, bs debugapi.Ba
 func printBackends(w io.Writer, bs []debugapi.Backend, rates map[uint16]float64) {
 	fmt.Fprintln(w, "BACKENDS")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	head := "ID\tSTATE\tOK\tREMOTES\tUDP\tTCP\tSTUCK\tFAULTS\tRTT\tSOCKET PATH"
+	head := "ID\tSTATE\tOK\tREMOTES\tWEIGHT\tUDP\tTCP\tSTUCK\tFAULTS\tRTT\tLATENCY\tSOCKET PATH"
 	if rates != nil {
-		head = "ID\tSTATE\tOK\tREMOTES\tRATE\tUDP\tTCP\tSTUCK\tFAULTS\tRTT\tSOCKET PATH"
+		head = "ID\tSTATE\tOK\tREMOTES\tWEIGHT\tRATE\tUDP\tTCP\tSTUCK\tFAULTS\tRTT\tLATENCY\tSOCKET PATH"
 	}
 	probes := slices.ContainsFunc(bs, func(b debugapi.Backend) bool { return b.Probes != nil })
 	if probes {
@@ -93,6 +93,9 @@ func printBackends(w io.Writer, bs []debugapi.Backend, rates map[uint16]float64)
 		if b.Admin != "enabled" {
 			state += "," + b.Admin
 		}
+		if b.Slow {
+			state += ",slow"
+		}
 		ok := "no"
 		if b.OK {
 			ok = "yes"
@@ -101,12 +104,18 @@ func printBackends(w io.Writer, bs []debugapi.Backend, rates map[uint16]float64)
 		if b.Heartbeats > 0 {
 			rtt = fmt.Sprintf("%.2fms", b.HeartbeatRTTSeconds*1000)
 		}
-		cols := []string{fmt.Sprint(b.ID), state, ok, fmt.Sprint(b.Remotes)}
+		// The moving average of the backend's answer times, as bbal
+		// measures them.
+		lat := "-"
+		if b.Answered > 0 {
+			lat = fmt.Sprintf("%.2fms", b.LatencySeconds*1000)
+		}
+		cols := []string{fmt.Sprint(b.ID), state, ok, fmt.Sprint(b.Remotes), fmt.Sprint(b.Weight)}
 		if rates != nil {
 			cols = append(cols, fmt.Sprintf("%.1f/s", rates[b.ID]))
 		}
 		cols = append(cols, fmt.Sprint(b.UDPFrames), fmt.Sprint(b.TCPTotal), fmt.Sprint(b.StuckDrops),
-			fmt.Sprint(b.FaultsTotal), rtt)
+			fmt.Sprint(b.FaultsTotal), rtt, lat)
 		if probes {
 			p := "-"
 			if b.Probes != nil {
@@ -125,10 +134,14 @@ func printBackends(w io.Writer, bs []debugapi.Backend, rates map[uint16]float64)
 // align it, so the columns have fixed widths instead.
 func printRemotes(ctx context.Context, c *debugapi.Client, o options, w io.Writer) error {
 	fmt.Fprintln(w, "REMOTE PEERS")
-	const row = "%-15s  %-7s  %-6s  %-8s  %-8s  %-6s  %s\n"
-	fmt.Fprintf(w, row, "REMOTE IP", "BACKEND", "BACKUP", "UDP", "TCP", "DROPS", "LAST SEEN")
+	const row = "%-15s  %-15s  %-7s  %-6s  %-8s  %-8s  %-6s  %s\n"
+	fmt.Fprintf(w, row, "REMOTE IP", "STAND-IN", "BACKEND", "BACKUP", "UDP", "TCP", "DROPS", "LAST SEEN")
 	_, err := c.Remotes(ctx, debugapi.RemoteFilter{Backend: o.backend, IP: o.ip}, func(now time.Time, r debugapi.Remote) error {
-		_, err := fmt.Fprintf(w, row, r.IP, idOrDash(r.Backend), idOrDash(r.Backup), fmt.Sprint(r.UDP),
+		standin := r.Standin
+		if standin == "" {
+			standin = "-"
+		}
+		_, err := fmt.Fprintf(w, row, r.IP, standin, idOrDash(r.Backend), idOrDash(r.Backup), fmt.Sprint(r.UDP),
 			fmt.Sprint(r.TCP), fmt.Sprint(r.Drops), ago(now, r.LastSeen))
 		return err
 	})

@@ -88,12 +88,22 @@ func TestMetricsParseAndMove(t *testing.T) {
 	h := servertest.New(t, nil)
 	h.StartGo("5301", "5302")
 	from := testbed.Loopback(1)
+	// A reply is counted just after it is sent: the client can have it
+	// first.
+	counted := func() {
+		testbed.Eventually(t, "replies counted", func() bool {
+			st := h.B.UDP.Stats()
+			return st.PacketsOut == st.PacketsIn
+		})
+	}
 	h.Who(from, false)
+	counted()
 	before := metrics(t, h.DebugSocket)
 	for range 5 {
 		h.Who(from, false)
 	}
 	h.Who(from, true)
+	counted()
 	after := metrics(t, h.DebugSocket)
 
 	b5301 := map[string]string{"backend": "5301"}

@@ -119,6 +119,12 @@ func (c *Client) Action(ctx context.Context, id uint16, action string) (Backend,
 	return out, c.getJSON(ctx, "POST", fmt.Sprintf("/v1/backends/%d/%s", id, url.PathEscape(action)), &out)
 }
 
+// Weight sets backend id's weight (a number, 1 to 1000).
+func (c *Client) Weight(ctx context.Context, id uint16, weight string) (Backend, error) {
+	var out Backend
+	return out, c.getJSON(ctx, "POST", fmt.Sprintf("/v1/backends/%d/weight?value=%s", id, url.QueryEscape(weight)), &out)
+}
+
 // ResetCounters sets every counter back to zero.
 func (c *Client) ResetCounters(ctx context.Context) error {
 	var out struct{}
