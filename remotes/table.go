@@ -144,6 +144,9 @@ func key(ip netip.Addr) entry { return entry{addr: keyOf(ip)} }
 type addrKey struct{ hi, lo uint64 }
 
 func keyOf(ip netip.Addr) addrKey {
+	if ip.Is4() {
+		return addrKey{0, 0xffff<<32 | uint64(protocol.AddrToU32(ip))}
+	}
 	b := ip.As16()
 	return addrKey{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])}
 }

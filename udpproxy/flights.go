@@ -34,17 +34,25 @@ const (
 	keepLen = 255
 )
 
-// flight is one query in flight. sent is 0 when the slot is free.
-type flight struct {
-	key     uint64 // wire address << 32 | port << 16 | DNS ID
-	sent    int64  // unix nanoseconds
+// flightInfo is what is kept of a query in flight besides its key and
+// time.
+type flightInfo struct {
 	be      backend.ID
 	lis     uint8 // the listener it came in on
 	resent  bool  // sent again after its first backend died
 	qlen    uint8 // bytes of query kept; 0 if it was too long
 	ifindex uint32
 	local   [16]byte // the query's destination address (IPv4-mapped for IPv4)
-	query   [keepLen]byte
+}
+
+// bucket is flightWays queries in flight. The keys and times, which every
+// search reads, share one cache line; the rest is read only for the
+// query found or replaced. sent is 0 for a free way.
+type bucket struct {
+	keys  [flightWays]uint64 // wire address << 32 | port << 16 | DNS ID
+	sent  [flightWays]int64  // unix nanoseconds
+	info  [flightWays]flightInfo
+	query [flightWays][keepLen]byte
 }
 
 // origin is where a query came in: what its answer needs to leave the
@@ -59,9 +67,11 @@ func flightKey(wire uint32, port uint16, id uint16) uint64 {
 	return uint64(wire)<<32 | uint64(port)<<16 | uint64(id)
 }
 
+const flightBuckets = flightSlots / flightWays
+
 type flights struct {
-	slots [flightSlots]flight
-	locks [flightLocks]struct {
+	buckets [flightBuckets]bucket
+	locks   [flightLocks]struct {
 		sync.Mutex
 		_ [56]byte // a cache line each
 	}
@@ -69,11 +79,11 @@ type flights struct {
 
 func newFlights() *flights { return new(flights) }
 
-// bucket returns the index of key's first slot and its lock.
-func (t *flights) bucket(key uint64) (int, *sync.Mutex) {
+// bucket returns key's bucket and its lock.
+func (t *flights) bucket(key uint64) (*bucket, *sync.Mutex) {
 	h := (key * 0x9e3779b97f4a7c15) >> 32
-	b := int(h % (flightSlots / flightWays))
-	return b * flightWays, &t.locks[b%flightLocks].Mutex
+	b := int(h % flightBuckets)
+	return &t.buckets[b], &t.locks[b%flightLocks].Mutex
 }
 
 // put records a query sent to be at now. It returns the backend of a
@@ -81,41 +91,40 @@ func (t *flights) bucket(key uint64) (int, *sync.Mutex) {
 // or 0, and whether it was the oldest of a full bucket (evicted) rather
 // than the same query again or one past FlightAge.
 func (t *flights) put(key uint64, be backend.ID, o *origin, query []byte, now int64) (displaced backend.ID, evicted bool) {
-	i, mu := t.bucket(key)
+	b, mu := t.bucket(key)
 	mu.Lock()
-	s := t.slots[i : i+flightWays]
-	victim := -1
-	for j := range s {
-		if s[j].sent != 0 && s[j].key == key { // the client asked again
-			victim = j
+	way := -1
+	for j := range flightWays {
+		if b.sent[j] != 0 && b.keys[j] == key { // the client asked again
+			way = j
 			break
 		}
 	}
-	if victim < 0 {
+	if way < 0 {
 		oldest := 0
-		for j := range s {
-			if s[j].sent == 0 || now-s[j].sent > int64(FlightAge) {
-				victim = j
+		for j := range flightWays {
+			if b.sent[j] == 0 || now-b.sent[j] > int64(FlightAge) {
+				way = j
 				break
 			}
-			if s[j].sent < s[oldest].sent {
+			if b.sent[j] < b.sent[oldest] {
 				oldest = j
 			}
 		}
-		if victim < 0 {
-			victim, evicted = oldest, true
+		if way < 0 {
+			way, evicted = oldest, true
 		}
 	}
-	f := &s[victim]
-	if f.sent != 0 {
-		displaced = f.be
+	if b.sent[way] != 0 {
+		displaced = b.info[way].be
 	}
-	f.key, f.sent, f.be, f.lis, f.resent = key, now, be, o.lis, false
-	f.ifindex, f.local = o.ifindex, o.local
-	f.qlen = 0
+	b.keys[way], b.sent[way] = key, now
+	in := &b.info[way]
+	in.be, in.lis, in.resent, in.ifindex, in.local = be, o.lis, false, o.ifindex, o.local
+	in.qlen = 0
 	if len(query) <= keepLen {
-		f.qlen = uint8(len(query))
-		copy(f.query[:], query)
+		in.qlen = uint8(len(query))
+		copy(b.query[way][:], query)
 	}
 	mu.Unlock()
 	return displaced, evicted
@@ -133,14 +142,14 @@ type answered struct {
 // FlightAge, before sweep forgot the query) is found too: it still
 // measures its backend's latency.
 func (t *flights) take(key uint64, out *answered) bool {
-	i, mu := t.bucket(key)
+	b, mu := t.bucket(key)
 	mu.Lock()
-	for j := i; j < i+flightWays; j++ {
-		f := &t.slots[j]
-		if f.sent != 0 && f.key == key {
-			out.lis, out.ifindex, out.local = f.lis, f.ifindex, f.local
-			out.be, out.sent, out.resent = f.be, f.sent, f.resent
-			f.sent = 0
+	for j := range flightWays {
+		if b.sent[j] != 0 && b.keys[j] == key {
+			in := &b.info[j]
+			out.lis, out.ifindex, out.local = in.lis, in.ifindex, in.local
+			out.be, out.sent, out.resent = in.be, b.sent[j], in.resent
+			b.sent[j] = 0
 			mu.Unlock()
 			return true
 		}
@@ -152,34 +161,35 @@ func (t *flights) take(key uint64, out *answered) bool {
 // sweep forgets the queries older than FlightAge at now, calling gone
 // with each one's backend.
 func (t *flights) sweep(now int64, gone func(backend.ID)) {
-	for l := range flightLocks {
-		mu := &t.locks[l].Mutex
-		mu.Lock()
-		for b := l; b < flightSlots/flightWays; b += flightLocks {
-			for j := b * flightWays; j < (b+1)*flightWays; j++ {
-				f := &t.slots[j]
-				if f.sent != 0 && now-f.sent > int64(FlightAge) {
-					f.sent = 0
-					gone(f.be)
-				}
-			}
+	t.visit(func(b *bucket, j int) {
+		if b.sent[j] != 0 && now-b.sent[j] > int64(FlightAge) {
+			b.sent[j] = 0
+			gone(b.info[j].be)
 		}
-		mu.Unlock()
-	}
+	})
 }
 
 // each calls fn, under the record's lock, for each query of backend be
-// still waited for at now. fn may change the record's backend.
-func (t *flights) each(be backend.ID, now int64, fn func(f *flight)) {
+// still waited for at now, with its key, what is kept of it and the
+// query (empty if it was too long to keep). fn may change info's backend
+// and resent.
+func (t *flights) each(be backend.ID, now int64, fn func(key uint64, info *flightInfo, query []byte)) {
+	t.visit(func(b *bucket, j int) {
+		if b.sent[j] != 0 && b.info[j].be == be && now-b.sent[j] <= int64(FlightAge) {
+			fn(b.keys[j], &b.info[j], b.query[j][:b.info[j].qlen])
+		}
+	})
+}
+
+// visit calls fn for every way of every bucket, each under its lock, a
+// lock's buckets at a time.
+func (t *flights) visit(fn func(b *bucket, way int)) {
 	for l := range flightLocks {
 		mu := &t.locks[l].Mutex
 		mu.Lock()
-		for b := l; b < flightSlots/flightWays; b += flightLocks {
-			for j := b * flightWays; j < (b+1)*flightWays; j++ {
-				f := &t.slots[j]
-				if f.sent != 0 && f.be == be && now-f.sent <= int64(FlightAge) {
-					fn(f)
-				}
+		for i := l; i < flightBuckets; i += flightLocks {
+			for j := range flightWays {
+				fn(&t.buckets[i], j)
 			}
 		}
 		mu.Unlock()

@@ -372,8 +372,8 @@ func (p *Proxy) Resend(be *backend.Backend) {
 	now := p.clock.Now().UnixNano()
 	var touched []*backend.Backend
 	frame := make([]byte, protocol.UDPHeaderLen+keepLen)
-	p.flights.each(be.ID(), now, func(f *flight) {
-		wire, port := uint32(f.key>>32), uint16(f.key>>16)
+	p.flights.each(be.ID(), now, func(key uint64, f *flightInfo, query []byte) {
+		wire, port := uint32(key>>32), uint16(key>>16)
 		client := protocol.U32ToAddr(wire)
 		if table.InStandins(wire) {
 			var ok bool
@@ -382,7 +382,7 @@ func (p *Proxy) Resend(be *backend.Backend) {
 				return
 			}
 		}
-		if f.qlen == 0 {
+		if len(query) == 0 {
 			p.unresent.Add(1)
 			return
 		}
@@ -392,9 +392,9 @@ func (p *Proxy) Resend(be *backend.Backend) {
 			p.unresent.Add(1)
 			return
 		}
-		n := int(f.qlen)
+		n := len(query)
 		protocol.PutUDPHeader(frame, protocol.FrameInboundUDP, wire, port, n)
-		copy(frame[protocol.UDPHeaderLen:], f.query[:n])
+		copy(frame[protocol.UDPHeaderLen:], query)
 		if !to.SendUDP(frame[:protocol.UDPHeaderLen+n], now) {
 			p.unresent.Add(1)
 			return
