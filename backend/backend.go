@@ -324,13 +324,16 @@ func (b *Backend) ResetCounters() {
 	c := &b.stats
 	for _, v := range []*atomic.Uint64{&c.udpFrames, &c.udpBytes, &c.outboundUDP, &c.outboundBytes,
 		&c.outboundErrors, &c.stuckDrops, &c.downDrops, &c.discarded, &c.expired, &c.tcpTotal, &c.tcpErrors,
-		&c.connectAttempts, &c.connectErrors, &c.heartbeats,
-		&b.load.answered, &b.load.unanswered, &b.load.evicted, &b.load.resent} {
+		&c.connectAttempts, &c.connectErrors, &c.heartbeats} {
 		v.Store(0)
 	}
 	for i := range c.faults {
 		c.faults[i].Store(0)
 	}
+	// What is sent less what is done stays: the queries outstanding.
+	l := &b.load
+	done := l.answered.Swap(0) + l.unanswered.Swap(0) + l.evicted.Swap(0) + l.resent.Swap(0)
+	l.sent.Add(-done)
 	b.probe.resetCounters()
 }
 

@@ -22,30 +22,34 @@ const (
 // latencyShift sets the moving average's weight of a new sample: 1/8.
 const latencyShift = 3
 
+// The queries outstanding are those sent less those answered, forgotten
+// or moved: sent is written by the UDP readers, the rest by the session
+// readers and the timers, each on a cache line of its own, so that the
+// two sides do not contend for one.
 type load struct {
-	outstanding atomic.Int64  // queries sent, not yet answered or forgotten
-	answered    atomic.Uint64 // queries answered
-	unanswered  atomic.Uint64 // queries forgotten unanswered (after about 1 s)
-	evicted     atomic.Uint64 // queries forgotten to make room for others
-	resent      atomic.Uint64 // queries of this backend sent again to another after it died
-	latency     atomic.Int64  // nanoseconds, moving average of answer times
-	samples     atomic.Uint64 // answers measured (never reset: slowness checks compare it)
-	weight      atomic.Int32
-	slow        atomic.Bool // answering far slower than its peers (see Set.CheckSlow)
+	sent       atomic.Uint64 // queries sent and recorded in flight
+	_          [56]byte
+	answered   atomic.Uint64 // queries answered
+	unanswered atomic.Uint64 // queries forgotten unanswered (after about 1 s)
+	evicted    atomic.Uint64 // queries forgotten to make room for others
+	resent     atomic.Uint64 // queries of this backend sent again to another after it died
+	latency    atomic.Int64  // nanoseconds, moving average of answer times
+	samples    atomic.Uint64 // answers measured (never reset: slowness checks compare it)
+	weight     atomic.Int32
+	slow       atomic.Bool // answering far slower than its peers (see Set.CheckSlow)
 	// samples and unanswered at the last check: Set.CheckSlow's own.
 	slowSamples, slowUnanswered uint64
 }
 
 // QuerySent records a query sent on to the backend, now waiting for an
 // answer.
-func (b *Backend) QuerySent() { b.load.outstanding.Add(1) }
+func (b *Backend) QuerySent() { b.load.sent.Add(1) }
 
 // QueryAnswered records the answer to one of the backend's queries after
 // rtt; measured says whether rtt is the backend's own time (not so for a
 // query sent again after its first backend died).
 func (b *Backend) QueryAnswered(rtt time.Duration, measured bool) {
 	l := &b.load
-	l.outstanding.Add(-1)
 	l.answered.Add(1)
 	if !measured {
 		return
@@ -61,7 +65,6 @@ func (b *Backend) QueryAnswered(rtt time.Duration, measured bool) {
 // QueryForgotten records a query of the backend given up on: unanswered
 // after about a second, or displaced from a full table (evicted).
 func (b *Backend) QueryForgotten(evicted bool) {
-	b.load.outstanding.Add(-1)
 	if evicted {
 		b.load.evicted.Add(1)
 	} else {
@@ -71,13 +74,14 @@ func (b *Backend) QueryForgotten(evicted bool) {
 
 // QueryMoved records a query of the backend sent again to another
 // backend (which counts it as sent) after this one died.
-func (b *Backend) QueryMoved() {
-	b.load.outstanding.Add(-1)
-	b.load.resent.Add(1)
-}
+func (b *Backend) QueryMoved() { b.load.resent.Add(1) }
 
 // Outstanding returns the number of queries waiting for an answer.
-func (b *Backend) Outstanding() int64 { return max(b.load.outstanding.Load(), 0) }
+func (b *Backend) Outstanding() int64 {
+	l := &b.load
+	done := l.answered.Load() + l.unanswered.Load() + l.evicted.Load() + l.resent.Load()
+	return max(int64(l.sent.Load()-done), 0)
+}
 
 // Latency returns the moving average of the backend's answer times (0
 // before the first answer).

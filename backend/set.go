@@ -236,8 +236,10 @@ func (s *Set) scanLoop() {
 			if !s.settle() {
 				return
 			}
-			s.Scan()
+			// Counted first: whoever sees what the scan found sees
+			// it counted.
 			s.watch.scans.Add(1)
+			s.Scan()
 		case <-s.scanKick:
 			s.openWatch()
 			s.Scan()

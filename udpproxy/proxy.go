@@ -371,6 +371,7 @@ func (p *Proxy) Resend(be *backend.Backend) {
 	}
 	now := p.clock.Now().UnixNano()
 	var touched []*backend.Backend
+	moved, stuck := 0, 0
 	frame := make([]byte, protocol.UDPHeaderLen+keepLen)
 	p.flights.each(be.ID(), now, func(key uint64, f *flightInfo, query []byte) {
 		wire, port := uint32(key>>32), uint16(key>>16)
@@ -379,17 +380,15 @@ func (p *Proxy) Resend(be *backend.Backend) {
 			var ok bool
 			if client, ok = table.Client(wire); !ok {
 				p.unresent.Add(1)
+				stuck++
 				return
 			}
 		}
-		if len(query) == 0 {
-			p.unresent.Add(1)
-			return
-		}
 		_, id, _ := table.RouteAt(client, now)
 		to := set.Get(id)
-		if to == nil || to == be {
+		if len(query) == 0 || to == nil || to == be {
 			p.unresent.Add(1)
+			stuck++
 			return
 		}
 		n := len(query)
@@ -397,8 +396,10 @@ func (p *Proxy) Resend(be *backend.Backend) {
 		copy(frame[protocol.UDPHeaderLen:], query)
 		if !to.SendUDP(frame[:protocol.UDPHeaderLen+n], now) {
 			p.unresent.Add(1)
+			stuck++
 			return
 		}
+		moved++
 		f.be, f.resent = id, true
 		be.QueryMoved()
 		to.QuerySent()
@@ -410,8 +411,8 @@ func (p *Proxy) Resend(be *backend.Backend) {
 	for _, to := range touched {
 		to.Flush(now)
 	}
-	if len(touched) > 0 {
-		be.Logger().Info().Uint64("resent_total", p.resent.Load()).Msg("unanswered queries sent to other backends")
+	if moved+stuck > 0 {
+		be.Logger().Info().Int("resent", moved).Int("not_resent", stuck).Msg("unanswered queries sent to other backends")
 	}
 }
 

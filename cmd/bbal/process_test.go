@@ -20,7 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/bbal/bbal/cmd/internal/debugapi"
+	"github.com/bbal/bbal/tools/dnsbackend"
 	"github.com/bbal/bbal/tools/testbed"
 )
 
@@ -539,10 +542,13 @@ func TestZeroDowntimeRestart(t *testing.T) {
 	testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
 	testbed.StartGo(t, filepath.Join(dir, "5302"), "two")
 	debug := filepath.Join(testbed.SocketDir(t), "debug.sock")
-	p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-S", debug)
+	// Two addresses: both sockets are handed over, and an IPv6 client
+	// keeps its stand-in.
+	p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-b", "::1", "-p", "0", "-S", debug)
 	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
 	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5302})
 	addr := listenAddr(t, p)
+	addr6 := netip.AddrPortFrom(netip.IPv6Loopback(), addr.Port())
 
 	// Load: clients asking in a loop over UDP, and over TCP on a new
 	// connection each time, each query waited for (up to 2 s).
@@ -556,7 +562,8 @@ func TestZeroDowntimeRestart(t *testing.T) {
 	results := make(chan result, 100000)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for i := range 24 {
+	standins := make(chan string, 100000)
+	for i := range 25 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -566,6 +573,16 @@ func TestZeroDowntimeRestart(t *testing.T) {
 				case <-stop:
 					return
 				default:
+				}
+				if i == 24 { // the IPv6 client
+					r, _, err := testbed.QueryTimeout(addr6, netip.IPv6Loopback(), false, "who.example.", dns.TypeTXT, 2*time.Second)
+					var got map[string]string
+					if err == nil {
+						got, err = dnsbackend.TXTFields(r)
+						standins <- netip.MustParseAddrPort(got["client"]).Addr().String()
+					}
+					results <- result{client: i, backend: got["backend"], err: err, at: time.Now()}
+					continue
 				}
 				got, err := testbed.WhoTimeout(addr, testbed.Loopback(10+i), tcp, 2*time.Second)
 				results <- result{client: i, tcp: tcp, backend: got["backend"], err: err, at: time.Now()}
@@ -603,6 +620,14 @@ func TestZeroDowntimeRestart(t *testing.T) {
 		byClient[res.client] = res.backend
 	}
 	t.Logf("%d queries, none lost; new pid %d", n, newPid)
+	close(standins)
+	seen := map[string]bool{}
+	for s := range standins {
+		seen[s] = true
+	}
+	if len(seen) != 1 {
+		t.Fatalf("the IPv6 client was seen as %v, want one stand-in throughout", seen)
+	}
 
 	// The new process serves the debug socket, and stops cleanly.
 	c := debugapi.NewClient(debug)

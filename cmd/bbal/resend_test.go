@@ -66,7 +66,7 @@ func TestQueriesOfADeadBackendAreSentToTheBackup(t *testing.T) {
 	if st := f.B.Backends.Get(5302).Stats(); st.Resent != n || st.Outstanding != 0 {
 		t.Fatalf("dead backend: resent %d, outstanding %d", st.Resent, st.Outstanding)
 	}
-	f.Logs.Wait(t, "unanswered queries sent to other backends", map[string]any{"be_id": 5302})
+	f.Logs.Wait(t, "unanswered queries sent to other backends", map[string]any{"be_id": 5302, "resent": n, "not_resent": 0})
 }
 
 // TestNoQueriesLostWhenNodeMnameIsKilled kills one of two node-mname

@@ -48,6 +48,7 @@ type config struct {
 	remotes     int
 	skipNode    bool
 	skipMemory  bool
+	skipFamily  bool
 }
 
 func main() {
@@ -62,6 +63,7 @@ func main() {
 	flag.IntVar(&c.remotes, "remotes", 1_000_000, "remotes in the memory run")
 	flag.BoolVar(&c.skipNode, "skip-node", false, "skip the node-mname CPU comparison")
 	flag.BoolVar(&c.skipMemory, "skip-memory", false, "skip the memory run")
+	flag.BoolVar(&c.skipFamily, "skip-families", false, "skip the run on 0.0.0.0 and :: (for a bbal without IPv6)")
 	flag.Parse()
 	if err := run(c); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -106,7 +108,8 @@ func answers(addr string) error {
 type target struct {
 	name string
 	port int
-	proc *proc // whose CPU and memory are measured; nil for none
+	proc *proc  // whose CPU and memory are measured; nil for none
+	host string // the address dnsperf asks; 127.0.0.1 when empty
 }
 
 // sample is one dnsperf run.
@@ -125,8 +128,11 @@ var (
 	reDone = regexp.MustCompile(`Queries completed:\s+([0-9]+)`)
 )
 
-func dnsperf(c config, port int, proto, queries string) (qps float64, lat time.Duration, lost, done int64, err error) {
-	out, err := exec.Command("dnsperf", "-s", "127.0.0.1", "-p", strconv.Itoa(port), "-m", proto,
+func dnsperf(c config, host string, port int, proto, queries string) (qps float64, lat time.Duration, lost, done int64, err error) {
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	out, err := exec.Command("dnsperf", "-s", host, "-p", strconv.Itoa(port), "-m", proto,
 		"-d", queries, "-c", strconv.Itoa(c.clients), "-q", strconv.Itoa(c.outstanding),
 		"-l", strconv.Itoa(int(c.duration.Seconds())), "-t", "2").CombinedOutput()
 	if err != nil {
@@ -151,7 +157,7 @@ func measure(c config, t target, proto, queries string) (sample, error) {
 	if t.proc != nil {
 		cpu0, _ = cpuSeconds(t.proc.pid())
 	}
-	qps, lat, lost, done, err := dnsperf(c, t.port, proto, queries)
+	qps, lat, lost, done, err := dnsperf(c, t.host, t.port, proto, queries)
 	if err != nil {
 		return sample{}, err
 	}
@@ -254,7 +260,7 @@ setSecurityPollSuffix("")
 		}
 	}
 
-	targets := []target{{"direct", directPort, echo}, {"dnsdist", dnsdistPort, dd}, {"bbal", bbalPort, bb}}
+	targets := []target{{"direct", directPort, echo, ""}, {"dnsdist", dnsdistPort, dd, ""}, {"bbal", bbalPort, bb, ""}}
 	results := map[string][]sample{}
 	fmt.Printf("bbal benchmark: %d rounds of %v, dnsperf -c %d -q %d, echo backend\n",
 		c.rounds, c.duration, c.clients, c.outstanding)
@@ -291,6 +297,11 @@ setSecurityPollSuffix("")
 			proto, b.qps/d.qps, b.qps/x.qps, float64(b.latency-x.latency)/1e6, float64(d.latency-x.latency)/1e6)
 	}
 
+	if !c.skipFamily {
+		if err := families(c, dir, sockets, logs, queries, med["bbal/udp"]); err != nil {
+			return err
+		}
+	}
 	if err := manyClients(c, bbalPort, debugSock); err != nil {
 		return err
 	}
@@ -303,6 +314,40 @@ setSecurityPollSuffix("")
 		if err := memory(c, dir, logs); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// families runs UDP through a second bbal, bound to 0.0.0.0 and :: (so
+// that each reply is sent from its query's destination, with PKTINFO),
+// asked over IPv4 and over IPv6 (the client given a stand-in), and
+// compares each with base, the bbal bound to 127.0.0.1 in the same run.
+func families(c config, dir, sockets string, logs *os.File, queries string, base sample) error {
+	port, _ := freePort()
+	bb, err := start("bbal", logs, filepath.Join(c.bin, "bbal"), "-s", sockets, "-b", "0.0.0.0", "-b", "::",
+		"-p", strconv.Itoa(port), "-S", filepath.Join(dir, "families.sock"), "-l", "warn")
+	if err != nil {
+		return err
+	}
+	defer bb.stop()
+	for _, a := range []string{"127.0.0.1", "[::1]"} {
+		if err := answers(fmt.Sprintf("%s:%d", a, port)); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("\nbbal -b 0.0.0.0 -b :: (UDP, medians of %d rounds), against bbal -b 127.0.0.1 above\n", c.rounds)
+	for _, t := range []target{{"IPv4, replies by PKTINFO", port, bb, "127.0.0.1"}, {"IPv6, stand-in", port, bb, "::1"}} {
+		var xs []sample
+		for range c.rounds {
+			s, err := measure(c, t, "udp", queries)
+			if err != nil {
+				return err
+			}
+			xs = append(xs, s)
+		}
+		m := median(xs)
+		fmt.Printf("%-26s %9.0f qps (%.2fx)  %7.3f ms  lost %d  CPU %.3f s / 100k q (%.2fx)\n", t.name, m.qps,
+			m.qps/base.qps, float64(m.latency)/1e6, m.lost, m.cpu, m.cpu/base.cpu)
 	}
 	return nil
 }
@@ -362,7 +407,7 @@ func nodeCPU(c config, dir string, logs *os.File, queries string) error {
 	}
 	b0, _ := cpuSeconds(bb.pid())
 	n0, _ := cpuSeconds(node.pid())
-	qps, lat, lost, done, err := dnsperf(c, port, "udp", queries)
+	qps, lat, lost, done, err := dnsperf(c, "", port, "udp", queries)
 	if err != nil {
 		return err
 	}
