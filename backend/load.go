@@ -41,21 +41,22 @@ type load struct {
 	slowSamples, slowUnanswered uint64
 }
 
-// QuerySent records a query sent on to the backend, now waiting for an
-// answer.
-func (b *Backend) QuerySent() { b.load.sent.Add(1) }
+// QueriesSent records n queries sent on to the backend, now waiting for
+// an answer. (The UDP reader counts a batch's at once.)
+func (b *Backend) QueriesSent(n int) { b.load.sent.Add(uint64(n)) }
 
-// QueryAnswered records the answer to one of the backend's queries after
-// rtt; measured says whether rtt is the backend's own time (not so for a
-// query sent again after its first backend died).
-func (b *Backend) QueryAnswered(rtt time.Duration, measured bool) {
+// QueriesAnswered records n answers to the backend's queries, of which
+// measured were the backend's own time (not so for a query sent again
+// after its first backend died), taking rtt on average. (A session's
+// reader counts the answers of one read at once.)
+func (b *Backend) QueriesAnswered(n, measured int, rtt time.Duration) {
 	l := &b.load
-	l.answered.Add(1)
-	if !measured {
+	l.answered.Add(uint64(n))
+	if measured == 0 {
 		return
 	}
 	old := l.latency.Load()
-	if l.samples.Add(1) == 1 {
+	if l.samples.Add(uint64(measured)) == uint64(measured) {
 		l.latency.Store(int64(rtt))
 		return
 	}

@@ -167,8 +167,9 @@ func fakeList(s *Set, ok map[ID]bool) {
 	var list []*Backend
 	for _, id := range []ID{1, 2, 3, 5301, 5302} {
 		if v, in := ok[id]; in {
-			b := &Backend{id: id, set: s, q: newQueue(1024, 16, 0)}
+			b := &Backend{id: id, set: s, q: newQueue(1024, 16, 0), log: s.log.With().Uint16("be_id", uint16(id)).Logger()}
 			b.ok.Store(v)
+			b.load.weight.Store(DefaultWeight)
 			list = append(list, b)
 		}
 	}

@@ -23,7 +23,7 @@
 // ID. The answer is sent from the socket, and with a wildcard socket from
 // the address (IP_PKTINFO, IPV6_PKTINFO), that the query came to; the
 // backend's outstanding queries and answer latency are measured from the
-// records ([backend.Backend.QueryAnswered]); and when a backend dies,
+// records ([backend.Backend.QueriesAnswered]); and when a backend dies,
 // [Proxy.Resend] sends its unanswered queries to the backends their
 // clients use now.
 //

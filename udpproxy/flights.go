@@ -17,7 +17,7 @@ import (
 // backend dies first.
 //
 // The table is bounded: flightSlots records in buckets of flightWays,
-// each bucket under one of flightLocks mutexes. A query whose bucket is
+// each bucket under its own mutex. A query whose bucket is
 // full displaces the oldest record there (counted as evicted).
 
 const (
@@ -27,7 +27,6 @@ const (
 
 	flightSlots = 1 << 14
 	flightWays  = 4
-	flightLocks = 256
 	// keepLen is the longest query kept for sending again: longer ones
 	// (rare: DNS queries are mostly under 100 bytes) are still tracked,
 	// but not re-sent.
@@ -45,10 +44,12 @@ type flightInfo struct {
 	local   [16]byte // the query's destination address (IPv4-mapped for IPv4)
 }
 
-// bucket is flightWays queries in flight. The keys and times, which every
-// search reads, share one cache line; the rest is read only for the
-// query found or replaced. sent is 0 for a free way.
+// bucket is flightWays queries in flight, under its own lock. The lock,
+// the keys and the times, which every search uses, are at its start; the
+// rest is read only for the query found or replaced. sent is 0 for a
+// free way.
 type bucket struct {
+	mu    sync.Mutex
 	keys  [flightWays]uint64 // wire address << 32 | port << 16 | DNS ID
 	sent  [flightWays]int64  // unix nanoseconds
 	info  [flightWays]flightInfo
@@ -71,10 +72,6 @@ const flightBuckets = flightSlots / flightWays
 
 type flights struct {
 	buckets [flightBuckets]bucket
-	locks   [flightLocks]struct {
-		sync.Mutex
-		_ [56]byte // a cache line each
-	}
 }
 
 func newFlights() *flights { return new(flights) }
@@ -82,8 +79,8 @@ func newFlights() *flights { return new(flights) }
 // bucket returns key's bucket and its lock.
 func (t *flights) bucket(key uint64) (*bucket, *sync.Mutex) {
 	h := (key * 0x9e3779b97f4a7c15) >> 32
-	b := int(h % flightBuckets)
-	return &t.buckets[b], &t.locks[b%flightLocks].Mutex
+	b := &t.buckets[h%flightBuckets]
+	return b, &b.mu
 }
 
 // put records a query sent to be at now. It returns the backend of a
@@ -181,17 +178,14 @@ func (t *flights) each(be backend.ID, now int64, fn func(key uint64, info *fligh
 	})
 }
 
-// visit calls fn for every way of every bucket, each under its lock, a
-// lock's buckets at a time.
+// visit calls fn for every way of every bucket, each under its lock.
 func (t *flights) visit(fn func(b *bucket, way int)) {
-	for l := range flightLocks {
-		mu := &t.locks[l].Mutex
-		mu.Lock()
-		for i := l; i < flightBuckets; i += flightLocks {
-			for j := range flightWays {
-				fn(&t.buckets[i], j)
-			}
+	for i := range t.buckets {
+		b := &t.buckets[i]
+		b.mu.Lock()
+		for j := range flightWays {
+			fn(b, j)
 		}
-		mu.Unlock()
+		b.mu.Unlock()
 	}
 }

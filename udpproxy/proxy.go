@@ -243,6 +243,7 @@ func (p *Proxy) Close() {
 func (p *Proxy) readLoop(l *listener) {
 	defer p.wg.Done()
 	touched := make([]*backend.Backend, 0, batchLen)
+	sent := make([]int, batchLen) // queries per touched backend
 	var o origin
 	o.lis = l.idx
 	var r *recvBatch
@@ -254,14 +255,20 @@ func (p *Proxy) readLoop(l *listener) {
 			if !ok {
 				ip = netip.Addr{}
 			}
-			if be := p.handle(l, r.bufs[i], size, ip, port, &o, now); be != nil && !slices.Contains(touched, be) {
-				touched = append(touched, be)
+			if be := p.handle(l, r.bufs[i], size, ip, port, &o, now); be != nil {
+				j := slices.Index(touched, be)
+				if j < 0 {
+					j = len(touched)
+					touched = append(touched, be)
+				}
+				sent[j]++
 			}
 		}
 		// One write per backend for the whole batch.
 		for i, be := range touched {
+			be.QueriesSent(sent[i])
 			be.Flush(now)
-			touched[i] = nil
+			touched[i], sent[i] = nil, 0
 		}
 		touched = touched[:0]
 	})
@@ -335,7 +342,6 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		}
 		return nil
 	}
-	be.QuerySent()
 	rem.CountUDP()
 	return be
 }
@@ -402,7 +408,7 @@ func (p *Proxy) Resend(be *backend.Backend) {
 		moved++
 		f.be, f.resent = id, true
 		be.QueryMoved()
-		to.QuerySent()
+		to.QueriesSent(1)
 		p.resent.Add(1)
 		if !slices.Contains(touched, to) {
 			touched = append(touched, to)
@@ -477,6 +483,11 @@ type sendBatch struct {
 	qs  []*sendQueue // by listener, made when first used
 	now int64        // the clock, read at the first answer of a batch
 	a   answered
+
+	// The batch's answers from be, for its load: how many, how many of
+	// those measure its latency, and their sum.
+	answered, measured int
+	rttSum             time.Duration
 }
 
 func (p *Proxy) newSendBatch(be *backend.Backend) *sendBatch {
@@ -502,10 +513,15 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 		}
 		rtt := time.Duration(max(b.now-b.a.sent, 0))
 		if b.a.be == b.be.ID() {
-			b.be.QueryAnswered(rtt, !b.a.resent)
+			// Counted, and the latency averaged, per batch.
+			b.answered++
+			if !b.a.resent {
+				b.measured++
+				b.rttSum += rtt
+			}
 		} else if other := p.backends.Load().Get(b.a.be); other != nil {
 			// Sent again elsewhere, answered here after all.
-			other.QueryAnswered(rtt, false)
+			other.QueriesAnswered(1, 0, 0)
 		}
 	} else {
 		p.unmatched.Add(1)
@@ -545,6 +561,14 @@ func (b *sendBatch) Flush() (failed int) {
 		}
 	}
 	b.now = 0
+	if b.answered > 0 {
+		var mean time.Duration
+		if b.measured > 0 {
+			mean = b.rttSum / time.Duration(b.measured)
+		}
+		b.be.QueriesAnswered(b.answered, b.measured, mean)
+		b.answered, b.measured, b.rttSum = 0, 0, 0
+	}
 	return failed
 }
 
