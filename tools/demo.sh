@@ -20,15 +20,26 @@ for _ in $(seq 50); do
 	sleep 0.1
 done
 
+# IPv6 too where the host has ::1.
+listen=(-b 127.0.0.1)
+addrs="127.0.0.1"
+v6=""
+if grep -qs '^00000000000000000000000000000001 ' /proc/net/if_inet6; then
+	listen+=(-b ::1)
+	addrs="127.0.0.1 and ::1"
+	v6="    dig @::1 -p $port who.example TXT +short       (IPv6: the backend sees a stand-in)
+"
+fi
+
 cat <<MSG
 
-bbal is listening on 127.0.0.1 port $port, in front of backends 5301 ("one")
+bbal is listening on $addrs port $port, in front of backends 5301 ("one")
 and 5302 ("two"). In another terminal, try:
 
     dig @127.0.0.1 -p $port who.example TXT +short
     dig @127.0.0.1 -p $port who.example TXT +short +tcp
     dig @127.0.0.1 -p $port who.example TXT +short -b 127.0.0.2
-
+$v6
 Each answer names the client address the backend saw and the backend that
 answered; a client address keeps its backend. bbal's own view:
 
@@ -37,5 +48,5 @@ answered; a client address keeps its backend. bbal's own view:
 bbal's log follows (bunyan JSON). Ctrl-C stops everything.
 
 MSG
-bin/bbal -s "$dir/sockets" -b 127.0.0.1 -p "$port" -S "$dir/bbal.sock" & pids+=($!)
+bin/bbal -s "$dir/sockets" "${listen[@]}" -p "$port" -S "$dir/bbal.sock" & pids+=($!)
 wait "${pids[2]}"
