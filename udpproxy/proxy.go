@@ -548,27 +548,36 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 		b.qs[l.idx] = q
 	}
 	if q.n == batchLen {
+		b.count()
 		q.flush()
 	}
 	q.add(data, netip.AddrPortFrom(client, to.Port()), o)
 }
 
+// count adds the answers collected so far to the backend's load.
+func (b *sendBatch) count() {
+	if b.answered == 0 {
+		return
+	}
+	var mean time.Duration
+	if b.measured > 0 {
+		mean = b.rttSum / time.Duration(b.measured)
+	}
+	b.be.QueriesAnswered(b.answered, b.measured, mean)
+	b.answered, b.measured, b.rttSum = 0, 0, 0
+}
+
 // Flush sends what was added; it returns how many could not be sent.
+// The answers are counted first, so that a client that has its answer
+// finds it counted.
 func (b *sendBatch) Flush() (failed int) {
+	b.count()
 	for _, q := range b.qs {
 		if q != nil && q.n > 0 {
 			failed += q.flush()
 		}
 	}
 	b.now = 0
-	if b.answered > 0 {
-		var mean time.Duration
-		if b.measured > 0 {
-			mean = b.rttSum / time.Duration(b.measured)
-		}
-		b.be.QueriesAnswered(b.answered, b.measured, mean)
-		b.answered, b.measured, b.rttSum = 0, 0, 0
-	}
 	return failed
 }
 

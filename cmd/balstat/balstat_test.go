@@ -372,3 +372,25 @@ func TestProbesColumnAndJSON(t *testing.T) {
 		t.Fatalf("probes %+v, want 1 sent and answered", p)
 	}
 }
+
+func TestIPv6RemoteWithItsStandin(t *testing.T) {
+	h := servertest.NewConfig(t, func(c *server.Config) {
+		c.Listen = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()}
+	}, nil)
+	h.StartGo("5301", "5302")
+	v6 := netip.AddrPortFrom(netip.IPv6Loopback(), h.Addr.Port())
+	if _, _, err := testbed.Query(v6, netip.IPv6Loopback(), false, "who.example.", dns.TypeTXT); err != nil {
+		t.Fatal(err)
+	}
+	h.Who(testbed.Loopback(1), false)
+	out, errs, code := balstat(t, h)
+	if code != 0 || errs != "" {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	golden(t, "ipv6", out)
+	// -r takes an IPv6 address.
+	out, _, _ = balstat(t, h, "-r", "::1")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); !strings.HasPrefix(lines[len(lines)-1], "::1 ") || len(lines) != 8 {
+		t.Fatalf("balstat -r ::1:\n%s", out)
+	}
+}
