@@ -37,8 +37,10 @@ type load struct {
 	samples    atomic.Uint64 // answers measured (never reset: slowness checks compare it)
 	weight     atomic.Int32
 	slow       atomic.Bool // answering far slower than its peers (see Set.CheckSlow)
-	// samples and unanswered at the last check: Set.CheckSlow's own.
+	// samples and unanswered at the last check, and the checks since a
+	// slow backend was last measured: Set.CheckSlow's own.
 	slowSamples, slowUnanswered uint64
+	slowUnmeasured              int
 }
 
 // QueriesSent records n queries sent on to the backend, now waiting for
@@ -143,13 +145,18 @@ const (
 	// unansweredLatency stands in for the latency of a backend that
 	// answered nothing while queries went unanswered.
 	unansweredLatency = time.Second
+	// slowForget is how many checks a slow backend stays slow with
+	// nothing measured (its clients quiet, or all moved away) before it
+	// is given another chance.
+	slowForget = 4
 )
 
 // CheckSlow finds, among the ok backends measured since the last check,
 // those answering far slower than their peers (marking them slow, which
-// Pick then passes over under PolicyLeastLoaded) and returns their IDs.
-// A backend with nothing measured since the last check is given the
-// benefit of the doubt. Under PolicyRoundRobin it does nothing.
+// Pick then passes over under PolicyLeastLoaded), and returns the IDs of
+// the backends marked slow. A slow backend with nothing measured stays
+// slow for slowForget checks, then is given another chance. Under
+// PolicyRoundRobin it does nothing.
 func (s *Set) CheckSlow() []ID {
 	if s.cfg.Policy != PolicyLeastLoaded {
 		return nil
@@ -174,11 +181,18 @@ func (s *Set) CheckSlow() []ID {
 			ms = append(ms, measure{b, b.Latency()})
 		case newUnans > 0:
 			ms = append(ms, measure{b, unansweredLatency})
-		default:
-			b.setSlow(false, 0, 0)
+		case b.Slow():
+			if l.slowUnmeasured++; l.slowUnmeasured >= slowForget {
+				b.setSlow(false, 0, 0)
+			}
 		}
 	}
 	var slow []ID
+	for _, b := range s.All() {
+		if b.OK() && b.Slow() && !slices.ContainsFunc(ms, func(m measure) bool { return m.b == b }) {
+			slow = append(slow, b.id) // still slow, unmeasured
+		}
+	}
 	for i, m := range ms {
 		peers := make([]time.Duration, 0, len(ms)-1)
 		for j, o := range ms {
@@ -194,6 +208,7 @@ func (s *Set) CheckSlow() []ID {
 		median := peers[len(peers)/2]
 		isSlow := m.lat > slowFactor*median && m.lat-median > slowFloor
 		m.b.setSlow(isSlow, m.lat, median)
+		m.b.load.slowUnmeasured = 0
 		if isSlow {
 			slow = append(slow, m.b.id)
 		}

@@ -523,17 +523,19 @@ func move(counts map[backend.ID]int, from, to backend.ID) {
 
 // Rebalance clears the assignment of enough remotes of the fullest
 // eligible backend to bring the spread down, as described in the package
-// comment, and sheds half the remotes of each backend found slow. It
-// returns the number of remotes cleared.
+// comment, and sheds half the remotes of each backend found slow (rounded
+// down: one stays, whose queries go on measuring it), which the spread
+// then leaves out. It returns the number of remotes cleared.
 func (t *Table) Rebalance() int {
 	cleared := 0
-	for _, id := range t.cfg.Backends.CheckSlow() {
+	slow := t.cfg.Backends.CheckSlow()
+	for _, id := range slow {
 		t.mu.Lock()
-		n := (t.primaries[id] + 1) / 2
+		n := t.primaries[id] / 2
 		t.mu.Unlock()
 		cleared += t.shed(id, n, "rebalancing away from slow backend")
 	}
-	ok := t.cfg.Backends.EligibleIDs()
+	ok := slices.DeleteFunc(t.cfg.Backends.EligibleIDs(), func(id backend.ID) bool { return slices.Contains(slow, id) })
 	if len(ok) == 0 {
 		return cleared
 	}

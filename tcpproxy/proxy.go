@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -197,22 +196,9 @@ func (p *Proxy) Drain(d time.Duration) bool {
 	return true
 }
 
-// Files returns duplicates of the listeners' descriptors, in order, for
-// a successor process.
-func (p *Proxy) Files() ([]*os.File, error) {
-	var out []*os.File
-	for _, ln := range p.lns {
-		f, err := ln.File()
-		if err != nil {
-			for _, f := range out {
-				f.Close()
-			}
-			return nil, err
-		}
-		out = append(out, f)
-	}
-	return out, nil
-}
+// Listeners returns the listeners, in order: a successor process
+// inherits them.
+func (p *Proxy) Listeners() []*net.TCPListener { return p.lns }
 
 // Close stops accepting, closes every session and waits for them.
 func (p *Proxy) Close() {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -212,21 +211,14 @@ func (p *Proxy) StopReading() {
 	p.wg.Wait()
 }
 
-// Files returns duplicates of the sockets' descriptors, in order, for a
-// successor process.
-func (p *Proxy) Files() ([]*os.File, error) {
-	var out []*os.File
-	for _, l := range p.ls {
-		f, err := l.conn.File()
-		if err != nil {
-			for _, f := range out {
-				f.Close()
-			}
-			return nil, err
-		}
-		out = append(out, f)
+// Conns returns the sockets, in order: a successor process inherits
+// them.
+func (p *Proxy) Conns() []*net.UDPConn {
+	out := make([]*net.UDPConn, len(p.ls))
+	for i, l := range p.ls {
+		out[i] = l.conn
 	}
-	return out, nil
+	return out
 }
 
 // Close closes the sockets and waits for the readers to stop.

@@ -316,18 +316,18 @@ func (b *Balancer) Handover(args []string, drain time.Duration) error {
 		files = append(files, f)
 		spec = append(spec, fmt.Sprintf("%s:%d", name, 2+len(files)))
 	}
-	ufs, err := b.UDP.Files()
-	if err != nil {
-		return err
-	}
-	for _, f := range ufs {
+	for _, c := range b.UDP.Conns() {
+		f, err := c.File()
+		if err != nil {
+			return err
+		}
 		add("udp", f)
 	}
-	tfs, err := b.TCP.Files()
-	if err != nil {
-		return err
-	}
-	for _, f := range tfs {
+	for _, ln := range b.TCP.Listeners() {
+		f, err := ln.File()
+		if err != nil {
+			return err
+		}
 		add("tcp", f)
 	}
 	if b.debug != nil {
