@@ -118,12 +118,16 @@ func TestMetricsParseAndMove(t *testing.T) {
 		{"bbal_udp_received_packets_total", nil, 5},
 		{"bbal_udp_sent_packets_total", nil, 5},
 		{"bbal_tcp_connections_total", nil, 1},
+		{"bbal_backend_answered_total", b5301, 5},
+		{"bbal_backend_unanswered_total", b5301, 0},
+		{"bbal_udp_replies_unmatched_total", nil, 0},
 	} {
 		if d := value(t, after, m.name, m.labels) - value(t, before, m.name, m.labels); d != m.delta {
 			t.Errorf("%s%v moved by %v, want %v", m.name, m.labels, d, m.delta)
 		}
 	}
-	for name, want := range map[string]float64{"bbal_backend_up": 1, "bbal_backend_remotes": 1} {
+	for name, want := range map[string]float64{"bbal_backend_up": 1, "bbal_backend_remotes": 1,
+		"bbal_backend_weight": 1, "bbal_backend_slow": 0, "bbal_backend_outstanding_queries": 0} {
 		if v := value(t, after, name, b5301); v != want {
 			t.Errorf("%s = %v, want %v", name, v, want)
 		}
