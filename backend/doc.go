@@ -78,6 +78,19 @@
 // became ok or since the last answer, the backend is faulted with reason
 // probe_timeout, and reconnected with the usual back-off.
 //
+// # Placement and load
+//
+// [Set.Pick] chooses the backend of a new remote by the Set's [Policy]:
+// the original's round-robin in ID order (smooth weighted round-robin
+// when the weights differ), or least-loaded: the fewest queries
+// outstanding per unit of weight, then the fewest remotes per unit of
+// weight, passing over backends found slow. The UDP proxy measures the
+// load ([Backend.QueriesSent], [Backend.QueriesAnswered],
+// [Backend.QueryForgotten], [Backend.QueryMoved]); [Set.CheckSlow], at
+// each rebalance, marks slow a backend whose answers take far longer than
+// its peers'. When a backend stops being ok, Config.Down is called, so
+// that the proxy can send its unanswered queries elsewhere.
+//
 // # Restarts
 //
 // A new process taking over from an old one ([Set.Restore]) recreates
