@@ -118,3 +118,37 @@ func TestRepliesLeaveFromTheAddressTheQueryCameTo(t *testing.T) {
 		t.Fatalf("%d replies matched no query", st.Unmatched)
 	}
 }
+
+func TestServfailLeavesFromTheQueryAddressToo(t *testing.T) {
+	h := servertest.NewConfig(t, func(c *server.Config) {
+		c.Listen = []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()}
+		c.ServfailWhenDown = true
+	}, nil)
+	// No backend: every query is answered SERVFAIL by bbal itself.
+	r, _, err := testbed.Query(at(h, "::1"), netip.IPv6Loopback(), false, "who.example.", dns.TypeTXT)
+	if err != nil || r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("over IPv6: %v, %v", r, err)
+	}
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	q := new(dns.Msg)
+	q.SetQuestion("who.example.", dns.TypeTXT)
+	wire, _ := q.Pack()
+	pc.WriteToUDPAddrPort(wire, at(h, "127.0.0.3"))
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1500)
+	n, from, err := pc.ReadFromUDPAddrPort(buf)
+	var resp dns.Msg
+	if err != nil || resp.Unpack(buf[:n]) != nil || resp.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("over IPv4: %v %v", &resp, err)
+	}
+	if from != at(h, "127.0.0.3") {
+		t.Fatalf("SERVFAIL for a query to 127.0.0.3 came from %v", from)
+	}
+	if st := h.B.UDP.Stats(); st.Servfails != 2 {
+		t.Fatalf("%d SERVFAILs counted", st.Servfails)
+	}
+}
