@@ -294,6 +294,8 @@ func (p *Proxy) sweep() {
 	p.mu.Lock()
 	for s := range p.sessions {
 		switch {
+		case s.limited.Load():
+			// Closed by an earlier sweep, not yet gone.
 		case now-s.accepted >= life:
 			old, which = append(old, s), append(which, LimitLifetime)
 		case s.piping.Load() && s.queries.Load() == s.answers.Load() && now-s.lastActive.Load() >= idle:
@@ -302,6 +304,7 @@ func (p *Proxy) sweep() {
 	}
 	p.mu.Unlock()
 	for i, s := range old {
+		s.limited.Store(true)
 		d := p.cfg.IdleTimeout
 		if which[i] == LimitLifetime {
 			d = p.cfg.MaxLifetime
@@ -309,7 +312,7 @@ func (p *Proxy) sweep() {
 		p.limitHit(which[i], s.addr, d.String())
 		s.closeBoth()
 	}
-	p.sweepT.Set(sweepInterval)
+	p.sweepT.Again(sweepInterval)
 }
 
 // session is one proxied client connection.
@@ -322,6 +325,7 @@ type session struct {
 	back     *net.UnixConn
 	closed   bool
 	timedOut atomic.Bool
+	limited  atomic.Bool // closed by a limit (sweep's)
 
 	addr      netip.Addr // the client's
 	port      uint16

@@ -66,7 +66,15 @@ func (s *Set) NewTimeout(name string, fn func()) *Timeout {
 func (t *Timeout) Name() string { return t.name }
 
 // Set arms t to fire d from now, moving it if it was already armed.
-func (t *Timeout) Set(d time.Duration) {
+func (t *Timeout) Set(d time.Duration) { t.arm(d, false) }
+
+// Again arms t to fire d after it last fell due, or at once if that is
+// already past: for a periodic timer re-armed from its own callback,
+// which may run late (a busy machine, a fake clock moved on meanwhile),
+// so that the late run does not push every later one back.
+func (t *Timeout) Again(d time.Duration) { t.arm(d, true) }
+
+func (t *Timeout) arm(d time.Duration, again bool) {
 	s := t.set
 	s.mu.Lock()
 	if t.armed {
@@ -74,7 +82,15 @@ func (t *Timeout) Set(d time.Duration) {
 	}
 	s.seq++
 	t.seq = s.seq
-	t.due = s.clock.Now().Add(d)
+	now := s.clock.Now()
+	if again && !t.due.IsZero() {
+		t.due = t.due.Add(d)
+		if t.due.Before(now) {
+			t.due = now
+		}
+	} else {
+		t.due = now.Add(d)
+	}
 	t.armed = true
 	s.tree.ReplaceOrInsert(t)
 	first, _ := s.tree.Min()

@@ -230,3 +230,34 @@ func TestBurstLimiter(t *testing.T) {
 		t.Fatalf("next interval: %v, held %d, want 5", ok, held)
 	}
 }
+
+func TestAgainKeepsAPeriodicScheduleWhenTheCallbackIsLate(t *testing.T) {
+	clock := NewFake(epoch)
+	s := New(clock)
+	var tick *Timeout
+	tick = s.NewTimeout("tick", func() {})
+	tick.Set(5 * time.Second)
+	// The callback runs at 12 s for the tick due at 5 s: the next is
+	// due at once (10 s is past), and the one after at 17 s, not 22 s.
+	clock.Advance(12 * time.Second)
+	tick.Again(5 * time.Second)
+	if due, ok := tick.Armed(); !ok || !due.Equal(epoch.Add(12*time.Second)) {
+		t.Fatalf("due %v, want now", due)
+	}
+	tick.Again(5 * time.Second)
+	if due, _ := tick.Armed(); !due.Equal(epoch.Add(17 * time.Second)) {
+		t.Fatalf("due %v, want 17 s", due)
+	}
+	// On time, Again is Set.
+	clock.Advance(5 * time.Second)
+	tick.Again(5 * time.Second)
+	if due, _ := tick.Armed(); !due.Equal(epoch.Add(22 * time.Second)) {
+		t.Fatalf("due %v, want 22 s", due)
+	}
+	// Never armed: from now.
+	fresh := s.NewTimeout("fresh", func() {})
+	fresh.Again(time.Second)
+	if due, _ := fresh.Armed(); !due.Equal(epoch.Add(18 * time.Second)) {
+		t.Fatalf("fresh due %v", due)
+	}
+}

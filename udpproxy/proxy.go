@@ -356,7 +356,7 @@ func (p *Proxy) sweep() {
 			be.QueryForgotten(false)
 		}
 	})
-	p.sweepT.Set(FlightAge)
+	p.sweepT.Again(FlightAge)
 }
 
 // Resend sends the queries backend be has not answered (up to FlightAge
