@@ -272,12 +272,12 @@ func (t *Table) maintain() {
 
 func (t *Table) rebalanceTick() {
 	t.Rebalance()
-	t.rebalanceT.Set(t.cfg.RebalanceInterval)
+	t.rebalanceT.Again(t.cfg.RebalanceInterval)
 }
 
 func (t *Table) expireTick() {
 	t.Expire()
-	t.expireT.Set(t.cfg.ExpireInterval)
+	t.expireT.Again(t.cfg.ExpireInterval)
 }
 
 func (t *Table) now() uint32 {
