@@ -234,8 +234,7 @@ func TestBurstLimiter(t *testing.T) {
 func TestAgainKeepsAPeriodicScheduleWhenTheCallbackIsLate(t *testing.T) {
 	clock := NewFake(epoch)
 	s := New(clock)
-	var tick *Timeout
-	tick = s.NewTimeout("tick", func() {})
+	tick := s.NewTimeout("tick", func() {})
 	tick.Set(5 * time.Second)
 	// The callback runs at 12 s for the tick due at 5 s: the next is
 	// due at once (10 s is past), and the one after at 17 s, not 22 s.
