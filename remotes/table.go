@@ -287,14 +287,14 @@ func (t *Table) now() uint32 {
 // Route finds the remote for ip (its network, with PrefixBits), creating
 // it if it is new, marks it seen, and returns it with the backend to use
 // (0 when no backend is ok) and the IPv4 address the backend is to be
-// told: ip itself, or an IPv6 client's stand-in (0 when it could be
-// given none: the table or the stand-in range is full; the caller drops
-// the packet). When the table is full, a new IPv4 client gets no record:
-// it is served by HashID, and the Remote returned is the shared one that
-// counts such clients.
-//
-// ip must not be an IPv4 address within the stand-in range (see
-// InStandins); an IPv4-mapped IPv6 address is taken as the IPv4 one.
+// told: ip itself, or an IPv6 client's stand-in. That address is 0 when
+// the client is not to be served, and the caller drops the packet: an
+// IPv4 address within the stand-in range (which no real client has), or
+// an IPv6 client that could be given no stand-in (the table or the range
+// is full). When the table is full, a new IPv4 client gets no record: it
+// is served by HashID, and the Remote returned is the shared one that
+// counts such clients. An IPv4-mapped IPv6 address is taken as the IPv4
+// one.
 func (t *Table) Route(ip netip.Addr) (*Remote, backend.ID, uint32) {
 	return t.RouteAt(ip, t.clock.Now().UnixNano())
 }
@@ -311,9 +311,10 @@ func (t *Table) route(ip netip.Addr, now uint32) (*Remote, backend.ID, uint32) {
 	k, wire := ip, uint32(0)
 	if ip.Is4() {
 		wire = protocol.AddrToU32(ip)
-		if t.mask != ^uint32(0) {
-			k = protocol.U32ToAddr(wire & t.mask)
+		if t.InStandins(wire) {
+			return &t.overflow, 0, 0
 		}
+		k = t.network(ip)
 	}
 	ek := key(k)
 	t.mu.Lock()
@@ -403,12 +404,27 @@ func (t *Table) InStandins(ip uint32) bool { return ip-t.sFirst < t.sSize }
 // Standins returns the stand-in range.
 func (t *Table) Standins() netip.Prefix { return t.cfg.Standins }
 
-// Client returns the IPv6 client whose stand-in ip is.
+// Client returns the client that ip (an address as the backends know
+// it) stands for: the IPv6 client whose stand-in it is, or the IPv4
+// address itself outside the stand-in range; false for a stand-in no
+// client has.
 func (t *Table) Client(ip uint32) (netip.Addr, bool) {
+	if !t.InStandins(ip) {
+		return protocol.U32ToAddr(ip), true
+	}
 	t.smu.RLock()
 	a, ok := t.standins[ip]
 	t.smu.RUnlock()
 	return a, ok
+}
+
+// network returns the key of the IPv4 address ip: its network, with
+// PrefixBits.
+func (t *Table) network(ip netip.Addr) netip.Addr {
+	if t.mask == ^uint32(0) {
+		return ip
+	}
+	return protocol.U32ToAddr(protocol.AddrToU32(ip) & t.mask)
 }
 
 // NoStandin returns the number of datagrams and connections from IPv6
@@ -689,7 +705,7 @@ func (t *Table) Restore(in Info) {
 	}
 	k := in.Addr.Unmap()
 	if k.Is4() {
-		k = protocol.U32ToAddr(protocol.AddrToU32(k) & t.mask)
+		k = t.network(k)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -788,7 +804,7 @@ type Info struct {
 func (t *Table) Lookup(ip netip.Addr) (Info, bool) {
 	ip = ip.Unmap()
 	if ip.Is4() {
-		ip = protocol.U32ToAddr(protocol.AddrToU32(ip) & t.mask)
+		ip = t.network(ip)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()

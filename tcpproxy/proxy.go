@@ -386,17 +386,17 @@ func (s *session) serve() {
 		p.wg.Done()
 	}()
 
-	if s.addr.Is4() && p.cfg.Table.InStandins(protocol.AddrToU32(s.addr)) {
-		s.drop(DropStandinRange)
-		return
-	}
 	if e := p.log.Debug(); e != nil {
 		e.Uint64("conn_id", s.id).Stringer("remote_ip", s.addr).Uint16("remote_port", s.port).
 			Msg("inbound TCP connection")
 	}
 	rem, id, ip := p.cfg.Table.Route(s.addr)
 	if ip == 0 {
-		s.drop(DropNoStandin)
+		if s.addr.Is4() {
+			s.drop(DropStandinRange)
+		} else {
+			s.drop(DropNoStandin)
+		}
 		return
 	}
 	s.backendID = id

@@ -219,28 +219,38 @@ func (q *sendQueue) add(data []byte, to netip.AddrPort, o *origin) {
 	}
 	h.Control = nil
 	h.SetControllen(0)
-	if q.l.pktinfo && o != nil && o.local != ([16]byte{}) {
-		ctl := q.ctls[i][:]
-		c := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
-		if !q.l.v6 {
-			c.Level, c.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
-			c.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
-			pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&ctl[unix.CmsgLen(0)]))
-			*pi = unix.Inet4Pktinfo{Spec_dst: netip.AddrFrom16(o.local).Unmap().As4()}
-			h.SetControllen(unix.CmsgSpace(unix.SizeofInet4Pktinfo))
-		} else {
-			c.Level, c.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
-			c.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
-			pi := (*unix.Inet6Pktinfo)(unsafe.Pointer(&ctl[unix.CmsgLen(0)]))
-			*pi = unix.Inet6Pktinfo{Addr: o.local}
-			if netip.AddrFrom16(o.local).IsLinkLocalUnicast() {
-				pi.Ifindex = o.ifindex
-			}
-			h.SetControllen(unix.CmsgSpace(unix.SizeofInet6Pktinfo))
+	if q.l.pktinfo {
+		if n := putPktinfo(q.ctls[i][:], q.l.v6, o); n > 0 {
+			h.Control = &q.ctls[i][0]
+			h.SetControllen(n)
 		}
-		h.Control = &ctl[0]
 	}
 	q.n++
+}
+
+// putPktinfo writes into b (ctlLen bytes) the control message that sends
+// a datagram from o's address, on a socket of the family v6 says, and
+// returns its length: 0 when o has no address, and the kernel chooses.
+func putPktinfo(b []byte, v6 bool, o *origin) int {
+	if o == nil || o.local == ([16]byte{}) {
+		return 0
+	}
+	c := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	if !v6 {
+		c.Level, c.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
+		c.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+		pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&b[unix.CmsgLen(0)]))
+		*pi = unix.Inet4Pktinfo{Spec_dst: netip.AddrFrom16(o.local).Unmap().As4()}
+		return unix.CmsgSpace(unix.SizeofInet4Pktinfo)
+	}
+	c.Level, c.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
+	c.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
+	pi := (*unix.Inet6Pktinfo)(unsafe.Pointer(&b[unix.CmsgLen(0)]))
+	*pi = unix.Inet6Pktinfo{Addr: o.local}
+	if netip.AddrFrom16(o.local).IsLinkLocalUnicast() {
+		pi.Ifindex = o.ifindex // a link-local address needs its link
+	}
+	return unix.CmsgSpace(unix.SizeofInet6Pktinfo)
 }
 
 // flush sends what was added; it returns how many could not be sent.

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -295,9 +294,6 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		p.drop(DropOversized)
 		p.warnOversized(ip, n)
 		return nil
-	case ip.Is4() && table.InStandins(protocol.AddrToU32(ip)):
-		p.drop(DropStandinRange)
-		return nil
 	}
 	if e := p.log.Trace(); e != nil {
 		e.Stringer("remote_ip", ip).Uint16("remote_port", port).Int("len", n).
@@ -305,7 +301,11 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	}
 	rem, id, wire := table.RouteAt(ip, now)
 	if wire == 0 {
-		p.drop(DropNoStandin)
+		if ip.Is4() {
+			p.drop(DropStandinRange)
+		} else {
+			p.drop(DropNoStandin)
+		}
 		return nil
 	}
 	be := p.backends.Load().Get(id)
@@ -373,14 +373,11 @@ func (p *Proxy) Resend(be *backend.Backend) {
 	frame := make([]byte, protocol.UDPHeaderLen+keepLen)
 	p.flights.each(be.ID(), now, func(key uint64, f *flightInfo, query []byte) {
 		wire, port := uint32(key>>32), uint16(key>>16)
-		client := protocol.U32ToAddr(wire)
-		if table.InStandins(wire) {
-			var ok bool
-			if client, ok = table.Client(wire); !ok {
-				p.unresent.Add(1)
-				stuck++
-				return
-			}
+		client, ok := table.Client(wire)
+		if !ok {
+			p.unresent.Add(1)
+			stuck++
+			return
 		}
 		_, id, _ := table.RouteAt(client, now)
 		to := set.Get(id)
@@ -423,9 +420,10 @@ func (p *Proxy) answerServfail(l *listener, query []byte, to netip.AddrPort, o *
 	if resp == nil {
 		return
 	}
+	var ctl [ctlLen]byte
 	var oob []byte
 	if l.pktinfo {
-		oob = pktinfo(l.v6, o)
+		oob = ctl[:putPktinfo(ctl[:], l.v6, o)]
 	}
 	if _, _, err := l.conn.WriteMsgUDPAddrPort(resp, oob, to); err != nil {
 		p.sendErrors.Add(1)
@@ -434,30 +432,6 @@ func (p *Proxy) answerServfail(l *listener, query []byte, to netip.AddrPort, o *
 	p.servfails.Add(1)
 	p.packetsOut.Add(1)
 	p.bytesOut.Add(uint64(len(resp)))
-}
-
-// pktinfo returns the control message that sends a datagram from o's
-// address.
-func pktinfo(v6 bool, o *origin) []byte {
-	if v6 {
-		b := make([]byte, unix.CmsgSpace(unix.SizeofInet6Pktinfo))
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
-		h.Level, h.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
-		h.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
-		pi := (*unix.Inet6Pktinfo)(unsafe.Pointer(&b[unix.CmsgLen(0)]))
-		pi.Addr = o.local
-		if netip.AddrFrom16(o.local).IsLinkLocalUnicast() {
-			pi.Ifindex = o.ifindex
-		}
-		return b
-	}
-	b := make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
-	h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
-	h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
-	pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&b[unix.CmsgLen(0)]))
-	pi.Spec_dst = netip.AddrFrom16(o.local).Unmap().As4()
-	return b
 }
 
 func (p *Proxy) warnOversized(ip netip.Addr, n int) {
@@ -519,13 +493,12 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 		p.unmatched.Add(1)
 	}
 	client := to.Addr()
-	if table := p.table.Load(); table != nil && table.InStandins(wire) {
-		c, ok := table.Client(wire)
-		if !ok {
+	if table := p.table.Load(); table != nil {
+		var ok bool
+		if client, ok = table.Client(wire); !ok {
 			p.lostReplies.Add(1)
 			return
 		}
-		client = c
 	}
 	var l *listener
 	if o != nil && int(o.lis) < len(p.ls) && p.ls[o.lis].v6 == client.Is6() {

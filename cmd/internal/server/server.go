@@ -169,11 +169,11 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		}
 	}
 	if cfg.Inherited != nil {
-		for i := range uconns {
-			undo = append(undo, uconns[i].Close)
+		for _, u := range uconns {
+			undo = append(undo, u.Close)
 		}
-		for i := range tlns {
-			undo = append(undo, tlns[i].Close)
+		for _, t := range tlns {
+			undo = append(undo, t.Close)
 		}
 	}
 	if cfg.User != "" {
