@@ -60,7 +60,8 @@ const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-
   -M BITS   pin IPv4 clients by network prefix, e.g. 24 for a /24
             (default 32)
   -6 PREFIX IPv4 range of IPv6 clients' stand-in addresses, which the
-            backends see (default 240.0.0.0/4)
+            backends see (default 240.0.0.0/4); a range outside reserved
+            and documentation space is refused unless written PREFIX,force
   -P POLICY backend of a new client: rr (round-robin, the original's) or
             least-loaded (fewest queries outstanding; slow backends shed
             clients) (default rr)
@@ -120,9 +121,9 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	if len(addrs) == 0 {
 		addrs = listenAddrs{netip.IPv4Unspecified()}
 	}
-	sp, err := netip.ParsePrefix(*standins)
-	if err != nil || !sp.Addr().Is4() || sp.Bits() < 1 || sp.Bits() > 30 {
-		return config{}, fmt.Errorf("invalid -6 %q (want an IPv4 prefix, /1 to /30, such as 240.0.0.0/4)", *standins)
+	sp, err := parseStandins(*standins)
+	if err != nil {
+		return config{}, err
 	}
 	for _, a := range addrs {
 		if sp.Contains(a) {
@@ -166,8 +167,11 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	if *prefixBits < 1 || *prefixBits > 32 {
 		return config{}, fmt.Errorf("invalid -M %d (want 1 to 32)", *prefixBits)
 	}
-	if *tcpMax < 1 || *tcpPerIP < 1 {
-		return config{}, fmt.Errorf("invalid -T %d or -C %d (want at least 1)", *tcpMax, *tcpPerIP)
+	if *tcpMax < 1 {
+		return config{}, fmt.Errorf("invalid -T %d (want at least 1)", *tcpMax)
+	}
+	if *tcpPerIP < 1 {
+		return config{}, fmt.Errorf("invalid -C %d (want at least 1)", *tcpPerIP)
 	}
 	idle, err := parseSecs("-I", *tcpIdle)
 	if err != nil {
@@ -178,7 +182,10 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 		return config{}, err
 	}
 	var pr server.Probe
-	if *probe != "" {
+	if given(fs, "H") {
+		if *probe == "" {
+			return config{}, errors.New("-H needs a name, e.g. -H example.com/SOA (leave -H out for no health checks)")
+		}
 		if pr, err = server.ParseProbe(*probe); err != nil {
 			return config{}, fmt.Errorf("-H: %w", err)
 		}
@@ -196,12 +203,53 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 		socketDir:   *dir,
 		listen:      addrs,
 		port:        uint16(p),
-		standins:    sp.Masked(),
+		standins:    sp,
 		policy:      pol,
 		level:       lvl,
 		debugSocket: *debug,
 		metricsAddr: *metrics,
 	}, nil
+}
+
+// given reports whether the flag name was on the command line.
+func given(fs *flag.FlagSet, name string) bool {
+	found := false
+	fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
+}
+
+// standinSafe are the IPv4 blocks no real client has an address in:
+// reserved, benchmarking and documentation space (RFC 6890). A stand-in
+// range elsewhere would take real clients' addresses, whose queries are
+// then dropped (standin_range).
+var standinSafe = []netip.Prefix{
+	netip.MustParsePrefix("240.0.0.0/4"),
+	netip.MustParsePrefix("198.18.0.0/15"),
+	netip.MustParsePrefix("192.0.2.0/24"),
+	netip.MustParsePrefix("198.51.100.0/24"),
+	netip.MustParsePrefix("203.0.113.0/24"),
+}
+
+// forceSuffix after a -6 range takes it although real clients may use it.
+const forceSuffix = ",force"
+
+// parseStandins parses -6: an IPv4 prefix of /1 to /30, inside one of
+// the standinSafe blocks unless it ends in forceSuffix.
+func parseStandins(v string) (netip.Prefix, error) {
+	arg, force := strings.CutSuffix(v, forceSuffix)
+	sp, err := netip.ParsePrefix(arg)
+	if err != nil || !sp.Addr().Is4() || sp.Bits() < 1 || sp.Bits() > 30 {
+		return netip.Prefix{}, fmt.Errorf("invalid -6 %q (want an IPv4 prefix, /1 to /30, such as 240.0.0.0/4)", v)
+	}
+	sp = sp.Masked()
+	if !force && !slices.ContainsFunc(standinSafe, func(b netip.Prefix) bool {
+		return b.Bits() <= sp.Bits() && b.Contains(sp.Addr())
+	}) {
+		return netip.Prefix{}, fmt.Errorf("-6 %v may hold real clients' addresses, whose queries would be dropped; "+
+			"use a range within 240.0.0.0/4, 198.18.0.0/15 or a documentation block, or write -6 %v%s to use it anyway",
+			sp, sp, forceSuffix)
+	}
+	return sp, nil
 }
 
 // maxListen bounds the -b addresses.

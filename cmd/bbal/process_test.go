@@ -65,10 +65,11 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"-s", dir, "-b", "::1", "-b", "::1"}, "", `bbal: invalid value "::1" for flag -b: given twice`},
 		{[]string{"-s", dir, "-6", "10.0.0.0/31"}, "", `bbal: invalid -6 "10.0.0.0/31" (want an IPv4 prefix, /1 to /30, such as 240.0.0.0/4)`},
 		{[]string{"-s", dir, "-6", "fd00::/8"}, "", `bbal: invalid -6 "fd00::/8" (want an IPv4 prefix, /1 to /30, such as 240.0.0.0/4)`},
-		{[]string{"-s", dir, "-b", "127.0.0.1", "-6", "127.0.0.0/8"}, "", `bbal: listen address 127.0.0.1 is within the stand-in range -6 127.0.0.0/8`},
+		{[]string{"-s", dir, "-b", "127.0.0.1", "-6", "127.0.0.0/8,force"}, "", `bbal: listen address 127.0.0.1 is within the stand-in range -6 127.0.0.0/8`},
 		{[]string{"-s", dir, "-P", "64"}, "", `bbal: invalid -P "64": -P takes a policy, rr or least-loaded (the per-address TCP connection limit is -C)`},
 		{[]string{"-s", dir, "-P", "fastest"}, "", `bbal: invalid -P "fastest" (want rr or least-loaded)`},
-		{[]string{"-s", dir, "-C", "0"}, "", `bbal: invalid -T 4096 or -C 0 (want at least 1)`},
+		{[]string{"-s", dir, "-C", "0"}, "", `bbal: invalid -C 0 (want at least 1)`},
+		{[]string{"-s", dir, "-T", "8", "-C", "0"}, "", `bbal: invalid -C 0 (want at least 1)`},
 		{[]string{"-s", dir, "-p", "65536"}, "", `bbal: invalid port for -p: "65536" (want 0 to 65535)`},
 		{[]string{"-s", dir, "-p", "dns"}, "", `bbal: invalid port for -p: "dns" (want 0 to 65535)`},
 		{[]string{"-s", dir, "extra"}, "", `bbal: unexpected argument "extra"`},
@@ -78,7 +79,11 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"-s", dir, "-m", "9100"}, "", `bbal: invalid address for -m: "9100" (want ADDR:PORT)`},
 		{[]string{"-s", dir, "-R", "0"}, "", `bbal: invalid -R 0 (want at least 1)`},
 		{[]string{"-s", dir, "-M", "33"}, "", `bbal: invalid -M 33 (want 1 to 32)`},
-		{[]string{"-s", dir, "-T", "0"}, "", `bbal: invalid -T 0 or -C 64 (want at least 1)`},
+		{[]string{"-s", dir, "-T", "0"}, "", `bbal: invalid -T 0 (want at least 1)`},
+		{[]string{"-s", dir, "-H", ""}, "", `bbal: -H needs a name, e.g. -H example.com/SOA (leave -H out for no health checks)`},
+		{[]string{"-s", dir, "-6", "10.0.0.0/8"}, "", `bbal: -6 10.0.0.0/8 may hold real clients' addresses, whose queries would be dropped; use a range within 240.0.0.0/4, 198.18.0.0/15 or a documentation block, or write -6 10.0.0.0/8,force to use it anyway`},
+		{[]string{"-s", dir, "-6", "224.0.0.0/3"}, "", `bbal: -6 224.0.0.0/3 may hold real clients' addresses, whose queries would be dropped; use a range within 240.0.0.0/4, 198.18.0.0/15 or a documentation block, or write -6 224.0.0.0/3,force to use it anyway`},
+		{[]string{"-s", dir, "-6", "10.0.0.0/8,forced"}, "", `bbal: invalid -6 "10.0.0.0/8,forced" (want an IPv4 prefix, /1 to /30, such as 240.0.0.0/4)`},
 		{[]string{"-s", dir, "-I", "soon"}, "", `bbal: invalid -I "soon" (want seconds, more than 0)`},
 		{[]string{"-s", dir, "-L", "-1"}, "", `bbal: invalid -L "-1" (want seconds, more than 0)`},
 		{[]string{"-s", dir, "-H", "a..b"}, "", `bbal: -H: invalid name "a..b" (want a domain name, e.g. example.com)`},
@@ -640,5 +645,35 @@ func TestZeroDowntimeRestart(t *testing.T) {
 	testbed.Eventually(t, "new process gone", func() bool { return syscall.Kill(newPid, 0) != nil })
 	if _, err := os.Stat(debug); err == nil {
 		t.Fatal("debug socket left behind by the new process")
+	}
+}
+
+// TestStandinRangeFlag: -6 takes reserved, benchmarking and
+// documentation space as it is, and any other range only when forced.
+func TestStandinRangeFlag(t *testing.T) {
+	for _, tt := range []struct {
+		arg  string
+		want string // the range taken; "" for refused
+	}{
+		{"240.0.0.0/4", "240.0.0.0/4"},
+		{"250.1.2.3/16", "250.1.0.0/16"},
+		{"198.18.0.0/15", "198.18.0.0/15"},
+		{"198.19.4.0/24", "198.19.4.0/24"},
+		{"192.0.2.0/24", "192.0.2.0/24"},
+		{"203.0.113.0/26", "203.0.113.0/26"},
+		{"10.0.0.0/8", ""},
+		{"100.64.0.0/10", ""},
+		{"192.0.0.0/16", ""}, // wider than the documentation block in it
+		{"0.0.0.0/1", ""},
+		{"10.0.0.0/8,force", "10.0.0.0/8"},
+		{"100.64.0.0/10,force", "100.64.0.0/10"},
+	} {
+		cfg, err := parseArgs([]string{"-s", "/tmp", "-6", tt.arg}, func(string) string { return "" })
+		switch {
+		case tt.want == "" && err == nil:
+			t.Errorf("-6 %s taken as %v, want it refused", tt.arg, cfg.standins)
+		case tt.want != "" && (err != nil || cfg.standins.String() != tt.want):
+			t.Errorf("-6 %s: %v, %v; want %s", tt.arg, cfg.standins, err, tt.want)
+		}
 	}
 }
