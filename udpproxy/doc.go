@@ -27,6 +27,15 @@
 // [Proxy.Resend] sends its unanswered queries to the backends their
 // clients use now.
 //
+// An answer that matches no query on record (a late one) leaves from
+// the first socket of the client's family if the client is known to the
+// remotes table ([remotes.Table.Known]; an IPv6 client by its stand-in,
+// with prefix pinning any address of a network that asked), and is
+// counted unmatched. Any other is dropped, counted unsolicited and
+// logged at most once per 5 s: a backend's flood to an address that
+// never asked must not leave bbal's DNS port. No lock is held on the
+// reply path when the table is asked.
+//
 // # Drops
 //
 // A datagram is dropped, and counted by reason, when it is longer than

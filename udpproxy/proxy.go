@@ -82,13 +82,15 @@ type Proxy struct {
 	bytesOut    atomic.Uint64
 	sendErrors  atomic.Uint64
 	drops       [numDrops]atomic.Uint64
-	unmatched   atomic.Uint64 // replies to no query on record
+	unmatched   atomic.Uint64 // replies to no query on record, sent to a known client
+	unsolicited atomic.Uint64 // replies to no query on record for a client not known, dropped
 	lostReplies atomic.Uint64 // replies to a stand-in of no client, or to a family with no listener
 	resent      atomic.Uint64 // queries sent again after their backend died
 	unresent    atomic.Uint64 // queries of a dead backend that could not be sent again
 
-	oversizeLog *timeouts.Limiter
-	sendLog     *timeouts.Limiter
+	oversizeLog    *timeouts.Limiter
+	sendLog        *timeouts.Limiter
+	unsolicitedLog *timeouts.Limiter
 
 	// servfail, when set, answers a query SERVFAIL when no backend is
 	// available instead of dropping it; out is the readers' scratch.
@@ -114,8 +116,9 @@ func New(conns []*net.UDPConn, ts *timeouts.Set, log zerolog.Logger) (*Proxy, er
 	}
 	clock := ts.Clock()
 	p := &Proxy{clock: clock, ts: ts, log: log, flights: newFlights(),
-		oversizeLog: timeouts.NewLimiter(clock, 5*time.Second),
-		sendLog:     timeouts.NewLimiter(clock, 5*time.Second),
+		oversizeLog:    timeouts.NewLimiter(clock, 5*time.Second),
+		sendLog:        timeouts.NewLimiter(clock, 5*time.Second),
+		unsolicitedLog: timeouts.NewLimiter(clock, 5*time.Second),
 	}
 	for i, c := range conns {
 		raw, err := c.SyscallConn()
@@ -462,9 +465,11 @@ func (p *Proxy) newSendBatch(be *backend.Backend) *sendBatch {
 
 // Add queues data, an answer from the batch's backend for to (a client
 // address or stand-in as the backend knows it), for the listener and
-// from the address its query came to; an answer to no query on record
-// leaves from the first listener of the client's family. A full queue
-// is sent at once.
+// from the address its query came to. An answer to no query on record
+// leaves from the first listener of the client's family if the client
+// is known to the remotes table (a late answer), and is dropped
+// otherwise: bbal's DNS port sends nothing to an address that never
+// asked. A full queue is sent at once.
 func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 	if len(data) == 0 {
 		return
@@ -472,6 +477,7 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 	p := b.p
 	wire := protocol.AddrToU32(to.Addr())
 	var o *origin
+	table := p.table.Load()
 	if len(data) >= 2 && p.flights.take(flightKey(wire, to.Port(), uint16(data[0])<<8|uint16(data[1])), &b.a) {
 		o = &b.a.origin
 		if b.now == 0 {
@@ -489,16 +495,24 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 			// Sent again elsewhere, answered here after all.
 			other.QueriesAnswered(1, 0, 0)
 		}
-	} else {
-		p.unmatched.Add(1)
 	}
-	client := to.Addr()
-	if table := p.table.Load(); table != nil {
-		var ok bool
-		if client, ok = table.Client(wire); !ok {
-			p.lostReplies.Add(1)
+	if table == nil {
+		// Not started: no query was sent on, so none is answered.
+		b.refuse(to.Addr(), to.Port())
+		return
+	}
+	client, ok := table.Client(wire)
+	if !ok {
+		p.lostReplies.Add(1)
+		return
+	}
+	if o == nil {
+		// No lock is held here; Known takes the remotes table's.
+		if !table.Known(client) {
+			b.refuse(client, to.Port())
 			return
 		}
+		p.unmatched.Add(1)
 	}
 	var l *listener
 	if o != nil && int(o.lis) < len(p.ls) && p.ls[o.lis].v6 == client.Is6() {
@@ -517,6 +531,18 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 		q.flush()
 	}
 	q.add(data, netip.AddrPortFrom(client, to.Port()), o)
+}
+
+// refuse drops an answer for client:port, which matches no query on
+// record and no known client, and counts and logs it (at most once per
+// 5 s): a backend that sends such replies would otherwise make bbal's
+// DNS port a reflector.
+func (b *sendBatch) refuse(client netip.Addr, port uint16) {
+	b.p.unsolicited.Add(1)
+	if ok, held := b.p.unsolicitedLog.Allow(); ok {
+		b.be.Logger().Warn().Stringer("remote_ip", client).Uint16("remote_port", port).Int64("suppressed", held).
+			Msg("dropping UDP reply to a client that asked nothing")
+	}
 }
 
 // count adds the answers collected so far to the backend's load.
@@ -549,7 +575,7 @@ func (b *sendBatch) Flush() (failed int) {
 // ResetCounters sets the proxy's counters back to zero.
 func (p *Proxy) ResetCounters() {
 	for _, c := range []*atomic.Uint64{&p.packetsIn, &p.bytesIn, &p.packetsOut, &p.bytesOut, &p.sendErrors, &p.servfails,
-		&p.unmatched, &p.lostReplies, &p.resent, &p.unresent} {
+		&p.unmatched, &p.unsolicited, &p.lostReplies, &p.resent, &p.unresent} {
 		c.Store(0)
 	}
 	for i := range p.drops {
@@ -567,9 +593,12 @@ type Stats struct {
 	SendErrors uint64
 	Drops      map[string]uint64
 	// Unmatched counts replies to no query on record (late beyond
-	// FlightAge, or unsolicited): they leave from the first socket of
-	// the client's family.
+	// FlightAge) for a client the remotes table knows: they leave from
+	// the first socket of the client's family.
 	Unmatched uint64
+	// Unsolicited counts replies to no query on record for a client
+	// the remotes table does not know: they are dropped.
+	Unsolicited uint64
 	// LostReplies counts replies that could not be sent: to a stand-in
 	// no client has, or to a family bbal does not listen on.
 	LostReplies uint64
@@ -584,7 +613,7 @@ func (p *Proxy) Stats() Stats {
 		PacketsOut: p.packetsOut.Load(), BytesOut: p.bytesOut.Load(),
 		SendErrors: p.sendErrors.Load(),
 		Servfails:  p.servfails.Load(),
-		Unmatched:  p.unmatched.Load(), LostReplies: p.lostReplies.Load(),
+		Unmatched:  p.unmatched.Load(), Unsolicited: p.unsolicited.Load(), LostReplies: p.lostReplies.Load(),
 		Resent: p.resent.Load(), Unresent: p.unresent.Load(),
 		Drops: make(map[string]uint64, numDrops),
 	}

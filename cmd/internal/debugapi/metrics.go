@@ -29,7 +29,8 @@ var (
 	mTCPAcceptEr = desc("bbal_tcp_accept_errors_total", "Failed accepts on the DNS TCP socket.")
 	mTCPLimits   = desc("bbal_tcp_limit_total", "Client TCP connections closed by a limit: max_conns, max_conns_per_ip, idle_timeout, max_lifetime.", "limit")
 	mServfails   = desc("bbal_udp_servfail_total", "Queries answered SERVFAIL for want of a backend (-F).")
-	mUnmatched   = desc("bbal_udp_replies_unmatched_total", "Replies to no query on record (later than 1 s, or unsolicited).")
+	mUnmatched   = desc("bbal_udp_replies_unmatched_total", "Replies to no query on record (later than 1 s) for a known client, sent.")
+	mUnsolicited = desc("bbal_udp_replies_unsolicited_total", "Replies to no query on record for a client not in the remotes table, dropped.")
 	mLostReplies = desc("bbal_udp_replies_lost_total", "Replies that could not be sent: to a stand-in of no client, or to a family not listened on.")
 	mResent      = desc("bbal_udp_resent_total", "Queries sent again to another backend after theirs died unanswering.")
 	mUnresent    = desc("bbal_udp_unresent_total", "Queries of a dead backend that could not be sent again.")
@@ -121,6 +122,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(mServfails, us.Servfails)
 	counter(mUnmatched, us.Unmatched)
+	counter(mUnsolicited, us.Unsolicited)
 	counter(mLostReplies, us.LostReplies)
 	counter(mResent, us.Resent)
 	counter(mUnresent, us.Unresent)
