@@ -20,10 +20,12 @@
 //
 // Every query sent on is kept (flights.go) until its answer comes or
 // FlightAge passes, keyed by client address (or stand-in), port and DNS
-// ID. The answer is sent from the socket, and with a wildcard socket from
-// the address (IP_PKTINFO, IPV6_PKTINFO), that the query came to; the
-// backend's outstanding queries and answer latency are measured from the
-// records ([backend.Backend.QueriesAnswered]); and when a backend dies,
+// ID; a retransmit with the same key is a copy on the same record,
+// counted as a duplicate. The answer is sent from the socket, and with
+// a wildcard socket from the address (IP_PKTINFO, IPV6_PKTINFO), that
+// the query (its first copy) came to; the backend's outstanding queries
+// and answer latency are measured from the records
+// ([backend.Backend.QueriesAnswered]); and when a backend dies,
 // [Proxy.Resend] sends its unanswered queries to the backends their
 // clients use now.
 //

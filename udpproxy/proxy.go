@@ -85,6 +85,7 @@ type Proxy struct {
 	unmatched   atomic.Uint64 // replies to no query on record, sent to a known client
 	unsolicited atomic.Uint64 // replies to no query on record for a client not known, dropped
 	lostReplies atomic.Uint64 // replies to a stand-in of no client, or to a family with no listener
+	duplicates  atomic.Uint64 // queries that were copies of one in flight
 	resent      atomic.Uint64 // queries sent again after their backend died
 	unresent    atomic.Uint64 // queries of a dead backend that could not be sent again
 
@@ -323,8 +324,11 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	}
 	// On record before it is sent, so that its answer finds it.
 	key := flightKey(wire, port, uint16(query[0])<<8|uint16(query[1]))
-	displaced, evicted := p.flights.put(key, id, o, query, now)
-	p.forget(displaced, evicted)
+	if pl := p.flights.put(key, id, o, query, now); pl.dup {
+		p.duplicates.Add(1)
+	} else {
+		p.forget(pl.displaced, pl.copies, pl.evicted)
+	}
 	protocol.PutUDPHeader(buf, protocol.FrameInboundUDP, wire, port, n)
 	if !be.SendUDP(buf[:protocol.UDPHeaderLen+n], now) {
 		var a answered
@@ -341,24 +345,22 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	return be
 }
 
-// forget counts a query of backend id displaced from the table.
-func (p *Proxy) forget(id backend.ID, evicted bool) {
+// forget counts copies of a query of backend id displaced from the
+// table.
+func (p *Proxy) forget(id backend.ID, copies int, evicted bool) {
 	if id == 0 {
 		return
 	}
 	if be := p.backends.Load().Get(id); be != nil {
-		be.QueryForgotten(evicted)
+		for range copies {
+			be.QueryForgotten(evicted)
+		}
 	}
 }
 
 // sweep forgets the queries not answered in FlightAge.
 func (p *Proxy) sweep() {
-	set := p.backends.Load()
-	p.flights.sweep(p.clock.Now().UnixNano(), func(id backend.ID) {
-		if be := set.Get(id); be != nil {
-			be.QueryForgotten(false)
-		}
-	})
+	p.flights.sweep(p.clock.Now().UnixNano(), func(id backend.ID, copies int) { p.forget(id, copies, false) })
 	p.sweepT.Again(FlightAge)
 }
 
@@ -398,8 +400,11 @@ func (p *Proxy) Resend(be *backend.Backend) {
 			return
 		}
 		moved++
-		f.be, f.resent = id, true
-		be.QueryMoved()
+		// Every copy be had is moved; one goes to the other backend.
+		for range f.copies {
+			be.QueryMoved()
+		}
+		f.be, f.resent, f.copies = id, true, 1
 		to.QueriesSent(1)
 		p.resent.Add(1)
 		if !slices.Contains(touched, to) {
@@ -487,7 +492,7 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 		if b.a.be == b.be.ID() {
 			// Counted, and the latency averaged, per batch.
 			b.answered++
-			if !b.a.resent {
+			if b.a.measure {
 				b.measured++
 				b.rttSum += rtt
 			}
@@ -575,7 +580,7 @@ func (b *sendBatch) Flush() (failed int) {
 // ResetCounters sets the proxy's counters back to zero.
 func (p *Proxy) ResetCounters() {
 	for _, c := range []*atomic.Uint64{&p.packetsIn, &p.bytesIn, &p.packetsOut, &p.bytesOut, &p.sendErrors, &p.servfails,
-		&p.unmatched, &p.unsolicited, &p.lostReplies, &p.resent, &p.unresent} {
+		&p.unmatched, &p.unsolicited, &p.lostReplies, &p.duplicates, &p.resent, &p.unresent} {
 		c.Store(0)
 	}
 	for i := range p.drops {
@@ -602,8 +607,13 @@ type Stats struct {
 	// LostReplies counts replies that could not be sent: to a stand-in
 	// no client has, or to a family bbal does not listen on.
 	LostReplies uint64
-	Resent      uint64 // queries sent again after their backend died
-	Unresent    uint64 // queries of a dead backend that could not be
+	// Duplicates counts queries with the DNS ID and client port of one
+	// still in flight to the same backend (a stub resolver's
+	// retransmits): each is counted on that query's record, and its
+	// answer leaves the way the first copy came in.
+	Duplicates uint64
+	Resent     uint64 // queries sent again after their backend died
+	Unresent   uint64 // queries of a dead backend that could not be
 }
 
 // Stats returns the proxy's counters.
@@ -614,7 +624,7 @@ func (p *Proxy) Stats() Stats {
 		SendErrors: p.sendErrors.Load(),
 		Servfails:  p.servfails.Load(),
 		Unmatched:  p.unmatched.Load(), Unsolicited: p.unsolicited.Load(), LostReplies: p.lostReplies.Load(),
-		Resent: p.resent.Load(), Unresent: p.unresent.Load(),
+		Duplicates: p.duplicates.Load(), Resent: p.resent.Load(), Unresent: p.unresent.Load(),
 		Drops: make(map[string]uint64, numDrops),
 	}
 	for r := range numDrops {

@@ -125,8 +125,10 @@ type Stats struct {
 		Unmatched   uint64 `json:"unmatched"`
 		Unsolicited uint64 `json:"unsolicited"`
 		LostReplies uint64 `json:"lost_replies"`
-		Resent      uint64 `json:"resent"`
-		Unresent    uint64 `json:"unresent"`
+		// Queries with the ID and client port of one in flight.
+		Duplicates uint64 `json:"duplicates"`
+		Resent     uint64 `json:"resent"`
+		Unresent   uint64 `json:"unresent"`
 	} `json:"udp"`
 	TCP struct {
 		Active       int64             `json:"active"`
