@@ -418,6 +418,22 @@ func (t *Table) Client(ip uint32) (netip.Addr, bool) {
 	return a, ok
 }
 
+// Known reports whether ip has a remote: a client heard from and not yet
+// forgotten. With PrefixBits, that of its network: every address of a
+// pinned network is known. A client served unpinned (the table full) is
+// not. It allocates nothing; the UDP proxy asks it of an answer that
+// matches no query in flight, which only a client that asked may have.
+func (t *Table) Known(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	if ip.Is4() {
+		ip = t.network(ip)
+	}
+	t.mu.Lock()
+	_, ok := t.tree.Get(key(ip))
+	t.mu.Unlock()
+	return ok
+}
+
 // network returns the key of the IPv4 address ip: its network, with
 // PrefixBits.
 func (t *Table) network(ip netip.Addr) netip.Addr {

@@ -310,6 +310,48 @@ func TestRouteAllocatesNothingForKnownRemotes(t *testing.T) {
 	}
 }
 
+func TestKnown(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		bits   int
+		asked  netip.Addr
+		known  []netip.Addr
+		others []netip.Addr
+	}{
+		{"address", 0, a4(0x0a000001), []netip.Addr{a4(0x0a000001), netip.MustParseAddr("::ffff:10.0.0.1")},
+			[]netip.Addr{a4(0x0a000002), a4(0x0a000000)}},
+		// With PrefixBits the table knows networks: any address of one
+		// that asked.
+		{"prefix", 24, a4(0x0a000001), []netip.Addr{a4(0x0a000001), a4(0x0a0000fe)}, []netip.Addr{a4(0x0a000101)}},
+		{"IPv6", 0, netip.MustParseAddr("2001:db8::1"), []netip.Addr{netip.MustParseAddr("2001:db8::1")},
+			[]netip.Addr{netip.MustParseAddr("2001:db8::2")}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tab, clock, _ := newTableConfig(t, Config{Backends: newFake(1), PrefixBits: c.bits})
+			tab.Route(c.asked)
+			for _, a := range c.known {
+				if !tab.Known(a) {
+					t.Errorf("%v not known", a)
+				}
+			}
+			for _, a := range c.others {
+				if tab.Known(a) {
+					t.Errorf("%v known", a)
+				}
+			}
+			if a := testing.AllocsPerRun(1000, func() { tab.Known(c.known[0]); tab.Known(c.others[0]) }); a != 0 {
+				t.Fatalf("Known allocates %.1f", a)
+			}
+			// A forgotten client is not known.
+			clock.Advance(DefaultExpireAfter + time.Minute)
+			tab.Expire()
+			if tab.Known(c.asked) {
+				t.Errorf("%v known after expiry", c.asked)
+			}
+		})
+	}
+}
+
 func TestResetCounters(t *testing.T) {
 	tab, _, _ := newTable(t, newFake(1))
 	for n := range 5000 {

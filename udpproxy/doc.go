@@ -20,12 +20,23 @@
 //
 // Every query sent on is kept (flights.go) until its answer comes or
 // FlightAge passes, keyed by client address (or stand-in), port and DNS
-// ID. The answer is sent from the socket, and with a wildcard socket from
-// the address (IP_PKTINFO, IPV6_PKTINFO), that the query came to; the
-// backend's outstanding queries and answer latency are measured from the
-// records ([backend.Backend.QueriesAnswered]); and when a backend dies,
+// ID; a retransmit with the same key is a copy on the same record,
+// counted as a duplicate. The answer is sent from the socket, and with
+// a wildcard socket from the address (IP_PKTINFO, IPV6_PKTINFO), that
+// the query (its first copy) came to; the backend's outstanding queries
+// and answer latency are measured from the records
+// ([backend.Backend.QueriesAnswered]); and when a backend dies,
 // [Proxy.Resend] sends its unanswered queries to the backends their
 // clients use now.
+//
+// An answer that matches no query on record (a late one) leaves from
+// the first socket of the client's family if the client is known to the
+// remotes table ([remotes.Table.Known]; an IPv6 client by its stand-in,
+// with prefix pinning any address of a network that asked), and is
+// counted unmatched. Any other is dropped, counted unsolicited and
+// logged at most once per 5 s: a backend's flood to an address that
+// never asked must not leave bbal's DNS port. No lock is held on the
+// reply path when the table is asked.
 //
 // # Drops
 //

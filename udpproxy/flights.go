@@ -16,6 +16,17 @@ import (
 // query itself, so that it can be sent again to another backend if its
 // backend dies first.
 //
+// A client that asks again with the same ID from the same port (a stub
+// resolver's retransmit) while its query is in flight, of the same
+// backend, adds a copy to the query's record rather than displacing it:
+// the record counts the copies sent on, each answer takes one, and
+// every answer leaves from where the first copy came in. (Were the
+// record replaced, only the first answer would find it, and the others
+// would leave from the socket's primary address, which the resolver
+// discards.) The time is that of the latest copy, and a record that
+// had copies measures no latency: which copy an answer is for is not
+// known.
+//
 // The table is bounded: flightSlots records in buckets of flightWays,
 // each bucket under its own mutex. A query whose bucket is
 // full displaces the oldest record there (counted as evicted).
@@ -31,6 +42,10 @@ const (
 	// (rare: DNS queries are mostly under 100 bytes) are still tracked,
 	// but not re-sent.
 	keepLen = 255
+	// maxCopies bounds the copies of one query a record counts: a
+	// client that sends more at once starts the record over, and the
+	// copies before are counted unanswered.
+	maxCopies = 255
 )
 
 // flightInfo is what is kept of a query in flight besides its key and
@@ -39,6 +54,8 @@ type flightInfo struct {
 	be      backend.ID
 	lis     uint8 // the listener it came in on
 	resent  bool  // sent again after its first backend died
+	dup     bool  // more than one copy was sent on
+	copies  uint8 // copies sent on and not answered, at least 1
 	qlen    uint8 // bytes of query kept; 0 if it was too long
 	ifindex uint32
 	local   [16]byte // the query's destination address (IPv4-mapped for IPv4)
@@ -83,16 +100,35 @@ func (t *flights) bucket(key uint64) (*bucket, *sync.Mutex) {
 	return b, &b.mu
 }
 
-// put records a query sent to be at now. It returns the backend of a
-// record it displaced that was still counted as waiting for an answer,
-// or 0, and whether it was the oldest of a full bucket (evicted) rather
-// than the same query again or one past FlightAge.
-func (t *flights) put(key uint64, be backend.ID, o *origin, query []byte, now int64) (displaced backend.ID, evicted bool) {
+// placed is what put did.
+type placed struct {
+	// dup: the query was a copy of one in flight to the same backend,
+	// counted on its record.
+	dup bool
+	// The backend of the copies of a record it wrote over that were
+	// still counted as waiting for an answer, or 0; how many; and
+	// whether the record was the oldest of a full bucket (evicted)
+	// rather than the same query again or one past FlightAge.
+	displaced backend.ID
+	copies    int
+	evicted   bool
+}
+
+// put records a query sent to be at now.
+func (t *flights) put(key uint64, be backend.ID, o *origin, query []byte, now int64) (p placed) {
 	b, mu := t.bucket(key)
 	mu.Lock()
 	way := -1
 	for j := range flightWays {
 		if b.sent[j] != 0 && b.keys[j] == key { // the client asked again
+			in := &b.info[j]
+			if in.be == be && in.copies < maxCopies && now-b.sent[j] <= int64(FlightAge) {
+				b.sent[j] = now
+				in.copies++
+				in.dup = true
+				mu.Unlock()
+				return placed{dup: true}
+			}
 			way = j
 			break
 		}
@@ -109,35 +145,38 @@ func (t *flights) put(key uint64, be backend.ID, o *origin, query []byte, now in
 			}
 		}
 		if way < 0 {
-			way, evicted = oldest, true
+			way, p.evicted = oldest, true
 		}
 	}
+	in := &b.info[way]
 	if b.sent[way] != 0 {
-		displaced = b.info[way].be
+		p.displaced, p.copies = in.be, int(in.copies)
 	}
 	b.keys[way], b.sent[way] = key, now
-	in := &b.info[way]
 	in.be, in.lis, in.resent, in.ifindex, in.local = be, o.lis, false, o.ifindex, o.local
+	in.dup, in.copies = false, 1
 	in.qlen = 0
 	if len(query) <= keepLen {
 		in.qlen = uint8(len(query))
 		copy(b.query[way][:], query)
 	}
 	mu.Unlock()
-	return displaced, evicted
+	return p
 }
 
 // answered is what take found of a query.
 type answered struct {
 	origin
-	be     backend.ID
-	sent   int64
-	resent bool
+	be   backend.ID
+	sent int64
+	// measure: the answer measures its backend's latency (the query
+	// was neither sent again nor sent more than once).
+	measure bool
 }
 
-// take finds and forgets the query key answers. A late answer (after
-// FlightAge, before sweep forgot the query) is found too: it still
-// measures its backend's latency.
+// take finds the query key answers and takes one copy of it, forgetting
+// it with its last. A late answer (after FlightAge, before sweep forgot
+// the query) is found too: it still measures its backend's latency.
 func (t *flights) take(key uint64, out *answered) bool {
 	b, mu := t.bucket(key)
 	mu.Lock()
@@ -145,8 +184,12 @@ func (t *flights) take(key uint64, out *answered) bool {
 		if b.sent[j] != 0 && b.keys[j] == key {
 			in := &b.info[j]
 			out.lis, out.ifindex, out.local = in.lis, in.ifindex, in.local
-			out.be, out.sent, out.resent = in.be, b.sent[j], in.resent
-			b.sent[j] = 0
+			out.be, out.sent, out.measure = in.be, b.sent[j], !in.resent && !in.dup
+			if in.copies > 1 {
+				in.copies--
+			} else {
+				b.sent[j] = 0
+			}
 			mu.Unlock()
 			return true
 		}
@@ -156,20 +199,20 @@ func (t *flights) take(key uint64, out *answered) bool {
 }
 
 // sweep forgets the queries older than FlightAge at now, calling gone
-// with each one's backend.
-func (t *flights) sweep(now int64, gone func(backend.ID)) {
+// with each one's backend and the copies of it not answered.
+func (t *flights) sweep(now int64, gone func(be backend.ID, copies int)) {
 	t.visit(func(b *bucket, j int) {
 		if b.sent[j] != 0 && now-b.sent[j] > int64(FlightAge) {
 			b.sent[j] = 0
-			gone(b.info[j].be)
+			gone(b.info[j].be, int(b.info[j].copies))
 		}
 	})
 }
 
 // each calls fn, under the record's lock, for each query of backend be
 // still waited for at now, with its key, what is kept of it and the
-// query (empty if it was too long to keep). fn may change info's backend
-// and resent.
+// query (empty if it was too long to keep). fn may change info's
+// backend, resent and copies.
 func (t *flights) each(be backend.ID, now int64, fn func(key uint64, info *flightInfo, query []byte)) {
 	t.visit(func(b *bucket, j int) {
 		if b.sent[j] != 0 && b.info[j].be == be && now-b.sent[j] <= int64(FlightAge) {

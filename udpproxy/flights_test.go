@@ -12,14 +12,14 @@ func TestFlightsMatchAnswersToQueries(t *testing.T) {
 	o := &origin{lis: 1, ifindex: 7, local: [16]byte{15: 9}}
 	now := int64(time.Hour)
 	key := flightKey(0x7f000001, 5353, 42)
-	if d, _ := ft.put(key, 5301, o, []byte("query"), now); d != 0 {
-		t.Fatalf("displaced %d from an empty table", d)
+	if pl := ft.put(key, 5301, o, []byte("query"), now); pl != (placed{}) {
+		t.Fatalf("put in an empty table: %+v", pl)
 	}
 	var a answered
 	if ft.take(flightKey(0x7f000001, 5353, 43), &a) {
 		t.Fatal("an answer with another ID matched")
 	}
-	if !ft.take(key, &a) || a.be != 5301 || a.sent != now || a.origin != *o {
+	if !ft.take(key, &a) || a.be != 5301 || a.sent != now || a.origin != *o || !a.measure {
 		t.Fatalf("take: %+v", a)
 	}
 	if ft.take(key, &a) {
@@ -31,11 +31,12 @@ func TestFlightsBounded(t *testing.T) {
 	ft := newFlights()
 	o := &origin{}
 	now := int64(time.Hour)
-	// The same query again displaces itself; it is not an eviction.
+	// The same query again, for another backend, displaces itself; it
+	// is not an eviction.
 	key := flightKey(1, 2, 3)
 	ft.put(key, 5301, o, nil, now)
-	if d, ev := ft.put(key, 5302, o, nil, now+1); d != 5301 || ev {
-		t.Fatalf("repeat: displaced %d, evicted %v", d, ev)
+	if pl := ft.put(key, 5302, o, nil, now+1); pl != (placed{displaced: 5301, copies: 1}) {
+		t.Fatalf("repeat: %+v", pl)
 	}
 	// Fill every way of key's bucket: the next query there evicts the
 	// oldest.
@@ -49,23 +50,71 @@ func TestFlightsBounded(t *testing.T) {
 	for i, k := range same[:flightWays-1] {
 		ft.put(k, backend.ID(6000+i), o, nil, now+2+int64(i))
 	}
-	if d, ev := ft.put(same[flightWays-1], 7000, o, nil, now+10); d != 5302 || !ev {
-		t.Fatalf("full bucket: displaced %d, evicted %v; want the oldest, 5302", d, ev)
+	if pl := ft.put(same[flightWays-1], 7000, o, nil, now+10); pl != (placed{displaced: 5302, copies: 1, evicted: true}) {
+		t.Fatalf("full bucket: %+v; want the oldest, 5302, evicted", pl)
 	}
 	// A query past FlightAge makes room without an eviction, and sweep
 	// forgets the rest.
 	later := now + int64(FlightAge) + 100
-	if d, ev := ft.put(key, 5303, o, nil, later); d == 0 || ev {
-		t.Fatalf("stale way: displaced %d, evicted %v", d, ev)
+	if pl := ft.put(key, 5303, o, nil, later); pl.displaced == 0 || pl.evicted || pl.dup {
+		t.Fatalf("stale way: %+v", pl)
 	}
 	var gone []backend.ID
-	ft.sweep(later+int64(FlightAge)/2, func(id backend.ID) { gone = append(gone, id) })
+	ft.sweep(later+int64(FlightAge)/2, func(id backend.ID, _ int) { gone = append(gone, id) })
 	if len(gone) != flightWays-1 {
 		t.Fatalf("swept %v", gone)
 	}
 	var a answered
 	if !ft.take(key, &a) || a.be != 5303 {
 		t.Fatalf("the fresh query was swept: %+v", a)
+	}
+}
+
+func TestFlightsCountCopiesOfAQuery(t *testing.T) {
+	ft := newFlights()
+	first := &origin{lis: 1, ifindex: 3, local: [16]byte{15: 2}}
+	now := int64(time.Hour)
+	key := flightKey(0x7f000001, 5353, 42)
+	ft.put(key, 5301, first, nil, now)
+	// A retransmit, from the same port with the same ID, to the same
+	// backend: a copy on the record, not a new query.
+	for i := range 4 {
+		if pl := ft.put(key, 5301, &origin{}, nil, now+int64(i+1)); pl != (placed{dup: true}) {
+			t.Fatalf("copy %d: %+v", i+2, pl)
+		}
+	}
+	// Each answer takes a copy and leaves the way the first came in;
+	// none measures latency.
+	var a answered
+	for i := range 5 {
+		if !ft.take(key, &a) || a.origin != *first || a.measure || a.be != 5301 {
+			t.Fatalf("answer %d: %+v", i+1, a)
+		}
+	}
+	if ft.take(key, &a) {
+		t.Fatal("a sixth answer matched five copies")
+	}
+	// Copies not answered are swept, counted.
+	ft.put(key, 5301, first, nil, now)
+	ft.put(key, 5301, first, nil, now+1)
+	ft.put(key, 5301, first, nil, now+2)
+	ft.take(key, &a)
+	swept := 0
+	ft.sweep(now+2+int64(FlightAge)+1, func(id backend.ID, copies int) { swept += copies })
+	if swept != 2 {
+		t.Fatalf("swept %d copies, want 2", swept)
+	}
+	// A copy past FlightAge of the latest is a new query; one beyond
+	// maxCopies starts the record over.
+	ft.put(key, 5301, first, nil, now)
+	if pl := ft.put(key, 5301, first, nil, now+int64(FlightAge)+1); pl != (placed{displaced: 5301, copies: 1}) {
+		t.Fatalf("stale copy: %+v", pl)
+	}
+	for range maxCopies - 1 {
+		ft.put(key, 5301, first, nil, now+int64(FlightAge)+1)
+	}
+	if pl := ft.put(key, 5301, first, nil, now+int64(FlightAge)+1); pl != (placed{displaced: 5301, copies: maxCopies}) {
+		t.Fatalf("copy beyond maxCopies: %+v", pl)
 	}
 }
 

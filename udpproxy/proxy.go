@@ -82,13 +82,16 @@ type Proxy struct {
 	bytesOut    atomic.Uint64
 	sendErrors  atomic.Uint64
 	drops       [numDrops]atomic.Uint64
-	unmatched   atomic.Uint64 // replies to no query on record
+	unmatched   atomic.Uint64 // replies to no query on record, sent to a known client
+	unsolicited atomic.Uint64 // replies to no query on record for a client not known, dropped
 	lostReplies atomic.Uint64 // replies to a stand-in of no client, or to a family with no listener
+	duplicates  atomic.Uint64 // queries that were copies of one in flight
 	resent      atomic.Uint64 // queries sent again after their backend died
 	unresent    atomic.Uint64 // queries of a dead backend that could not be sent again
 
-	oversizeLog *timeouts.Limiter
-	sendLog     *timeouts.Limiter
+	oversizeLog    *timeouts.Limiter
+	sendLog        *timeouts.Limiter
+	unsolicitedLog *timeouts.Limiter
 
 	// servfail, when set, answers a query SERVFAIL when no backend is
 	// available instead of dropping it; out is the readers' scratch.
@@ -114,8 +117,9 @@ func New(conns []*net.UDPConn, ts *timeouts.Set, log zerolog.Logger) (*Proxy, er
 	}
 	clock := ts.Clock()
 	p := &Proxy{clock: clock, ts: ts, log: log, flights: newFlights(),
-		oversizeLog: timeouts.NewLimiter(clock, 5*time.Second),
-		sendLog:     timeouts.NewLimiter(clock, 5*time.Second),
+		oversizeLog:    timeouts.NewLimiter(clock, 5*time.Second),
+		sendLog:        timeouts.NewLimiter(clock, 5*time.Second),
+		unsolicitedLog: timeouts.NewLimiter(clock, 5*time.Second),
 	}
 	for i, c := range conns {
 		raw, err := c.SyscallConn()
@@ -320,8 +324,11 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	}
 	// On record before it is sent, so that its answer finds it.
 	key := flightKey(wire, port, uint16(query[0])<<8|uint16(query[1]))
-	displaced, evicted := p.flights.put(key, id, o, query, now)
-	p.forget(displaced, evicted)
+	if pl := p.flights.put(key, id, o, query, now); pl.dup {
+		p.duplicates.Add(1)
+	} else {
+		p.forget(pl.displaced, pl.copies, pl.evicted)
+	}
 	protocol.PutUDPHeader(buf, protocol.FrameInboundUDP, wire, port, n)
 	if !be.SendUDP(buf[:protocol.UDPHeaderLen+n], now) {
 		var a answered
@@ -338,24 +345,22 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	return be
 }
 
-// forget counts a query of backend id displaced from the table.
-func (p *Proxy) forget(id backend.ID, evicted bool) {
+// forget counts copies of a query of backend id displaced from the
+// table.
+func (p *Proxy) forget(id backend.ID, copies int, evicted bool) {
 	if id == 0 {
 		return
 	}
 	if be := p.backends.Load().Get(id); be != nil {
-		be.QueryForgotten(evicted)
+		for range copies {
+			be.QueryForgotten(evicted)
+		}
 	}
 }
 
 // sweep forgets the queries not answered in FlightAge.
 func (p *Proxy) sweep() {
-	set := p.backends.Load()
-	p.flights.sweep(p.clock.Now().UnixNano(), func(id backend.ID) {
-		if be := set.Get(id); be != nil {
-			be.QueryForgotten(false)
-		}
-	})
+	p.flights.sweep(p.clock.Now().UnixNano(), func(id backend.ID, copies int) { p.forget(id, copies, false) })
 	p.sweepT.Again(FlightAge)
 }
 
@@ -395,8 +400,11 @@ func (p *Proxy) Resend(be *backend.Backend) {
 			return
 		}
 		moved++
-		f.be, f.resent = id, true
-		be.QueryMoved()
+		// Every copy be had is moved; one goes to the other backend.
+		for range f.copies {
+			be.QueryMoved()
+		}
+		f.be, f.resent, f.copies = id, true, 1
 		to.QueriesSent(1)
 		p.resent.Add(1)
 		if !slices.Contains(touched, to) {
@@ -462,9 +470,11 @@ func (p *Proxy) newSendBatch(be *backend.Backend) *sendBatch {
 
 // Add queues data, an answer from the batch's backend for to (a client
 // address or stand-in as the backend knows it), for the listener and
-// from the address its query came to; an answer to no query on record
-// leaves from the first listener of the client's family. A full queue
-// is sent at once.
+// from the address its query came to. An answer to no query on record
+// leaves from the first listener of the client's family if the client
+// is known to the remotes table (a late answer), and is dropped
+// otherwise: bbal's DNS port sends nothing to an address that never
+// asked. A full queue is sent at once.
 func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 	if len(data) == 0 {
 		return
@@ -472,6 +482,7 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 	p := b.p
 	wire := protocol.AddrToU32(to.Addr())
 	var o *origin
+	table := p.table.Load()
 	if len(data) >= 2 && p.flights.take(flightKey(wire, to.Port(), uint16(data[0])<<8|uint16(data[1])), &b.a) {
 		o = &b.a.origin
 		if b.now == 0 {
@@ -481,7 +492,7 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 		if b.a.be == b.be.ID() {
 			// Counted, and the latency averaged, per batch.
 			b.answered++
-			if !b.a.resent {
+			if b.a.measure {
 				b.measured++
 				b.rttSum += rtt
 			}
@@ -489,16 +500,24 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 			// Sent again elsewhere, answered here after all.
 			other.QueriesAnswered(1, 0, 0)
 		}
-	} else {
-		p.unmatched.Add(1)
 	}
-	client := to.Addr()
-	if table := p.table.Load(); table != nil {
-		var ok bool
-		if client, ok = table.Client(wire); !ok {
-			p.lostReplies.Add(1)
+	if table == nil {
+		// Not started: no query was sent on, so none is answered.
+		b.refuse(to.Addr(), to.Port())
+		return
+	}
+	client, ok := table.Client(wire)
+	if !ok {
+		p.lostReplies.Add(1)
+		return
+	}
+	if o == nil {
+		// No lock is held here; Known takes the remotes table's.
+		if !table.Known(client) {
+			b.refuse(client, to.Port())
 			return
 		}
+		p.unmatched.Add(1)
 	}
 	var l *listener
 	if o != nil && int(o.lis) < len(p.ls) && p.ls[o.lis].v6 == client.Is6() {
@@ -517,6 +536,18 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 		q.flush()
 	}
 	q.add(data, netip.AddrPortFrom(client, to.Port()), o)
+}
+
+// refuse drops an answer for client:port, which matches no query on
+// record and no known client, and counts and logs it (at most once per
+// 5 s): a backend that sends such replies would otherwise make bbal's
+// DNS port a reflector.
+func (b *sendBatch) refuse(client netip.Addr, port uint16) {
+	b.p.unsolicited.Add(1)
+	if ok, held := b.p.unsolicitedLog.Allow(); ok {
+		b.be.Logger().Warn().Stringer("remote_ip", client).Uint16("remote_port", port).Int64("suppressed", held).
+			Msg("dropping UDP reply to a client that asked nothing")
+	}
 }
 
 // count adds the answers collected so far to the backend's load.
@@ -549,7 +580,7 @@ func (b *sendBatch) Flush() (failed int) {
 // ResetCounters sets the proxy's counters back to zero.
 func (p *Proxy) ResetCounters() {
 	for _, c := range []*atomic.Uint64{&p.packetsIn, &p.bytesIn, &p.packetsOut, &p.bytesOut, &p.sendErrors, &p.servfails,
-		&p.unmatched, &p.lostReplies, &p.resent, &p.unresent} {
+		&p.unmatched, &p.unsolicited, &p.lostReplies, &p.duplicates, &p.resent, &p.unresent} {
 		c.Store(0)
 	}
 	for i := range p.drops {
@@ -567,14 +598,22 @@ type Stats struct {
 	SendErrors uint64
 	Drops      map[string]uint64
 	// Unmatched counts replies to no query on record (late beyond
-	// FlightAge, or unsolicited): they leave from the first socket of
-	// the client's family.
+	// FlightAge) for a client the remotes table knows: they leave from
+	// the first socket of the client's family.
 	Unmatched uint64
+	// Unsolicited counts replies to no query on record for a client
+	// the remotes table does not know: they are dropped.
+	Unsolicited uint64
 	// LostReplies counts replies that could not be sent: to a stand-in
 	// no client has, or to a family bbal does not listen on.
 	LostReplies uint64
-	Resent      uint64 // queries sent again after their backend died
-	Unresent    uint64 // queries of a dead backend that could not be
+	// Duplicates counts queries with the DNS ID and client port of one
+	// still in flight to the same backend (a stub resolver's
+	// retransmits): each is counted on that query's record, and its
+	// answer leaves the way the first copy came in.
+	Duplicates uint64
+	Resent     uint64 // queries sent again after their backend died
+	Unresent   uint64 // queries of a dead backend that could not be
 }
 
 // Stats returns the proxy's counters.
@@ -584,8 +623,8 @@ func (p *Proxy) Stats() Stats {
 		PacketsOut: p.packetsOut.Load(), BytesOut: p.bytesOut.Load(),
 		SendErrors: p.sendErrors.Load(),
 		Servfails:  p.servfails.Load(),
-		Unmatched:  p.unmatched.Load(), LostReplies: p.lostReplies.Load(),
-		Resent: p.resent.Load(), Unresent: p.unresent.Load(),
+		Unmatched:  p.unmatched.Load(), Unsolicited: p.unsolicited.Load(), LostReplies: p.lostReplies.Load(),
+		Duplicates: p.duplicates.Load(), Resent: p.resent.Load(), Unresent: p.unresent.Load(),
 		Drops: make(map[string]uint64, numDrops),
 	}
 	for r := range numDrops {

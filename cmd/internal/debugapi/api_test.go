@@ -121,6 +121,8 @@ func TestMetricsParseAndMove(t *testing.T) {
 		{"bbal_backend_answered_total", b5301, 5},
 		{"bbal_backend_unanswered_total", b5301, 0},
 		{"bbal_udp_replies_unmatched_total", nil, 0},
+		{"bbal_udp_replies_unsolicited_total", nil, 0},
+		{"bbal_udp_duplicates_total", nil, 0},
 	} {
 		if d := value(t, after, m.name, m.labels) - value(t, before, m.name, m.labels); d != m.delta {
 			t.Errorf("%s%v moved by %v, want %v", m.name, m.labels, d, m.delta)

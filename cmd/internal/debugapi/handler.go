@@ -457,8 +457,8 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	out.UDP.PacketsIn, out.UDP.BytesIn = us.PacketsIn, us.BytesIn
 	out.UDP.PacketsOut, out.UDP.BytesOut, out.UDP.SendErrors = us.PacketsOut, us.BytesOut, us.SendErrors
 	out.UDP.Servfails = us.Servfails
-	out.UDP.Unmatched, out.UDP.LostReplies = us.Unmatched, us.LostReplies
-	out.UDP.Resent, out.UDP.Unresent = us.Resent, us.Unresent
+	out.UDP.Unmatched, out.UDP.Unsolicited, out.UDP.LostReplies = us.Unmatched, us.Unsolicited, us.LostReplies
+	out.UDP.Duplicates, out.UDP.Resent, out.UDP.Unresent = us.Duplicates, us.Resent, us.Unresent
 	ts := a.src.TCP.Stats()
 	out.TCP.Active, out.TCP.Total, out.TCP.AcceptErrors = ts.Active, ts.Total, ts.AcceptErrors
 	out.TCP.Limits = ts.Limits

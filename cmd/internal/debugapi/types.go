@@ -118,13 +118,17 @@ type Stats struct {
 		BytesOut   uint64 `json:"bytes_out"`
 		SendErrors uint64 `json:"send_errors"`
 		Servfails  uint64 `json:"servfails"`
-		// Replies to no query on record; replies that could not be
-		// sent (stand-in of no client, no socket of the family);
-		// queries sent again, or not, when their backend died.
+		// Replies to no query on record, sent to a known client, or
+		// dropped (unsolicited: the client is not known); replies that
+		// could not be sent (stand-in of no client, no socket of the
+		// family); queries sent again, or not, when their backend died.
 		Unmatched   uint64 `json:"unmatched"`
+		Unsolicited uint64 `json:"unsolicited"`
 		LostReplies uint64 `json:"lost_replies"`
-		Resent      uint64 `json:"resent"`
-		Unresent    uint64 `json:"unresent"`
+		// Queries with the ID and client port of one in flight.
+		Duplicates uint64 `json:"duplicates"`
+		Resent     uint64 `json:"resent"`
+		Unresent   uint64 `json:"unresent"`
 	} `json:"udp"`
 	TCP struct {
 		Active       int64             `json:"active"`
