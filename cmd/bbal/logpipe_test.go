@@ -351,3 +351,25 @@ func TestExitedLogReaderDoesNotKill(t *testing.T) {
 		})
 	}
 }
+
+// SIGHUP (an operator's reload, a lost terminal) rescans the socket
+// directory and carries on.
+func TestSIGHUPRescans(t *testing.T) {
+	p, stdout, _, debug := startPiped(t)
+	addr := listenAddr(t, p)
+	testbed.MustWho(t, addr, testbed.Loopback(1), false)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	stdout.logs.Wait(t, "rescanning the socket directory", map[string]any{"signal": "hangup"})
+	askKnown(t, p)
+	if st := stats(t, debug); st.BackendsOK != 1 {
+		t.Fatalf("after SIGHUP: %d backends ok", st.BackendsOK)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	stdout.logs.Wait(t, "shut down", nil)
+	if _, err := os.Stat(debug); err == nil {
+		t.Fatal("debug socket left behind")
+	}
+}

@@ -30,7 +30,7 @@ const handoverDrain = 10 * time.Second
 
 func main() {
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2, syscall.SIGHUP)
 	// A write to a closed pipe on stdout (the log's reader has exited)
 	// would kill the process with SIGPIPE; asked for, the signal goes to
 	// a channel nobody reads and the write fails with EPIPE, which the
@@ -106,6 +106,13 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 			b.Close()
 			log.Info().Msg("exiting after the handover")
 			return 0
+		case syscall.SIGHUP:
+			// Operators send it for a reload, and a lost terminal
+			// sends it too. The socket directory is all there is
+			// to reload: it is scanned now.
+			log.Info().Str("signal", sig.String()).Msg("rescanning the socket directory")
+			b.Backends.Scan()
+			continue
 		}
 		break
 	}
