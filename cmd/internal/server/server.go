@@ -1,6 +1,8 @@
 // Package server assembles a running bbal from its parts: the listeners,
 // the backends, the remotes table, the timers and the debug socket. The
 // bbal command builds one from its flags; tests build one on a fake clock.
+// Its log is bunyan JSON (NewLogger); the command's goes through a [Log],
+// so that a slow or vanished log reader never holds up DNS.
 package server
 
 import (
