@@ -139,8 +139,8 @@ func NewLog(out, fallback io.Writer, level zerolog.Level, now func() time.Time) 
 	return l
 }
 
-// noticeWriter collects the Log's own records into l.notice; it is only
-// written to by the goroutine holding l.mu or by writeLoop.
+// noticeWriter collects the Log's own records into l.notice; it is
+// written to with l.mu held.
 type noticeWriter struct{ l *Log }
 
 func (w noticeWriter) Write(p []byte) (int, error) {
@@ -161,8 +161,8 @@ func (l *Log) Write(p []byte) (int, error) {
 	// notice is queued, so that it stands where they were.
 	if l.dropped > 0 || len(l.pending)+len(p) > logBuffer {
 		l.dropped++
+		l.full.Add(1) // with dropped, for the notice's dropped_total
 		l.mu.Unlock()
-		l.full.Add(1)
 		return len(p), nil
 	}
 	l.pending = append(l.pending, p...)
