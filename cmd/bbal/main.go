@@ -20,13 +20,22 @@ import (
 // gone within 5 s of SIGTERM.
 const shutdownGrace = 4 * time.Second
 
+// logFlush bounds how long the exit waits for the log's reader to take
+// the last records.
+const logFlush = time.Second
+
 // handoverDrain bounds how long a process that has handed over waits for
 // its TCP sessions; the idle timeout usually ends them sooner.
 const handoverDrain = 10 * time.Second
 
 func main() {
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2, syscall.SIGHUP)
+	// A write to a closed pipe on stdout (the log's reader has exited)
+	// would kill the process with SIGPIPE; asked for, the signal goes to
+	// a channel nobody reads and the write fails with EPIPE, which the
+	// log handles.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr, sigs))
 }
 
@@ -46,7 +55,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		return 1
 	}
 
-	log := server.NewLogger(stdout, cfg.level, time.Now)
+	logOut := server.NewLog(stdout, stderr, cfg.level, time.Now)
+	defer logOut.Close(logFlush)
+	log := logOut.Logger
 	inherited, err := server.Inherit()
 	if err != nil {
 		log.WithLevel(zerolog.FatalLevel).Err(err).Msg("failed to take over from the previous process")
@@ -72,7 +83,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		Probe:            cfg.probe,
 		User:             cfg.user,
 		Inherited:        inherited,
-	}, server.Options{}, log)
+	}, server.Options{LogDrops: logOut}, log)
 	if err != nil {
 		return 1
 	}
@@ -84,18 +95,26 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 
 	var sig os.Signal
 	for sig = range sigs {
-		if sig != syscall.SIGUSR2 {
-			break
-		}
-		// A zero-downtime restart: a new process takes over.
-		log.Info().Msg("restart requested")
-		if err := b.Handover(os.Args, handoverDrain); err != nil {
-			log.Error().Err(err).Msg("restart failed; carrying on")
+		switch sig {
+		case syscall.SIGUSR2:
+			// A zero-downtime restart: a new process takes over.
+			log.Info().Msg("restart requested")
+			if err := b.Handover(os.Args, handoverDrain); err != nil {
+				log.Error().Err(err).Msg("restart failed; carrying on")
+				continue
+			}
+			b.Close()
+			log.Info().Msg("exiting after the handover")
+			return 0
+		case syscall.SIGHUP:
+			// Operators send it for a reload, and a lost terminal
+			// sends it too. The socket directory is all there is
+			// to reload: it is scanned now.
+			log.Info().Str("signal", sig.String()).Msg("rescanning the socket directory")
+			b.Backends.Scan()
 			continue
 		}
-		b.Close()
-		log.Info().Msg("exiting after the handover")
-		return 0
+		break
 	}
 	log.Info().Str("signal", sig.String()).Msg("shutting down")
 	done := make(chan struct{})

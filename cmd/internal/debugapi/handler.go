@@ -37,6 +37,7 @@ type Sources struct {
 	Clock    timeouts.Clock
 	Started  time.Time
 	Log      zerolog.Logger
+	LogDrops LogCounters // nil when the log's drops are not counted
 }
 
 // Limits bound what one client of the debug socket may take.
@@ -337,6 +338,9 @@ func (a *api) reset(w http.ResponseWriter, r *http.Request) {
 	a.src.UDP.ResetCounters()
 	a.src.TCP.ResetCounters()
 	a.src.Table.ResetCounters()
+	if a.src.LogDrops != nil {
+		a.src.LogDrops.ResetCounters()
+	}
 	a.mu.Unlock()
 	peer, _ := PeerOf(r.Context())
 	a.src.Log.Info().Int("uid", peer.UID).Int("pid", peer.PID).Msg("counters reset by operator")
@@ -477,6 +481,9 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	}
 	out.Goroutines = runtime.NumGoroutine()
 	out.RSSBytes = rss()
+	if a.src.LogDrops != nil {
+		out.LogDropped = a.src.LogDrops.Drops()
+	}
 	a.reply(w, out)
 }
 

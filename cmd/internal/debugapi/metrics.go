@@ -42,6 +42,7 @@ var (
 	mScanPause   = desc("bbal_remotes_scan_pause_max_seconds", "The longest hold of the remotes table's lock by expiry or rebalancing.")
 	mWatchActive = desc("bbal_discovery_watch_active", "1 while the socket directory is watched with inotify; 0 when only the periodic scan finds changes.")
 	mWatchEvents = desc("bbal_discovery_events_total", "inotify events read for the socket directory.")
+	mLogDropped  = desc("bbal_log_records_dropped_total", "Log records lost: full (the log's buffer was full, its reader too slow), write_error (stdout and stderr failed).", "reason")
 
 	mBackendInfo     = desc("bbal_backend_info", "A backend's socket path; always 1.", "backend", "path")
 	mBackendUp       = desc("bbal_backend_up", "1 when the backend's session is up (SERVER_HELLO received).", "backend")
@@ -136,6 +137,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ds := c.src.Backends.Discovery()
 	gauge(mWatchActive, bool01(ds.WatchActive))
 	counter(mWatchEvents, ds.Events)
+	if c.src.LogDrops != nil {
+		ld := c.src.LogDrops.Drops()
+		counter(mLogDropped, ld.Full, "full")
+		counter(mLogDropped, ld.WriteError, "write_error")
+	}
 
 	counts := c.src.Table.Counts()
 	for _, b := range c.src.Backends.All() {

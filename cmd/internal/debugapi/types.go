@@ -157,6 +157,22 @@ type Stats struct {
 		Events      uint64 `json:"events"`      // inotify events read
 		WatchScans  uint64 `json:"watch_scans"` // scans they triggered
 	} `json:"discovery"`
+	// LogDropped counts the log records lost.
+	LogDropped LogDrops `json:"log_dropped"`
+}
+
+// LogDrops are the log records lost: dropped while the log's buffer was
+// full (its reader too slow), or for want of an output that takes them
+// (stdout and stderr failed).
+type LogDrops struct {
+	Full       uint64 `json:"full"`
+	WriteError uint64 `json:"write_error"`
+}
+
+// LogCounters is the log's side of the counters.
+type LogCounters interface {
+	Drops() LogDrops
+	ResetCounters()
 }
 
 // ErrorReply is the body of every error response.

@@ -1,6 +1,8 @@
 // Package server assembles a running bbal from its parts: the listeners,
 // the backends, the remotes table, the timers and the debug socket. The
 // bbal command builds one from its flags; tests build one on a fake clock.
+// Its log is bunyan JSON (NewLogger); the command's goes through a [Log],
+// so that a slow or vanished log reader never holds up DNS.
 package server
 
 import (
@@ -73,6 +75,9 @@ type Options struct {
 	// DebugLimits bound the debug socket's clients; zero fields take
 	// debugapi.DefaultLimits.
 	DebugLimits debugapi.Limits
+	// LogDrops, when set, counts the log records lost (a *Log); the
+	// debug socket shows them.
+	LogDrops debugapi.LogCounters
 }
 
 // Balancer is a running bbal: the listeners, the backends, the remotes
@@ -261,6 +266,7 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 	src := debugapi.Sources{
 		Backends: b.Backends, Table: b.Table, UDP: b.UDP, TCP: b.TCP,
 		Timeouts: b.Timeouts, Clock: b.Clock, Started: b.Started, Log: log,
+		LogDrops: opt.LogDrops,
 	}
 	if debugLn != nil {
 		b.debug = debugapi.Serve(debugLn, src, opt.DebugLimits)
