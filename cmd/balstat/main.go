@@ -130,7 +130,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		var b debugapi.Backend
 		if b, err = c.Action(ctx, id, rest[0]); err == nil {
-			fmt.Fprintf(stdout, "backend %d: %s (%s)\n", b.ID, b.Admin, b.Path)
+			fmt.Fprintf(stdout, "backend %d: %s (%s)\n", b.ID, printable(b.Admin), printable(b.Path))
 		}
 	case rest[0] == "weight" && len(rest) == 3:
 		id, perr := parseID(rest[1])
@@ -142,7 +142,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		var b debugapi.Backend
 		if b, err = c.Weight(ctx, id, rest[2]); err == nil {
-			fmt.Fprintf(stdout, "backend %d: weight %d (%s)\n", b.ID, b.Weight, b.Path)
+			fmt.Fprintf(stdout, "backend %d: weight %d (%s)\n", b.ID, b.Weight, printable(b.Path))
 		}
 	default:
 		return usageErr("unknown command %q", rest)
