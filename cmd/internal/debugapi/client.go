@@ -38,14 +38,39 @@ type Client struct {
 // NewClient returns a client for the debug socket at path.
 func NewClient(path string) *Client {
 	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
+		DialContext:           func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx, path) },
 		ResponseHeaderTimeout: 10 * time.Second,
 		MaxIdleConns:          1,
 	}
 	return &Client{path: path, hc: &http.Client{Transport: tr}}
+}
+
+// dialPatience is how long dial tries again while the socket's listen
+// backlog is full: bbal accepts at once whatever its load, so a full
+// backlog is a burst of connections that is soon taken in.
+const dialPatience = 10 * time.Second
+
+// dial connects to the socket at path, trying again, with a growing
+// pause, while its listen backlog is full (EAGAIN).
+func dial(ctx context.Context, path string) (net.Conn, error) {
+	var d net.Dialer
+	ctx, cancel := context.WithTimeout(ctx, dialPatience)
+	defer cancel()
+	pause := time.Millisecond
+	for {
+		c, err := d.DialContext(ctx, "unix", path)
+		if !errors.Is(err, syscall.EAGAIN) {
+			return c, err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("the listen backlog of %s stayed full: %w", path, err)
+		case <-t.C:
+		}
+		pause = min(2*pause, 100*time.Millisecond)
+	}
 }
 
 // Close releases the client's idle connection.

@@ -40,6 +40,9 @@ var (
 	mScanPause   = desc("bbal_remotes_scan_pause_max_seconds", "The longest hold of the remotes table's lock by expiry or rebalancing.")
 	mWatchActive = desc("bbal_discovery_watch_active", "1 while the socket directory is watched with inotify; 0 when only the periodic scan finds changes.")
 	mWatchEvents = desc("bbal_discovery_events_total", "inotify events read for the socket directory.")
+	mDebugConns  = desc("bbal_debug_connections", "Connections open on the debug socket.")
+	mDebugEvict  = desc("bbal_debug_connections_evicted_total", "Idle debug socket connections closed to make room for a new one.")
+	mDebugRefuse = desc("bbal_debug_connections_refused_total", "New debug socket connections closed because every open one was in the middle of a request.")
 
 	mBackendInfo     = desc("bbal_backend_info", "A backend's socket path (escaped as Go's %q writes it, without the quotes); always 1.", "backend", "path")
 	mBackendUp       = desc("bbal_backend_up", "1 when the backend's session is up (SERVER_HELLO received).", "backend")
@@ -132,6 +135,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ds := c.src.Backends.Discovery()
 	gauge(mWatchActive, bool01(ds.WatchActive))
 	counter(mWatchEvents, ds.Events)
+	if c.src.Debug != nil {
+		dc := c.src.Debug.Stats()
+		gauge(mDebugConns, float64(dc.Open))
+		counter(mDebugEvict, dc.Evicted)
+		counter(mDebugRefuse, dc.Refused)
+	}
 
 	counts := c.src.Table.Counts()
 	for _, b := range c.src.Backends.All() {

@@ -154,6 +154,13 @@ type Stats struct {
 		Events      uint64 `json:"events"`      // inotify events read
 		WatchScans  uint64 `json:"watch_scans"` // scans they triggered
 	} `json:"discovery"`
+	// Debug is the debug socket's connections: open now, idle ones
+	// evicted for a new one, new ones refused because all were busy.
+	Debug struct {
+		Conns   int    `json:"conns"`
+		Evicted uint64 `json:"evicted"`
+		Refused uint64 `json:"refused"`
+	} `json:"debug"`
 }
 
 // ErrorReply is the body of every error response.
