@@ -394,3 +394,25 @@ func TestIPv6RemoteWithItsStandin(t *testing.T) {
 		t.Fatalf("balstat -r ::1:\n%s", out)
 	}
 }
+
+// Hundreds of idle clients of the debug socket do not keep balstat out.
+func TestIdleClientsDoNotLockOut(t *testing.T) {
+	h := servertest.New(t, func(o *server.Options) {
+		// Only eviction frees a slot.
+		o.DebugLimits = debugapi.Limits{HeaderTimeout: time.Hour, IdleTimeout: time.Hour}
+	})
+	h.StartGo("5301")
+	for range 300 {
+		c, err := net.Dial("unix", h.DebugSocket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	if code := run(ctx, []string{"-S", h.DebugSocket, "-b", "5301"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "5301  ok") {
+		t.Fatalf("exit %d, %s%s", code, errb.String(), out.String())
+	}
+}
