@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"syscall"
 	"time"
 )
@@ -19,6 +21,8 @@ var (
 	ErrNotRunning = errors.New("bbal is not running")
 	// ErrPermission: the socket may not be used by this user.
 	ErrPermission = errors.New("permission denied")
+	// ErrNotSocket: the path is something else, a directory or a file.
+	ErrNotSocket = errors.New("not a socket")
 )
 
 // APIError is an error reply from the server.
@@ -89,7 +93,12 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values) (*ht
 	if err != nil {
 		switch {
 		case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
+			if what := notSocket(c.path); what != "" {
+				return nil, fmt.Errorf("%s is %s, %w", c.path, what, ErrNotSocket)
+			}
 			return nil, fmt.Errorf("%w at %s", ErrNotRunning, c.path)
+		case errors.Is(err, syscall.ENOTDIR):
+			return nil, fmt.Errorf("%s: a part of the path is not a directory", c.path)
 		case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
 			return nil, fmt.Errorf("%w on %s", ErrPermission, c.path)
 		}
@@ -105,6 +114,30 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values) (*ht
 		return nil, &APIError{Status: resp.StatusCode, Message: e.Error}
 	}
 	return resp, nil
+}
+
+// notSocket says what path is when it exists and is not a socket (the
+// target of a symbolic link): "a directory", "a regular file", ...; ""
+// otherwise.
+func notSocket(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	switch m := fi.Mode(); {
+	case m&fs.ModeSocket != 0:
+		return ""
+	case m.IsDir():
+		return "a directory"
+	case m.IsRegular():
+		return "a regular file"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	default:
+		return "a file of mode " + m.String()
+	}
 }
 
 func (c *Client) getJSON(ctx context.Context, method, path string, out any) error {
