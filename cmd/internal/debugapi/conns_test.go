@@ -184,4 +184,7 @@ func TestBusyConnectionsAreKept(t *testing.T) {
 	if st := answers(t, h.DebugSocket); st.Debug.Refused != 20 {
 		t.Errorf("%d connections refused, want 20", st.Debug.Refused)
 	}
+	if n := h.Logs.Count("debug socket connection refused: every one is busy", nil); n != 1 {
+		t.Errorf("refusal logged %d times, want once", n)
+	}
 }

@@ -88,7 +88,8 @@ type connSet struct {
 	*net.UnixListener
 	max int
 	log zerolog.Logger
-	lim *timeouts.Limiter // of the eviction log record
+	// evictLog and refuseLog space the log records of each.
+	evictLog, refuseLog *timeouts.Limiter
 
 	mu    sync.Mutex
 	conns []*peerConn // open, oldest first
@@ -97,11 +98,12 @@ type connSet struct {
 	refused atomic.Uint64 // new connections closed: every one busy
 }
 
-// evictLogEvery spaces the log records of evictions.
+// evictLogEvery spaces the log records of evictions, and of refusals.
 const evictLogEvery = 10 * time.Second
 
 func newConnSet(ln *net.UnixListener, max int, clock timeouts.Clock, log zerolog.Logger) *connSet {
-	return &connSet{UnixListener: ln, max: max, log: log, lim: timeouts.NewLimiter(clock, evictLogEvery)}
+	return &connSet{UnixListener: ln, max: max, log: log,
+		evictLog: timeouts.NewLimiter(clock, evictLogEvery), refuseLog: timeouts.NewLimiter(clock, evictLogEvery)}
 }
 
 func (l *connSet) Accept() (net.Conn, error) {
@@ -139,7 +141,7 @@ func (l *connSet) admit(c *peerConn) bool {
 		if victim == nil {
 			l.mu.Unlock()
 			l.refused.Add(1)
-			l.note("debug socket connection refused: every one is busy", c)
+			l.note(l.refuseLog, "debug socket connection refused: every one is busy", c)
 			c.UnixConn.Close()
 			return false
 		}
@@ -149,15 +151,15 @@ func (l *connSet) admit(c *peerConn) bool {
 	l.mu.Unlock()
 	if victim != nil {
 		l.evicted.Add(1)
-		l.note("debug socket connection evicted for a new one", victim)
+		l.note(l.evictLog, "debug socket connection evicted for a new one", victim)
 		victim.Close()
 	}
 	return true
 }
 
-// note logs what happened to c, rate-limited.
-func (l *connSet) note(msg string, c *peerConn) {
-	if ok, held := l.lim.Allow(); ok {
+// note logs what happened to c, as lim allows.
+func (l *connSet) note(lim *timeouts.Limiter, msg string, c *peerConn) {
+	if ok, held := lim.Allow(); ok {
 		l.log.Warn().Int("max_conns", l.max).Int("peer_uid", c.peer.UID).Int("peer_pid", c.peer.PID).
 			Int64("suppressed", held).Msg(msg)
 	}
