@@ -188,3 +188,21 @@ func TestBusyConnectionsAreKept(t *testing.T) {
 		t.Errorf("refusal logged %d times, want once", n)
 	}
 }
+
+// The debug socket's counters are in the metrics of -m too.
+func TestMetricsListenerHasDebugCounters(t *testing.T) {
+	h := servertest.NewConfig(t, func(c *server.Config) { c.MetricsAddr = "127.0.0.1:0" }, nil)
+	dialIdle(t, h.DebugSocket, 1)
+	testbed.Eventually(t, "the connection accepted", func() bool { return h.B.Debug().Conns() == 1 })
+	resp, err := http.Get("http://" + h.B.MetricsAddr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	mf := parseMetrics(t, "-m", resp.StatusCode, body)
+	if v := value(t, mf, "bbal_debug_connections", nil); v != 1 {
+		t.Errorf("bbal_debug_connections = %v, want 1", v)
+	}
+	value(t, mf, "bbal_debug_connections_evicted_total", nil)
+}
