@@ -239,14 +239,50 @@ func TestErrors(t *testing.T) {
 			t.Errorf("balstat %v: exit %d, stderr %q, stdout %q; want %d, %q", tt.args, code, errs, out, tt.code, tt.want)
 		}
 	}
-	for _, args := range [][]string{
-		{"-b", "x"}, {"-b", "0"}, {"-r", "fe80::1%eth0"}, {"-r", "nope"}, {"-w", "0"}, {"-n", "3"},
-		{"frobnicate"}, {"disable"}, {"disable", "x"}, {"reset", "now"}, {"-q"},
-		{"weight", "5301"}, {"weight", "5301", "0"}, {"weight", "5301", "1001"}, {"weight", "x", "2"},
+	// A bad command line: what is wrong, and where help is.
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-b", "x"}, `bad backend ID "x"`},
+		{[]string{"-b", "0"}, `bad backend ID "0"`},
+		{[]string{"-r", "fe80::1%eth0"}, `bad IP address for -r: "fe80::1%eth0"`},
+		{[]string{"-r", "nope"}, `bad IP address for -r: "nope"`},
+		{[]string{"-w", "0"}, `bad interval for -w: "0" (want seconds, more than 0)`},
+		{[]string{"-n", "3"}, `-n goes with -w and takes a count`},
+		{[]string{"frobnicate"}, `unknown command "frobnicate" (want disable, drain, enable, weight or reset)`},
+		{[]string{"disable"}, `disable takes one backend ID, got 0 arguments`},
+		{[]string{"drain", "1", "2"}, `drain takes one backend ID, got 2 arguments`},
+		{[]string{"disable", "x"}, `bad backend ID "x"`},
+		{[]string{"reset", "now"}, `reset takes no arguments, got ["now"]`},
+		{[]string{"-q"}, `flag provided but not defined: -q`},
+		{[]string{"weight", "5301"}, `weight takes a backend ID and a weight, got 1 arguments`},
+		{[]string{"weight", "5301", "0"}, `bad weight "0" (want 1 to 1000)`},
+		{[]string{"weight", "5301", "1001"}, `bad weight "1001" (want 1 to 1000)`},
+		{[]string{"weight", "x", "2"}, `bad backend ID "x"`},
 	} {
-		_, errs, code := run1(append([]string{"-S", h.DebugSocket}, args...)...)
-		if code != 2 || !strings.HasPrefix(errs, "balstat: ") || !strings.Contains(errs, "usage: balstat") {
-			t.Errorf("balstat %v: exit %d, stderr %q; want 2 with usage", args, code, errs)
+		_, errs, code := run1(append([]string{"-S", h.DebugSocket}, tt.args...)...)
+		if want := "balstat: " + tt.want + "\nbalstat: run 'balstat -h' for usage\n"; code != 2 || errs != want {
+			t.Errorf("balstat %v: exit %d, stderr %q; want 2, %q", tt.args, code, errs, want)
+		}
+	}
+}
+
+// -S naming something other than a socket says what it is.
+func TestNotASocket(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	file := dir + "/file"
+	os.WriteFile(file, nil, 0o644)
+	for _, tt := range []struct{ path, want string }{
+		{dir, dir + " is a directory, not a socket"},
+		{file, file + " is a regular file, not a socket"},
+		{"/dev/null", "/dev/null is a device, not a socket"},
+		{file + "/sock", file + "/sock: a part of the path is not a directory"},
+	} {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), []string{"-S", tt.path}, &out, &errb)
+		if want := "balstat: " + tt.want + "\n"; code != 1 || errb.String() != want {
+			t.Errorf("balstat -S %s: exit %d, stderr %q; want 1, %q", tt.path, code, errb.String(), want)
 		}
 	}
 }
@@ -392,5 +428,27 @@ func TestIPv6RemoteWithItsStandin(t *testing.T) {
 	out, _, _ = balstat(t, h, "-r", "::1")
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); !strings.HasPrefix(lines[len(lines)-1], "::1 ") || len(lines) != 8 {
 		t.Fatalf("balstat -r ::1:\n%s", out)
+	}
+}
+
+// Hundreds of idle clients of the debug socket do not keep balstat out.
+func TestIdleClientsDoNotLockOut(t *testing.T) {
+	h := servertest.New(t, func(o *server.Options) {
+		// Only eviction frees a slot.
+		o.DebugLimits = debugapi.Limits{HeaderTimeout: time.Hour, IdleTimeout: time.Hour}
+	})
+	h.StartGo("5301")
+	for range 300 {
+		c, err := net.Dial("unix", h.DebugSocket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	if code := run(ctx, []string{"-S", h.DebugSocket, "-b", "5301"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "5301  ok") {
+		t.Fatalf("exit %d, %s%s", code, errb.String(), out.String())
 	}
 }

@@ -74,9 +74,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.ip, "r", "", "")
 	fs.StringVar(&watch, "w", "", "")
 	fs.IntVar(&o.count, "n", 0, "")
+	// A bad command line gets what is wrong, and where help is.
 	usageErr := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "balstat: "+format+"\n", a...)
-		fmt.Fprint(stderr, usage)
+		fmt.Fprintln(stderr, "balstat: run 'balstat -h' for usage")
 		return 2
 	}
 	if err := fs.Parse(args); err != nil {
@@ -111,41 +112,37 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usageErr("-n goes with -w and takes a count")
 	}
 
+	rest := fs.Args()
+	if len(rest) > 0 {
+		if msg := checkCommand(rest); msg != "" {
+			return usageErr("%s", msg)
+		}
+	}
+
 	c := debugapi.NewClient(o.socket)
 	defer c.Close()
 	var err error
-	switch rest := fs.Args(); {
+	switch {
 	case len(rest) == 0 && o.watch > 0:
 		err = watchLoop(ctx, c, o, stdout)
 	case len(rest) == 0:
 		err = show(ctx, c, o, stdout)
-	case rest[0] == "reset" && len(rest) == 1:
+	case rest[0] == "reset":
 		if err = c.ResetCounters(ctx); err == nil {
 			fmt.Fprintln(stdout, "counters reset")
 		}
-	case (rest[0] == "disable" || rest[0] == "drain" || rest[0] == "enable") && len(rest) == 2:
-		id, perr := parseID(rest[1])
-		if perr != nil {
-			return usageErr("%v", perr)
-		}
-		var b debugapi.Backend
-		if b, err = c.Action(ctx, id, rest[0]); err == nil {
-			fmt.Fprintf(stdout, "backend %d: %s (%s)\n", b.ID, b.Admin, b.Path)
-		}
-	case rest[0] == "weight" && len(rest) == 3:
-		id, perr := parseID(rest[1])
-		if perr != nil {
-			return usageErr("%v", perr)
-		}
-		if n, err := strconv.Atoi(rest[2]); err != nil || n < 1 || n > 1000 {
-			return usageErr("bad weight %q (want 1 to 1000)", rest[2])
-		}
+	case rest[0] == "weight":
+		id, _ := parseID(rest[1])
 		var b debugapi.Backend
 		if b, err = c.Weight(ctx, id, rest[2]); err == nil {
-			fmt.Fprintf(stdout, "backend %d: weight %d (%s)\n", b.ID, b.Weight, b.Path)
+			fmt.Fprintf(stdout, "backend %d: weight %d (%s)\n", b.ID, b.Weight, printable(b.Path))
 		}
-	default:
-		return usageErr("unknown command %q", rest)
+	default: // disable, drain, enable
+		id, _ := parseID(rest[1])
+		var b debugapi.Backend
+		if b, err = c.Action(ctx, id, rest[0]); err == nil {
+			fmt.Fprintf(stdout, "backend %d: %s (%s)\n", b.ID, printable(b.Admin), printable(b.Path))
+		}
 	}
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
@@ -155,6 +152,38 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// checkCommand says what is wrong with the command and its arguments, or
+// "" when nothing is.
+func checkCommand(args []string) string {
+	cmd, n := args[0], len(args)-1
+	switch cmd {
+	case "reset":
+		if n != 0 {
+			return fmt.Sprintf("reset takes no arguments, got %q", args[1:])
+		}
+	case "disable", "drain", "enable":
+		if n != 1 {
+			return fmt.Sprintf("%s takes one backend ID, got %d arguments", cmd, n)
+		}
+		if _, err := parseID(args[1]); err != nil {
+			return err.Error()
+		}
+	case "weight":
+		if n != 2 {
+			return fmt.Sprintf("weight takes a backend ID and a weight, got %d arguments", n)
+		}
+		if _, err := parseID(args[1]); err != nil {
+			return err.Error()
+		}
+		if w, err := strconv.Atoi(args[2]); err != nil || w < 1 || w > 1000 {
+			return fmt.Sprintf("bad weight %q (want 1 to 1000)", args[2])
+		}
+	default:
+		return fmt.Sprintf("unknown command %q (want disable, drain, enable, weight or reset)", cmd)
+	}
+	return ""
 }
 
 func parseID(s string) (uint16, error) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -124,6 +125,9 @@ func printBackends(w io.Writer, bs []debugapi.Backend, rates map[uint16]float64)
 			cols = append(cols, p)
 		}
 		cols = append(cols, b.Path)
+		for i := range cols {
+			cols[i] = printable(cols[i])
+		}
 		fmt.Fprintln(tw, strings.Join(cols, "\t"))
 	}
 	tw.Flush()
@@ -141,11 +145,32 @@ func printRemotes(ctx context.Context, c *debugapi.Client, o options, w io.Write
 		if standin == "" {
 			standin = "-"
 		}
-		_, err := fmt.Fprintf(w, row, r.IP, standin, idOrDash(r.Backend), idOrDash(r.Backup), fmt.Sprint(r.UDP),
+		_, err := fmt.Fprintf(w, row, printable(r.IP), printable(standin), idOrDash(r.Backend), idOrDash(r.Backup), fmt.Sprint(r.UDP),
 			fmt.Sprint(r.TCP), fmt.Sprint(r.Drops), ago(now, r.LastSeen))
 		return err
 	})
 	return err
+}
+
+// printable returns s with what a terminal would act on (control
+// characters, other non-printable runes) escaped as in Go's %q. The
+// server escapes paths already (debugapi.EscapePath); this keeps any
+// other text from the socket, or a server that does not, from reaching
+// the terminal raw or breaking the table.
+func printable(s string) string {
+	if !strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if strconv.IsPrint(r) {
+			b.WriteRune(r)
+		} else {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+	}
+	return b.String()
 }
 
 func idOrDash(id uint16) string {

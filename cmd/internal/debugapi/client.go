@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"syscall"
 	"time"
 )
@@ -19,6 +21,8 @@ var (
 	ErrNotRunning = errors.New("bbal is not running")
 	// ErrPermission: the socket may not be used by this user.
 	ErrPermission = errors.New("permission denied")
+	// ErrNotSocket: the path is something else, a directory or a file.
+	ErrNotSocket = errors.New("not a socket")
 )
 
 // APIError is an error reply from the server.
@@ -38,14 +42,39 @@ type Client struct {
 // NewClient returns a client for the debug socket at path.
 func NewClient(path string) *Client {
 	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
+		DialContext:           func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx, path) },
 		ResponseHeaderTimeout: 10 * time.Second,
 		MaxIdleConns:          1,
 	}
 	return &Client{path: path, hc: &http.Client{Transport: tr}}
+}
+
+// dialPatience is how long dial tries again while the socket's listen
+// backlog is full: bbal accepts at once whatever its load, so a full
+// backlog is a burst of connections that is soon taken in.
+const dialPatience = 10 * time.Second
+
+// dial connects to the socket at path, trying again, with a growing
+// pause, while its listen backlog is full (EAGAIN).
+func dial(ctx context.Context, path string) (net.Conn, error) {
+	var d net.Dialer
+	ctx, cancel := context.WithTimeout(ctx, dialPatience)
+	defer cancel()
+	pause := time.Millisecond
+	for {
+		c, err := d.DialContext(ctx, "unix", path)
+		if !errors.Is(err, syscall.EAGAIN) {
+			return c, err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("the listen backlog of %s stayed full: %w", path, err)
+		case <-t.C:
+		}
+		pause = min(2*pause, 100*time.Millisecond)
+	}
 }
 
 // Close releases the client's idle connection.
@@ -64,7 +93,12 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values) (*ht
 	if err != nil {
 		switch {
 		case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
+			if what := notSocket(c.path); what != "" {
+				return nil, fmt.Errorf("%s is %s, %w", c.path, what, ErrNotSocket)
+			}
 			return nil, fmt.Errorf("%w at %s", ErrNotRunning, c.path)
+		case errors.Is(err, syscall.ENOTDIR):
+			return nil, fmt.Errorf("%s: a part of the path is not a directory", c.path)
 		case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
 			return nil, fmt.Errorf("%w on %s", ErrPermission, c.path)
 		}
@@ -80,6 +114,30 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values) (*ht
 		return nil, &APIError{Status: resp.StatusCode, Message: e.Error}
 	}
 	return resp, nil
+}
+
+// notSocket says what path is when it exists and is not a socket (the
+// target of a symbolic link): "a directory", "a regular file", ...; ""
+// otherwise.
+func notSocket(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	switch m := fi.Mode(); {
+	case m&fs.ModeSocket != 0:
+		return ""
+	case m.IsDir():
+		return "a directory"
+	case m.IsRegular():
+		return "a regular file"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	default:
+		return "a file of mode " + m.String()
+	}
 }
 
 func (c *Client) getJSON(ctx context.Context, method, path string, out any) error {

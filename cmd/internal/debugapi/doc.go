@@ -32,10 +32,23 @@
 //
 // The server runs apart from the data path: handlers read counters
 // through atomics and take the remotes table's lock for at most a chunk
-// of remotes at a time. [DefaultLimits] apply: at most 16 connections are
-// served at once (more wait in the listen backlog); requests must send
-// their headers within 5 s, bodies are refused, and each write of a
-// response must complete within 10 s, so a client that never reads cannot
-// hold a connection, or memory, for long. The remotes list is streamed,
-// so a million remotes never make one buffer.
+// of remotes at a time. [DefaultLimits] apply. At most 16 connections are
+// open at once, but every connection offered is accepted at once, so the
+// listen backlog never fills: at the cap, a new connection evicts the
+// oldest idle one (no request being read or served, no bytes of one
+// waiting), and when all 16 are in the middle of a request the new one is
+// refused. Either is counted (bbal_debug_connections_evicted_total,
+// bbal_debug_connections_refused_total) and logged at most once per
+// 10 s, so a crowd of idle clients cannot lock balstat out. Requests must
+// send their headers within 5 s, bodies are refused, and each write of a
+// response must complete within 10 s, so a client that never reads
+// cannot hold a connection, or memory, for long. The remotes list is
+// streamed, so a million remotes never make one buffer. [Client] tries a
+// connection again for up to 10 s while the backlog is full (EAGAIN).
+//
+// # Names
+//
+// A backend's path is bytes, not necessarily UTF-8 or printable: the JSON
+// and the metrics' path label show it escaped by [EscapePath], as Go's %q
+// writes it without the quotes, which strconv.Unquote reverses.
 package debugapi

@@ -38,11 +38,14 @@ type Sources struct {
 	Started  time.Time
 	Log      zerolog.Logger
 	LogDrops LogCounters // nil when the log's drops are not counted
+	// Debug is the debug socket's server, for its counters in the
+	// metrics served elsewhere (-m); Serve sets it for its own.
+	Debug *Server
 }
 
 // Limits bound what one client of the debug socket may take.
 type Limits struct {
-	MaxConns      int           // connections served at once (16)
+	MaxConns      int           // connections open at once (16); at the cap a new one evicts the oldest idle one
 	HeaderTimeout time.Duration // to send a request's headers (5 s)
 	WriteTimeout  time.Duration // for each write of a response (10 s)
 	IdleTimeout   time.Duration // between requests on one connection (30 s)
@@ -53,7 +56,7 @@ var DefaultLimits = Limits{MaxConns: 16, HeaderTimeout: 5 * time.Second, WriteTi
 
 // Server serves the API on the debug socket. Create it with Serve.
 type Server struct {
-	ln   *limitListener
+	ln   *connSet
 	srv  *http.Server
 	done chan struct{}
 }
@@ -76,9 +79,14 @@ func Serve(ln *net.UnixListener, src Sources, lim Limits) *Server {
 			*d.v = d.def
 		}
 	}
-	s := &Server{ln: newLimitListener(ln, lim.MaxConns), done: make(chan struct{})}
+	if src.Clock == nil {
+		src.Clock = timeouts.System
+	}
+	s := &Server{ln: newConnSet(ln, lim.MaxConns, src.Clock, src.Log), done: make(chan struct{})}
+	src.Debug = s
 	s.srv = &http.Server{
 		Handler:           newHandler(src, lim.WriteTimeout),
+		ConnState:         s.ln.setState,
 		ReadHeaderTimeout: lim.HeaderTimeout,
 		ReadTimeout:       lim.HeaderTimeout,
 		IdleTimeout:       lim.IdleTimeout,
@@ -108,8 +116,26 @@ func (w debugWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// ConnStats are the debug socket's connection counters.
+type ConnStats struct {
+	Open    int    // connections open now
+	Evicted uint64 // idle connections closed to make room for a new one
+	Refused uint64 // new connections closed because every open one was busy
+}
+
 // Conns returns the number of connections open now.
-func (s *Server) Conns() int { return int(s.ln.open.Load()) }
+func (s *Server) Conns() int { return s.ln.open() }
+
+// Stats returns the connection counters.
+func (s *Server) Stats() ConnStats {
+	return ConnStats{Open: s.ln.open(), Evicted: s.ln.evicted.Load(), Refused: s.ln.refused.Load()}
+}
+
+// ResetCounters sets the counters back to zero.
+func (s *Server) ResetCounters() {
+	s.ln.evicted.Store(0)
+	s.ln.refused.Store(0)
+}
 
 // File returns a duplicate of the listening socket's descriptor, for a
 // successor process.
@@ -205,7 +231,7 @@ func checkQuery(w http.ResponseWriter, r *http.Request, allowed ...string) bool 
 func (a *api) backendInfo(b *backend.Backend, counts map[backend.ID]remotes.Counts) Backend {
 	st := b.Stats()
 	out := Backend{
-		ID: uint16(st.ID), Path: st.Path, State: st.State.String(), Since: st.Since.UTC(),
+		ID: uint16(st.ID), Path: EscapePath(st.Path), State: st.State.String(), Since: st.Since.UTC(),
 		OK: st.OK, Admin: st.Admin.String(),
 		Remotes: counts[st.ID].Primary, BackupRemotes: counts[st.ID].Backup,
 		UDPFrames: st.UDPFrames, UDPBytes: st.UDPBytes,
@@ -340,6 +366,9 @@ func (a *api) reset(w http.ResponseWriter, r *http.Request) {
 	a.src.Table.ResetCounters()
 	if a.src.LogDrops != nil {
 		a.src.LogDrops.ResetCounters()
+	}
+	if a.src.Debug != nil {
+		a.src.Debug.ResetCounters()
 	}
 	a.mu.Unlock()
 	peer, _ := PeerOf(r.Context())
@@ -478,6 +507,10 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 		if b.OK() {
 			out.BackendsOK++
 		}
+	}
+	if a.src.Debug != nil {
+		ds := a.src.Debug.Stats()
+		out.Debug.Conns, out.Debug.Evicted, out.Debug.Refused = ds.Open, ds.Evicted, ds.Refused
 	}
 	out.Goroutines = runtime.NumGoroutine()
 	out.RSSBytes = rss()

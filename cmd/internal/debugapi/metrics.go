@@ -43,8 +43,11 @@ var (
 	mWatchActive = desc("bbal_discovery_watch_active", "1 while the socket directory is watched with inotify; 0 when only the periodic scan finds changes.")
 	mWatchEvents = desc("bbal_discovery_events_total", "inotify events read for the socket directory.")
 	mLogDropped  = desc("bbal_log_records_dropped_total", "Log records lost: full (the log's buffer was full, its reader too slow), write_error (stdout and stderr failed).", "reason")
+	mDebugConns  = desc("bbal_debug_connections", "Connections open on the debug socket.")
+	mDebugEvict  = desc("bbal_debug_connections_evicted_total", "Idle debug socket connections closed to make room for a new one.")
+	mDebugRefuse = desc("bbal_debug_connections_refused_total", "New debug socket connections closed because every open one was in the middle of a request.")
 
-	mBackendInfo     = desc("bbal_backend_info", "A backend's socket path; always 1.", "backend", "path")
+	mBackendInfo     = desc("bbal_backend_info", "A backend's socket path (escaped as Go's %q writes it, without the quotes); always 1.", "backend", "path")
 	mBackendUp       = desc("bbal_backend_up", "1 when the backend's session is up (SERVER_HELLO received).", "backend")
 	mBackendState    = desc("bbal_backend_state", "1 for the backend's session state.", "backend", "state")
 	mBackendAdmin    = desc("bbal_backend_admin", "1 for the operator's setting: enabled, disabled or draining.", "backend", "admin")
@@ -142,12 +145,18 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(mLogDropped, ld.Full, "full")
 		counter(mLogDropped, ld.WriteError, "write_error")
 	}
+	if c.src.Debug != nil {
+		dc := c.src.Debug.Stats()
+		gauge(mDebugConns, float64(dc.Open))
+		counter(mDebugEvict, dc.Evicted)
+		counter(mDebugRefuse, dc.Refused)
+	}
 
 	counts := c.src.Table.Counts()
 	for _, b := range c.src.Backends.All() {
 		st := b.Stats()
 		id := strconv.Itoa(int(st.ID))
-		gauge(mBackendInfo, 1, id, st.Path)
+		gauge(mBackendInfo, 1, id, EscapePath(st.Path))
 		gauge(mBackendUp, bool01(st.OK), id)
 		for s := backend.StateConnecting; s <= backend.StateStopped; s++ {
 			gauge(mBackendState, bool01(st.State == s), id, s.String())

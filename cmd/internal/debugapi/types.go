@@ -7,7 +7,8 @@ const DefaultSocket = "/var/run/bbal.sock"
 
 // Backend is one backend as the API shows it.
 type Backend struct {
-	ID                    uint16            `json:"id"`
+	ID uint16 `json:"id"`
+	// Path is the socket's path, escaped by [EscapePath].
 	Path                  string            `json:"path"`
 	State                 string            `json:"state"`
 	Since                 time.Time         `json:"since"`
@@ -159,6 +160,13 @@ type Stats struct {
 	} `json:"discovery"`
 	// LogDropped counts the log records lost.
 	LogDropped LogDrops `json:"log_dropped"`
+	// Debug is the debug socket's connections: open now, idle ones
+	// evicted for a new one, new ones refused because all were busy.
+	Debug struct {
+		Conns   int    `json:"conns"`
+		Evicted uint64 `json:"evicted"`
+		Refused uint64 `json:"refused"`
+	} `json:"debug"`
 }
 
 // LogDrops are the log records lost: dropped while the log's buffer was

@@ -270,6 +270,7 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 	}
 	if debugLn != nil {
 		b.debug = debugapi.Serve(debugLn, src, opt.DebugLimits)
+		src.Debug = b.debug // its counters in the -m metrics too
 		log.Info().Str("path", cfg.DebugSocket).Msg("debug socket ready")
 	}
 	b.cfg = cfg
