@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -331,8 +332,12 @@ func TestStuckBackendDropsAndCounts(t *testing.T) {
 		t.Fatal("remote's drops not counted")
 	}
 
-	// Still wedged at the next heartbeat: faulted 15 s later.
+	// Still wedged at the next heartbeat: faulted 15 s later (counted
+	// from when the backend has sent it and armed the wait).
 	h.Heartbeat(5302)
+	testbed.Eventually(t, "heartbeat reply awaited", func() bool {
+		return slices.ContainsFunc(h.B.Timeouts.List(), func(e timeouts.Entry) bool { return e.Name == "backend 5302 heartbeat reply" })
+	})
 	h.Advance(backend.DefaultHeartbeatTimeout)
 	h.Logs.Wait(t, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5302, "reason": "heartbeat_timeout"})
 	if got := h.Who(stuckFrom, false)["backend"]; got != "good" {
