@@ -677,3 +677,37 @@ func TestStandinRangeFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestMissingDebugSocketDirectory: bbal makes the -S socket's directory
+// when it is missing (/var/run/bbal after a reboot), and says plainly when
+// it cannot.
+func TestMissingDebugSocketDirectory(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	run := filepath.Join(testbed.SocketDir(t), "run", "bbal")
+	debug := filepath.Join(run, "bbal.sock")
+	p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-S", debug)
+	p.logs.Wait(t, "created the debug socket's directory", map[string]any{"path": run})
+	p.logs.Wait(t, "debug socket ready", nil)
+	c := debugapi.NewClient(debug)
+	defer c.Close()
+	if _, err := c.Stats(context.Background()); err != nil {
+		t.Fatalf("debug socket in the directory made: %v", err)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+
+	// A directory that cannot be made: a file stands in the way.
+	file := filepath.Join(testbed.SocketDir(t), "file")
+	os.WriteFile(file, nil, 0o644)
+	debug = filepath.Join(file, "bbal", "bbal.sock")
+	p = startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-S", debug)
+	if code := p.wait(t, 10*time.Second); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	r := p.logs.Wait(t, "failed to create debug socket", map[string]any{"level": 60, "path": debug})
+	if err, _ := r["err"].(string); !strings.HasPrefix(err, "the debug socket's directory "+filepath.Dir(debug)+" is missing and could not be created: ") {
+		t.Fatalf("err %q", err)
+	}
+}

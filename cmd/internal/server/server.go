@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
@@ -125,6 +126,7 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		tlns      []*net.TCPListener
 		err       error
 		probe     []byte
+		debugDir  string // the debug socket's directory, when bbal made it
 	)
 	if cfg.Probe.Name != "" {
 		if probe, err = cfg.Probe.Query(); err != nil {
@@ -140,6 +142,15 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		}
 	} else {
 		if cfg.DebugSocket != "" {
+			made, err := makeSocketDir(cfg.DebugSocket)
+			if err != nil {
+				fail(err).Str("path", cfg.DebugSocket).Msg("failed to create debug socket")
+				return nil, err
+			}
+			if made != "" {
+				log.Info().Str("path", made).Msg("created the debug socket's directory")
+				debugDir = made
+			}
 			ln, err := debugapi.Listen(cfg.DebugSocket)
 			if err != nil {
 				fail(err).Str("path", cfg.DebugSocket).Msg("failed to create debug socket")
@@ -185,6 +196,9 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		var owned []string
 		if cfg.DebugSocket != "" {
 			owned = append(owned, cfg.DebugSocket)
+		}
+		if debugDir != "" {
+			owned = append(owned, debugDir)
 		}
 		if err := dropPrivileges(cfg.User, owned...); err != nil {
 			fail(err).Str("user", cfg.User).Msg("failed to drop privileges")
@@ -365,4 +379,18 @@ func listen(addr netip.AddrPort) (*net.UDPConn, *net.TCPListener, error) {
 			return nil, nil, fmt.Errorf("TCP: %w", err)
 		}
 	}
+}
+
+// makeSocketDir creates the directory of the socket at path when it is
+// missing (as /var/run/bbal is after a reboot where nothing made it), mode
+// 0755, and returns it; "" when it was there already.
+func makeSocketDir(path string) (string, error) {
+	dir := filepath.Dir(path)
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
+		return "", nil // there, or an error that Listen will report
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("the debug socket's directory %s is missing and could not be created: %w", dir, err)
+	}
+	return dir, nil
 }
