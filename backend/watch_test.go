@@ -71,8 +71,8 @@ func TestWatchFindsNewSocketAtOnce(t *testing.T) {
 	if d := s.Discovery(); d.Events == 0 || d.WatchScans == 0 {
 		t.Fatalf("discovery %+v: the socket was not found through the watch", d)
 	}
-	// A name outside 5300-5399 gets the next ID, as from any scan.
-	connectFake(t, logs, dir, "other", 5302)
+	// A name outside 5300-5399 gets an ID outside it, as from any scan.
+	connectFake(t, logs, dir, "other", 1)
 }
 
 func TestWatchedUnlinkRemovesFaultedBackend(t *testing.T) {
@@ -134,7 +134,7 @@ func TestWatchCoalescesBursts(t *testing.T) {
 	for i := range names {
 		names[i] = fmt.Sprintf("s%03d", i)
 	}
-	touch(t, dir, names...)
+	stale(t, dir, names...)
 	testbed.Eventually(t, "100 events read", func() bool { return s.Discovery().Events-before.Events >= 100 })
 	s.mu.Unlock()
 	testbed.Eventually(t, "100 backends", func() bool { return len(s.All()) == 100 })
