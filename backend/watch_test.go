@@ -255,6 +255,30 @@ func TestWatchFallsBackToPeriodicScans(t *testing.T) {
 		connectFake(t, logs, dir, "5302", 5302)
 	})
 
+	t.Run("directory recreated while a socket in it is bound", func(t *testing.T) {
+		dir := filepath.Join(testbed.SocketDir(t), "d")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		s, logs, clock := newTickingSet(t, dir, nil)
+		// The listener, unlinked but open, keeps the old directory
+		// alive: no IN_DELETE_SELF comes.
+		connectFake(t, logs, dir, "5301", 5301)
+		removeAll(t, dir, "5301")
+		if err := os.Remove(dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		periodicScan(t, s, clock)
+		if !s.Discovery().WatchActive {
+			t.Fatal("watch not active")
+		}
+		// Found through the watch, without another periodic scan.
+		connectFake(t, logs, dir, "5302", 5302)
+	})
+
 	for _, gone := range []struct {
 		name string
 		do   func(dir string) error
