@@ -71,10 +71,10 @@
 //	connecting --connect fails with ENOENT--> removed
 //	faulted --scan finds the socket gone--> removed
 //	removed --scan finds the path again--> connecting
+//	removed --ForgetAfter, no remote's primary--> forgotten (run ends)
 //	any --Set.Close--> stopped
 //
-// A backend is used for traffic only while ok; removed and forgotten
-// after ForgetAfter (see above). Entering faulted closes the
+// A backend is used for traffic only while ok. Entering faulted closes the
 // session, discards what was queued for it (counted) and arms the
 // reconnect timer. The reconnect delay starts at 1 s, grows by 2 s per
 // failed attempt to at most 32 s, and returns to 1 s on SERVER_HELLO; the
