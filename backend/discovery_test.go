@@ -239,31 +239,7 @@ func TestFailingBackendLogsOncePerBackOffCap(t *testing.T) {
 	}
 	// Four minutes of retries: 1 s, 3 s, 5 s ... 32 s apart.
 	span := 4 * time.Minute
-	end := clock.Now().Add(span)
-	for {
-		due := end
-		for _, b := range s.All() {
-			if at, ok := b.reconnectT.Armed(); ok && at.Before(due) {
-				due = at
-			}
-		}
-		if !due.Before(end) {
-			break
-		}
-		attempts := map[ID]uint64{}
-		for _, b := range s.All() {
-			attempts[b.ID()] = b.Stats().ConnectAttempts
-		}
-		clock.Advance(due.Sub(clock.Now()))
-		for _, b := range s.All() {
-			if at, _ := b.reconnectT.Armed(); !at.After(due) {
-				testbed.Eventually(t, "the attempt", func() bool {
-					at, ok := b.reconnectT.Armed()
-					return b.Stats().ConnectAttempts > attempts[b.ID()] && ok && at.After(due)
-				})
-			}
-		}
-	}
+	retryFor(t, s, clock, span)
 	for _, b := range s.All() {
 		attempts := b.Stats().ConnectAttempts
 		// Once when it starts, then at most once per 32 s.
@@ -293,5 +269,76 @@ func TestTooManyBackendsIsLoggedOncePer5s(t *testing.T) {
 	periodicScan(t, s, clock)
 	if n := logs.Count("too many backends (skipped)", nil); n != 2 {
 		t.Fatalf("logged %d times in two scans 5 s apart, want twice", n)
+	}
+}
+
+// retryFor moves the clock on by span, from one reconnect to the next,
+// waiting at each for the backends due to have made their attempt.
+func retryFor(t *testing.T, s *Set, clock *timeouts.Fake, span time.Duration) {
+	t.Helper()
+	end := clock.Now().Add(span)
+	for {
+		due := end
+		for _, b := range s.All() {
+			if at, ok := b.reconnectT.Armed(); ok && at.Before(due) {
+				due = at
+			}
+		}
+		if !due.Before(end) {
+			clock.Advance(end.Sub(clock.Now()))
+			return
+		}
+		attempts := map[ID]uint64{}
+		for _, b := range s.All() {
+			attempts[b.ID()] = b.Stats().ConnectAttempts
+		}
+		clock.Advance(due.Sub(clock.Now()))
+		for _, b := range s.All() {
+			if at, _ := b.reconnectT.Armed(); !at.After(due) {
+				testbed.Eventually(t, "the attempt", func() bool {
+					at, ok := b.reconnectT.Armed()
+					return b.Stats().ConnectAttempts > attempts[b.ID()] && ok && at.After(due)
+				})
+			}
+		}
+	}
+}
+
+func TestJunkDirectoryLogsLittle(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	var files, socks []string
+	for i := range 200 {
+		files = append(files, fmt.Sprintf("junk%03d", i))
+	}
+	for i := range 30 {
+		socks = append(socks, fmt.Sprintf("stale%03d", i))
+	}
+	touch(t, dir, files...)
+	stale(t, dir, socks...)
+	s, logs, clock := newTickingSet(t, dir, func(s *Set) { s.cfg.MaxBackends = 10 })
+	testbed.Eventually(t, "10 backends tried", func() bool {
+		n := 0
+		for _, b := range s.All() {
+			if st, _ := b.State(); st == StateFaulted {
+				n++
+			}
+		}
+		return n == 10
+	})
+	// 15 s of retries and periodic scans.
+	for range 3 {
+		retryFor(t, s, clock, DefaultScanInterval-time.Millisecond)
+		periodicScan(t, s, clock)
+	}
+	// Each backend's first failure and its being found; "too many
+	// backends" once per 5 s; nothing about the files.
+	n := 0
+	for _, r := range logs.Records() {
+		if r["level"] != "debug" && r["level"] != "trace" {
+			n++
+		}
+	}
+	if want := 10 + 10 + 4; n > want {
+		t.Fatalf("%d records above debug level, want at most %d", n, want)
 	}
 }
