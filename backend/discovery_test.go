@@ -278,6 +278,13 @@ func retryFor(t *testing.T, s *Set, clock *timeouts.Fake, span time.Duration) {
 	t.Helper()
 	end := clock.Now().Add(span)
 	for {
+		// Every attempt under way is over, and its retry armed.
+		for _, b := range s.All() {
+			testbed.Eventually(t, "the retry armed", func() bool {
+				st, _ := b.State()
+				return st != StateConnecting && (st != StateFaulted || b.armed(b.reconnectT))
+			})
+		}
 		due := end
 		for _, b := range s.All() {
 			if at, ok := b.reconnectT.Armed(); ok && at.Before(due) {
@@ -294,7 +301,7 @@ func retryFor(t *testing.T, s *Set, clock *timeouts.Fake, span time.Duration) {
 		}
 		clock.Advance(due.Sub(clock.Now()))
 		for _, b := range s.All() {
-			if at, _ := b.reconnectT.Armed(); !at.After(due) {
+			if at, ok := b.reconnectT.Armed(); ok && !at.After(due) {
 				testbed.Eventually(t, "the attempt", func() bool {
 					at, ok := b.reconnectT.Armed()
 					return b.Stats().ConnectAttempts > attempts[b.ID()] && ok && at.After(due)
