@@ -66,6 +66,9 @@ func TestOnlySocketsAreBackends(t *testing.T) {
 			t.Errorf("%s: %q logged %d times, want once", name, msg, n)
 		}
 	}
+	if n := s.Discovery().Ignored; n != 6 {
+		t.Errorf("Discovery().Ignored = %d, want 6", n)
+	}
 	if n := logs.Count(sameSocket, map[string]any{"same_as": 5301}); n != 2 {
 		t.Errorf("%d records name backend 5301 as the same socket, want 2", n)
 	}
@@ -158,8 +161,8 @@ func TestRemovedBackendsAreForgotten(t *testing.T) {
 	if got := ids(s); len(got) != 1 || got["5302"] != 5302 {
 		t.Fatalf("backends %v, want only 5302", got)
 	}
-	if n := logs.Count("backend forgotten", nil); n != 3 {
-		t.Fatalf("%d backends forgotten, want 3", n)
+	if n := logs.Count("backend forgotten", nil); n != 3 || s.Discovery().Forgotten != 3 {
+		t.Fatalf("%d backends forgotten (counted %d), want 3", n, s.Discovery().Forgotten)
 	}
 	stale(t, dir, "e")
 	periodicScan(t, s, clock)

@@ -51,7 +51,8 @@
 // the watched one's: a directory deleted while sockets are still bound in
 // it lives on, and sends no IN_DELETE_SELF, so a new one at the same path
 // would go unwatched. On a mismatch the watch is moved. [Set.Discovery]
-// tells whether it is in place and counts its events.
+// tells whether it is in place and counts its events, the entries
+// ignored at the last scan and the backends forgotten.
 //
 // A backend's ID is its socket's name when that is a number from 5300 to
 // 5399, written plainly, and the ID is free (Binder names sockets after

@@ -180,6 +180,9 @@ type Set struct {
 	noteLog  *timeouts.Limiter // why entries are not backends
 	churnLog *timeouts.Limiter // backends found, removed and forgotten
 
+	ignored   atomic.Int64  // len(notes), for Discovery
+	forgotten atomic.Uint64 // backends forgotten
+
 	// list is every backend in ID order, replaced (never modified) when
 	// one is added, so the packet path reads it without a lock.
 	list atomic.Pointer[[]*Backend]
@@ -378,6 +381,7 @@ func (s *Set) Scan() {
 			delete(s.notes, path)
 		}
 	}
+	s.ignored.Store(int64(len(s.notes)))
 	for path, b := range s.byPath {
 		if st, _ := b.State(); st == StateFaulted && !sockets[path] {
 			b.post(event{kind: evGone})
@@ -566,6 +570,7 @@ func (s *Set) forget(sockets map[string]bool, present int, primaries map[ID]int)
 		gone[b] = true
 		delete(s.byPath, b.path)
 		b.cancel()
+		s.forgotten.Add(1)
 		if ok, held := s.churnLog.Allow(); ok {
 			b.log.Info().Int64("suppressed", held).Msg("backend forgotten")
 		}

@@ -62,12 +62,20 @@ type Discovery struct {
 	WatchActive bool
 	Events      uint64 // inotify events read
 	WatchScans  uint64 // scans those events triggered
+	// Ignored counts the directory's entries that are no backend (not
+	// a socket, a second name for one, a path too long), as of the
+	// last scan.
+	Ignored int
+	// Forgotten counts the backends forgotten after their socket was
+	// gone for ForgetAfter.
+	Forgotten uint64
 }
 
 // Discovery reports on the directory watch.
 func (s *Set) Discovery() Discovery {
 	w := &s.watch
-	return Discovery{WatchActive: w.active.Load(), Events: w.events.Load(), WatchScans: w.scans.Load()}
+	return Discovery{WatchActive: w.active.Load(), Events: w.events.Load(), WatchScans: w.scans.Load(),
+		Ignored: int(s.ignored.Load()), Forgotten: s.forgotten.Load()}
 }
 
 // ResetCounters sets the Set's own counters (those of Discovery) back to
@@ -75,6 +83,7 @@ func (s *Set) Discovery() Discovery {
 func (s *Set) ResetCounters() {
 	s.watch.events.Store(0)
 	s.watch.scans.Store(0)
+	s.forgotten.Store(0)
 }
 
 // openWatch watches the directory, unless it is watched already: it

@@ -40,6 +40,8 @@ var (
 	mScanPause   = desc("bbal_remotes_scan_pause_max_seconds", "The longest hold of the remotes table's lock by expiry or rebalancing.")
 	mWatchActive = desc("bbal_discovery_watch_active", "1 while the socket directory is watched with inotify; 0 when only the periodic scan finds changes.")
 	mWatchEvents = desc("bbal_discovery_events_total", "inotify events read for the socket directory.")
+	mIgnored     = desc("bbal_discovery_ignored_entries", "Entries of the socket directory that are no backend (not a socket, a second name for one), at the last scan.")
+	mForgotten   = desc("bbal_discovery_forgotten_total", "Backends forgotten after their socket was gone for a minute.")
 
 	mBackendInfo     = desc("bbal_backend_info", "A backend's socket path; always 1.", "backend", "path")
 	mBackendUp       = desc("bbal_backend_up", "1 when the backend's session is up (SERVER_HELLO received).", "backend")
@@ -132,6 +134,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ds := c.src.Backends.Discovery()
 	gauge(mWatchActive, bool01(ds.WatchActive))
 	counter(mWatchEvents, ds.Events)
+	gauge(mIgnored, float64(ds.Ignored))
+	counter(mForgotten, ds.Forgotten)
 
 	counts := c.src.Table.Counts()
 	for _, b := range c.src.Backends.All() {
