@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net"
 	"os"
 	"sync"
@@ -126,6 +127,18 @@ type Backend struct {
 
 	// probe is the health check by DNS (see probe.go).
 	probe prober
+
+	// cancel ends run; guarded by the Set's mu.
+	cancel context.CancelFunc
+
+	// attemptLog lets one connect attempt in each ReconnectMax log at
+	// its records' levels; quiet is set for the others, whose records
+	// go to debug level (see logAt). held counts the attempts kept
+	// quiet since the last one logged; owned by run.
+	attemptLog *timeouts.Limiter
+	quiet      atomic.Bool
+	held       int64
+	tried      bool // connect has run; owned by run
 }
 
 type eventKind uint8
@@ -169,6 +182,7 @@ func newBackend(s *Set, id ID, path string) *Backend {
 		events: make(chan event, eventQueueLen),
 	}
 	b.load.weight.Store(DefaultWeight)
+	b.attemptLog = timeouts.NewLimiter(s.cfg.Timeouts.Clock(), s.cfg.ReconnectMax)
 	name := "backend " + itoa(int(id)) + " "
 	ts := s.cfg.Timeouts
 	b.connectT = ts.NewTimeout(name+"connect", func() { b.post(event{kind: evConnectTimeout}) })
@@ -379,12 +393,13 @@ func (b *Backend) handle(ctx context.Context, ev event) {
 	switch ev.kind {
 	case evReconnect:
 		if st == StateFaulted && !b.armed(b.reconnectT) {
-			b.log.Info().Msg("connecting to backend")
 			b.connect(ctx)
 		}
 	case evReturned:
 		if st == StateRemoved {
-			b.log.Info().Msg("backend socket returned")
+			if ok, held := b.set.churnLog.Allow(); ok {
+				b.log.Info().Int64("suppressed", held).Msg("backend socket returned")
+			}
 			b.delay.Store(int64(b.set.cfg.ReconnectMin))
 			b.connect(ctx)
 		}
@@ -395,12 +410,12 @@ func (b *Backend) handle(ctx context.Context, ev event) {
 		if st != StateFaulted {
 			break
 		}
-		if _, err := os.Stat(b.path); errors.Is(err, syscall.ENOENT) {
+		if fi, err := os.Stat(b.path); errors.Is(err, syscall.ENOENT) || err == nil && fi.Mode().Type() != fs.ModeSocket {
 			b.socketRemoved()
 		}
 	case evConnectTimeout:
 		if st == StateConnecting && !b.armed(b.connectT) {
-			b.log.Warn().Msg("timed out connecting to backend")
+			b.logAt(zerolog.WarnLevel).Msg("timed out connecting to backend")
 			b.fault(ReasonConnectTimeout, nil)
 		}
 	case evHeartbeatDue:
@@ -409,7 +424,7 @@ func (b *Backend) handle(ctx context.Context, ev event) {
 		}
 	case evHeartbeatLate:
 		if st == StateOK && !b.armed(b.hbWaitT) {
-			b.log.Error().Msg("no heartbeat from backend (aborting connection)")
+			b.logAt(zerolog.ErrorLevel).Msg("no heartbeat from backend (aborting connection)")
 			b.fault(ReasonHeartbeatTimeout, nil)
 		}
 	case evTCPTimeout:
@@ -445,8 +460,21 @@ func (b *Backend) armed(t *timeouts.Timeout) bool {
 	return armed
 }
 
-// connect makes one attempt at the standing session.
+// connect makes one attempt at the standing session. The first attempt
+// of a backend, and one in each ReconnectMax after it, log their records
+// at their levels; the records of the others go to debug level, so that
+// a backend that keeps failing logs its failure when it starts and then
+// about once per back-off cap, whatever the cause.
 func (b *Backend) connect(ctx context.Context) {
+	ok, held := b.attemptLog.Allow()
+	b.quiet.Store(!ok)
+	if ok {
+		b.held = held
+	}
+	if b.tried {
+		b.logAt(zerolog.InfoLevel).Msg("connecting to backend")
+	}
+	b.tried = true
 	b.setState(StateConnecting)
 	b.stats.connectAttempts.Add(1)
 	c, err := dialUnix(ctx, b.path)
@@ -459,12 +487,12 @@ func (b *Backend) connect(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		b.log.Error().Err(err).Msg("failed to connect")
+		b.connectFailed(err)
 		b.setState(StateFaulted)
 		b.scheduleReconnect()
 		return
 	}
-	b.log.Info().Msg("backend socket connected")
+	b.logAt(zerolog.InfoLevel).Msg("backend socket connected")
 	b.gen++
 	b.hbOutstanding.Store(false)
 	// The timeout runs from before the hello is sent, so that whoever
@@ -487,7 +515,9 @@ func (b *Backend) connect(ctx context.Context) {
 func (b *Backend) socketRemoved() {
 	b.reconnectT.Clear()
 	b.setState(StateRemoved)
-	b.log.Warn().Msg("backend socket removed")
+	if ok, held := b.set.churnLog.Allow(); ok {
+		b.log.Warn().Int64("suppressed", held).Msg("backend socket removed")
+	}
 }
 
 // established runs when SERVER_HELLO arrives.
@@ -519,7 +549,8 @@ func (b *Backend) fault(r Reason, err error) {
 	b.ok.Store(false) // stop new traffic before anything else
 	b.stats.faults[r].Add(1)
 	was := State(b.state.Load())
-	ev := b.log.Error().Str("reason", r.String()).Str("state", was.String())
+	ev := b.logAt(zerolog.ErrorLevel).Str("reason", r.String()).Str("state", was.String()).
+		Int64("suppressed", b.held)
 	if err != nil {
 		ev = ev.Err(err)
 	}
@@ -551,7 +582,7 @@ func (b *Backend) closeSession() {
 	if n := b.q.reset(queueClosed); n > 0 {
 		b.stats.discarded.Add(uint64(n))
 	}
-	b.log.Info().Msg("backend socket closed")
+	b.logAt(zerolog.InfoLevel).Msg("backend socket closed")
 }
 
 // scheduleReconnect arms the reconnect timer with the current back-off
@@ -609,4 +640,18 @@ func (b *Backend) countExpired(n int) {
 	if n > 0 {
 		b.stats.expired.Add(uint64(n))
 	}
+}
+
+// logAt starts a record at level, or at debug level when the connect
+// attempt is quiet (see connect), unless its session has been ok for
+// ReconnectMax: a long-lived session's end is news. It is safe from the
+// session's goroutines.
+func (b *Backend) logAt(level zerolog.Level) *zerolog.Event {
+	if b.quiet.Load() {
+		st, since := b.State()
+		if st != StateOK || b.set.cfg.Timeouts.Clock().Now().Sub(since) < b.set.cfg.ReconnectMax {
+			level = zerolog.DebugLevel
+		}
+	}
+	return b.log.WithLevel(level)
 }

@@ -9,11 +9,30 @@
 // A [Set] scans the directory at [Set.Start], whenever the directory's
 // inotify watch reports a change (WatchSettle, 50 ms, after it: see
 // [DefaultWatchSettle]), and every ScanInterval (5 s) whatever the watch
-// says. Each entry other than "." and ".." is a candidate socket; a path
-// too long for sun_path (107 bytes) is logged once and skipped. A new
-// entry becomes a [Backend] and is connected at once. Backends are never
-// forgotten: one whose socket is removed is marked removed, and is
-// reconnected when a later scan finds the path again.
+// says. Only sockets are backends: what each entry is comes from the
+// directory listing, and a socket or symbolic link is looked at with
+// stat (links followed). An entry that is no socket (a file, directory,
+// FIFO, dangling link) is noted once at debug level and looked at again
+// only when it changes; so is a second name for a socket already a
+// backend's (the same device and inode: a hard or symbolic link), names
+// that are not links coming first; a socket path too long for sun_path
+// (107 bytes) is logged once. The notes are dropped with their entries.
+// A new socket becomes a [Backend] and is connected at once. One whose
+// socket is removed is marked removed, and is reconnected when a later
+// scan finds the path again.
+//
+// MaxBackends (1000) counts the backends whose socket is listed: a
+// socket past it is skipped, logged at most once per 5 s, and tried
+// again at the next scan. A backend removed for ForgetAfter
+// ([DefaultForgetAfter], a minute) is forgotten at a scan: its goroutine
+// ends, and its ID is free again. Within the minute a returning socket
+// gets its backend back, ID and settings included. A backend is not
+// forgotten while it is some remote's primary (Config.Primaries asks the
+// remotes table, outside the Set's locks; the remote's next query moves
+// it), nor while the operator has changed its admin setting or weight.
+// When more backends are removed than MaxBackends, the ones removed
+// longest are forgotten at once, so that the table stays within twice
+// MaxBackends however fast entries come and go.
 //
 // A socket is found removed when a connect attempt fails with ENOENT, or
 // when a scan no longer lists a faulted backend's socket (its reconnect
@@ -27,13 +46,19 @@
 // (IN_Q_OVERFLOW) one more. When the watch cannot be set up (no
 // directory yet, the watch limit reached) it is logged once and the
 // periodic scan alone finds changes; when the directory is deleted or
-// moved the watch is dropped. Each periodic scan tries the watch again.
-// [Set.Discovery] tells whether it is in place and counts its events.
+// moved the watch is dropped. Each periodic scan tries the watch again,
+// and compares the device and inode of the directory at Config.Dir with
+// the watched one's: a directory deleted while sockets are still bound in
+// it lives on, and sends no IN_DELETE_SELF, so a new one at the same path
+// would go unwatched. On a mismatch the watch is moved. [Set.Discovery]
+// tells whether it is in place and counts its events, the entries
+// ignored at the last scan and the backends forgotten.
 //
 // A backend's ID is its socket's name when that is a number from 5300 to
-// 5399 and the ID is free (Binder names sockets after each instance's DNS
-// port, so logs read naturally); otherwise it is one more than the highest
-// ID in use. ID 0 means "no backend".
+// 5399, written plainly, and the ID is free (Binder names sockets after
+// each instance's DNS port, so logs read naturally); otherwise it is the
+// lowest free ID outside 5300-5399, so that no other entry takes one of
+// Binder's. ID 0 means "no backend".
 //
 // # State machine
 //
@@ -47,6 +72,7 @@
 //	connecting --connect fails with ENOENT--> removed
 //	faulted --scan finds the socket gone--> removed
 //	removed --scan finds the path again--> connecting
+//	removed --ForgetAfter, no remote's primary--> forgotten (run ends)
 //	any --Set.Close--> stopped
 //
 // A backend is used for traffic only while ok. Entering faulted closes the
@@ -54,6 +80,17 @@
 // reconnect timer. The reconnect delay starts at 1 s, grows by 2 s per
 // failed attempt to at most 32 s, and returns to 1 s on SERVER_HELLO; the
 // first attempt for a newly found backend is immediate.
+//
+// A backend's first connect attempt, and one in each ReconnectMax (32 s)
+// after it, log their records (connecting, failed to connect, faults,
+// the session's end) at their levels, the failure with the number of
+// attempts held back; the other attempts' records go to debug level, so
+// that a stale socket logs its failure when it starts and then about once
+// per back-off cap. A session up for ReconnectMax logs its end in any
+// case. A connect refused with EACCES says so, with the socket's owner,
+// group and mode and the process's user and groups. The Set's own
+// records about backends found, removed and forgotten, and its notes,
+// are limited to 100 per 5 s each.
 //
 // While ok, a CLIENT_HEARTBEAT is sent 5 s after SERVER_HELLO and 5 s
 // after each reply; a reply must come within 15 s.

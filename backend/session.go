@@ -7,6 +7,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/protocol"
@@ -92,14 +93,14 @@ func (s *session) readFrames() {
 		err = s.rerr
 	}
 	if errors.Is(err, io.EOF) {
-		b.log.Warn().Msg("backend socket EOF")
+		b.logAt(zerolog.WarnLevel).Msg("backend socket EOF")
 		s.fail(ReasonEOF, err)
 		return
 	}
 	select {
 	case <-s.closing: // our own Close
 	default:
-		b.log.Error().Err(err).Msg("backend socket error")
+		b.logAt(zerolog.ErrorLevel).Err(err).Msg("backend socket error")
 	}
 	s.fail(ReasonReadError, err)
 }
@@ -152,10 +153,10 @@ func (s *session) frames(d *protocol.Decoder, replies ReplyBatch, hello *bool) e
 			var fe *protocol.FrameError
 			errors.As(err, &fe)
 			if errors.Is(err, protocol.ErrTooLong) {
-				b.log.Warn().Uint32("len", fe.Len).Msg("backend sent oversized UDP packet")
+				b.logAt(zerolog.WarnLevel).Uint32("len", fe.Len).Msg("backend sent oversized UDP packet")
 				s.fail(ReasonOversizedUDP, err)
 			} else {
-				b.log.Error().Uint32("frame_type", uint32(fe.Type)).Msg("invalid frame type")
+				b.logAt(zerolog.ErrorLevel).Uint32("frame_type", uint32(fe.Type)).Msg("invalid frame type")
 				s.fail(ReasonUnknownFrame, err)
 			}
 			return err
@@ -164,7 +165,7 @@ func (s *session) frames(d *protocol.Decoder, replies ReplyBatch, hello *bool) e
 			return nil
 		}
 		if !*hello && f.Type != protocol.FrameServerHello {
-			b.log.Error().Uint32("frame_type", uint32(f.Type)).Msg("frame before SERVER_HELLO")
+			b.logAt(zerolog.ErrorLevel).Uint32("frame_type", uint32(f.Type)).Msg("frame before SERVER_HELLO")
 			err := errors.New(f.Type.String() + " before SERVER_HELLO")
 			s.fail(ReasonFrameBeforeHello, err)
 			return err
@@ -184,7 +185,7 @@ func (s *session) frames(d *protocol.Decoder, replies ReplyBatch, hello *bool) e
 			b.reply(&f, replies)
 		case protocol.FrameServerHello:
 			if *hello {
-				b.log.Error().Msg("duplicate SERVER_HELLO")
+				b.logAt(zerolog.ErrorLevel).Msg("duplicate SERVER_HELLO")
 				err := errors.New("duplicate SERVER_HELLO")
 				s.fail(ReasonDuplicateHello, err)
 				return err
@@ -193,14 +194,14 @@ func (s *session) frames(d *protocol.Decoder, replies ReplyBatch, hello *bool) e
 			s.notify(evHello)
 		case protocol.FrameServerHeartbeat:
 			if !b.hbOutstanding.CompareAndSwap(true, false) {
-				b.log.Error().Msg("unexpected heartbeat reply")
+				b.logAt(zerolog.ErrorLevel).Msg("unexpected heartbeat reply")
 				err := errors.New("SERVER_HEARTBEAT with none outstanding")
 				s.fail(ReasonUnexpectedHeartbeat, err)
 				return err
 			}
 			s.notify(evHeartbeatReply)
 		default: // INBOUND_TCP_OK: only valid on a TCP proxy session
-			b.log.Error().Uint32("frame_type", uint32(f.Type)).Msg("invalid frame type")
+			b.logAt(zerolog.ErrorLevel).Uint32("frame_type", uint32(f.Type)).Msg("invalid frame type")
 			err := errors.New("unexpected " + f.Type.String())
 			s.fail(ReasonUnknownFrame, err)
 			return err
@@ -232,7 +233,7 @@ func (s *session) writeFrames() {
 				select {
 				case <-s.closing:
 				default:
-					s.b.log.Error().Err(err).Msg("backend socket error")
+					s.b.logAt(zerolog.ErrorLevel).Err(err).Msg("backend socket error")
 				}
 				s.fail(ReasonWriteError, err)
 				return

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -49,11 +52,22 @@ const (
 	// about as long as a client waits before it asks again. An older one
 	// is dropped before it is written (counted as expired).
 	DefaultQueueAge = time.Second
-	// DefaultMaxBackends caps the number of socket paths tracked. A
-	// directory with more entries has the rest logged and ignored.
+	// DefaultMaxBackends caps the number of backends whose socket is in
+	// the directory. Sockets past it are logged (at most once per 5 s)
+	// and tried again at each scan.
 	DefaultMaxBackends = 1000
-	// repeatLogInterval spaces out "no backends available" errors.
+	// DefaultForgetAfter is how long a backend whose socket is gone is
+	// remembered: its ID and admin setting wait for it that long, far
+	// longer than a backend process takes to restart, and a directory
+	// of short-lived junk costs nothing after it.
+	DefaultForgetAfter = time.Minute
+	// repeatLogInterval spaces out "no backends available" errors and
+	// the Set's other repeated records.
 	repeatLogInterval = 5 * time.Second
+	// setLogBurst is how many records about backends found, removed and
+	// forgotten, and about entries that are not backends, are logged per
+	// repeatLogInterval: as many as Binder has IDs.
+	setLogBurst = lastNamedID - firstNamedID + 1
 )
 
 // Backend IDs taken from socket names: Binder names each socket after the
@@ -95,6 +109,12 @@ type Config struct {
 	Down func(b *Backend)
 	// Policy chooses the backend of a new remote.
 	Policy Policy
+	// Primaries, when set, returns the number of remotes whose primary
+	// each backend is (the remotes table's counts). A backend that is
+	// some remote's primary is not forgotten. It is called by scans,
+	// without the Set's locks held, only while some backend is removed.
+	// Unset: no backend is anyone's primary.
+	Primaries func() map[ID]int
 
 	ConnectTimeout    time.Duration
 	HeartbeatInterval time.Duration
@@ -108,6 +128,7 @@ type Config struct {
 	QueueFrames       int
 	QueueAge          time.Duration
 	MaxBackends       int
+	ForgetAfter       time.Duration
 
 	// Probe, when not empty, is a DNS query (wire format, at most 1500
 	// bytes) sent to each ok backend every ProbeInterval (5 s) as a
@@ -134,6 +155,7 @@ func (c *Config) setDefaults() {
 	c.QueueFrames = cmp.Or(c.QueueFrames, DefaultQueueFrames)
 	c.QueueAge = cmp.Or(c.QueueAge, DefaultQueueAge)
 	c.MaxBackends = cmp.Or(c.MaxBackends, DefaultMaxBackends)
+	c.ForgetAfter = cmp.Or(c.ForgetAfter, DefaultForgetAfter)
 	c.setProbeDefaults()
 }
 
@@ -149,10 +171,17 @@ type Set struct {
 	watchKick chan struct{} // the directory watch saw a change
 	watch     watch
 
-	mu      sync.Mutex // guards byPath, skipped; serialises scans
+	mu      sync.Mutex // guards byPath, notes and the backends' cancel; serialises scans
 	byPath  map[string]*Backend
-	skipped map[string]bool // paths already logged as unusable
+	notes   map[string]note // entries that are no backend, as last logged
 	scanErr string          // the directory error last logged
+
+	fullLog  *timeouts.Limiter // "too many backends (skipped)"
+	noteLog  *timeouts.Limiter // why entries are not backends
+	churnLog *timeouts.Limiter // backends found, removed and forgotten
+
+	ignored   atomic.Int64  // len(notes), for Discovery
+	forgotten atomic.Uint64 // backends forgotten
 
 	// list is every backend in ID order, replaced (never modified) when
 	// one is added, so the packet path reads it without a lock.
@@ -174,10 +203,13 @@ func NewSet(cfg Config) *Set {
 		cfg:       cfg,
 		log:       cfg.Log,
 		byPath:    map[string]*Backend{},
-		skipped:   map[string]bool{},
+		notes:     map[string]note{},
 		scanKick:  make(chan struct{}, 1),
 		watchKick: make(chan struct{}, 1),
 		noneLog:   timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
+		fullLog:   timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
+		noteLog:   timeouts.NewBurstLimiter(cfg.Timeouts.Clock(), repeatLogInterval, setLogBurst),
+		churnLog:  timeouts.NewBurstLimiter(cfg.Timeouts.Clock(), repeatLogInterval, setLogBurst),
 	}
 	s.watch.wd = -1
 	s.watch.init, s.watch.add = unix.InotifyInit1, unix.InotifyAddWatch
@@ -199,8 +231,7 @@ func (s *Set) Start() {
 	s.mu.Lock()
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	for _, b := range *s.list.Load() { // restored ones
-		s.wg.Add(1)
-		go b.run(s.ctx, &s.wg)
+		s.start(b)
 	}
 	s.mu.Unlock()
 	s.openWatch()
@@ -267,13 +298,18 @@ func (s *Set) settle() bool {
 	return true
 }
 
-// Scan reads the socket directory once: new entries become backends and
+// Scan reads the socket directory once: new sockets become backends and
 // are connected at once, removed backends whose socket is back are
-// reconnected, and faulted backends whose socket is gone are marked
-// removed (as their next reconnect would). A backend whose session is up
-// keeps it, socket or not.
+// reconnected, faulted backends whose socket is gone are marked removed
+// (as their next reconnect would), and backends removed for ForgetAfter
+// that no remote has as its primary are forgotten. A backend whose
+// session is up keeps it, socket or not. An entry that is no socket, or
+// is the socket of a backend already found (a link to it), is noted once
+// at debug level and looked at again only when it changes.
 func (s *Set) Scan() {
+	inUse := s.primaries() // before s.mu: it takes the remotes table's lock
 	entries, err := os.ReadDir(s.cfg.Dir)
+	found := examine(s.cfg.Dir, entries)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// A directory error is logged when it starts or changes, and its end
@@ -287,62 +323,318 @@ func (s *Set) Scan() {
 		s.log.Info().Str("socket_dir", s.cfg.Dir).Msg("socket directory readable again")
 		s.scanErr = ""
 	}
-	seen := make(map[string]bool, len(entries))
-	for _, e := range entries {
-		path := filepath.Join(s.cfg.Dir, e.Name())
-		seen[path] = true
-		if b := s.byPath[path]; b != nil {
-			if b.Removed() {
-				b.post(event{kind: evReturned})
+	listed := make(map[string]bool, len(found)) // every entry
+	sockets := make(map[string]bool, len(found))
+	// The backends found again first, so that a link to one of them is
+	// known for what it is, and the limit counts them.
+	byFile := make(map[fileID]*Backend, len(s.byPath))
+	present := 0
+	for _, e := range found {
+		listed[e.path] = true
+		b := s.byPath[e.path]
+		if !e.socket() {
+			continue
+		}
+		sockets[e.path] = true
+		if b == nil {
+			continue
+		}
+		byFile[e.file] = b
+		present++
+		if b.Removed() {
+			b.post(event{kind: evReturned})
+		}
+	}
+	if err == nil && inUse.known {
+		s.forget(sockets, present, inUse.ids)
+	}
+	for _, e := range found {
+		if s.byPath[e.path] != nil {
+			continue
+		}
+		switch {
+		case !e.socket():
+			s.note(e, msgNotSocket, nil)
+		case len(e.path) > maxSocketPath:
+			s.note(e, msgTooLong, nil)
+		case byFile[e.file] != nil:
+			s.note(e, msgSameSocket, byFile[e.file])
+		case present >= s.cfg.MaxBackends || len(s.byPath) >= s.maxTracked():
+			delete(s.notes, e.path) // tried again at the next scan
+			if ok, held := s.fullLog.Allow(); ok {
+				s.log.Error().Str("socket_path", e.path).Int("max_backends", s.cfg.MaxBackends).
+					Int64("suppressed", held).Msg("too many backends (skipped)")
 			}
-			continue
+		default:
+			if b := s.add(e.path); b != nil {
+				delete(s.notes, e.path)
+				byFile[e.file] = b
+				present++
+			}
 		}
-		if s.skipped[path] {
-			continue
-		}
-		if len(path) > maxSocketPath {
-			s.log.Error().Str("socket_path", path).Int("len", len(path)).
-				Msg("socket path too long for sun_path (skipped)")
-			s.skipped[path] = true
-			continue
-		}
-		if len(s.byPath) >= s.cfg.MaxBackends {
-			s.log.Error().Str("socket_path", path).Int("max_backends", s.cfg.MaxBackends).
-				Msg("too many backends (skipped)")
-			s.skipped[path] = true
-			continue
-		}
-		s.add(path)
 	}
 	if err != nil {
 		return // only a whole listing says what is gone
 	}
+	for path := range s.notes {
+		if !listed[path] {
+			delete(s.notes, path)
+		}
+	}
+	s.ignored.Store(int64(len(s.notes)))
 	for path, b := range s.byPath {
-		if st, _ := b.State(); st == StateFaulted && !seen[path] {
+		if st, _ := b.State(); st == StateFaulted && !sockets[path] {
 			b.post(event{kind: evGone})
 		}
 	}
 }
 
-// add creates the backend for path and starts its goroutine. s.mu is held.
-func (s *Set) add(path string) {
-	list := *s.list.Load()
-	id := ID(0)
-	if n, err := strconv.Atoi(filepath.Base(path)); err == nil && n >= firstNamedID && n <= lastNamedID {
-		if s.lookup(list, ID(n)) == nil {
-			id = ID(n)
+// maxTracked bounds the backends remembered, present or removed: a
+// directory whose entries come and go faster than they are forgotten
+// cannot grow the table without bound.
+func (s *Set) maxTracked() int { return 2 * s.cfg.MaxBackends }
+
+// fileID identifies a file: two paths to one socket have the same.
+type fileID struct{ dev, ino uint64 }
+
+// dirEntry is one entry of the socket directory, as a scan sees it.
+type dirEntry struct {
+	path string
+	mode fs.FileMode // the type of what the name leads to, links followed
+	file fileID      // for a socket
+	link bool        // the name is a symbolic link
+	err  error       // why what a link leads to is unknown
+}
+
+func (e *dirEntry) socket() bool { return e.err == nil && e.mode&fs.ModeSocket != 0 }
+
+// examine finds out what each entry is. Only sockets and links (which may
+// lead to one) cost a stat. Entries that are not links come first, so
+// that a socket is its own backend rather than a link's to it.
+func examine(dir string, entries []fs.DirEntry) []dirEntry {
+	out := make([]dirEntry, 0, len(entries))
+	for _, de := range entries {
+		e := dirEntry{path: filepath.Join(dir, de.Name()), mode: de.Type(), link: de.Type()&fs.ModeSymlink != 0}
+		if e.link || e.mode&fs.ModeSocket != 0 {
+			fi, err := os.Stat(e.path)
+			if err != nil {
+				e.err = err
+			} else {
+				e.mode = fi.Mode().Type()
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+					e.file = fileID{dev: uint64(st.Dev), ino: st.Ino}
+				}
+			}
+		}
+		out = append(out, e)
+	}
+	slices.SortStableFunc(out, func(a, b dirEntry) int {
+		return cmp.Compare(boolInt(a.link), boolInt(b.link))
+	})
+	return out
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// note is what a scan last made of an entry that is not a backend.
+type note struct {
+	msg  string
+	mode fs.FileMode
+	file fileID
+}
+
+// note records why the entry e is not a backend, logging it when that
+// is new for the path or has changed: at debug level, except for a
+// socket path too long to use, and never more than noteBurst records per
+// 5 s. s.mu is held.
+func (s *Set) note(e dirEntry, msg string, same *Backend) {
+	n := note{msg: msg, mode: e.mode, file: e.file}
+	if s.notes[e.path] == n {
+		return
+	}
+	s.notes[e.path] = n
+	level := zerolog.DebugLevel
+	if msg == msgTooLong {
+		level = zerolog.WarnLevel
+	}
+	ok, held := s.noteLog.Allow()
+	if !ok {
+		return
+	}
+	ev := s.log.WithLevel(level).Str("socket_path", e.path).Int64("suppressed", held)
+	switch {
+	case same != nil:
+		ev = ev.Uint16("same_as", uint16(same.id))
+	case e.err != nil:
+		ev = ev.Err(e.err)
+	case msg == msgTooLong:
+		ev = ev.Int("len", len(e.path))
+	default:
+		ev = ev.Str("type", fileType(e.mode))
+	}
+	ev.Msg(msg)
+}
+
+// Why an entry is not a backend.
+const (
+	msgNotSocket  = "not a socket (ignored)"
+	msgTooLong    = "socket path too long for sun_path (skipped)"
+	msgSameSocket = "same socket as another backend (ignored)"
+)
+
+// fileType names the type of a file that is not a socket.
+func fileType(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "regular file"
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "named pipe"
+	case m&fs.ModeSymlink != 0:
+		return "symbolic link"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	default:
+		return "other"
+	}
+}
+
+// inUse is what Config.Primaries said: the remotes whose primary each
+// backend is. When known is false, nothing may be forgotten.
+type inUse struct {
+	ids   map[ID]int
+	known bool
+}
+
+// primaries asks Config.Primaries, when some backend is removed (and so
+// may be forgotten). It is called without s.mu: the remotes table calls
+// into the Set with its own lock held.
+func (s *Set) primaries() inUse {
+	removed := false
+	for _, b := range s.All() {
+		if b.Removed() {
+			removed = true
+			break
 		}
 	}
-	if id == 0 {
-		id = 1
-		if len(list) > 0 {
-			id = list[len(list)-1].id + 1
+	switch {
+	case !removed:
+		return inUse{}
+	case s.cfg.Primaries == nil:
+		return inUse{known: true}
+	}
+	return inUse{ids: s.cfg.Primaries(), known: true}
+}
+
+// forget drops the backends removed for ForgetAfter, and the ones removed
+// longest, however recently, while more are removed than MaxBackends:
+// their goroutines end, and their IDs are free again. A backend is kept
+// while a remote has it as its primary (the remote's next query moves
+// it), while its socket is listed again, and while the operator has
+// changed its admin setting or weight. sockets are the socket paths
+// listed; present counts the backends among them. s.mu is held.
+func (s *Set) forget(sockets map[string]bool, present int, primaries map[ID]int) {
+	now := s.cfg.Timeouts.Clock().Now()
+	var can []*Backend
+	for path, b := range s.byPath {
+		st, _ := b.State()
+		if st == StateRemoved && !sockets[path] && primaries[b.id] == 0 &&
+			b.Admin() == AdminEnabled && b.Weight() == DefaultWeight {
+			can = append(can, b)
 		}
+	}
+	if len(can) == 0 {
+		return
+	}
+	slices.SortFunc(can, func(a, b *Backend) int { return cmp.Compare(a.since.Load(), b.since.Load()) })
+	excess := len(s.byPath) - present - s.cfg.MaxBackends
+	n := 0
+	for i, b := range can {
+		_, since := b.State()
+		if now.Sub(since) < s.cfg.ForgetAfter && i >= excess {
+			break
+		}
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	gone := make(map[*Backend]bool, n)
+	for _, b := range can[:n] {
+		gone[b] = true
+		delete(s.byPath, b.path)
+		b.cancel()
+		s.forgotten.Add(1)
+		if ok, held := s.churnLog.Allow(); ok {
+			b.log.Info().Int64("suppressed", held).Msg("backend forgotten")
+		}
+	}
+	next := slices.DeleteFunc(slices.Clone(*s.list.Load()), func(b *Backend) bool { return gone[b] })
+	s.list.Store(&next)
+}
+
+// add creates the backend for path and starts its goroutine. It returns
+// nil when no ID is free. s.mu is held.
+func (s *Set) add(path string) *Backend {
+	id := s.newID(filepath.Base(path))
+	if id == 0 {
+		if ok, held := s.fullLog.Allow(); ok {
+			s.log.Error().Str("socket_path", path).Int64("suppressed", held).Msg("no backend ID free (skipped)")
+		}
+		return nil
 	}
 	b := s.insert(id, path)
-	b.log.Info().Msg("new backend")
+	if ok, held := s.churnLog.Allow(); ok {
+		b.log.Info().Int64("suppressed", held).Msg("new backend")
+	}
+	s.start(b)
+	return b
+}
+
+// newID chooses the ID of a new backend whose socket is called name: the
+// name itself when it is a number from 5300 to 5399 (written plainly)
+// and that ID is free, otherwise the lowest free ID outside that range,
+// which is Binder's. 0 when none is free. s.mu is held.
+func (s *Set) newID(name string) ID {
+	list := *s.list.Load()
+	if n, err := strconv.Atoi(name); err == nil && itoa(n) == name &&
+		n >= firstNamedID && n <= lastNamedID && s.lookup(list, ID(n)) == nil {
+		return ID(n)
+	}
+	next := 1
+	for _, b := range list {
+		if next == firstNamedID {
+			next = lastNamedID + 1
+		}
+		if int(b.id) > next {
+			break
+		}
+		if int(b.id) == next {
+			next++
+		}
+	}
+	if next == firstNamedID {
+		next = lastNamedID + 1
+	}
+	if next > math.MaxUint16 {
+		return 0
+	}
+	return ID(next)
+}
+
+// start runs b's goroutine, which forget can end on its own. s.mu is
+// held, and the Set started.
+func (s *Set) start(b *Backend) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	b.cancel = cancel
 	s.wg.Add(1)
-	go b.run(s.ctx, &s.wg)
+	go b.run(ctx, &s.wg)
 }
 
 // insert makes the backend id for path and publishes it. s.mu is held.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/timeouts"
@@ -49,6 +50,31 @@ func touch(t *testing.T, dir string, names ...string) {
 	}
 }
 
+// stale makes sockets that nothing listens on, as a crashed backend
+// leaves: connecting to one is refused.
+func stale(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		path := filepath.Join(dir, n)
+		bind := path
+		if len(path) > maxSocketPath { // bound short, then renamed
+			bind = filepath.Join(dir, ".bind")
+		}
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = unix.Bind(fd, &unix.SockaddrUnix{Name: bind})
+		unix.Close(fd)
+		if err == nil && bind != path {
+			err = os.Rename(bind, path)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func ids(s *Set) map[string]ID {
 	out := map[string]ID{}
 	for _, b := range s.All() {
@@ -59,10 +85,12 @@ func ids(s *Set) map[string]ID {
 
 func TestIDsFromSocketNames(t *testing.T) {
 	dir := testbed.SocketDir(t)
-	// ReadDir returns names sorted: 5299, 5301, 5301x, 5399, 5400, foo.
-	touch(t, dir, "5299", "5301", "5301x", "5399", "5400", "foo")
+	// ReadDir returns names sorted: +5303, 05302, 5299, 5301, 5301x,
+	// 5399, 5400, foo. Only a plain number from 5300 to 5399 is an ID
+	// from Binder's range; the others get the lowest free ID outside it.
+	stale(t, dir, "+5303", "05302", "5299", "5301", "5301x", "5399", "5400", "foo")
 	s, _ := newTestSet(t, dir, Config{})
-	want := map[string]ID{"5299": 1, "5301": 5301, "5301x": 5302, "5399": 5399, "5400": 5400, "foo": 5401}
+	want := map[string]ID{"+5303": 1, "05302": 2, "5299": 3, "5301": 5301, "5301x": 4, "5399": 5399, "5400": 5, "foo": 6}
 	got := ids(s)
 	for name, id := range want {
 		if got[name] != id {
@@ -72,7 +100,7 @@ func TestIDsFromSocketNames(t *testing.T) {
 	// A later socket named after a taken ID gets the next free one, and
 	// All stays in ID order.
 	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
-	touch(t, filepath.Join(dir, "sub"), "5301")
+	stale(t, filepath.Join(dir, "sub"), "5301")
 	s2, _ := newTestSet(t, filepath.Join(dir, "sub"), Config{})
 	if got := ids(s2)["5301"]; got != 5301 {
 		t.Fatalf("first 5301 in a new set: %d", got)
@@ -88,7 +116,7 @@ func TestIDsFromSocketNames(t *testing.T) {
 func TestLongPathsAndTooManyBackendsAreSkippedOnce(t *testing.T) {
 	dir := testbed.SocketDir(t)
 	long := strings.Repeat("x", maxSocketPath-len(dir)) // one byte too long with the slash
-	touch(t, dir, "a", "b", "c", long)
+	stale(t, dir, "a", "b", "c", long)
 	s, logs := newTestSet(t, dir, Config{MaxBackends: 2})
 	s.Scan()
 	s.Scan()

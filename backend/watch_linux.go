@@ -48,6 +48,7 @@ type watch struct {
 	down   bool            // "not watching" has been logged, and not its end since
 	closed bool            // by Set.Close: no new instance
 
+	dir    fileID        // the directory wd is on
 	active atomic.Bool   // wd is in place
 	events atomic.Uint64 // inotify events read
 	scans  atomic.Uint64 // scans they triggered
@@ -61,12 +62,20 @@ type Discovery struct {
 	WatchActive bool
 	Events      uint64 // inotify events read
 	WatchScans  uint64 // scans those events triggered
+	// Ignored counts the directory's entries that are no backend (not
+	// a socket, a second name for one, a path too long), as of the
+	// last scan.
+	Ignored int
+	// Forgotten counts the backends forgotten after their socket was
+	// gone for ForgetAfter.
+	Forgotten uint64
 }
 
 // Discovery reports on the directory watch.
 func (s *Set) Discovery() Discovery {
 	w := &s.watch
-	return Discovery{WatchActive: w.active.Load(), Events: w.events.Load(), WatchScans: w.scans.Load()}
+	return Discovery{WatchActive: w.active.Load(), Events: w.events.Load(), WatchScans: w.scans.Load(),
+		Ignored: int(s.ignored.Load()), Forgotten: s.forgotten.Load()}
 }
 
 // ResetCounters sets the Set's own counters (those of Discovery) back to
@@ -74,6 +83,7 @@ func (s *Set) Discovery() Discovery {
 func (s *Set) ResetCounters() {
 	s.watch.events.Store(0)
 	s.watch.scans.Store(0)
+	s.forgotten.Store(0)
 }
 
 // openWatch watches the directory, unless it is watched already: it
@@ -82,15 +92,26 @@ func (s *Set) ResetCounters() {
 // nothing created after that scan goes unseen, and scanLoop before each
 // periodic scan, for a directory that has come back or a limit no longer
 // reached. A failure is logged once, and the end of it.
+//
+// A watch stays on the directory it was made for, and a directory
+// deleted while backends' sockets are still bound in it lives on, unseen,
+// without IN_DELETE_SELF: so openWatch also compares the directory at
+// Config.Dir with the one watched (device and inode), and moves the watch
+// when they differ.
 func (s *Set) openWatch() {
 	w := &s.watch
-	if w.active.Load() {
-		return
-	}
+	cur, curErr := dirFile(s.cfg.Dir)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
 		return
+	}
+	if w.active.Load() {
+		if curErr == nil && cur == w.dir {
+			return
+		}
+		s.unwatch()
+		s.watchDown(curErr, "socket directory watch lost (periodic scans only)")
 	}
 	if w.f == nil {
 		fd, err := w.init(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
@@ -118,6 +139,14 @@ func (s *Set) openWatch() {
 		return
 	}
 	w.wd = wd
+	if after, err := dirFile(s.cfg.Dir); curErr != nil || err != nil || after != cur {
+		// Replaced meanwhile: which one is watched is unknown. The
+		// next periodic scan tries again.
+		s.unwatch()
+		w.wd = -1
+		return
+	}
+	w.dir = cur
 	w.active.Store(true)
 	if w.down {
 		w.down = false
@@ -215,12 +244,26 @@ func (s *Set) handleEvents(buf []byte) (scan bool) {
 // where it went, so it is removed. Later periodic scans add the watch
 // again once the directory is back. w.mu is held.
 func (s *Set) lostWatch(mask uint32) {
-	w := &s.watch
 	if mask&unix.IN_IGNORED == 0 {
-		wd := uint32(w.wd)
-		w.rc.Control(func(fd uintptr) { unix.InotifyRmWatch(int(fd), wd) })
+		s.unwatch()
 	}
 	s.watchDown(nil, "socket directory watch lost (periodic scans only)")
+}
+
+// unwatch removes the watch wd. w.mu is held.
+func (s *Set) unwatch() {
+	w := &s.watch
+	wd := uint32(w.wd)
+	w.rc.Control(func(fd uintptr) { unix.InotifyRmWatch(int(fd), wd) })
+}
+
+// dirFile identifies the directory at path.
+func dirFile(path string) (fileID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fileID{}, err
+	}
+	return fileID{dev: st.Dev, ino: st.Ino}, nil
 }
 
 // dropInstance closes the inotify instance after a failed read.

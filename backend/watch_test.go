@@ -71,8 +71,8 @@ func TestWatchFindsNewSocketAtOnce(t *testing.T) {
 	if d := s.Discovery(); d.Events == 0 || d.WatchScans == 0 {
 		t.Fatalf("discovery %+v: the socket was not found through the watch", d)
 	}
-	// A name outside 5300-5399 gets the next ID, as from any scan.
-	connectFake(t, logs, dir, "other", 5302)
+	// A name outside 5300-5399 gets an ID outside it, as from any scan.
+	connectFake(t, logs, dir, "other", 1)
 }
 
 func TestWatchedUnlinkRemovesFaultedBackend(t *testing.T) {
@@ -134,7 +134,7 @@ func TestWatchCoalescesBursts(t *testing.T) {
 	for i := range names {
 		names[i] = fmt.Sprintf("s%03d", i)
 	}
-	touch(t, dir, names...)
+	stale(t, dir, names...)
 	testbed.Eventually(t, "100 events read", func() bool { return s.Discovery().Events-before.Events >= 100 })
 	s.mu.Unlock()
 	testbed.Eventually(t, "100 backends", func() bool { return len(s.All()) == 100 })
@@ -252,6 +252,30 @@ func TestWatchFallsBackToPeriodicScans(t *testing.T) {
 		periodicScan(t, s, clock)
 		logs.Wait(t, "new backend", map[string]any{"be_id": 5301})
 		logs.Wait(t, "watching socket directory", nil)
+		connectFake(t, logs, dir, "5302", 5302)
+	})
+
+	t.Run("directory recreated while a socket in it is bound", func(t *testing.T) {
+		dir := filepath.Join(testbed.SocketDir(t), "d")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		s, logs, clock := newTickingSet(t, dir, nil)
+		// The listener, unlinked but open, keeps the old directory
+		// alive: no IN_DELETE_SELF comes.
+		connectFake(t, logs, dir, "5301", 5301)
+		removeAll(t, dir, "5301")
+		if err := os.Remove(dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		periodicScan(t, s, clock)
+		if !s.Discovery().WatchActive {
+			t.Fatal("watch not active")
+		}
+		// Found through the watch, without another periodic scan.
 		connectFake(t, logs, dir, "5302", 5302)
 	})
 

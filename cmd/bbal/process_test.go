@@ -277,13 +277,15 @@ func TestLogsAreBunyan(t *testing.T) {
 	dir := testbed.SocketDir(t)
 	testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
 	os.WriteFile(filepath.Join(dir, "not-a-socket"), nil, 0o644)
+	staleSocket(t, filepath.Join(dir, "5302")) // for an error record
 	p := startProcess(t, []string{"LOG_LEVEL=debug"}, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-l", "error",
 		"-S", filepath.Join(testbed.SocketDir(t), "debug.sock"))
 	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
 	addr := listenAddr(t, p)
 	testbed.MustWho(t, addr, testbed.Loopback(1), false)
 	testbed.MustWho(t, addr, testbed.Loopback(2), true)
-	p.logs.Wait(t, "failed to connect", map[string]any{"be_id": 5302}) // the plain file
+	p.logs.Wait(t, "not a socket (ignored)", map[string]any{"socket_path": filepath.Join(dir, "not-a-socket")})
+	p.logs.Wait(t, "failed to connect", map[string]any{"be_id": 5302})
 	big, _ := net.Dial("udp", addr.String())
 	big.Write(make([]byte, 2000))
 	big.Close()

@@ -150,6 +150,8 @@ func TestMetricsParseAndMove(t *testing.T) {
 	value(t, after, "bbal_drops_total", map[string]string{"proto": "udp", "reason": "stuck"})
 	value(t, after, "bbal_backend_faults_total", map[string]string{"backend": "5301", "reason": "heartbeat_timeout"})
 	value(t, after, "go_goroutines", nil)
+	value(t, after, "bbal_discovery_ignored_entries", nil)
+	value(t, after, "bbal_discovery_forgotten_total", nil)
 	if _, ok := after["bbal_backend_probes_sent_total"]; ok {
 		t.Error("probe metrics without -H")
 	}

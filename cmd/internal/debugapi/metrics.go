@@ -42,6 +42,8 @@ var (
 	mScanPause   = desc("bbal_remotes_scan_pause_max_seconds", "The longest hold of the remotes table's lock by expiry or rebalancing.")
 	mWatchActive = desc("bbal_discovery_watch_active", "1 while the socket directory is watched with inotify; 0 when only the periodic scan finds changes.")
 	mWatchEvents = desc("bbal_discovery_events_total", "inotify events read for the socket directory.")
+	mIgnored     = desc("bbal_discovery_ignored_entries", "Entries of the socket directory that are no backend (not a socket, a second name for one), at the last scan.")
+	mForgotten   = desc("bbal_discovery_forgotten_total", "Backends forgotten after their socket was gone for a minute.")
 	mLogDropped  = desc("bbal_log_records_dropped_total", "Log records lost: full (the log's buffer was full, its reader too slow), write_error (stdout and stderr failed).", "reason")
 	mDebugConns  = desc("bbal_debug_connections", "Connections open on the debug socket.")
 	mDebugEvict  = desc("bbal_debug_connections_evicted_total", "Idle debug socket connections closed to make room for a new one.")
@@ -140,6 +142,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ds := c.src.Backends.Discovery()
 	gauge(mWatchActive, bool01(ds.WatchActive))
 	counter(mWatchEvents, ds.Events)
+	gauge(mIgnored, float64(ds.Ignored))
+	counter(mForgotten, ds.Forgotten)
 	if c.src.LogDrops != nil {
 		ld := c.src.LogDrops.Drops()
 		counter(mLogDropped, ld.Full, "full")

@@ -157,6 +157,8 @@ type Stats struct {
 		WatchActive bool   `json:"watch_active"`
 		Events      uint64 `json:"events"`      // inotify events read
 		WatchScans  uint64 `json:"watch_scans"` // scans they triggered
+		Ignored     int    `json:"ignored"`     // entries that are no backend
+		Forgotten   uint64 `json:"forgotten"`   // backends forgotten
 	} `json:"discovery"`
 	// LogDropped counts the log records lost.
 	LogDropped LogDrops `json:"log_dropped"`

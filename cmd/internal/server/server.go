@@ -253,6 +253,17 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 		log.Info().Str("probe", cfg.Probe.String()).Str("probe_source", src.String()).
 			Msg("health checks by DNS")
 	}
+	// The table is made after the Set, and asked only by the Set's scans,
+	// which begin at Start.
+	bc.Primaries = func() map[backend.ID]int {
+		out := map[backend.ID]int{}
+		for id, c := range b.Table.Counts() {
+			if c.Primary > 0 {
+				out[id] = c.Primary
+			}
+		}
+		return out
+	}
 	b.Backends = backend.NewSet(bc)
 
 	rc := opt.Remotes
