@@ -177,7 +177,7 @@ func newBackend(s *Set, id ID, path string) *Backend {
 		id:     id,
 		path:   path,
 		set:    s,
-		log:    s.log.With().Uint16("be_id", uint16(id)).Str("be_path", path).Logger(),
+		log:    s.log.With().Uint16("be_id", uint16(id)).Str("be_path", EscapePath(path)).Logger(),
 		q:      newQueue(s.cfg.QueueBytes, s.cfg.QueueFrames, int64(s.cfg.QueueAge)),
 		events: make(chan event, eventQueueLen),
 	}

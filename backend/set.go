@@ -317,10 +317,10 @@ func (s *Set) Scan() {
 	// are still used.
 	switch {
 	case err != nil && err.Error() != s.scanErr:
-		s.log.Error().Str("socket_dir", s.cfg.Dir).Err(err).Msg("error reading socket directory")
+		s.log.Error().Str("socket_dir", EscapePath(s.cfg.Dir)).Err(err).Msg("error reading socket directory")
 		s.scanErr = err.Error()
 	case err == nil && s.scanErr != "":
-		s.log.Info().Str("socket_dir", s.cfg.Dir).Msg("socket directory readable again")
+		s.log.Info().Str("socket_dir", EscapePath(s.cfg.Dir)).Msg("socket directory readable again")
 		s.scanErr = ""
 	}
 	listed := make(map[string]bool, len(found)) // every entry
@@ -362,7 +362,7 @@ func (s *Set) Scan() {
 		case present >= s.cfg.MaxBackends || len(s.byPath) >= s.maxTracked():
 			delete(s.notes, e.path) // tried again at the next scan
 			if ok, held := s.fullLog.Allow(); ok {
-				s.log.Error().Str("socket_path", e.path).Int("max_backends", s.cfg.MaxBackends).
+				s.log.Error().Str("socket_path", EscapePath(e.path)).Int("max_backends", s.cfg.MaxBackends).
 					Int64("suppressed", held).Msg("too many backends (skipped)")
 			}
 		default:
@@ -466,7 +466,7 @@ func (s *Set) note(e dirEntry, msg string, same *Backend) {
 	if !ok {
 		return
 	}
-	ev := s.log.WithLevel(level).Str("socket_path", e.path).Int64("suppressed", held)
+	ev := s.log.WithLevel(level).Str("socket_path", EscapePath(e.path)).Int64("suppressed", held)
 	switch {
 	case same != nil:
 		ev = ev.Uint16("same_as", uint16(same.id))
@@ -585,7 +585,7 @@ func (s *Set) add(path string) *Backend {
 	id := s.newID(filepath.Base(path))
 	if id == 0 {
 		if ok, held := s.fullLog.Allow(); ok {
-			s.log.Error().Str("socket_path", path).Int64("suppressed", held).Msg("no backend ID free (skipped)")
+			s.log.Error().Str("socket_path", EscapePath(path)).Int64("suppressed", held).Msg("no backend ID free (skipped)")
 		}
 		return nil
 	}

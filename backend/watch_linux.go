@@ -150,7 +150,7 @@ func (s *Set) openWatch() {
 	w.active.Store(true)
 	if w.down {
 		w.down = false
-		s.log.Info().Str("socket_dir", s.cfg.Dir).Msg("watching socket directory")
+		s.log.Info().Str("socket_dir", EscapePath(s.cfg.Dir)).Msg("watching socket directory")
 	}
 }
 
@@ -164,7 +164,7 @@ func (s *Set) watchDown(err error, msg string) {
 		return
 	}
 	w.down = true
-	ev := s.log.Warn().Str("socket_dir", s.cfg.Dir)
+	ev := s.log.Warn().Str("socket_dir", EscapePath(s.cfg.Dir))
 	if err != nil {
 		ev = ev.Err(err)
 	}
@@ -223,7 +223,7 @@ func (s *Set) handleEvents(buf []byte) (scan bool) {
 			// The kernel's queue was full: events were lost, so what
 			// changed is unknown. A scan finds out.
 			if ok, held := w.overflows.Allow(); ok {
-				s.log.Warn().Str("socket_dir", s.cfg.Dir).Int64("suppressed", held).
+				s.log.Warn().Str("socket_dir", EscapePath(s.cfg.Dir)).Int64("suppressed", held).
 					Msg("socket directory events lost (rescanning)")
 			}
 			scan = true

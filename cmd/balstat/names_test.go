@@ -2,12 +2,12 @@ package main
 
 import (
 	"encoding/json"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/cmd/internal/servertest"
 	"github.com/bbal/bbal/tools/testbed"
@@ -36,9 +36,7 @@ func TestControlCharactersInNames(t *testing.T) {
 	h.StartGo("5301")
 	names := []string{"esc\x1b[2J", "bel\a", "new\nline", "tab\tbed", "bad\xff", `back\slash`}
 	for _, n := range names {
-		if err := os.WriteFile(h.Sock(n), nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		testbed.StaleSocket(t, h.Sock(n))
 	}
 	h.B.Backends.Scan()
 	testbed.Eventually(t, "a backend each", func() bool { return len(h.B.Backends.All()) == 1+len(names) })
@@ -84,8 +82,8 @@ func TestControlCharactersInNames(t *testing.T) {
 	}
 	for _, b := range got.Backends {
 		for n, id := range ids {
-			if id == b.ID && b.Path != "$DIR/"+debugapi.EscapePath(n) {
-				t.Errorf("-j: backend %d path %q, want $DIR/%s", id, b.Path, debugapi.EscapePath(n))
+			if id == b.ID && b.Path != "$DIR/"+backend.EscapePath(n) {
+				t.Errorf("-j: backend %d path %q, want $DIR/%s", id, b.Path, backend.EscapePath(n))
 			}
 		}
 	}

@@ -154,7 +154,7 @@ func printRemotes(ctx context.Context, c *debugapi.Client, o options, w io.Write
 
 // printable returns s with what a terminal would act on (control
 // characters, other non-printable runes) escaped as in Go's %q. The
-// server escapes paths already (debugapi.EscapePath); this keeps any
+// server escapes paths already (backend.EscapePath); this keeps any
 // other text from the socket, or a server that does not, from reaching
 // the terminal raw or breaking the table.
 func printable(s string) string {

@@ -277,7 +277,7 @@ func TestLogsAreBunyan(t *testing.T) {
 	dir := testbed.SocketDir(t)
 	testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
 	os.WriteFile(filepath.Join(dir, "not-a-socket"), nil, 0o644)
-	staleSocket(t, filepath.Join(dir, "5302")) // for an error record
+	testbed.StaleSocket(t, filepath.Join(dir, "5302")) // for an error record
 	p := startProcess(t, []string{"LOG_LEVEL=debug"}, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-l", "error",
 		"-S", filepath.Join(testbed.SocketDir(t), "debug.sock"))
 	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,22 +9,11 @@ import (
 	"github.com/bbal/bbal/tools/testbed"
 )
 
-// staleSocket leaves a socket file that nothing listens on.
-func staleSocket(t *testing.T, path string) {
-	t.Helper()
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.SetUnlinkOnClose(false)
-	ln.Close()
-}
-
 func TestRemovedBackendIsForgottenUnlessSomeRemotesPrimary(t *testing.T) {
 	h := newHarness(t, nil)
 	g1 := testbed.StartGo(t, h.Sock("5301"), "one")
 	testbed.StartGo(t, h.Sock("5302"), "two")
-	staleSocket(t, h.Sock("junk"))
+	testbed.StaleSocket(t, h.Sock("junk"))
 	mark := h.Logs.Mark()
 	h.B.Backends.Scan()
 	h.Established(mark, 5301)

@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -23,4 +24,16 @@ func SocketDir(t testing.TB) string {
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// StaleSocket leaves a socket file at path that nothing listens on, as a
+// crashed backend does: connecting to it is refused.
+func StaleSocket(t testing.TB, path string) {
+	t.Helper()
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
 }

@@ -49,6 +49,6 @@
 // # Names
 //
 // A backend's path is bytes, not necessarily UTF-8 or printable: the JSON
-// and the metrics' path label show it escaped by [EscapePath], as Go's %q
+// and the metrics' path label show it escaped by [backend.EscapePath], as Go's %q
 // writes it without the quotes, which strconv.Unquote reverses.
 package debugapi

@@ -231,7 +231,7 @@ func checkQuery(w http.ResponseWriter, r *http.Request, allowed ...string) bool 
 func (a *api) backendInfo(b *backend.Backend, counts map[backend.ID]remotes.Counts) Backend {
 	st := b.Stats()
 	out := Backend{
-		ID: uint16(st.ID), Path: EscapePath(st.Path), State: st.State.String(), Since: st.Since.UTC(),
+		ID: uint16(st.ID), Path: backend.EscapePath(st.Path), State: st.State.String(), Since: st.Since.UTC(),
 		OK: st.OK, Admin: st.Admin.String(),
 		Remotes: counts[st.ID].Primary, BackupRemotes: counts[st.ID].Backup,
 		UDPFrames: st.UDPFrames, UDPBytes: st.UDPBytes,

@@ -160,7 +160,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for _, b := range c.src.Backends.All() {
 		st := b.Stats()
 		id := strconv.Itoa(int(st.ID))
-		gauge(mBackendInfo, 1, id, EscapePath(st.Path))
+		gauge(mBackendInfo, 1, id, backend.EscapePath(st.Path))
 		gauge(mBackendUp, bool01(st.OK), id)
 		for s := backend.StateConnecting; s <= backend.StateStopped; s++ {
 			gauge(mBackendState, bool01(st.State == s), id, s.String())

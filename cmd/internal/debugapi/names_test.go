@@ -9,11 +9,14 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
@@ -58,11 +61,9 @@ func infoPaths(mf map[string]*dto.MetricFamily) map[string]string {
 func TestNonUTF8SocketNames(t *testing.T) {
 	h := servertest.NewConfig(t, func(c *server.Config) { c.MetricsAddr = "127.0.0.1:0" }, nil)
 	live := "live\xff\xfe"       // a listening backend
-	dead := "dead\xff\x1b[31m\\" // a plain file, never answers
+	dead := "dead\xff\x1b[31m\\" // a stale socket, never answers
 	testbed.StartGo(t, h.Sock(live), "live")
-	if err := os.WriteFile(h.Sock(dead), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testbed.StaleSocket(t, h.Sock(dead))
 	h.B.Backends.Scan()
 	testbed.Eventually(t, "the live backend up", func() bool {
 		for _, b := range h.B.Backends.All() {
@@ -74,7 +75,7 @@ func TestNonUTF8SocketNames(t *testing.T) {
 	})
 	want := map[string]string{} // escaped path by backend ID
 	for _, b := range h.B.Backends.All() {
-		want[strconv.Itoa(int(b.ID()))] = debugapi.EscapePath(b.Path())
+		want[strconv.Itoa(int(b.ID()))] = backend.EscapePath(b.Path())
 	}
 	if len(want) != 2 {
 		t.Fatalf("backends %v, want 2", want)
@@ -113,6 +114,16 @@ func TestNonUTF8SocketNames(t *testing.T) {
 		}
 	}
 	scrape()
+	// The logs carry the paths escaped alike, as valid UTF-8 with no
+	// control characters.
+	for _, w := range want {
+		h.Logs.Wait(t, "new backend", map[string]any{"be_path": w})
+	}
+	for _, l := range h.Logs.Lines() {
+		if !utf8.ValidString(l) || strings.ContainsFunc(l, unicode.IsControl) || strings.Contains(l, "\ufffd") {
+			t.Errorf("log line not clean: %q", l)
+		}
+	}
 	// Gone from the directory, the backends are still known.
 	os.Remove(h.Sock(live))
 	os.Remove(h.Sock(dead))

@@ -8,7 +8,7 @@ const DefaultSocket = "/var/run/bbal.sock"
 // Backend is one backend as the API shows it.
 type Backend struct {
 	ID uint16 `json:"id"`
-	// Path is the socket's path, escaped by [EscapePath].
+	// Path is the socket's path, escaped by [backend.EscapePath].
 	Path                  string            `json:"path"`
 	State                 string            `json:"state"`
 	Since                 time.Time         `json:"since"`

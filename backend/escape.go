@@ -1,4 +1,4 @@
-package debugapi
+package backend
 
 import "strconv"
 
@@ -10,8 +10,9 @@ import "strconv"
 // backslash; control characters and other non-printable runes become \a,
 // \b, \f, \n, \r, \t, \v, \xHH, \uHHHH or \UHHHHHHHH; each byte of an
 // invalid UTF-8 sequence becomes \xHH. It is reversible:
-// strconv.Unquote(`"` + EscapePath(p) + `"`) is p. The API, the metrics
-// and balstat show backends' paths so.
+// strconv.Unquote(`"` + EscapePath(p) + `"`) is p. Backends' paths are
+// logged so (be_path, socket_path), and the debug API, the metrics and
+// balstat show them so.
 //
 // (Go's encoding/json would replace an invalid byte with U+FFFD, losing
 // it, and would leave a name with "\x1b" and one with byte 0x1b looking
