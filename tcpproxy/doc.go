@@ -28,16 +28,32 @@
 // carried no complete message for IdleTimeout (5 s), or any connection
 // older than MaxLifetime (5 min), is closed: the copiers follow DNS's
 // two-byte framing to count queries and answers, and a sweep on the
-// timers checks every second. Each limit hit is counted and logged at
-// most once per 5 s. A failing accept (EMFILE) backs off up to 1 s
+// timers checks every second. Each limit hit is counted once and logged
+// at most once per 5 s. A failing accept (EMFILE) backs off up to 1 s
 // instead of spinning.
 //
 // # Ownership and shutdown
 //
 // After accepting a connection the proxy owns it until both halves are
 // closed. Each session is one goroutine (serve) plus one for the
-// client-to-backend copy (copyToBackend). Close stops accepting, closes
-// every session's connections and waits for every goroutine.
+// client-to-backend copy (copyToBackend); serve alone closes the
+// session's sockets, once both copies have returned, and counts and logs
+// the limit that ended it.
+//
+// Ending a session never waits on its own blocked I/O. The copier reads
+// the client's socket in its raw connection's callback and writes to the
+// backend from within it, so with a backend that has stopped reading
+// (node-mname does when its answers back up), that write, and so the
+// read, never return; closing the client's socket waits for that read.
+// Everything that ends a session from outside its goroutines (the sweep,
+// the INBOUND_TCP_OK and drain timers, a failed copy, Close) therefore
+// only marks it and sets both sockets' deadlines in the past, which makes
+// every read and write in progress return at once; serve then closes.
+// Timer callbacks do nothing else, and take no lock held across I/O (see
+// package timeouts).
+//
+// Close stops accepting, ends every session that way and waits for every
+// goroutine.
 //
 // The copies read and write through a pooled buffer rather than splice:
 // for DNS-sized messages two splices through a pipe cost more than a read
