@@ -23,14 +23,23 @@
 // # Limits
 //
 // At most MaxConns client connections are open at once (4096) and
-// MaxConnsPerIP from one address (64); more are closed at once. A
-// connection past INBOUND_TCP_OK that has no query outstanding and has
-// carried no complete message for IdleTimeout (5 s), or any connection
-// older than MaxLifetime (5 min), is closed: the copiers follow DNS's
-// two-byte framing to count queries and answers, and a sweep on the
-// timers checks every second. Each limit hit is counted once and logged
-// at most once per 5 s. A failing accept (EMFILE) backs off up to 1 s
-// instead of spinning.
+// MaxConnsPerIP from one address (64); more are closed at once. The
+// copiers follow DNS's two-byte framing to count queries and answers,
+// and a sweep on the timers checks every second for a connection past
+// INBOUND_TCP_OK to close, with its limit's label:
+//
+//   - idle_timeout: no query outstanding, and no complete message for
+//     IdleTimeout (-I, 5 s);
+//   - unread_timeout: a write of answers to the client pending for
+//     IdleTimeout, the client reading none of it. Such a client holds
+//     its place whatever it sends (its queries are outstanding, so it is
+//     never idle), and the backend stops reading its queries once their
+//     answers back up;
+//   - max_lifetime: any connection older than MaxLifetime (-L, 5 min),
+//     before INBOUND_TCP_OK too.
+//
+// Each limit hit is counted once and logged at most once per 5 s. A
+// failing accept (EMFILE) backs off up to 1 s instead of spinning.
 //
 // # Ownership and shutdown
 //

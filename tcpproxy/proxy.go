@@ -40,12 +40,15 @@ const (
 	DefaultMaxConnsPerIP = 64
 	// DefaultIdleTimeout closes a connection that has no query
 	// outstanding and has carried no complete message for this long (the
-	// original had none; dnsdist uses 2 s, node-mname 5 s).
+	// original had none; dnsdist uses 2 s, node-mname 5 s). It also
+	// closes one whose client has left a write of answers to it pending
+	// this long: a client that does not read is as good as idle, and it
+	// holds its place whatever it sends.
 	DefaultIdleTimeout = 5 * time.Second
 	// DefaultMaxLifetime closes any connection this old.
 	DefaultMaxLifetime = 5 * time.Minute
-	// sweepInterval is how often the idle and lifetime limits are
-	// checked: they are enforced to within it.
+	// sweepInterval is how often the idle, unread and lifetime limits
+	// are checked: they are enforced to within it.
 	sweepInterval = time.Second
 )
 
@@ -82,10 +85,11 @@ const (
 	LimitPerIP                 // too many from one address
 	LimitIdle                  // idle too long
 	LimitLifetime              // open too long
+	LimitUnread                // an answer left unread by the client too long
 	numLimits
 )
 
-var limitNames = [numLimits]string{"max_conns", "max_conns_per_ip", "idle_timeout", "max_lifetime"}
+var limitNames = [numLimits]string{"max_conns", "max_conns_per_ip", "idle_timeout", "max_lifetime", "unread_timeout"}
 
 func (l Limit) String() string {
 	if l < numLimits {
@@ -287,7 +291,8 @@ func (p *Proxy) limitHit(l Limit, addr netip.Addr, value any) {
 	}
 }
 
-// sweep ends the sessions past the idle timeout or the lifetime. It runs on
+// sweep ends the sessions past a limit: the lifetime, an answer left
+// unread by the client, or idleness. It runs on
 // the timers' goroutine every sweepInterval, and so must not block: it
 // marks each session with its limit and releases the session's I/O
 // ([session.expire]); the session's goroutine closes, counts and logs.
@@ -300,7 +305,13 @@ func (p *Proxy) sweep() {
 			s.expire(LimitLifetime)
 			continue
 		}
-		if s.piping.Load() && s.queries.Load() == s.answers.Load() && now-s.lastActive.Load() >= idle {
+		if !s.piping.Load() {
+			continue // OKTimeout bounds the handshake
+		}
+		switch w := s.writeSince.Load(); {
+		case w != 0 && now-w >= idle:
+			s.expire(LimitUnread)
+		case s.queries.Load() == s.answers.Load() && now-s.lastActive.Load() >= idle:
 			s.expire(LimitIdle)
 		}
 	}
@@ -333,12 +344,15 @@ type session struct {
 	port      uint16
 	backendID backend.ID
 
-	// For the idle and lifetime limits: when the connection was
-	// accepted and last carried a complete message (unix nanoseconds),
-	// and the queries and answers that have passed.
+	// For the sweep's limits, in unix nanoseconds on the timers' clock:
+	// when the connection was accepted and last carried a complete
+	// message, and since when a write of answers to the client has been
+	// pending (0 while none is); and the queries and answers that have
+	// passed.
 	accepted   int64
-	piping     atomic.Bool // past INBOUND_TCP_OK: the idle limit applies
+	piping     atomic.Bool // past INBOUND_TCP_OK: the idle and unread limits apply
 	lastActive atomic.Int64
+	writeSince atomic.Int64
 	queries    atomic.Int64
 	answers    atomic.Int64
 }
@@ -547,6 +561,7 @@ func (s *session) pipe() {
 		s.copyFailed("back", err)
 		return
 	}
+	toFront.pending, toFront.clock = &s.writeSince, s.p.cfg.Timeouts.Clock()
 	done := make(chan struct{})
 	go s.copyToBackend(toBack, done, drain)
 	if err := toFront.run(); err != nil {

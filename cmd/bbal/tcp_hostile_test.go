@@ -237,6 +237,46 @@ func TestTCPResetClientsOfAStuckBackendFreeEverything(t *testing.T) {
 	}
 }
 
+// TestTCPClientsThatNeverReadAreClosedAsUnread: clients that pipeline
+// queries and never read their answers, but stay connected, take every
+// -T place; each is closed once an answer has waited -I for the client
+// to read it, counted, and well-behaved clients are served again.
+func TestTCPClientsThatNeverReadAreClosedAsUnread(t *testing.T) {
+	h := hostileBed(t)
+	h.StartGo("5301")
+	const clients = hostileClientCount
+	conns := hostileClients(t, h, clients)
+	dumpOnFailure(t, h)
+	if st := h.B.TCP.Stats(); st.Active != clients {
+		t.Fatalf("%d sessions active, want %d", st.Active, clients)
+	}
+	expectEOF(t, h.DialTCP(testbed.Loopback(2)))
+	if n := h.B.TCP.Stats().Limits["max_conns"]; n != 1 {
+		t.Fatalf("max_conns counted %d, want 1", n)
+	}
+
+	// None has left an answer unread for 5 s yet.
+	h.Advance(5*time.Second - time.Second)
+	noTimerOverdue(t, h)
+	if n := h.B.TCP.Stats().Limits[tcpproxy.LimitUnread.String()]; n != 0 {
+		t.Fatalf("closed as unread after 4 s: %d", n)
+	}
+	h.Advance(time.Second)
+	noTimerOverdue(t, h)
+	testbed.Eventually(t, "sessions closed", func() bool { return h.B.TCP.Stats().Active == 0 })
+	for _, c := range conns {
+		expectReset(t, c)
+	}
+	st := h.B.TCP.Stats()
+	if n := st.Limits[tcpproxy.LimitUnread.String()]; n != clients {
+		t.Fatalf("%d closed as unread, want %d (limits %v)", n, clients, st.Limits)
+	}
+	h.Logs.Wait(t, "TCP connection closed by a limit", map[string]any{"limit": "unread_timeout"})
+	if got := h.Who(testbed.Loopback(2), true)["backend"]; got != "5301" {
+		t.Fatalf("new TCP client answered by %q", got)
+	}
+}
+
 // pollUntil checks cond every millisecond for up to d, and reports
 // whether it came to hold.
 func pollUntil(d time.Duration, cond func() bool) bool {
@@ -246,4 +286,23 @@ func pollUntil(d time.Duration, cond func() bool) bool {
 		}
 	}
 	return true
+}
+
+// expectReset reads what is buffered on c until the balancer's close
+// shows, failing after 10 s.
+func expectReset(t *testing.T, c *net.TCPConn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64<<10)
+	for {
+		_, err := c.Read(buf)
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatal("connection not closed within 10 s")
+		}
+		return
+	}
 }
