@@ -35,6 +35,11 @@
 //     its place whatever it sends (its queries are outstanding, so it is
 //     never idle), and the backend stops reading its queries once their
 //     answers back up;
+//   - answer_timeout: a query outstanding and no answer completed for
+//     AnswerTimeout (10 s) since the query (or since the last answer,
+//     when several are owed): a backend that sends a length and never the
+//     message, or nothing at all, would otherwise keep a patient client
+//     until the lifetime;
 //   - max_lifetime: any connection older than MaxLifetime (-L, 5 min),
 //     before INBOUND_TCP_OK too.
 //

@@ -47,8 +47,16 @@ const (
 	DefaultIdleTimeout = 5 * time.Second
 	// DefaultMaxLifetime closes any connection this old.
 	DefaultMaxLifetime = 5 * time.Minute
-	// sweepInterval is how often the idle, unread and lifetime limits
-	// are checked: they are enforced to within it.
+	// DefaultAnswerTimeout closes a connection whose backend owes an
+	// answer (a query outstanding) and has completed none for this long,
+	// counting from the later of the query and the last answer: a
+	// backend that never finishes an answer (a length of 65535, then
+	// nothing) would otherwise hold a patient client and its place until
+	// MaxLifetime. As long as the other waits on the backend (OKTimeout,
+	// DrainTimeout); resolvers give up long before.
+	DefaultAnswerTimeout = 10 * time.Second
+	// sweepInterval is how often the idle, unread, answer and lifetime
+	// limits are checked: they are enforced to within it.
 	sweepInterval = time.Second
 )
 
@@ -74,6 +82,9 @@ type Config struct {
 	MaxConnsPerIP int
 	IdleTimeout   time.Duration
 	MaxLifetime   time.Duration
+	// AnswerTimeout bounds the wait for an answer the backend owes;
+	// DefaultAnswerTimeout when zero.
+	AnswerTimeout time.Duration
 }
 
 // Limit names a connection limit.
@@ -86,10 +97,11 @@ const (
 	LimitIdle                  // idle too long
 	LimitLifetime              // open too long
 	LimitUnread                // an answer left unread by the client too long
+	LimitAnswer                // an answer owed by the backend too long
 	numLimits
 )
 
-var limitNames = [numLimits]string{"max_conns", "max_conns_per_ip", "idle_timeout", "max_lifetime", "unread_timeout"}
+var limitNames = [numLimits]string{"max_conns", "max_conns_per_ip", "idle_timeout", "max_lifetime", "unread_timeout", "answer_timeout"}
 
 func (l Limit) String() string {
 	if l < numLimits {
@@ -155,6 +167,7 @@ func New(lns []*net.TCPListener, cfg Config) *Proxy {
 	cfg.MaxConnsPerIP = cmp.Or(cfg.MaxConnsPerIP, DefaultMaxConnsPerIP)
 	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
 	cfg.MaxLifetime = cmp.Or(cfg.MaxLifetime, DefaultMaxLifetime)
+	cfg.AnswerTimeout = cmp.Or(cfg.AnswerTimeout, DefaultAnswerTimeout)
 	ctx, stop := context.WithCancel(context.Background())
 	clock := cfg.Timeouts.Clock()
 	p := &Proxy{lns: lns, cfg: cfg, log: cfg.Log, sessions: map[*session]struct{}{}, perIP: map[netip.Addr]int{},
@@ -292,13 +305,13 @@ func (p *Proxy) limitHit(l Limit, addr netip.Addr, value any) {
 }
 
 // sweep ends the sessions past a limit: the lifetime, an answer left
-// unread by the client, or idleness. It runs on
+// unread by the client or owed by the backend, or idleness. It runs on
 // the timers' goroutine every sweepInterval, and so must not block: it
 // marks each session with its limit and releases the session's I/O
 // ([session.expire]); the session's goroutine closes, counts and logs.
 func (p *Proxy) sweep() {
 	now := p.cfg.Timeouts.Clock().Now().UnixNano()
-	idle, life := int64(p.cfg.IdleTimeout), int64(p.cfg.MaxLifetime)
+	idle, life, answer := int64(p.cfg.IdleTimeout), int64(p.cfg.MaxLifetime), int64(p.cfg.AnswerTimeout)
 	p.mu.Lock()
 	for s := range p.sessions {
 		if now-s.accepted >= life {
@@ -308,10 +321,13 @@ func (p *Proxy) sweep() {
 		if !s.piping.Load() {
 			continue // OKTimeout bounds the handshake
 		}
+		owed := s.queries.Load() > s.answers.Load()
 		switch w := s.writeSince.Load(); {
 		case w != 0 && now-w >= idle:
 			s.expire(LimitUnread)
-		case s.queries.Load() == s.answers.Load() && now-s.lastActive.Load() >= idle:
+		case owed && now-s.owedSince.Load() >= answer:
+			s.expire(LimitAnswer)
+		case !owed && now-s.lastActive.Load() >= idle:
 			s.expire(LimitIdle)
 		}
 	}
@@ -321,8 +337,11 @@ func (p *Proxy) sweep() {
 
 // limitValue is what the log record of limit l gives as its value.
 func (p *Proxy) limitValue(l Limit) string {
-	if l == LimitLifetime {
+	switch l {
+	case LimitLifetime:
 		return p.cfg.MaxLifetime.String()
+	case LimitAnswer:
+		return p.cfg.AnswerTimeout.String()
 	}
 	return p.cfg.IdleTimeout.String()
 }
@@ -346,25 +365,32 @@ type session struct {
 
 	// For the sweep's limits, in unix nanoseconds on the timers' clock:
 	// when the connection was accepted and last carried a complete
-	// message, and since when a write of answers to the client has been
-	// pending (0 while none is); and the queries and answers that have
-	// passed.
+	// message, since when the backend has owed an answer (the query, or
+	// the last answer, whichever is later), and since when a write of
+	// answers to the client has been pending (0 while none is); and the
+	// queries and answers that have passed.
 	accepted   int64
-	piping     atomic.Bool // past INBOUND_TCP_OK: the idle and unread limits apply
+	piping     atomic.Bool // past INBOUND_TCP_OK: the idle, unread and answer limits apply
 	lastActive atomic.Int64
+	owedSince  atomic.Int64
 	writeSince atomic.Int64
 	queries    atomic.Int64
 	answers    atomic.Int64
 }
 
 func (s *session) sawQueries(n int) {
-	s.queries.Add(int64(n))
-	s.lastActive.Store(s.p.cfg.Timeouts.Clock().Now().UnixNano())
+	now := s.p.cfg.Timeouts.Clock().Now().UnixNano()
+	if s.queries.Add(int64(n))-int64(n) <= s.answers.Load() {
+		s.owedSince.Store(now) // nothing was owed: the wait starts
+	}
+	s.lastActive.Store(now)
 }
 
 func (s *session) sawAnswers(n int) {
+	now := s.p.cfg.Timeouts.Clock().Now().UnixNano()
 	s.answers.Add(int64(n))
-	s.lastActive.Store(s.p.cfg.Timeouts.Clock().Now().UnixNano())
+	s.owedSince.Store(now)
+	s.lastActive.Store(now)
 }
 
 // event adds the session's context fields (the original's child logger

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
+	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/tools/testbed"
 )
@@ -304,5 +306,64 @@ func expectReset(t *testing.T, c *net.TCPConn) {
 			t.Fatal("connection not closed within 10 s")
 		}
 		return
+	}
+}
+
+// TestTCPUnfinishedAnswerClosesTheConnection: a backend that says
+// INBOUND_TCP_OK and then owes its answer (none at all, or a length of
+// 65535 and no more) does not keep a patient client's connection: after
+// AnswerTimeout it is closed and counted.
+func TestTCPUnfinishedAnswerClosesTheConnection(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer []byte
+	}{
+		{"length and no message", []byte{0xff, 0xff}},
+		{"nothing", nil},
+		{"half a length", []byte{0x00}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			watchdog(t, time.Minute)
+			f := newFaultBed(t)
+			f.helloOK()
+			client := f.DialTCP(f.PinTo(5302))
+			s := f.fake.Accept(t)
+			s.Expect(t, protocol.FrameInboundTCP)
+			s.SendType(t, protocol.FrameInboundTCPOK)
+			query := []byte("\x00\x05hello")
+			client.Write(query)
+			got := make([]byte, len(query))
+			s.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(s, got); err != nil || string(got) != string(query) {
+				t.Fatalf("backend read %q, %v", got, err)
+			}
+			if len(tc.answer) > 0 {
+				s.Send(t, tc.answer)
+				testbed.Eventually(t, "the partial answer passed on", func() bool {
+					client.SetReadDeadline(time.Now().Add(time.Millisecond))
+					n, _ := client.Read(make([]byte, 4))
+					return n > 0
+				})
+			}
+			// The idle limit does not apply while an answer is owed.
+			f.Advance(tcpproxy.DefaultAnswerTimeout - time.Second)
+			noTimerOverdue(t, f.harness)
+			if n := f.B.TCP.Stats().Limits[tcpproxy.LimitAnswer.String()]; n != 0 {
+				t.Fatalf("closed before the answer timeout: %d", n)
+			}
+			if st := f.B.TCP.Stats(); st.Active != 1 {
+				t.Fatalf("%d sessions active, want 1", st.Active)
+			}
+			f.Advance(time.Second)
+			expectEOF(t, client)
+			s.ExpectClosed(t)
+			if n := f.B.TCP.Stats().Limits[tcpproxy.LimitAnswer.String()]; n != 1 {
+				t.Fatalf("answer_timeout counted %d, want 1", n)
+			}
+			f.Logs.Wait(t, "TCP connection closed by a limit", map[string]any{"limit": "answer_timeout"})
+			if !f.B.Backends.Get(5302).OK() {
+				t.Fatal("the backend was faulted")
+			}
+		})
 	}
 }
