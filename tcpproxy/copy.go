@@ -3,9 +3,12 @@ package tcpproxy
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bbal/bbal/timeouts"
 )
 
 // copyBufferLen is the buffer of one read: many pipelined DNS messages.
@@ -34,6 +37,12 @@ type copier struct {
 	// length framing, are reported to onMessages.
 	framing    framer
 	onMessages func(n int)
+
+	// When pending is set, it holds the time on clock (unix nanoseconds)
+	// at which the write in progress to dst began, and 0 between writes:
+	// the sweep reads how long the peer has left it unread.
+	pending *atomic.Int64
+	clock   timeouts.Clock
 }
 
 func newCopier(dst net.Conn, src syscall.Conn, onMessages func(int)) (*copier, error) {
@@ -112,7 +121,14 @@ func (c *copier) read(fd uintptr) bool {
 		if k := c.framing.feed(buf[:n]); k > 0 && c.onMessages != nil {
 			c.onMessages(k)
 		}
-		if _, err := c.dst.Write(buf[:n]); err != nil {
+		if c.pending != nil {
+			c.pending.Store(c.clock.Now().UnixNano())
+		}
+		_, err = c.dst.Write(buf[:n])
+		if c.pending != nil {
+			c.pending.Store(0)
+		}
+		if err != nil {
 			c.err = err
 			return true
 		}

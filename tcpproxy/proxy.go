@@ -40,12 +40,23 @@ const (
 	DefaultMaxConnsPerIP = 64
 	// DefaultIdleTimeout closes a connection that has no query
 	// outstanding and has carried no complete message for this long (the
-	// original had none; dnsdist uses 2 s, node-mname 5 s).
+	// original had none; dnsdist uses 2 s, node-mname 5 s). It also
+	// closes one whose client has left a write of answers to it pending
+	// this long: a client that does not read is as good as idle, and it
+	// holds its place whatever it sends.
 	DefaultIdleTimeout = 5 * time.Second
 	// DefaultMaxLifetime closes any connection this old.
 	DefaultMaxLifetime = 5 * time.Minute
-	// sweepInterval is how often the idle and lifetime limits are
-	// checked: they are enforced to within it.
+	// DefaultAnswerTimeout closes a connection whose backend owes an
+	// answer (a query outstanding) and has completed none for this long,
+	// counting from the later of the query and the last answer: a
+	// backend that never finishes an answer (a length of 65535, then
+	// nothing) would otherwise hold a patient client and its place until
+	// MaxLifetime. As long as the other waits on the backend (OKTimeout,
+	// DrainTimeout); resolvers give up long before.
+	DefaultAnswerTimeout = 10 * time.Second
+	// sweepInterval is how often the idle, unread, answer and lifetime
+	// limits are checked: they are enforced to within it.
 	sweepInterval = time.Second
 )
 
@@ -71,6 +82,9 @@ type Config struct {
 	MaxConnsPerIP int
 	IdleTimeout   time.Duration
 	MaxLifetime   time.Duration
+	// AnswerTimeout bounds the wait for an answer the backend owes;
+	// DefaultAnswerTimeout when zero.
+	AnswerTimeout time.Duration
 }
 
 // Limit names a connection limit.
@@ -82,10 +96,12 @@ const (
 	LimitPerIP                 // too many from one address
 	LimitIdle                  // idle too long
 	LimitLifetime              // open too long
+	LimitUnread                // an answer left unread by the client too long
+	LimitAnswer                // an answer owed by the backend too long
 	numLimits
 )
 
-var limitNames = [numLimits]string{"max_conns", "max_conns_per_ip", "idle_timeout", "max_lifetime"}
+var limitNames = [numLimits]string{"max_conns", "max_conns_per_ip", "idle_timeout", "max_lifetime", "unread_timeout", "answer_timeout"}
 
 func (l Limit) String() string {
 	if l < numLimits {
@@ -151,6 +167,7 @@ func New(lns []*net.TCPListener, cfg Config) *Proxy {
 	cfg.MaxConnsPerIP = cmp.Or(cfg.MaxConnsPerIP, DefaultMaxConnsPerIP)
 	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
 	cfg.MaxLifetime = cmp.Or(cfg.MaxLifetime, DefaultMaxLifetime)
+	cfg.AnswerTimeout = cmp.Or(cfg.AnswerTimeout, DefaultAnswerTimeout)
 	ctx, stop := context.WithCancel(context.Background())
 	clock := cfg.Timeouts.Clock()
 	p := &Proxy{lns: lns, cfg: cfg, log: cfg.Log, sessions: map[*session]struct{}{}, perIP: map[netip.Addr]int{},
@@ -200,7 +217,9 @@ func (p *Proxy) Drain(d time.Duration) bool {
 // inherits them.
 func (p *Proxy) Listeners() []*net.TCPListener { return p.lns }
 
-// Close stops accepting, closes every session and waits for them.
+// Close stops accepting, ends every session and waits for them: it
+// releases each session's I/O with deadlines, and the session's own
+// goroutine closes its sockets.
 func (p *Proxy) Close() {
 	p.sweepT.Clear()
 	p.stop()
@@ -208,7 +227,7 @@ func (p *Proxy) Close() {
 	p.mu.Lock()
 	p.closed = true
 	for s := range p.sessions {
-		s.closeBoth()
+		s.abort()
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
@@ -275,7 +294,8 @@ func (p *Proxy) admit(c *net.TCPConn) {
 }
 
 // limitHit counts a connection closed by limit l, and logs it at most
-// once per 5 s.
+// once per 5 s. It is called by the goroutine that closes the connection,
+// never on the timers' (a log write can block).
 func (p *Proxy) limitHit(l Limit, addr netip.Addr, value any) {
 	p.limits[l].Add(1)
 	if ok, held := p.limitLogs[l].Allow(); ok {
@@ -284,35 +304,46 @@ func (p *Proxy) limitHit(l Limit, addr netip.Addr, value any) {
 	}
 }
 
-// sweep closes the sessions past the idle timeout or the lifetime. It
-// runs on the timers' goroutine every sweepInterval.
+// sweep ends the sessions past a limit: the lifetime, an answer left
+// unread by the client or owed by the backend, or idleness. It runs on
+// the timers' goroutine every sweepInterval, and so must not block: it
+// marks each session with its limit and releases the session's I/O
+// ([session.expire]); the session's goroutine closes, counts and logs.
 func (p *Proxy) sweep() {
 	now := p.cfg.Timeouts.Clock().Now().UnixNano()
-	idle, life := int64(p.cfg.IdleTimeout), int64(p.cfg.MaxLifetime)
-	var old []*session
-	var which []Limit
+	idle, life, answer := int64(p.cfg.IdleTimeout), int64(p.cfg.MaxLifetime), int64(p.cfg.AnswerTimeout)
 	p.mu.Lock()
 	for s := range p.sessions {
-		switch {
-		case s.limited.Load():
-			// Closed by an earlier sweep, not yet gone.
-		case now-s.accepted >= life:
-			old, which = append(old, s), append(which, LimitLifetime)
-		case s.piping.Load() && s.queries.Load() == s.answers.Load() && now-s.lastActive.Load() >= idle:
-			old, which = append(old, s), append(which, LimitIdle)
+		if now-s.accepted >= life {
+			s.expire(LimitLifetime)
+			continue
+		}
+		if !s.piping.Load() {
+			continue // OKTimeout bounds the handshake
+		}
+		owed := s.queries.Load() > s.answers.Load()
+		switch w := s.writeSince.Load(); {
+		case w != 0 && now-w >= idle:
+			s.expire(LimitUnread)
+		case owed && now-s.owedSince.Load() >= answer:
+			s.expire(LimitAnswer)
+		case !owed && now-s.lastActive.Load() >= idle:
+			s.expire(LimitIdle)
 		}
 	}
 	p.mu.Unlock()
-	for i, s := range old {
-		s.limited.Store(true)
-		d := p.cfg.IdleTimeout
-		if which[i] == LimitLifetime {
-			d = p.cfg.MaxLifetime
-		}
-		p.limitHit(which[i], s.addr, d.String())
-		s.closeBoth()
-	}
 	p.sweepT.Again(sweepInterval)
+}
+
+// limitValue is what the log record of limit l gives as its value.
+func (p *Proxy) limitValue(l Limit) string {
+	switch l {
+	case LimitLifetime:
+		return p.cfg.MaxLifetime.String()
+	case LimitAnswer:
+		return p.cfg.AnswerTimeout.String()
+	}
+	return p.cfg.IdleTimeout.String()
 }
 
 // session is one proxied client connection.
@@ -321,34 +352,45 @@ type session struct {
 	id    uint64
 	front *net.TCPConn
 
-	mu       sync.Mutex // guards back, closed
-	back     *net.UnixConn
-	closed   bool
-	timedOut atomic.Bool
-	limited  atomic.Bool // closed by a limit (sweep's)
+	mu        sync.Mutex // guards back, closed
+	back      *net.UnixConn
+	closed    bool
+	timedOut  atomic.Bool  // INBOUND_TCP_OK came too late
+	drainLate atomic.Bool  // the backend did not finish in DrainTimeout
+	limit     atomic.Int32 // 1 + the Limit that ended the session (sweep's); 0 while none
 
 	addr      netip.Addr // the client's
 	port      uint16
 	backendID backend.ID
 
-	// For the idle and lifetime limits: when the connection was
-	// accepted and last carried a complete message (unix nanoseconds),
-	// and the queries and answers that have passed.
+	// For the sweep's limits, in unix nanoseconds on the timers' clock:
+	// when the connection was accepted and last carried a complete
+	// message, since when the backend has owed an answer (the query, or
+	// the last answer, whichever is later), and since when a write of
+	// answers to the client has been pending (0 while none is); and the
+	// queries and answers that have passed.
 	accepted   int64
-	piping     atomic.Bool // past INBOUND_TCP_OK: the idle limit applies
+	piping     atomic.Bool // past INBOUND_TCP_OK: the idle, unread and answer limits apply
 	lastActive atomic.Int64
+	owedSince  atomic.Int64
+	writeSince atomic.Int64
 	queries    atomic.Int64
 	answers    atomic.Int64
 }
 
 func (s *session) sawQueries(n int) {
-	s.queries.Add(int64(n))
-	s.lastActive.Store(s.p.cfg.Timeouts.Clock().Now().UnixNano())
+	now := s.p.cfg.Timeouts.Clock().Now().UnixNano()
+	if s.queries.Add(int64(n))-int64(n) <= s.answers.Load() {
+		s.owedSince.Store(now) // nothing was owed: the wait starts
+	}
+	s.lastActive.Store(now)
 }
 
 func (s *session) sawAnswers(n int) {
+	now := s.p.cfg.Timeouts.Clock().Now().UnixNano()
 	s.answers.Add(int64(n))
-	s.lastActive.Store(s.p.cfg.Timeouts.Clock().Now().UnixNano())
+	s.owedSince.Store(now)
+	s.lastActive.Store(now)
 }
 
 // event adds the session's context fields (the original's child logger
@@ -358,13 +400,50 @@ func (s *session) event(e *zerolog.Event) *zerolog.Event {
 		Uint16("remote_port", s.port).Uint16("backend", uint16(s.backendID))
 }
 
-func (s *session) closeBoth() {
+// expired is a time long past: a deadline set to it fails every read and
+// write in progress or to come at once.
+var expired = time.Unix(1, 0)
+
+// abort ends the session without waiting for anything: it marks it
+// closed and sets both sockets' deadlines in the past, which returns
+// every read and write in progress on them, the copiers' included, with
+// an error. Any goroutine may call it, holding any lock; the session's
+// own goroutines then close the sockets.
+//
+// Closing would not do: a copier reads the client's socket in its raw
+// connection's callback and writes to the backend from within it, and
+// closing a socket waits until the reads in progress on it have
+// returned, which a write blocked on a backend that reads no more never
+// does.
+func (s *session) abort() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closed = true
+	back := s.back
+	s.mu.Unlock()
+	s.front.SetDeadline(expired)
+	if back != nil {
+		back.SetDeadline(expired)
+	}
+}
+
+// expire aborts the session for limit l, unless a limit already has.
+func (s *session) expire(l Limit) {
+	if s.limit.CompareAndSwap(0, int32(l)+1) {
+		s.abort()
+	}
+}
+
+// closeBoth closes both sockets, having released their I/O first, so
+// that it waits on nothing of its own. serve calls it last, when the
+// copiers are done.
+func (s *session) closeBoth() {
+	s.abort()
+	s.mu.Lock()
+	back := s.back
+	s.mu.Unlock()
 	s.front.Close()
-	if s.back != nil {
-		s.back.Close()
+	if back != nil {
+		back.Close()
 	}
 }
 
@@ -375,6 +454,9 @@ func (s *session) drop(r DropReason) {
 func (s *session) serve() {
 	p := s.p
 	defer func() {
+		if l := s.limit.Load(); l != 0 {
+			p.limitHit(Limit(l-1), s.addr, p.limitValue(Limit(l-1)))
+		}
 		s.closeBoth()
 		p.mu.Lock()
 		delete(p.sessions, s)
@@ -454,7 +536,7 @@ func (s *session) handshake(be *backend.Backend, ip uint32) bool {
 	// by the time the backend can see the frame.
 	t := p.cfg.Timeouts.NewTimeout("tcp "+strconv.FormatUint(s.id, 10)+" inbound_tcp_ok", func() {
 		s.timedOut.Store(true)
-		s.back.Close()
+		s.back.SetDeadline(expired) // not Close: that would wait for the read
 	})
 	t.Set(p.cfg.OKTimeout)
 	defer t.Clear()
@@ -491,10 +573,8 @@ func (s *session) handshake(be *backend.Backend, ip uint32) bool {
 // half-close.
 func (s *session) pipe() {
 	drain := s.p.cfg.Timeouts.NewTimeout("tcp "+strconv.FormatUint(s.id, 10)+" drain", func() {
-		if e := s.p.log.Debug(); e != nil {
-			s.event(e).Msg("backend did not finish after client EOF")
-		}
-		s.closeBoth()
+		s.drainLate.Store(true)
+		s.abort()
 	})
 	defer drain.Clear()
 	toBack, err := newCopier(s.back, s.front, s.sawQueries)
@@ -507,6 +587,7 @@ func (s *session) pipe() {
 		s.copyFailed("back", err)
 		return
 	}
+	toFront.pending, toFront.clock = &s.writeSince, s.p.cfg.Timeouts.Clock()
 	done := make(chan struct{})
 	go s.copyToBackend(toBack, done, drain)
 	if err := toFront.run(); err != nil {
@@ -518,6 +599,9 @@ func (s *session) pipe() {
 		s.front.CloseWrite()
 	}
 	<-done
+	if e := s.p.log.Debug(); e != nil && s.drainLate.Load() {
+		s.event(e).Msg("backend did not finish after client EOF")
+	}
 }
 
 func (s *session) copyToBackend(c *copier, done chan<- struct{}, drain *timeouts.Timeout) {
@@ -540,7 +624,7 @@ func (s *session) copyFailed(which string, err error) {
 	if !closed && !errors.Is(err, net.ErrClosed) {
 		s.event(s.p.log.Debug()).Str("which", which).Err(err).Msg("TCP error")
 	}
-	s.closeBoth()
+	s.abort() // the other copier too; serve closes once both are done
 }
 
 // ResetCounters sets the proxy's counters back to zero; the active

@@ -18,9 +18,26 @@
 // # Concurrency
 //
 // Set, Clear and List may be called from any goroutine. Callbacks run on
-// the Run goroutine with no lock held; they must not block. The owners in
-// this project only post an event to the goroutine that owns the state
-// concerned, so a callback never touches another goroutine's state.
+// the Run goroutine with no lock held, one at a time.
+//
+// The rule: a timer callback never blocks. It posts to the goroutine
+// that owns the state concerned (a send on a buffered channel with a
+// select default, an atomic store, a deadline set on that goroutine's
+// socket) and returns; the owner does the work. One callback that blocks
+// stops every timer of the process: heartbeats, sweeps, directory scans,
+// rebalancing and expiry. So a callback must not
+//
+//   - take a lock that anyone holds across I/O, or that is held while
+//     waiting for something (the usual way a callback ends up blocked:
+//     the lock is free in every test and taken in production by a
+//     goroutine stuck on a socket);
+//   - send on a channel without a select default;
+//   - close a connection that may have I/O in progress (a net.Conn's Close
+//     waits for the reads and writes under way on it, which the raw
+//     connection's callbacks can prolong forever): set its deadline
+//     instead, and let the goroutine that does the I/O close it;
+//   - write a log record (a full stdout pipe blocks the write); let the
+//     owner log.
 //
 // A callback may run after Clear if it was already taken off the tree to
 // run when Clear was called; owners that care (a backend whose connection

@@ -27,7 +27,7 @@ var (
 	mTCPTotal    = desc("bbal_tcp_connections_total", "Client TCP connections accepted.")
 	mTCPActive   = desc("bbal_tcp_connections_active", "Client TCP connections open now.")
 	mTCPAcceptEr = desc("bbal_tcp_accept_errors_total", "Failed accepts on the DNS TCP socket.")
-	mTCPLimits   = desc("bbal_tcp_limit_total", "Client TCP connections closed by a limit: max_conns, max_conns_per_ip, idle_timeout, max_lifetime.", "limit")
+	mTCPLimits   = desc("bbal_tcp_limit_total", "Client TCP connections closed by a limit: max_conns, max_conns_per_ip, idle_timeout, unread_timeout, answer_timeout, max_lifetime.", "limit")
 	mServfails   = desc("bbal_udp_servfail_total", "Queries answered SERVFAIL for want of a backend (-F).")
 	mUnmatched   = desc("bbal_udp_replies_unmatched_total", "Replies to no query on record (later than 1 s) for a known client, sent.")
 	mUnsolicited = desc("bbal_udp_replies_unsolicited_total", "Replies to no query on record for a client not in the remotes table, dropped.")
