@@ -433,11 +433,14 @@ func (p *Proxy) answerServfail(l *listener, query []byte, to netip.AddrPort, o *
 	if l.pktinfo {
 		oob = ctl[:putPktinfo(ctl[:], l.v6, o)]
 	}
+	// Counted before it is sent, so that whoever has the answer sees
+	// it counted; taken back if it cannot be sent.
+	p.servfails.Add(1)
 	if _, _, err := l.conn.WriteMsgUDPAddrPort(resp, oob, to); err != nil {
+		p.servfails.Add(^uint64(0))
 		p.sendErrors.Add(1)
 		return
 	}
-	p.servfails.Add(1)
 	p.packetsOut.Add(1)
 	p.bytesOut.Add(uint64(len(resp)))
 }
