@@ -68,7 +68,8 @@ const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-
   -T MAX    at most MAX client TCP connections at once (default 4096)
   -C MAX    at most MAX client TCP connections from one address (default 64)
   -I SECS   close a TCP connection idle this long, with no query
-            outstanding (default 5)
+            outstanding, or whose answers its client leaves unread this
+            long (default 5)
   -L SECS   close a TCP connection this old (default 300)
   -F        answer SERVFAIL to UDP queries when no backend is available
             (default: drop them, as mname-balancer does)
