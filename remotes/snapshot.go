@@ -1,0 +1,140 @@
+package remotes
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/protocol"
+)
+
+// SnapshotFormat is the format of a snapshot's remote records, which a
+// successor process needs to read them: the one it was written in is
+// handed over beside the records.
+type SnapshotFormat int
+
+// The snapshot formats. A record is the remote's address, then its
+// assignment, times and counters (recordFieldsLen bytes, little-endian:
+// primary, backup, first and last seen in unix seconds, UDP, TCP and
+// drop counts).
+const (
+	// SnapshotV1 is the first format, from bbal before IPv6 clients: the
+	// IPv4 address (4 bytes). Its number is 0, as a predecessor that
+	// wrote it named no format.
+	SnapshotV1 SnapshotFormat = 0
+	// SnapshotV2 has the IPv6 form of the address (16 bytes) and the
+	// stand-in (4 bytes, 0 for none). WriteSnapshot writes it.
+	SnapshotV2 SnapshotFormat = 2
+)
+
+const (
+	recordFieldsLen = 2 + 2 + 4 + 4 + 8 + 8 + 8
+	recordV1Len     = 4 + recordFieldsLen
+	recordV2Len     = 16 + 4 + recordFieldsLen
+)
+
+// WriteSnapshot writes a record per remote, in address order and in
+// SnapshotV2, for a successor process to read with ReadSnapshot.
+func (t *Table) WriteSnapshot(w io.Writer) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	var rec [recordV2Len]byte
+	var werr error
+	t.Walk(context.Background(), netip.Addr{}, func(in Info) bool {
+		putRecordV2(rec[:], in)
+		_, werr = bw.Write(rec[:])
+		return werr == nil
+	})
+	if werr != nil {
+		return werr
+	}
+	return bw.Flush()
+}
+
+// putRecordV2 encodes in as a SnapshotV2 record into rec.
+func putRecordV2(rec []byte, in Info) {
+	a16 := in.Addr.As16()
+	copy(rec[:16], a16[:])
+	var standin uint32
+	if in.Standin.IsValid() {
+		standin = protocol.AddrToU32(in.Standin)
+	}
+	binary.LittleEndian.PutUint32(rec[16:], standin)
+	f := rec[20:]
+	binary.LittleEndian.PutUint16(f[0:], uint16(in.Primary))
+	binary.LittleEndian.PutUint16(f[2:], uint16(in.Backup))
+	binary.LittleEndian.PutUint32(f[4:], uint32(in.FirstSeen.Unix()))
+	binary.LittleEndian.PutUint32(f[8:], uint32(in.LastSeen.Unix()))
+	binary.LittleEndian.PutUint64(f[12:], in.UDP)
+	binary.LittleEndian.PutUint64(f[20:], in.TCP)
+	binary.LittleEndian.PutUint64(f[28:], in.Drops)
+}
+
+// ReadSnapshot reads records of format f until the end of r. A record
+// cut short is an error.
+func ReadSnapshot(r io.Reader, f SnapshotFormat) ([]Info, error) {
+	var buf [recordV2Len]byte
+	var rec []byte
+	switch f {
+	case SnapshotV1:
+		rec = buf[:recordV1Len]
+	case SnapshotV2:
+		rec = buf[:recordV2Len]
+	default:
+		return nil, fmt.Errorf("unknown remote format %d", f)
+	}
+	var out []Info
+	for {
+		if _, err := io.ReadFull(r, rec); err != nil {
+			if errors.Is(err, io.EOF) {
+				return out, nil
+			}
+			return nil, fmt.Errorf("remote %d: %w", len(out), err)
+		}
+		out = append(out, decodeRecord(rec, f))
+	}
+}
+
+// decodeRecord decodes one record of format f.
+func decodeRecord(rec []byte, f SnapshotFormat) Info {
+	var in Info
+	var fields []byte
+	if f == SnapshotV2 {
+		in.Addr = netip.AddrFrom16([16]byte(rec[:16])).Unmap()
+		if s := binary.LittleEndian.Uint32(rec[16:]); s != 0 {
+			in.Standin = protocol.U32ToAddr(s)
+		}
+		fields = rec[20:]
+	} else {
+		in.Addr = protocol.U32ToAddr(binary.LittleEndian.Uint32(rec[0:]))
+		fields = rec[4:]
+	}
+	in.Primary = backend.ID(binary.LittleEndian.Uint16(fields[0:]))
+	in.Backup = backend.ID(binary.LittleEndian.Uint16(fields[2:]))
+	in.FirstSeen = time.Unix(int64(binary.LittleEndian.Uint32(fields[4:])), 0)
+	in.LastSeen = time.Unix(int64(binary.LittleEndian.Uint32(fields[8:])), 0)
+	in.UDP = binary.LittleEndian.Uint64(fields[12:])
+	in.TCP = binary.LittleEndian.Uint64(fields[20:])
+	in.Drops = binary.LittleEndian.Uint64(fields[28:])
+	return in
+}
+
+// RestoreSnapshot restores the remotes of a snapshot (see Restore) whose
+// primary and backup are each none or a backend known says the
+// successor has; the others are left out, to be placed afresh on their
+// next packet. It returns how many it restored.
+func (t *Table) RestoreSnapshot(infos []Info, known func(backend.ID) bool) int {
+	n := 0
+	for _, in := range infos {
+		if (in.Primary == 0 || known(in.Primary)) && (in.Backup == 0 || known(in.Backup)) {
+			t.Restore(in)
+			n++
+		}
+	}
+	return n
+}
