@@ -2,21 +2,17 @@ package server
 
 import (
 	"bufio"
-	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/bbal/bbal/backend"
-	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 )
 
@@ -55,76 +51,26 @@ type Inherited struct {
 	ready   *os.File
 }
 
-// State is the old process's state.
+// State is the old process's state: a JSON line with the backends and
+// the format of the remote records, then the records (in
+// remotes.SnapshotFormat) until the end of the stream.
 type State struct {
-	Backends []StateBackend `json:"backends"`
+	Backends []backend.Saved `json:"backends"`
 	// RemoteFormat is the format of the remote records that follow:
-	// remoteFormatV2, or 0 for the first (IPv4 only, from bbal before
-	// IPv6 clients).
-	RemoteFormat int `json:"remote_format,omitempty"`
+	// remotes.SnapshotV2, or 0 (remotes.SnapshotV1) for the first (IPv4
+	// only, from bbal before IPv6 clients).
+	RemoteFormat remotes.SnapshotFormat `json:"remote_format,omitempty"`
 	remotes      []remotes.Info
 }
-
-// StateBackend is one backend in a State.
-type StateBackend struct {
-	ID    backend.ID `json:"id"`
-	Path  string     `json:"path"`
-	Admin string     `json:"admin"`
-	OK    bool       `json:"ok"`
-	// Weight is 0 in a state from before weights: the default.
-	Weight int `json:"weight,omitempty"`
-}
-
-// A remote in the state stream is its address, then its assignment,
-// times and counters (remoteFieldsLen bytes: primary, backup, first and
-// last seen in unix seconds, UDP, TCP and drop counts). The first format
-// had the IPv4 address (4 bytes); remoteFormatV2 has the IPv6 form of
-// the address (16 bytes) and the stand-in (4 bytes, 0 for none).
-const (
-	remoteFieldsLen = 2 + 2 + 4 + 4 + 8 + 8 + 8
-	remoteV1Len     = 4 + remoteFieldsLen
-	remoteFormatV2  = 2
-	remoteV2Len     = 16 + 4 + remoteFieldsLen
-)
 
 // writeState writes the state: a JSON line with the backends, then a
 // record per remote until the end of the stream.
 func (b *Balancer) writeState(w io.Writer) error {
-	var st State
-	for _, be := range b.Backends.All() {
-		st.Backends = append(st.Backends, StateBackend{ID: be.ID(), Path: be.Path(), Admin: be.Admin().String(),
-			OK: be.OK(), Weight: be.Weight()})
-	}
-	st.RemoteFormat = remoteFormatV2
-	bw := bufio.NewWriterSize(w, 64<<10)
-	if err := json.NewEncoder(bw).Encode(st); err != nil {
+	st := State{Backends: b.Backends.Save(), RemoteFormat: remotes.SnapshotV2}
+	if err := json.NewEncoder(w).Encode(st); err != nil { // one write
 		return err
 	}
-	var rec [remoteV2Len]byte
-	var werr error
-	b.Table.Walk(context.Background(), netip.Addr{}, func(in remotes.Info) bool {
-		a16 := in.Addr.As16()
-		copy(rec[:16], a16[:])
-		var standin uint32
-		if in.Standin.IsValid() {
-			standin = protocol.AddrToU32(in.Standin)
-		}
-		binary.LittleEndian.PutUint32(rec[16:], standin)
-		f := rec[20:]
-		binary.LittleEndian.PutUint16(f[0:], uint16(in.Primary))
-		binary.LittleEndian.PutUint16(f[2:], uint16(in.Backup))
-		binary.LittleEndian.PutUint32(f[4:], uint32(in.FirstSeen.Unix()))
-		binary.LittleEndian.PutUint32(f[8:], uint32(in.LastSeen.Unix()))
-		binary.LittleEndian.PutUint64(f[12:], in.UDP)
-		binary.LittleEndian.PutUint64(f[20:], in.TCP)
-		binary.LittleEndian.PutUint64(f[28:], in.Drops)
-		_, werr = bw.Write(rec[:])
-		return werr == nil
-	})
-	if werr != nil {
-		return werr
-	}
-	return bw.Flush()
+	return b.Table.WriteSnapshot(w)
 }
 
 // ReadState reads a state written by writeState.
@@ -138,69 +84,21 @@ func ReadState(r io.Reader) (*State, error) {
 	if err := json.Unmarshal(line, &st); err != nil {
 		return nil, fmt.Errorf("state header: %w", err)
 	}
-	var buf [remoteV2Len]byte
-	rec := buf[:remoteV1Len]
-	switch st.RemoteFormat {
-	case 0:
-	case remoteFormatV2:
-		rec = buf[:remoteV2Len]
-	default:
-		return nil, fmt.Errorf("state: unknown remote format %d", st.RemoteFormat)
+	if st.remotes, err = remotes.ReadSnapshot(br, st.RemoteFormat); err != nil {
+		return nil, fmt.Errorf("state: %w", err)
 	}
-	for {
-		if _, err := io.ReadFull(br, rec); err != nil {
-			if errors.Is(err, io.EOF) {
-				return &st, nil
-			}
-			return nil, fmt.Errorf("state remote %d: %w", len(st.remotes), err)
-		}
-		var in remotes.Info
-		f := rec[4:]
-		if st.RemoteFormat == remoteFormatV2 {
-			in.Addr = netip.AddrFrom16([16]byte(rec[:16])).Unmap()
-			if s := binary.LittleEndian.Uint32(rec[16:]); s != 0 {
-				in.Standin = protocol.U32ToAddr(s)
-			}
-			f = rec[20:]
-		} else {
-			in.Addr = protocol.U32ToAddr(binary.LittleEndian.Uint32(rec[0:]))
-		}
-		in.Primary = backend.ID(binary.LittleEndian.Uint16(f[0:]))
-		in.Backup = backend.ID(binary.LittleEndian.Uint16(f[2:]))
-		in.FirstSeen = time.Unix(int64(binary.LittleEndian.Uint32(f[4:])), 0)
-		in.LastSeen = time.Unix(int64(binary.LittleEndian.Uint32(f[8:])), 0)
-		in.UDP = binary.LittleEndian.Uint64(f[12:])
-		in.TCP = binary.LittleEndian.Uint64(f[20:])
-		in.Drops = binary.LittleEndian.Uint64(f[28:])
-		st.remotes = append(st.remotes, in)
-	}
+	return &st, nil
 }
 
-// restore applies the old process's state, before anything starts.
+// restore applies the old process's state, before anything starts: the
+// backends with their IDs, then the remotes whose backends are among
+// them.
 func (b *Balancer) restore(st *State) error {
-	known := map[backend.ID]bool{}
-	for _, sb := range st.Backends {
-		admin, ok := backend.ParseAdmin(sb.Admin)
-		if !ok {
-			return fmt.Errorf("backend %d: admin setting %q", sb.ID, sb.Admin)
-		}
-		if err := b.Backends.Restore(sb.ID, sb.Path, admin); err != nil {
-			return err
-		}
-		if sb.Weight != 0 {
-			if be := b.Backends.Get(sb.ID); be == nil || !be.SetWeight(sb.Weight) {
-				return fmt.Errorf("backend %d: weight %d", sb.ID, sb.Weight)
-			}
-		}
-		known[sb.ID] = true
+	if err := b.Backends.RestoreSaved(st.Backends); err != nil {
+		return err
 	}
-	n := 0
-	for _, in := range st.remotes {
-		if (in.Primary == 0 || known[in.Primary]) && (in.Backup == 0 || known[in.Backup]) {
-			b.Table.Restore(in)
-			n++
-		}
-	}
+	// The Set has not started: it has the restored backends only.
+	n := b.Table.RestoreSnapshot(st.remotes, func(id backend.ID) bool { return b.Backends.Get(id) != nil })
 	b.Log.Info().Int("backends", len(st.Backends)).Int("remotes", n).Msg("took over the previous process's state")
 	st.remotes = nil
 	return nil
