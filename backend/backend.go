@@ -364,6 +364,7 @@ func (b *Backend) setState(s State) {
 	if e := b.log.Debug(); e != nil && old != s {
 		e.Str("from", old.String()).Str("to", s.String()).Msg("backend state change")
 	}
+	b.set.stateChanged()
 }
 
 // run is the backend's goroutine: it owns the standing session and its

@@ -194,6 +194,9 @@ type Set struct {
 	ctx  context.Context
 	stop context.CancelFunc
 	wg   sync.WaitGroup
+
+	changeMu sync.Mutex
+	changed  chan struct{} // closed at the next state change; nil while no one waits
 }
 
 // NewSet returns a Set for cfg. Nothing happens until Start.
@@ -675,6 +678,52 @@ func (s *Set) lookup(list []*Backend, id ID) *Backend {
 		return nil
 	}
 	return list[i]
+}
+
+// stateChanged wakes those waiting for a change of a backend's state
+// (WaitUp). It is called whenever one changes.
+func (s *Set) stateChanged() {
+	s.changeMu.Lock()
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
+	s.changeMu.Unlock()
+}
+
+// nextChange returns a channel closed at the next state change.
+func (s *Set) nextChange() <-chan struct{} {
+	s.changeMu.Lock()
+	defer s.changeMu.Unlock()
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	return s.changed
+}
+
+// WaitUp waits until each of the backends ids that the Set has is ok,
+// woken by their state changes, or until ctx is done; it reports
+// whether they all are ok. An ID the Set does not have is not waited
+// for.
+func (s *Set) WaitUp(ctx context.Context, ids []ID) bool {
+	var want []*Backend
+	for _, id := range ids {
+		if b := s.Get(id); b != nil {
+			want = append(want, b)
+		}
+	}
+	for {
+		change := s.nextChange() // before looking, so that no change is missed
+		want = slices.DeleteFunc(want, (*Backend).OK)
+		if len(want) == 0 {
+			return true
+		}
+		select {
+		case <-change:
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // Get returns the backend with the given ID, or nil.
