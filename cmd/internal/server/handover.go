@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -168,18 +169,11 @@ func (b *Balancer) TakeOver(limit time.Duration) {
 	in := b.cfg.Inherited
 	var want []backend.ID
 	if in.State != nil {
-		for _, sb := range in.State.Backends {
-			if sb.OK {
-				want = append(want, sb.ID)
-			}
-		}
+		want = backend.WereUp(in.State.Backends)
 	}
-	deadline := time.Now().Add(limit)
-	for _, id := range want {
-		for be := b.Backends.Get(id); be != nil && !be.OK() && time.Now().Before(deadline); {
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	b.Backends.WaitUp(ctx, want)
+	cancel()
 	b.Serve()
 	up := 0
 	for _, id := range want {
