@@ -152,6 +152,7 @@ type Proxy struct {
 	sessions map[*session]struct{}
 	perIP    map[netip.Addr]int
 	closed   bool
+	idle     chan struct{} // closed when the last session ends; nil while no one waits
 
 	ctx  context.Context
 	stop context.CancelFunc
@@ -193,24 +194,32 @@ func (p *Proxy) Start() {
 
 // StopAccepting closes the listeners; the sessions go on. A process
 // handing over to its successor, which accepts on the same sockets from
-// then on, does this and then waits for its sessions with Drain.
+// then on, does this and then waits for its sessions with Wait.
 func (p *Proxy) StopAccepting() {
 	for _, ln := range p.lns {
 		ln.Close()
 	}
 }
 
-// Drain waits until no session is left or until d has passed, and
-// reports whether none is.
-func (p *Proxy) Drain(d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for p.active.Load() > 0 {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
+// Wait waits until no session is left, woken when the last one ends, or
+// until ctx is done, and reports whether none is.
+func (p *Proxy) Wait(ctx context.Context) bool {
+	p.mu.Lock()
+	if len(p.sessions) == 0 {
+		p.mu.Unlock()
+		return true
 	}
-	return true
+	if p.idle == nil {
+		p.idle = make(chan struct{})
+	}
+	idle := p.idle
+	p.mu.Unlock()
+	select {
+	case <-idle:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // Listeners returns the listeners, in order: a successor process
@@ -462,6 +471,10 @@ func (s *session) serve() {
 		delete(p.sessions, s)
 		if p.perIP[s.addr]--; p.perIP[s.addr] <= 0 {
 			delete(p.perIP, s.addr)
+		}
+		if len(p.sessions) == 0 && p.idle != nil {
+			close(p.idle)
+			p.idle = nil
 		}
 		p.mu.Unlock()
 		p.active.Add(-1)

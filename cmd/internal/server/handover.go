@@ -309,9 +309,11 @@ func (b *Balancer) Handover(args []string, drain time.Duration) error {
 		b.metrics = nil
 	}
 	b.Log.Info().Int("new_pid", proc.Pid).Msg("handed over: finishing what is under way")
-	if !b.TCP.Drain(drain) {
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	if !b.TCP.Wait(ctx) {
 		b.Log.Warn().Dur("drain", drain).Msg("TCP sessions still open after the drain; closing them")
 	}
+	cancel()
 	time.Sleep(lateReplies) // replies to queries already sent on
 	proc.Release()
 	return nil
