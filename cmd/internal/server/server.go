@@ -110,168 +110,202 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 	if opt.Clock == nil {
 		opt.Clock = timeouts.System
 	}
-	// On a start-up failure, what was opened is closed again (the debug
-	// socket is unlinked) and the failure logged as fatal.
-	var undo []func() error
-	fail := func(err error) *zerolog.Event {
-		for _, f := range undo {
-			f()
-		}
-		return log.WithLevel(zerolog.FatalLevel).Err(err)
-	}
-	var (
-		debugLn   *net.UnixListener
-		metricsLn net.Listener
-		uconns    []*net.UDPConn
-		tlns      []*net.TCPListener
-		err       error
-		probe     []byte
-		debugDir  string // the debug socket's directory, when bbal made it
-	)
+	ls := &listeners{log: log}
+	var probe []byte
 	if cfg.Probe.Name != "" {
+		var err error
 		if probe, err = cfg.Probe.Query(); err != nil {
-			fail(err).Msg("invalid DNS health check")
+			ls.fail(err).Msg("invalid DNS health check")
 			return nil, err
 		}
 	}
-	if in := cfg.Inherited; in != nil {
-		debugLn, metricsLn, uconns, tlns = in.Debug, in.Metrics, in.UDP, in.TCP
-		if debugLn != nil {
-			debugLn.SetUnlinkOnClose(true) // ours to remove at exit now
-			undo = append(undo, func() error { debugLn.SetUnlinkOnClose(false); return debugLn.Close() })
-		}
-	} else {
-		if cfg.DebugSocket != "" {
-			made, err := makeSocketDir(cfg.DebugSocket)
-			if err != nil {
-				fail(err).Str("path", cfg.DebugSocket).Msg("failed to create debug socket")
-				return nil, err
-			}
-			if made != "" {
-				log.Info().Str("path", made).Msg("created the debug socket's directory")
-				debugDir = made
-			}
-			ln, err := debugapi.Listen(cfg.DebugSocket)
-			if err != nil {
-				fail(err).Str("path", cfg.DebugSocket).Msg("failed to create debug socket")
-				return nil, err
-			}
-			debugLn = ln
-			undo = append(undo, ln.Close)
-		}
-		if cfg.MetricsAddr != "" {
-			ln, err := net.Listen("tcp", cfg.MetricsAddr)
-			if err != nil {
-				fail(err).Str("address", cfg.MetricsAddr).Msg("failed to create metrics listener")
-				return nil, err
-			}
-			metricsLn = ln
-			undo = append(undo, ln.Close)
-		}
-		addrs := cfg.Listen
-		if len(addrs) == 0 {
-			addrs = []netip.Addr{netip.IPv4Unspecified()}
-		}
-		port := cfg.Port
-		for _, a := range addrs {
-			u, t, err := listen(netip.AddrPortFrom(a, port))
-			if err != nil {
-				fail(err).Str("address", a.String()).Uint16("port", port).Msg("failed to create listen sockets")
-				return nil, err
-			}
-			undo = append(undo, u.Close, t.Close)
-			uconns, tlns = append(uconns, u), append(tlns, t)
-			port = u.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-		}
+	if err := ls.bind(cfg); err != nil {
+		return nil, err
 	}
+	b, err := wire(cfg, opt, ls, probe)
+	if err != nil {
+		return nil, err
+	}
+	b.startServing(opt, ls)
+	return b, nil
+}
+
+// listeners are the sockets a Balancer serves on, bound or inherited,
+// and what closes them again when the start fails.
+type listeners struct {
+	log      zerolog.Logger
+	debug    *net.UnixListener // nil without a debug socket
+	metrics  net.Listener      // nil without -m
+	udp      []*net.UDPConn    // one per listen address, in order
+	tcp      []*net.TCPListener
+	debugDir string         // the debug socket's directory, when bbal made it
+	undo     []func() error // close what was opened (unlinking the debug socket)
+}
+
+// fail closes what was opened and returns the fatal log record of a
+// start-up failure, for the caller to complete.
+func (ls *listeners) fail(err error) *zerolog.Event {
+	for _, f := range ls.undo {
+		f()
+	}
+	return ls.log.WithLevel(zerolog.FatalLevel).Err(err)
+}
+
+// bind is Start's first step: it takes over the inherited sockets or
+// binds the configured ones, drops privileges (-u) and logs the listen
+// addresses. A failure is logged as fatal, with what was opened closed.
+func (ls *listeners) bind(cfg Config) error {
 	if cfg.Inherited != nil {
-		for _, u := range uconns {
-			undo = append(undo, u.Close)
-		}
-		for _, t := range tlns {
-			undo = append(undo, t.Close)
-		}
+		ls.inherit(cfg.Inherited)
+	} else if err := ls.bindAll(cfg); err != nil {
+		return err
 	}
 	if cfg.User != "" {
-		var owned []string
-		if cfg.DebugSocket != "" {
-			owned = append(owned, cfg.DebugSocket)
-		}
-		if debugDir != "" {
-			owned = append(owned, debugDir)
-		}
-		if err := dropPrivileges(cfg.User, owned...); err != nil {
-			fail(err).Str("user", cfg.User).Msg("failed to drop privileges")
-			return nil, err
-		}
-		log.Info().Str("user", cfg.User).Int("uid", os.Getuid()).Int("gid", os.Getgid()).Msg("running as user")
-		if cfg.DebugSocket != "" {
-			if dir := filepath.Dir(cfg.DebugSocket); unix.Access(dir, unix.W_OK) != nil {
-				log.Warn().Str("path", cfg.DebugSocket).Str("user", cfg.User).
-					Msg("the debug socket's directory is not writable by the user: the socket will stay behind at exit (a new bbal replaces it)")
-			}
+		if err := ls.dropTo(cfg); err != nil {
+			return err
 		}
 	}
-	for _, u := range uconns {
-		addr := u.LocalAddr().(*net.UDPAddr).AddrPort()
-		log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for UDP packets")
-	}
-	for _, t := range tlns {
-		addr := t.Addr().(*net.TCPAddr).AddrPort()
-		log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for TCP packets")
-	}
+	ls.logAddrs()
+	return nil
+}
 
-	b := &Balancer{Log: log, Clock: opt.Clock, Started: opt.Clock.Now(), Timeouts: timeouts.New(opt.Clock)}
+// inherit takes over the previous process's sockets.
+func (ls *listeners) inherit(in *Inherited) {
+	ls.debug, ls.metrics, ls.udp, ls.tcp = in.Debug, in.Metrics, in.UDP, in.TCP
+	if d := ls.debug; d != nil {
+		d.SetUnlinkOnClose(true) // ours to remove at exit now
+		ls.undo = append(ls.undo, func() error { d.SetUnlinkOnClose(false); return d.Close() })
+	}
+	for _, u := range ls.udp {
+		ls.undo = append(ls.undo, u.Close)
+	}
+	for _, t := range ls.tcp {
+		ls.undo = append(ls.undo, t.Close)
+	}
+}
+
+// bindAll binds the debug socket, the metrics listener, and UDP and TCP
+// on every listen address (the port of the first for all, when cfg's is
+// 0).
+func (ls *listeners) bindAll(cfg Config) error {
+	if cfg.DebugSocket != "" {
+		if err := ls.bindDebug(cfg.DebugSocket); err != nil {
+			return err
+		}
+	}
+	if cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			ls.fail(err).Str("address", cfg.MetricsAddr).Msg("failed to create metrics listener")
+			return err
+		}
+		ls.metrics = ln
+		ls.undo = append(ls.undo, ln.Close)
+	}
+	addrs := cfg.Listen
+	if len(addrs) == 0 {
+		addrs = []netip.Addr{netip.IPv4Unspecified()}
+	}
+	port := cfg.Port
+	for _, a := range addrs {
+		u, t, err := listen(netip.AddrPortFrom(a, port))
+		if err != nil {
+			ls.fail(err).Str("address", a.String()).Uint16("port", port).Msg("failed to create listen sockets")
+			return err
+		}
+		ls.undo = append(ls.undo, u.Close, t.Close)
+		ls.udp, ls.tcp = append(ls.udp, u), append(ls.tcp, t)
+		port = u.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	}
+	return nil
+}
+
+// bindDebug makes the debug socket at path, and its directory when that
+// is missing.
+func (ls *listeners) bindDebug(path string) error {
+	made, err := makeSocketDir(path)
+	if err == nil {
+		if made != "" {
+			ls.log.Info().Str("path", made).Msg("created the debug socket's directory")
+			ls.debugDir = made
+		}
+		ls.debug, err = debugapi.Listen(path)
+	}
+	if err != nil {
+		ls.fail(err).Str("path", path).Msg("failed to create debug socket")
+		return err
+	}
+	ls.undo = append(ls.undo, ls.debug.Close)
+	return nil
+}
+
+// dropTo makes the process run as cfg.User, handing it the debug socket
+// (and the directory bbal made for it).
+func (ls *listeners) dropTo(cfg Config) error {
+	var owned []string
+	if cfg.DebugSocket != "" {
+		owned = append(owned, cfg.DebugSocket)
+	}
+	if ls.debugDir != "" {
+		owned = append(owned, ls.debugDir)
+	}
+	if err := dropPrivileges(cfg.User, owned...); err != nil {
+		ls.fail(err).Str("user", cfg.User).Msg("failed to drop privileges")
+		return err
+	}
+	ls.log.Info().Str("user", cfg.User).Int("uid", os.Getuid()).Int("gid", os.Getgid()).Msg("running as user")
+	if cfg.DebugSocket != "" {
+		if dir := filepath.Dir(cfg.DebugSocket); unix.Access(dir, unix.W_OK) != nil {
+			ls.log.Warn().Str("path", cfg.DebugSocket).Str("user", cfg.User).
+				Msg("the debug socket's directory is not writable by the user: the socket will stay behind at exit (a new bbal replaces it)")
+		}
+	}
+	return nil
+}
+
+func (ls *listeners) logAddrs() {
+	for _, u := range ls.udp {
+		addr := u.LocalAddr().(*net.UDPAddr).AddrPort()
+		ls.log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for UDP packets")
+	}
+	for _, t := range ls.tcp {
+		addr := t.Addr().(*net.TCPAddr).AddrPort()
+		ls.log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for TCP packets")
+	}
+}
+
+// wire is Start's second step: it builds the parts on the listeners, in
+// dependency order (the timers, the UDP proxy, the backends, the remotes
+// table, the TCP proxy), and restores the previous process's state into
+// them. Only the timers run. A failure is logged as fatal, with what was
+// opened closed.
+func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, error) {
+	log := ls.log
+	b := &Balancer{Log: log, Clock: opt.Clock, Started: opt.Clock.Now(), Timeouts: timeouts.New(opt.Clock), cfg: cfg}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.stopTimers = cancel
 	b.timersDone.Add(1)
-	go func() {
-		defer b.timersDone.Done()
-		b.Timeouts.Run(ctx)
-	}()
+	go b.runTimers(ctx)
 
-	if b.UDP, err = udpproxy.New(uconns, b.Timeouts, log); err != nil {
+	var err error
+	if b.UDP, err = udpproxy.New(ls.udp, b.Timeouts, log); err != nil {
 		cancel()
 		b.timersDone.Wait()
-		fail(err).Msg("UDP socket")
+		ls.fail(err).Msg("UDP socket")
 		return nil, err
 	}
-
 	if cfg.ServfailWhenDown {
 		b.UDP.ServfailWhenDown()
 	}
 
-	bc := opt.Backends
-	bc.Dir, bc.Log, bc.Timeouts, bc.Replies = cfg.SocketDir, log, b.Timeouts, b.UDP.Replies
-	bc.Down, bc.Policy = b.UDP.Resend, cfg.Policy
-	if probe != nil {
-		src := ProbeSource
-		if cfg.Standins.IsValid() {
-			src = remotes.ProbeSource(cfg.Standins)
-		}
-		bc.Probe, bc.ProbeSource = probe, src
-		log.Info().Str("probe", cfg.Probe.String()).Str("probe_source", src.String()).
-			Msg("health checks by DNS")
-	}
-	// The table is made after the Set, and asked only by the Set's scans,
-	// which begin at Start.
-	bc.Primaries = func() map[backend.ID]int {
-		out := map[backend.ID]int{}
-		for id, c := range b.Table.Counts() {
-			if c.Primary > 0 {
-				out[id] = c.Primary
-			}
-		}
-		return out
-	}
-	b.Backends = backend.NewSet(bc)
+	b.Backends = backend.NewSet(b.backendConfig(opt.Backends, probe))
 
 	rc := opt.Remotes
 	rc.Backends, rc.Timeouts, rc.Log = b.Backends, b.Timeouts, log
 	rc.MaxRemotes, rc.PrefixBits, rc.Standins = cfg.MaxRemotes, cfg.PrefixBits, cfg.Standins
 	b.Table = remotes.New(rc)
 
-	b.TCP = tcpproxy.New(tlns, tcpproxy.Config{
+	b.TCP = tcpproxy.New(ls.tcp, tcpproxy.Config{
 		Table: b.Table, Backends: b.Backends, Timeouts: b.Timeouts, Log: log, OKTimeout: opt.OKTimeout,
 		MaxConns: cfg.TCPMaxConns, MaxConnsPerIP: cfg.TCPMaxConnsPerIP,
 		IdleTimeout: cfg.TCPIdleTimeout, MaxLifetime: cfg.TCPMaxLifetime,
@@ -280,43 +314,91 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 	if in := cfg.Inherited; in != nil && in.State != nil {
 		if err := b.restore(in.State); err != nil {
 			b.Close()
-			fail(err).Msg("failed to take over the previous process's state")
+			ls.fail(err).Msg("failed to take over the previous process's state")
 			return nil, err
 		}
-	}
-	b.Backends.Start()
-	b.Table.Start()
-	b.debugLn, b.metricsLn = debugLn, metricsLn
-
-	src := debugapi.Sources{
-		Backends: b.Backends, Table: b.Table, UDP: b.UDP, TCP: b.TCP,
-		Timeouts: b.Timeouts, Clock: b.Clock, Started: b.Started, Log: log,
-		LogDrops: opt.LogDrops,
-	}
-	if debugLn != nil {
-		b.debug = debugapi.Serve(debugLn, src, opt.DebugLimits)
-		src.Debug = b.debug // its counters in the -m metrics too
-		log.Info().Str("path", cfg.DebugSocket).Msg("debug socket ready")
-	}
-	b.cfg = cfg
-	if metricsLn != nil {
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", debugapi.MetricsHandler(src))
-		b.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
-		b.metricsLn = metricsLn
-		go b.metrics.Serve(metricsLn)
-		log.Info().Str("address", metricsLn.Addr().String()).Msg("serving metrics")
-	}
-	if cfg.Inherited == nil {
-		b.Serve()
 	}
 	return b, nil
 }
 
+// runTimers is the goroutine of the timers, until Close.
+func (b *Balancer) runTimers(ctx context.Context) {
+	defer b.timersDone.Done()
+	b.Timeouts.Run(ctx)
+}
+
+// backendConfig completes bc (the durations and limits) with the rest
+// of the configuration and the wiring to the UDP proxy and the table.
+func (b *Balancer) backendConfig(bc backend.Config, probe []byte) backend.Config {
+	cfg := b.cfg
+	bc.Dir, bc.Log, bc.Timeouts, bc.Replies = cfg.SocketDir, b.Log, b.Timeouts, b.UDP.Replies
+	bc.Down, bc.Policy = b.UDP.Resend, cfg.Policy
+	if probe != nil {
+		src := ProbeSource
+		if cfg.Standins.IsValid() {
+			src = remotes.ProbeSource(cfg.Standins)
+		}
+		bc.Probe, bc.ProbeSource = probe, src
+		b.Log.Info().Str("probe", cfg.Probe.String()).Str("probe_source", src.String()).
+			Msg("health checks by DNS")
+	}
+	bc.Primaries = b.primaries
+	return bc
+}
+
+// primaries counts, per backend, the remotes whose primary it is. The
+// table is made after the Set, and asked only by the Set's scans, which
+// begin at Start.
+func (b *Balancer) primaries() map[backend.ID]int {
+	out := map[backend.ID]int{}
+	for id, c := range b.Table.Counts() {
+		if c.Primary > 0 {
+			out[id] = c.Primary
+		}
+	}
+	return out
+}
+
+// startServing is Start's last step: it starts the backends' sessions,
+// the table's maintenance, the debug socket and the metrics listener;
+// then reading and accepting (Serve), except in a successor process,
+// which first waits for its backends (TakeOver).
+func (b *Balancer) startServing(opt Options, ls *listeners) {
+	b.Backends.Start()
+	b.Table.Start()
+	b.debugLn, b.metricsLn = ls.debug, ls.metrics
+
+	src := debugapi.Sources{
+		Backends: b.Backends, Table: b.Table, UDP: b.UDP, TCP: b.TCP,
+		Timeouts: b.Timeouts, Clock: b.Clock, Started: b.Started, Log: b.Log,
+		LogDrops: opt.LogDrops,
+	}
+	if ls.debug != nil {
+		b.debug = debugapi.Serve(ls.debug, src, opt.DebugLimits)
+		src.Debug = b.debug // its counters in the -m metrics too
+		b.Log.Info().Str("path", b.cfg.DebugSocket).Msg("debug socket ready")
+	}
+	if ls.metrics != nil {
+		b.serveMetrics(ls.metrics, src)
+	}
+	if b.cfg.Inherited == nil {
+		b.Serve()
+	}
+}
+
+// serveMetrics serves /metrics on ln (-m).
+func (b *Balancer) serveMetrics(ln net.Listener, src debugapi.Sources) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", debugapi.MetricsHandler(src))
+	b.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
+	go b.metrics.Serve(ln)
+	b.Log.Info().Str("address", ln.Addr().String()).Msg("serving metrics")
+}
+
 // Serve starts reading the UDP socket and accepting TCP connections.
 // Start calls it, except for a successor process, which first waits for
-// its backends (see WaitBackends).
+// its backends (see TakeOver).
 func (b *Balancer) Serve() {
 	b.UDP.Start(b.Table, b.Backends)
 	b.TCP.Start()
