@@ -85,7 +85,8 @@ type Config struct {
 	// netmask). 0 means 32. IPv6 clients are pinned by address.
 	PrefixBits int
 	// Standins is the IPv4 range from which IPv6 clients are given
-	// their stand-in addresses (DefaultStandins when not valid). Its
+	// their stand-in addresses (DefaultStandins when not usable: see
+	// StandinRange). Its
 	// first two addresses are reserved for bbal's own use (see
 	// ProbeSource), and no IPv4 client within it is served.
 	Standins netip.Prefix
@@ -94,6 +95,16 @@ type Config struct {
 // DefaultStandins is the default stand-in range: 240.0.0.0/4, reserved
 // since RFC 1112 and never the source of a real datagram.
 var DefaultStandins = netip.MustParsePrefix("240.0.0.0/4")
+
+// StandinRange returns the stand-in range a Table configured with p
+// uses: p masked, or DefaultStandins unless p is an IPv4 prefix of /30
+// or shorter.
+func StandinRange(p netip.Prefix) netip.Prefix {
+	if !p.IsValid() || !p.Addr().Is4() || p.Bits() > 30 {
+		return DefaultStandins
+	}
+	return p.Masked()
+}
 
 // ProbeSource returns the reserved address of the stand-in range that
 // bbal's own queries (health probes) come from: its second address.
@@ -204,10 +215,7 @@ func New(cfg Config) *Table {
 	if cfg.PrefixBits <= 0 || cfg.PrefixBits > 32 {
 		cfg.PrefixBits = 32
 	}
-	if !cfg.Standins.IsValid() || !cfg.Standins.Addr().Is4() || cfg.Standins.Bits() > 30 {
-		cfg.Standins = DefaultStandins
-	}
-	cfg.Standins = cfg.Standins.Masked()
+	cfg.Standins = StandinRange(cfg.Standins)
 	clock := cfg.Timeouts.Clock()
 	t := &Table{
 		cfg:       cfg,

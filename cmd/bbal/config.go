@@ -92,7 +92,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	dir := fs.String("s", "", "")
 	var addrs listenAddrs
 	fs.Var(&addrs, "b", "")
-	standins := fs.String("6", remotes.DefaultStandins.String(), "")
+	standins := fs.String("6", "", "")
 	policy := fs.String("P", "rr", "")
 	port := fs.String("p", "53", "")
 	level := fs.String("l", "info", "")
@@ -122,13 +122,16 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	if len(addrs) == 0 {
 		addrs = listenAddrs{netip.IPv4Unspecified()}
 	}
-	sp, err := parseStandins(*standins)
-	if err != nil {
-		return config{}, err
+	var sp netip.Prefix // without -6, none: the table's default
+	if given(fs, "6") {
+		var err error
+		if sp, err = parseStandins(*standins); err != nil {
+			return config{}, err
+		}
 	}
 	for _, a := range addrs {
-		if sp.Contains(a) {
-			return config{}, fmt.Errorf("listen address %v is within the stand-in range -6 %v", a, sp.Masked())
+		if r := remotes.StandinRange(sp); r.Contains(a) {
+			return config{}, fmt.Errorf("listen address %v is within the stand-in range -6 %v", a, r)
 		}
 	}
 	pol, ok := backend.ParsePolicy(*policy)

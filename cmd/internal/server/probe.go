@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -14,7 +15,7 @@ import (
 // and bbal keeps their answers to it. It is in 240.0.0.0/4, reserved,
 // which no real client has. With another range (-6), it is that range's
 // second address (remotes.ProbeSource).
-var ProbeSource = remotes.ProbeSource(remotes.DefaultStandins)
+var ProbeSource = remotes.ProbeSource(remotes.StandinRange(netip.Prefix{}))
 
 // Probe is the question of the DNS health checks.
 type Probe struct {

@@ -39,8 +39,8 @@ type Config struct {
 	MetricsAddr string       // also serve /metrics on this TCP address; none when empty
 	MaxRemotes  int          // bound of the remotes table (remotes.DefaultMaxRemotes when 0)
 	PrefixBits  int          // pin clients by this prefix length (32 when 0)
-	// Standins is the range of IPv6 clients' stand-in IPv4 addresses
-	// (remotes.DefaultStandins when not valid).
+	// Standins is the range of IPv6 clients' stand-in IPv4 addresses;
+	// the table applies its default (remotes.StandinRange).
 	Standins netip.Prefix
 	// Policy chooses the backend of a new remote.
 	Policy backend.Policy
@@ -334,10 +334,7 @@ func (b *Balancer) backendConfig(bc backend.Config, probe []byte) backend.Config
 	bc.Dir, bc.Log, bc.Timeouts, bc.Replies = cfg.SocketDir, b.Log, b.Timeouts, b.UDP.Replies
 	bc.Down, bc.Policy = b.UDP.Resend, cfg.Policy
 	if probe != nil {
-		src := ProbeSource
-		if cfg.Standins.IsValid() {
-			src = remotes.ProbeSource(cfg.Standins)
-		}
+		src := remotes.ProbeSource(remotes.StandinRange(cfg.Standins))
 		bc.Probe, bc.ProbeSource = probe, src
 		b.Log.Info().Str("probe", cfg.Probe.String()).Str("probe_source", src.String()).
 			Msg("health checks by DNS")
