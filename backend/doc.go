@@ -130,9 +130,11 @@
 //
 // # Restarts
 //
-// A new process taking over from an old one ([Set.Restore]) recreates
-// the old one's backends with their IDs and admin settings before it
-// scans, so that IDs and the remotes' assignments carry over.
+// A new process taking over from an old one ([Set.RestoreSaved], from
+// the old one's [Set.Save]) recreates the old one's backends with their
+// IDs, admin settings and weights before it scans, so that IDs and the
+// remotes' assignments carry over; [Set.WaitUp], woken by the backends'
+// state changes, waits until those that were up are up again.
 //
 // # Concurrency
 //

@@ -58,4 +58,19 @@
 // [timeouts.Set], and walk the table a chunk of remotes per hold of the
 // lock, so that the packet path never waits long behind them; the
 // longest hold is measured ([Table.MaxPause]).
+//
+// # Snapshots
+//
+// A process handing over to its successor (a restart without downtime)
+// writes the table as a snapshot ([Table.WriteSnapshot]): a record per
+// remote, in address order, with its assignment, stand-in, counters and
+// times to the second. The successor reads it ([ReadSnapshot]) in the
+// format the predecessor names ([SnapshotV2], or [SnapshotV1] from a bbal
+// before IPv6 clients) and restores it ([Table.RestoreSnapshot]) before
+// any traffic: a remote keeps its stand-in when that is in the range and
+// free, and is left out, to be placed afresh, when its primary or backup
+// is a backend the successor does not have. The stand-in range is applied
+// in one place ([StandinRange]), which the command and the health checks
+// use too. The backends travel beside the records (see [backend.Saved]);
+// the stream around both is the server's.
 package remotes

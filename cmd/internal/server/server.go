@@ -3,6 +3,26 @@
 // bbal command builds one from its flags; tests build one on a fake clock.
 // Its log is bunyan JSON (NewLogger); the command's goes through a [Log],
 // so that a slow or vanished log reader never holds up DNS.
+//
+// # Start
+//
+// [Start] runs three steps: bind (the sockets bound, or inherited from a
+// predecessor, and privileges dropped), wire (the parts built in
+// dependency order and a predecessor's state restored into them) and
+// startServing (the parts started; reading and accepting, unless a
+// successor waits for its backends first). A failure in any step is
+// logged as fatal and what was opened is closed again.
+//
+// # Restarts
+//
+// The package owns the mechanics of a restart without downtime
+// ([Balancer.Handover], [Inherit], [Balancer.TakeOver]): the successor
+// process, the descriptors it inherits, the ready pipe, and the state
+// stream: a JSON line naming the backends and the remote records'
+// format, then the records. What is in them, and how they are restored,
+// belongs to their owners: [backend.Saved] and [backend.Set.RestoreSaved]
+// for the backends, [remotes.Table.WriteSnapshot], [remotes.ReadSnapshot]
+// and [remotes.Table.RestoreSnapshot] for the table.
 package server
 
 import (
