@@ -52,9 +52,9 @@ type Inherited struct {
 	ready   *os.File
 }
 
-// State is the old process's state: a JSON line with the backends and
-// the format of the remote records, then the records (in
-// remotes.SnapshotFormat) until the end of the stream.
+// State is the old process's state. On the state pipe it is a JSON line
+// with the backends and the format of the remote records, then the
+// records (a remotes snapshot) until the end of the stream.
 type State struct {
 	Backends []backend.Saved `json:"backends"`
 	// RemoteFormat is the format of the remote records that follow:
