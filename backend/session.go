@@ -153,7 +153,7 @@ func (s *session) frames(d *protocol.Decoder, replies ReplyBatch, hello *bool) e
 			errors.As(err, &fe)
 			if errors.Is(err, protocol.ErrTooLong) {
 				b.log.Warn().Uint32("len", fe.Len).Msg("backend sent oversized UDP packet")
-				s.fail(ReasonOversizedUDP, err)
+				s.fail(ReasonOversizedUDP, oversizedCulprit(d.Rest(), err))
 			} else {
 				b.log.Error().Uint32("frame_type", uint32(fe.Type)).Msg("invalid frame type")
 				s.fail(ReasonUnknownFrame, err)

@@ -1,0 +1,24 @@
+package backend
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/bbal/bbal/protocol"
+)
+
+func TestOversizedAnswerNamesItsQuery(t *testing.T) {
+	frame := protocol.AppendUDP(nil, protocol.FrameOutboundUDP, 0x7f000002, 5353, []byte{0x12, 0x34, 0, 0})
+	err := oversizedCulprit(frame, protocol.ErrTooLong)
+	f := faultOf(ReasonOversizedUDP, err)
+	if want := (Culprit{Known: true, IP: 0x7f000002, Port: 5353, ID: 0x1234, HasID: true}); f.Answer != want || !errors.Is(err, protocol.ErrTooLong) {
+		t.Fatalf("culprit %+v (%v), want %+v", f.Answer, err, want)
+	}
+	// The DNS ID not read yet: the client and port only.
+	if f := faultOf(ReasonOversizedUDP, oversizedCulprit(frame[:protocol.UDPHeaderLen+1], protocol.ErrTooLong)); !f.Answer.Known || f.Answer.HasID {
+		t.Fatalf("culprit %+v", f.Answer)
+	}
+	if f := faultOf(ReasonEOF, errors.New("EOF")); f.Answer.Known || !f.Faulted {
+		t.Fatalf("fault %+v", f)
+	}
+}
