@@ -35,10 +35,12 @@
 // backend's unanswered queries, the suspect is not sent on ("withheld"):
 // the query whose answer faulted it (an OUTBOUND_UDP over 1500 bytes,
 // named by [backend.Fault]), or else the first one it was given of
-// those it had not answered, if given at most [SuspectWindow] (100 ms)
-// before it died: a backend that reads its queries in order and dies of
-// one has answered those before it, and those after it came while it
-// was dying. Every other query is sent on once. A query seen at a
+// those it had not answered: a backend that reads its queries in order
+// and dies of one has answered those before it, and those after it came
+// while it was dying. A backend faulted for a heartbeat, probe or TCP
+// OK timeout is wedged or far behind, may not have read its last
+// queries, and none of them is sent on. Every other query is sent on
+// once. A query seen at a
 // second death (sent on once already, or withheld and asked again by
 // its client: same client, port, ID and bytes) is quarantined: dropped
 // on arrival ("quarantined") for [QuarantineTime] (30 s), and logged

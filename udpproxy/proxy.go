@@ -385,24 +385,34 @@ func (p *Proxy) sweep() {
 // One datagram must not take down more than one backend, so not every
 // query is sent again. A suspect is not: the query whose answer faulted
 // be (why.Answer), or, when that is not known, the query be was given
-// first of those it had not answered, if it was sent at most
-// SuspectWindow before be died. (A backend such as node-mname reads and
-// answers its queries in order; one that dies of a query has answered
-// those before it, and not those after, which came while it was dying.
-// A backend killed for no fault of a query loses that one query to its
-// client's retry.) A query seen at a death before (sent again once
-// already, or held back and asked again by its client) is quarantined.
+// first of those it had not answered ("the last ones written before an
+// EOF" are the ones be was given from that one on: that one is
+// withheld, and those after it, which came while be was dying, are sent
+// again). A backend such as node-mname reads and answers its queries
+// in order; one that dies of a query has answered those before it. How
+// long it takes to die is no guide: node-mname under load was seen to
+// take 15 to 650 ms from the poison's arrival to its EOF. A backend
+// killed for no fault of a query loses that one query to its client's
+// retry. A backend faulted for a heartbeat, probe or TCP OK timeout is
+// wedged, or too far behind to answer: it may not have read the
+// queries it has not answered, the poison may be any of them, and none
+// is sent on. A query seen at a death before (sent again once already,
+// or withheld and asked again by its client) is quarantined.
 func (p *Proxy) Resend(be *backend.Backend, why backend.Fault) {
 	table, set := p.table.Load(), p.backends.Load()
 	if table == nil || set == nil {
 		return
 	}
 	now := p.clock.Now().UnixNano()
-	first, found := uint32(0), false
-	if !why.Answer.Known {
+	// A wedged backend may not have read its last second of queries:
+	// the poison can be any of them, and none is sent on.
+	wedged := why.Faulted && (why.Reason == backend.ReasonHeartbeatTimeout ||
+		why.Reason == backend.ReasonProbeTimeout || why.Reason == backend.ReasonTCPOKTimeout)
+	first, found, age := uint32(0), false, int64(0)
+	if !why.Answer.Known && !wedged {
 		p.flights.each(be.ID(), now, func(_ uint64, sent int64, f *flightInfo, _ []byte) {
-			if now-sent <= int64(SuspectWindow) && (!found || int32(f.seq-first) < 0) {
-				first, found = f.seq, true
+			if !found || int32(f.seq-first) < 0 {
+				first, found, age = f.seq, true, now-sent
 			}
 		})
 	}
@@ -419,7 +429,7 @@ func (p *Proxy) Resend(be *backend.Backend, why backend.Fault) {
 		if f.resent {
 			prior = 2
 		}
-		if deaths := p.quar.seen(key, querySum(query), now, suspected, prior); deaths > 0 {
+		if deaths := p.quar.seen(key, querySum(query), now, suspected, prior); deaths > 0 || wedged {
 			// Not sent again: counted unanswered, and no longer be's.
 			for range f.copies {
 				be.QueryForgotten(false)
@@ -432,7 +442,9 @@ func (p *Proxy) Resend(be *backend.Backend, why backend.Fault) {
 				held++
 				p.withheld.Add(1)
 			}
-			p.logSuspect(be, table, key, query, deaths)
+			if deaths > 0 {
+				p.logSuspect(be, table, key, query, deaths)
+			}
 			return
 		}
 		client, ok := table.Client(wire)
@@ -473,7 +485,7 @@ func (p *Proxy) Resend(be *backend.Backend, why backend.Fault) {
 	}
 	if moved+stuck+held+quarantined > 0 {
 		be.Logger().Info().Int("resent", moved).Int("not_resent", stuck).Int("withheld", held).
-			Int("quarantined", quarantined).Msg("unanswered queries sent to other backends")
+			Int("quarantined", quarantined).Dur("suspect_age", time.Duration(age)).Msg("unanswered queries sent to other backends")
 	}
 }
 

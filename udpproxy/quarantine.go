@@ -26,12 +26,6 @@ const (
 	// dropped (and how long a suspect is remembered): longer than a
 	// stub resolver goes on retransmitting one query.
 	QuarantineTime = 30 * time.Second
-	// SuspectWindow: the first query sent to a backend of those it had
-	// not answered when it died is a suspect only if it was sent this
-	// long before the death, at most. A backend that lived longer with
-	// it did not die of it. node-mname dies within a few milliseconds
-	// of reading a query that throws.
-	SuspectWindow = 100 * time.Millisecond
 
 	suspectSlots = 64
 	filterWords  = 16 // 1024 bits

@@ -19,8 +19,10 @@ import (
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/tools/dnsbackend"
 	"github.com/bbal/bbal/tools/testbed"
+	"github.com/bbal/bbal/udpproxy"
 )
 
 // One client datagram must take down at most one backend: a query in
@@ -141,8 +143,10 @@ func TestPoisonQueryTakesDownOneNodeMnameAtMost(t *testing.T) {
 	})
 	// The poison, from a client of 5302.
 	victim := h.B.Backends.Get(5302)
+	sentAt := time.Now()
 	udpClient(t, home[1], h.Addr).Write(poisonQuery("who.example.", 4242))
 	testbed.Eventually(t, "5302 down", func() bool { return !victim.OK() })
+	t.Logf("5302 down %v after the poison: %v", time.Since(sentAt), victim.Stats().Faults)
 	// Load goes on, long enough for any cascade to run its course (or
 	// until it has stalled: every client waiting for its lost query).
 	after := sent.Load()
@@ -344,4 +348,37 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// TestWedgedBackendsQueriesAreNotSentOn: a backend faulted for a late
+// heartbeat may not have read its last queries, and the poison that
+// wedged it may be any of them: none is sent to the backup.
+func TestWedgedBackendsQueriesAreNotSentOn(t *testing.T) {
+	f := newFaultBed(t) // 5301 a Go backend ("good"), 5302 the fake
+	f.helloOK()
+	f.Heartbeat(5302)
+	f.conn.Expect(t, protocol.FrameClientHeartbeat) // and never answered
+	testbed.Eventually(t, "heartbeat reply awaited", func() bool {
+		return slices.ContainsFunc(f.B.Timeouts.List(), func(e timeouts.Entry) bool { return e.Name == "backend 5302 heartbeat reply" })
+	})
+	f.Advance(backend.DefaultHeartbeatTimeout - udpproxy.FlightAge/2)
+	c := udpClient(t, f.PinTo(5302), f.Addr)
+	const n = 5
+	for i := range n {
+		c.Write(txtQuery("who.example.", uint16(20+i)))
+	}
+	testbed.Eventually(t, "queries queued", func() bool { return f.B.Backends.Get(5302).Stats().UDPFrames == n })
+	f.Advance(udpproxy.FlightAge / 2)
+	f.Logs.Wait(t, "unanswered queries sent to other backends", map[string]any{"be_id": 5302, "resent": 0, "withheld": n})
+	if st := f.B.UDP.Stats(); st.Resent != 0 || st.Withheld != n || st.Quarantined != 0 {
+		t.Fatalf("resent %d, withheld %d, quarantined %d; want 0, %d, 0", st.Resent, st.Withheld, st.Quarantined, n)
+	}
+	if st := f.B.Backends.Get(5302).Stats(); st.Unanswered != n || st.Outstanding != 0 {
+		t.Fatalf("wedged backend: unanswered %d, outstanding %d", st.Unanswered, st.Outstanding)
+	}
+	// The client's next query is the backup's.
+	c.Write(txtQuery("who.example.", 30))
+	if got := answers(t, c, 30)[30]; got != "good" {
+		t.Fatalf("answered by %q", got)
+	}
 }
