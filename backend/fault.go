@@ -48,10 +48,14 @@ func (e *culpritError) Error() string {
 
 func (e *culpritError) Unwrap() error { return e.err }
 
-// oversizedCulprit wraps err, the decoder's ErrTooLong, with what
-// frame, the bytes of the offending frame from its type word on, says
-// of the answer's client.
-func oversizedCulprit(frame []byte, err error) error {
+// oversizedCulprit wraps err, when it is d's ErrTooLong, with what the
+// offending frame's first bytes (the rest of d) say of the answer's
+// client; it returns any other error as it is.
+func oversizedCulprit(d *protocol.Decoder, err error) error {
+	if !errors.Is(err, protocol.ErrTooLong) {
+		return err
+	}
+	frame := d.Rest()
 	if len(frame) < protocol.UDPHeaderLen {
 		return err
 	}

@@ -151,9 +151,10 @@ func (s *session) frames(d *protocol.Decoder, replies ReplyBatch, hello *bool) e
 		if err != nil {
 			var fe *protocol.FrameError
 			errors.As(err, &fe)
+			err = oversizedCulprit(d, err)
 			if errors.Is(err, protocol.ErrTooLong) {
 				b.log.Warn().Uint32("len", fe.Len).Msg("backend sent oversized UDP packet")
-				s.fail(ReasonOversizedUDP, oversizedCulprit(d.Rest(), err))
+				s.fail(ReasonOversizedUDP, err)
 			} else {
 				b.log.Error().Uint32("frame_type", uint32(fe.Type)).Msg("invalid frame type")
 				s.fail(ReasonUnknownFrame, err)
