@@ -46,8 +46,9 @@ BENCH_FLAGS ?=
 bench: build npm-deps
 	$(GO) run ./tools/bench $(BENCH_FLAGS)
 
-# The chaos test: CHAOS_ROUNDS rounds of SIGKILL, SIGSTOP/SIGCONT and
-# unlink-and-restart of node-mname and Go backends under load, then the
+# The chaos test: CHAOS_ROUNDS rounds of SIGKILL, SIGSTOP/SIGCONT,
+# unlink-and-restart and a poison query of node-mname and Go backends
+# under load (CHAOS_ACTIONS=poison, say, for only those), then the
 # slow-reader flood for SLOW_READER. Not part of make test (it runs for
 # minutes on the real clock).
 CHAOS_ROUNDS ?= 24

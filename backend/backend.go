@@ -125,6 +125,9 @@ type Backend struct {
 	hbWaitT    *timeouts.Timeout
 	reconnectT *timeouts.Timeout
 
+	// down is why the session ends, for Config.Down; set by fault.
+	down Fault
+
 	// probe is the health check by DNS (see probe.go).
 	probe prober
 
@@ -359,7 +362,7 @@ func (b *Backend) setState(s State) {
 	b.ok.Store(s == StateOK)
 	b.removed.Store(s == StateRemoved)
 	if old == StateOK && s != StateOK && b.set.cfg.Down != nil {
-		b.set.cfg.Down(b)
+		b.set.cfg.Down(b, b.down)
 	}
 	if e := b.log.Debug(); e != nil && old != s {
 		e.Str("from", old.String()).Str("to", s.String()).Msg("backend state change")
@@ -558,7 +561,9 @@ func (b *Backend) fault(r Reason, err error) {
 	ev.Msg("backend faulted (reset and reconnect)")
 	b.closeSession()
 	b.clearTimers()
+	b.down = faultOf(r, err)
 	b.setState(StateFaulted)
+	b.down = Fault{}
 	b.scheduleReconnect()
 }
 

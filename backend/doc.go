@@ -126,7 +126,9 @@
 // [Backend.QueryForgotten], [Backend.QueryMoved]); [Set.CheckSlow], at
 // each rebalance, marks slow a backend whose answers take far longer than
 // its peers'. When a backend stops being ok, Config.Down is called, so
-// that the proxy can send its unanswered queries elsewhere.
+// that the proxy can send its unanswered queries elsewhere; its [Fault]
+// says why, and for an oversized OUTBOUND_UDP names the answer's client,
+// port and DNS ID.
 //
 // # Restarts
 //

@@ -152,6 +152,7 @@ func (s *session) frames(d *protocol.Decoder, replies ReplyBatch, hello *bool) e
 		if err != nil {
 			var fe *protocol.FrameError
 			errors.As(err, &fe)
+			err = oversizedCulprit(d, err)
 			if errors.Is(err, protocol.ErrTooLong) {
 				b.logAt(zerolog.WarnLevel).Uint32("len", fe.Len).Msg("backend sent oversized UDP packet")
 				s.fail(ReasonOversizedUDP, err)

@@ -106,7 +106,8 @@ type Config struct {
 	// Down, when set, is called when a backend that was ok stops being
 	// so (fault, removal, stop), on that backend's goroutine: the UDP
 	// proxy sends the queries it had not answered to other backends.
-	Down func(b *Backend)
+	// f says why (and, for an oversized answer, to which query).
+	Down func(b *Backend, f Fault)
 	// Policy chooses the backend of a new remote.
 	Policy Policy
 	// Primaries, when set, returns the number of remotes whose primary

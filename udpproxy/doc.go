@@ -29,6 +29,26 @@
 // [Proxy.Resend] sends its unanswered queries to the backends their
 // clients use now.
 //
+// # Queries of death
+//
+// One client datagram takes down at most one backend. Of a dead
+// backend's unanswered queries, the suspect is not sent on ("withheld"):
+// the query whose answer faulted it (an OUTBOUND_UDP over 1500 bytes,
+// named by [backend.Fault]), or else the first one it was given of
+// those it had not answered: a backend that reads its queries in order
+// and dies of one has answered those before it, and those after it came
+// while it was dying. A backend faulted for a heartbeat, probe or TCP
+// OK timeout is wedged or far behind, may not have read its last
+// queries, and none of them is sent on. Every other query is sent on
+// once. A query seen at a
+// second death (sent on once already, or withheld and asked again by
+// its client: same client, port, ID and bytes) is quarantined: dropped
+// on arrival ("quarantined") for [QuarantineTime] (30 s), and logged
+// with its client and question at most once per 5 s. The quarantine
+// table (quarantine.go) has 64 entries; the packet path reads one word
+// of its 1024-bit filter, and looks further only when its key's bit is
+// set.
+//
 // An answer that matches no query on record (a late one) leaves from
 // the first socket of the client's family if the client is known to the
 // remotes table ([remotes.Table.Known]; an IPv6 client by its stand-in,
@@ -47,7 +67,8 @@
 // an IPv4 address within the stand-in range ("standin_range") or an IPv6
 // client that could be given no stand-in ("no_standin"), or when the
 // backend's queue is full ("stuck") or the backend went down between the
-// choice and the send ("down"). The reader never waits on a backend. With
+// choice and the send ("down"), or when it is quarantined
+// ("quarantined", above). The reader never waits on a backend. With
 // [Proxy.ServfailWhenDown], a query that finds no backend is answered
 // SERVFAIL (its header and question, no records) instead of only dropped.
 //

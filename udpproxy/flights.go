@@ -2,6 +2,7 @@ package udpproxy
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bbal/bbal/backend"
@@ -58,7 +59,10 @@ type flightInfo struct {
 	copies  uint8 // copies sent on and not answered, at least 1
 	qlen    uint8 // bytes of query kept; 0 if it was too long
 	ifindex uint32
-	local   [16]byte // the query's destination address (IPv4-mapped for IPv4)
+	// seq orders the queries as they were sent on: which of a dead
+	// backend's was sent to it first (see Proxy.Resend).
+	seq   uint32
+	local [16]byte // the query's destination address (IPv4-mapped for IPv4)
 }
 
 // bucket is flightWays queries in flight, under its own lock. The lock,
@@ -89,6 +93,7 @@ const flightBuckets = flightSlots / flightWays
 
 type flights struct {
 	buckets [flightBuckets]bucket
+	seq     atomic.Uint32
 }
 
 func newFlights() *flights { return new(flights) }
@@ -155,6 +160,7 @@ func (t *flights) put(key uint64, be backend.ID, o *origin, query []byte, now in
 	b.keys[way], b.sent[way] = key, now
 	in.be, in.lis, in.resent, in.ifindex, in.local = be, o.lis, false, o.ifindex, o.local
 	in.dup, in.copies = false, 1
+	in.seq = t.seq.Add(1)
 	in.qlen = 0
 	if len(query) <= keepLen {
 		in.qlen = uint8(len(query))
@@ -210,13 +216,13 @@ func (t *flights) sweep(now int64, gone func(be backend.ID, copies int)) {
 }
 
 // each calls fn, under the record's lock, for each query of backend be
-// still waited for at now, with its key, what is kept of it and the
-// query (empty if it was too long to keep). fn may change info's
-// backend, resent and copies.
-func (t *flights) each(be backend.ID, now int64, fn func(key uint64, info *flightInfo, query []byte)) {
+// still waited for at now, with its key, when it was sent, what is kept
+// of it and the query (empty if it was too long to keep). fn may change
+// info's backend, resent and copies.
+func (t *flights) each(be backend.ID, now int64, fn func(key uint64, sent int64, info *flightInfo, query []byte)) {
 	t.visit(func(b *bucket, j int) {
 		if b.sent[j] != 0 && b.info[j].be == be && now-b.sent[j] <= int64(FlightAge) {
-			fn(b.keys[j], &b.info[j], b.query[j][:b.info[j].qlen])
+			fn(b.keys[j], b.sent[j], &b.info[j], b.query[j][:b.info[j].qlen])
 		}
 	})
 }

@@ -127,7 +127,7 @@ func TestFlightsKeepQueriesForResending(t *testing.T) {
 	ft.put(flightKey(1, 1, 2), 5301, o, long, now)
 	ft.put(flightKey(1, 1, 3), 5302, o, []byte("other"), now)
 	got := map[uint64]string{}
-	ft.each(5301, now, func(key uint64, f *flightInfo, query []byte) {
+	ft.each(5301, now, func(key uint64, _ int64, f *flightInfo, query []byte) {
 		got[key] = string(query)
 		f.be = 5399
 	})
@@ -140,7 +140,7 @@ func TestFlightsKeepQueriesForResending(t *testing.T) {
 	}
 	// Past FlightAge, nothing is sent again.
 	n := 0
-	ft.each(5302, now+int64(FlightAge)+1, func(uint64, *flightInfo, []byte) { n++ })
+	ft.each(5302, now+int64(FlightAge)+1, func(uint64, int64, *flightInfo, []byte) { n++ })
 	if n != 0 {
 		t.Fatalf("%d stale queries offered for resending", n)
 	}

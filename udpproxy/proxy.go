@@ -32,11 +32,12 @@ const (
 	DropRunt                           // datagram shorter than a DNS header
 	DropStandinRange                   // an IPv4 source within the stand-in range
 	DropNoStandin                      // an IPv6 client that could be given no stand-in
+	DropQuarantined                    // a query seen at two backend deaths
 	numDrops
 )
 
 var dropNames = [numDrops]string{"oversized", "no_backend", "stuck", "down", "bad_source", "runt",
-	"standin_range", "no_standin"}
+	"standin_range", "no_standin", "quarantined"}
 
 // dnsHeaderLen is the length of a DNS message header: nothing shorter can
 // be a query, and no backend could answer it.
@@ -88,10 +89,15 @@ type Proxy struct {
 	duplicates  atomic.Uint64 // queries that were copies of one in flight
 	resent      atomic.Uint64 // queries sent again after their backend died
 	unresent    atomic.Uint64 // queries of a dead backend that could not be sent again
+	withheld    atomic.Uint64 // queries of a dead backend not sent again: suspected of its death
+	quarantined atomic.Uint64 // queries seen at two backend deaths, put in quarantine
+	quar        quarantine
 
 	oversizeLog    *timeouts.Limiter
 	sendLog        *timeouts.Limiter
 	unsolicitedLog *timeouts.Limiter
+	suspectLog     *timeouts.Limiter
+	quarantineLog  *timeouts.Limiter
 
 	// servfail, when set, answers a query SERVFAIL when no backend is
 	// available instead of dropping it; out is the readers' scratch.
@@ -120,6 +126,8 @@ func New(conns []*net.UDPConn, ts *timeouts.Set, log zerolog.Logger) (*Proxy, er
 		oversizeLog:    timeouts.NewLimiter(clock, 5*time.Second),
 		sendLog:        timeouts.NewLimiter(clock, 5*time.Second),
 		unsolicitedLog: timeouts.NewLimiter(clock, 5*time.Second),
+		suspectLog:     timeouts.NewLimiter(clock, 5*time.Second),
+		quarantineLog:  timeouts.NewLimiter(clock, 5*time.Second),
 	}
 	for i, c := range conns {
 		raw, err := c.SyscallConn()
@@ -312,8 +320,14 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		}
 		return nil
 	}
-	be := p.backends.Load().Get(id)
 	query := buf[protocol.UDPHeaderLen : protocol.UDPHeaderLen+n]
+	key := flightKey(wire, port, uint16(query[0])<<8|uint16(query[1]))
+	if p.quar.holds(key, query, now) {
+		rem.CountDrop()
+		p.drop(DropQuarantined)
+		return nil
+	}
+	be := p.backends.Load().Get(id)
 	if be == nil {
 		rem.CountDrop()
 		p.drop(DropNoBackend)
@@ -323,7 +337,6 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		return nil
 	}
 	// On record before it is sent, so that its answer finds it.
-	key := flightKey(wire, port, uint16(query[0])<<8|uint16(query[1]))
 	if pl := p.flights.put(key, id, o, query, now); pl.dup {
 		p.duplicates.Add(1)
 	} else {
@@ -365,19 +378,75 @@ func (p *Proxy) sweep() {
 }
 
 // Resend sends the queries backend be has not answered (up to FlightAge
-// old) to the backends their remotes use now: be's Config.Down. A query
-// too long to have been kept is left to be forgotten.
-func (p *Proxy) Resend(be *backend.Backend) {
+// old) to the backends their remotes use now: be's Config.Down, told
+// why be died. A query too long to have been kept is left to be
+// forgotten.
+//
+// One datagram must not take down more than one backend, so not every
+// query is sent again. A suspect is not: the query whose answer faulted
+// be (why.Answer), or, when that is not known, the query be was given
+// first of those it had not answered ("the last ones written before an
+// EOF" are the ones be was given from that one on: that one is
+// withheld, and those after it, which came while be was dying, are sent
+// again). A backend such as node-mname reads and answers its queries
+// in order; one that dies of a query has answered those before it. How
+// long it takes to die is no guide: node-mname under load was seen to
+// take 15 to 650 ms from the poison's arrival to its EOF. A backend
+// killed for no fault of a query loses that one query to its client's
+// retry. A backend faulted for a heartbeat, probe or TCP OK timeout is
+// wedged, or too far behind to answer: it may not have read the
+// queries it has not answered, the poison may be any of them, and none
+// is sent on. A query seen at a death before (sent again once already,
+// or withheld and asked again by its client) is quarantined.
+func (p *Proxy) Resend(be *backend.Backend, why backend.Fault) {
 	table, set := p.table.Load(), p.backends.Load()
 	if table == nil || set == nil {
 		return
 	}
 	now := p.clock.Now().UnixNano()
+	// A wedged backend may not have read its last second of queries:
+	// the poison can be any of them, and none is sent on.
+	wedged := why.Faulted && (why.Reason == backend.ReasonHeartbeatTimeout ||
+		why.Reason == backend.ReasonProbeTimeout || why.Reason == backend.ReasonTCPOKTimeout)
+	first, found, age := uint32(0), false, int64(0)
+	if !why.Answer.Known && !wedged {
+		p.flights.each(be.ID(), now, func(_ uint64, sent int64, f *flightInfo, _ []byte) {
+			if !found || int32(f.seq-first) < 0 {
+				first, found, age = f.seq, true, now-sent
+			}
+		})
+	}
 	var touched []*backend.Backend
-	moved, stuck := 0, 0
+	moved, stuck, held, quarantined := 0, 0, 0, 0
 	frame := make([]byte, protocol.UDPHeaderLen+keepLen)
-	p.flights.each(be.ID(), now, func(key uint64, f *flightInfo, query []byte) {
+	p.flights.each(be.ID(), now, func(key uint64, sent int64, f *flightInfo, query []byte) {
 		wire, port := uint32(key>>32), uint16(key>>16)
+		suspected := found && f.seq == first
+		if a := why.Answer; a.Known {
+			suspected = a.IP == wire && a.Port == port && (!a.HasID || a.ID == uint16(key))
+		}
+		prior := uint8(0)
+		if f.resent {
+			prior = 2
+		}
+		if deaths := p.quar.seen(key, querySum(query), now, suspected, prior); deaths > 0 || wedged {
+			// Not sent again: counted unanswered, and no longer be's.
+			for range f.copies {
+				be.QueryForgotten(false)
+			}
+			f.be = 0
+			if deaths >= 2 {
+				quarantined++
+				p.quarantined.Add(1)
+			} else {
+				held++
+				p.withheld.Add(1)
+			}
+			if deaths > 0 {
+				p.logSuspect(be, table, key, query, deaths)
+			}
+			return
+		}
 		client, ok := table.Client(wire)
 		if !ok {
 			p.unresent.Add(1)
@@ -414,8 +483,33 @@ func (p *Proxy) Resend(be *backend.Backend) {
 	for _, to := range touched {
 		to.Flush(now)
 	}
-	if moved+stuck > 0 {
-		be.Logger().Info().Int("resent", moved).Int("not_resent", stuck).Msg("unanswered queries sent to other backends")
+	if moved+stuck+held+quarantined > 0 {
+		be.Logger().Info().Int("resent", moved).Int("not_resent", stuck).Int("withheld", held).
+			Int("quarantined", quarantined).Dur("suspect_age", time.Duration(age)).Msg("unanswered queries sent to other backends")
+	}
+}
+
+// logSuspect logs a query of dead backend be held back (seen at one
+// death) or quarantined (at two), each at most once per 5 s.
+func (p *Proxy) logSuspect(be *backend.Backend, table *remotes.Table, key uint64, query []byte, deaths uint8) {
+	lim := p.suspectLog
+	if deaths >= 2 {
+		lim = p.quarantineLog
+	}
+	ok, held := lim.Allow()
+	if !ok {
+		return
+	}
+	e := be.Logger().Warn()
+	if client, ok := table.Client(uint32(key >> 32)); ok {
+		e = e.Stringer("remote_ip", client)
+	}
+	e = e.Uint16("remote_port", uint16(key>>16)).Uint16("dns_id", uint16(key)).Str("question", question(query)).
+		Int("deaths", int(deaths)).Int64("suppressed", held)
+	if deaths >= 2 {
+		e.Dur("for", QuarantineTime).Msg("query seen at two backend deaths: quarantined")
+	} else {
+		e.Msg("query suspected of a backend's death: not sent again")
 	}
 }
 
@@ -583,7 +677,7 @@ func (b *sendBatch) Flush() (failed int) {
 // ResetCounters sets the proxy's counters back to zero.
 func (p *Proxy) ResetCounters() {
 	for _, c := range []*atomic.Uint64{&p.packetsIn, &p.bytesIn, &p.packetsOut, &p.bytesOut, &p.sendErrors, &p.servfails,
-		&p.unmatched, &p.unsolicited, &p.lostReplies, &p.duplicates, &p.resent, &p.unresent} {
+		&p.unmatched, &p.unsolicited, &p.lostReplies, &p.duplicates, &p.resent, &p.unresent, &p.withheld, &p.quarantined} {
 		c.Store(0)
 	}
 	for i := range p.drops {
@@ -617,6 +711,12 @@ type Stats struct {
 	Duplicates uint64
 	Resent     uint64 // queries sent again after their backend died
 	Unresent   uint64 // queries of a dead backend that could not be
+	// Withheld counts queries of a dead backend not sent again because
+	// they were suspected of its death; Quarantined those seen at two
+	// deaths, dropped on arrival for QuarantineTime (each datagram so
+	// dropped is counted in Drops["quarantined"]).
+	Withheld    uint64
+	Quarantined uint64
 }
 
 // Stats returns the proxy's counters.
@@ -628,6 +728,7 @@ func (p *Proxy) Stats() Stats {
 		Servfails:  p.servfails.Load(),
 		Unmatched:  p.unmatched.Load(), Unsolicited: p.unsolicited.Load(), LostReplies: p.lostReplies.Load(),
 		Duplicates: p.duplicates.Load(), Resent: p.resent.Load(), Unresent: p.unresent.Load(),
+		Withheld: p.withheld.Load(), Quarantined: p.quarantined.Load(),
 		Drops: make(map[string]uint64, numDrops),
 	}
 	for r := range numDrops {

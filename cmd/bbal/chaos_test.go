@@ -224,11 +224,22 @@ func TestChaos(t *testing.T) {
 	}
 	time.Sleep(time.Second) // load settles: the span is part of the test, not synchronisation
 
+	defer func() {
+		if t.Failed() && os.Getenv("CHAOS_DEBUG") != "" {
+			for _, l := range h.Logs.Lines() {
+				t.Log(l)
+			}
+		}
+	}()
 	primary := func(c *client) backend.ID {
 		in, _ := h.B.Table.Lookup(c.addr)
 		return in.Primary
 	}
-	actions := []string{"kill", "stop", "unlink"}
+	// CHAOS_ACTIONS=poison (say) runs only those rounds.
+	actions := []string{"kill", "stop", "unlink", "poison"}
+	if a := os.Getenv("CHAOS_ACTIONS"); a != "" {
+		actions = strings.Split(a, ",")
+	}
 	for r := range rounds {
 		// Every backend meets every action in turn.
 		v := vs[r%len(vs)]
@@ -242,7 +253,9 @@ func TestChaos(t *testing.T) {
 			}
 		}
 		mark := h.Logs.Mark()
+		faults := faultCounts(h)
 		t0 := time.Now()
+		restart := action != "stop" || v.node == nil
 		recoverBy := t0.Add(time.Second) // killed: answered again within 1 s of the EOF
 		switch {
 		case action == "kill" && v.node != nil:
@@ -264,20 +277,32 @@ func TestChaos(t *testing.T) {
 			} else {
 				v.goBE.Close()
 			}
+		case action == "poison" && len(hit) > 0:
+			// One datagram node-mname dies of (a Go backend answers
+			// it): it takes down that backend and no other.
+			sendPoison(t, hit[0].addr, h.Addr)
+			restart = v.node != nil
+		case action == "poison":
+			restart = false
 		}
 		time.Sleep(500 * time.Millisecond) // down for a while
-		if action != "stop" || v.node == nil {
+		if restart {
+			if action == "poison" {
+				// Far behind, it may have been faulted for a late
+				// heartbeat before it read the poison: it goes now.
+				v.node.Kill()
+			}
 			v.start()
+			waitEstablished(t, h, mark, v.id)
 		}
-		waitEstablished(t, h, mark, v.id)
 		time.Sleep(chaosQueryTimeout + 300*time.Millisecond) // the round's queries come in
 		t1 := time.Now().Add(-chaosQueryTimeout - 300*time.Millisecond)
 
 		for _, c := range healthy {
 			for _, q := range c.between(t0, t1) {
 				if q.answered.IsZero() {
-					t.Fatalf("round %d (%s %s): client %v of a healthy backend lost a query sent at +%v",
-						r, action, v.name, c.addr, q.sent.Sub(t0))
+					t.Fatalf("round %d (%s %s): client %v of healthy backend %d lost a query sent at +%v (faults %v, before %v)",
+						r, action, v.name, c.addr, primary(c), q.sent.Sub(t0), faultCounts(h), faults)
 				}
 			}
 		}
@@ -286,6 +311,17 @@ func TestChaos(t *testing.T) {
 				if q.answered.IsZero() {
 					t.Fatalf("round %d (%s %s): client %v not answered again by +%v (query at +%v lost)",
 						r, action, v.name, c.addr, recoverBy.Sub(t0), q.sent.Sub(t0))
+				}
+			}
+		}
+		if action == "poison" {
+			// No other node-mname read the poison. (On a busy host
+			// another may be faulted for a late heartbeat meanwhile:
+			// that is load, not the poison.)
+			for _, o := range vs {
+				if o != v && o.node != nil && strings.Contains(o.node.Stderr(), "Truncated answer message too large") {
+					t.Fatalf("round %d (poison %s): the poison reached %s too (faults %v, before %v)",
+						r, v.name, o.name, faultCounts(h), faults)
 				}
 			}
 		}
@@ -317,12 +353,13 @@ func TestChaos(t *testing.T) {
 		backendUDP += b.Stats().UDPFrames
 	}
 	us := h.B.UDP.Stats()
-	proxyDrops := us.Drops["no_backend"] + us.Drops["stuck"] + us.Drops["down"]
+	proxyDrops := us.Drops["no_backend"] + us.Drops["stuck"] + us.Drops["down"] + us.Drops["quarantined"]
 	if remoteUDP+us.Resent != backendUDP || remoteDrops != proxyDrops {
 		t.Fatalf("remotes counted %d queued and %d dropped; backends %d queued (%d sent again), proxy %d dropped",
 			remoteUDP, remoteDrops, backendUDP, us.Resent, proxyDrops)
 	}
-	t.Logf("%d queries sent again to another backend after theirs died, %d could not be", us.Resent, us.Unresent)
+	t.Logf("%d queries sent again to another backend after theirs died, %d could not be, %d withheld, %d quarantined",
+		us.Resent, us.Unresent, us.Withheld, us.Quarantined)
 
 	// Back to the baseline: goroutines, descriptors, memory.
 	var goroutines, fds int
@@ -345,6 +382,28 @@ func TestChaos(t *testing.T) {
 	if goroutines > baseGoroutines+2 || fds > baseFDs+2 || rss > baseRSS+rssSlack {
 		t.Fatal("resources did not return to the baseline")
 	}
+}
+
+// faultCounts returns each backend's faults so far.
+func faultCounts(h *servertest.Harness) map[backend.ID]uint64 {
+	out := map[backend.ID]uint64{}
+	for _, b := range h.B.Backends.All() {
+		for _, n := range b.Stats().Faults {
+			out[b.ID()] += n
+		}
+	}
+	return out
+}
+
+// sendPoison sends, from a socket of its own on address from, one query
+// whose EDNS OPT record advertises a UDP payload size of 0.
+func sendPoison(t *testing.T, from netip.Addr, to netip.AddrPort) {
+	c, err := net.DialUDP("udp", &net.UDPAddr{IP: from.AsSlice()}, net.UDPAddrFromAddrPort(to))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(poisonQuery("chaos.example.", 0xdead))
 }
 
 // waitEstablished waits for backend id's hello after mark, dumping the

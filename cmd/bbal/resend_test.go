@@ -13,6 +13,7 @@ import (
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/tools/dnsbackend"
 	"github.com/bbal/bbal/tools/testbed"
+	"github.com/bbal/bbal/udpproxy"
 )
 
 func TestQueriesOfADeadBackendAreSentToTheBackup(t *testing.T) {
@@ -41,12 +42,17 @@ func TestQueriesOfADeadBackendAreSentToTheBackup(t *testing.T) {
 	if got := f.B.Backends.Get(5302).Outstanding(); got != n {
 		t.Fatalf("%d queries outstanding on the fake, want %d", got, n)
 	}
-	// It dies: every one of them is answered by the other backend.
+	// It dies, half a second later: every one of them but the first is
+	// answered by the other backend. The first is withheld: the fake
+	// may have died of it, as a backend that dies of a query has
+	// answered those before it. (node-mname under load takes hundreds
+	// of milliseconds to die of one.)
+	f.Advance(udpproxy.FlightAge / 2)
 	f.conn.Close()
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	seen := map[uint16]bool{}
 	buf := make([]byte, 1500)
-	for len(seen) < n {
+	for len(seen) < n-1 {
 		m, err := conn.Read(buf)
 		if err != nil {
 			t.Fatalf("%d of %d queries answered: %v", len(seen), n, err)
@@ -58,20 +64,27 @@ func TestQueriesOfADeadBackendAreSentToTheBackup(t *testing.T) {
 		if fl, _ := dnsbackend.TXTFields(&r); fl["backend"] != "good" || fl["client"] != conn.LocalAddr().String() {
 			t.Fatalf("answer %v", fl)
 		}
+		if r.Id == 500 {
+			t.Fatal("the first query, the suspect, was sent again")
+		}
 		seen[r.Id] = true
 	}
-	if st := f.B.UDP.Stats(); st.Resent != n || st.Unresent != 0 {
-		t.Fatalf("resent %d, not %d; want %d and 0", st.Resent, st.Unresent, n)
+	if st := f.B.UDP.Stats(); st.Resent != n-1 || st.Unresent != 0 || st.Withheld != 1 {
+		t.Fatalf("resent %d, not %d, withheld %d; want %d, 0 and 1", st.Resent, st.Unresent, st.Withheld, n-1)
 	}
-	if st := f.B.Backends.Get(5302).Stats(); st.Resent != n || st.Outstanding != 0 {
-		t.Fatalf("dead backend: resent %d, outstanding %d", st.Resent, st.Outstanding)
+	if st := f.B.Backends.Get(5302).Stats(); st.Resent != n-1 || st.Unanswered != 1 || st.Outstanding != 0 {
+		t.Fatalf("dead backend: resent %d, unanswered %d, outstanding %d", st.Resent, st.Unanswered, st.Outstanding)
 	}
-	f.Logs.Wait(t, "unanswered queries sent to other backends", map[string]any{"be_id": 5302, "resent": n, "not_resent": 0})
+	f.Logs.Wait(t, "unanswered queries sent to other backends", map[string]any{"be_id": 5302, "resent": n - 1, "not_resent": 0, "withheld": 1})
 }
 
 // TestNoQueriesLostWhenNodeMnameIsKilled kills one of two node-mname
 // processes under steady load from 16 clients and counts the queries
-// never answered.
+// never answered. One may be the query the killed backend was given
+// first of those it had not answered: bbal cannot tell a SIGKILL from a
+// death by that query, and does not send it on (see
+// TestPoisonQueryTakesDownOneNodeMnameAtMost); its client's retry is
+// answered.
 func TestNoQueriesLostWhenNodeMnameIsKilled(t *testing.T) {
 	m := newMnameBed(t)
 	const clients = 16
@@ -88,33 +101,7 @@ func TestNoQueriesLostWhenNodeMnameIsKilled(t *testing.T) {
 				return
 			}
 			defer c.Close()
-			buf := make([]byte, 1500)
-			for id := uint16(1); ; id++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				q := new(dns.Msg)
-				q.SetQuestion("who.example.", dns.TypeTXT)
-				q.Id = id
-				wire, _ := q.Pack()
-				c.Write(wire)
-				sent.Add(1)
-				// One try, as a resolver's first: no retry hides a loss.
-				c.SetReadDeadline(time.Now().Add(3 * time.Second))
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						lost.Add(1)
-						break
-					}
-					var r dns.Msg
-					if r.Unpack(buf[:n]) == nil && r.Id == id {
-						break
-					}
-				}
-			}
+			askOnce(c, stop, &sent, &lost)
 		}(testbed.Loopback(200 + i))
 	}
 	be := m.B.Backends.Get(5301)
@@ -129,9 +116,47 @@ func TestNoQueriesLostWhenNodeMnameIsKilled(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	st := m.B.UDP.Stats()
-	t.Logf("%d queries, %d unanswered; %d sent again after the kill, %d could not be", sent.Load(), lost.Load(), st.Resent, st.Unresent)
-	if lost.Load() > 1 {
+	t.Logf("%d queries, %d unanswered; %d sent again after the kill, %d could not be, %d withheld",
+		sent.Load(), lost.Load(), st.Resent, st.Unresent, st.Withheld)
+	if st.Withheld > 1 {
+		t.Fatalf("%d queries withheld, want at most the one suspect", st.Withheld)
+	}
+	// Besides the suspect, one query may come in as the backend dies,
+	// before the balancer knows.
+	if lost.Load() > 1+int64(st.Withheld) {
 		t.Fatalf("%d of %d queries unanswered when a backend was killed", lost.Load(), sent.Load())
+	}
+}
+
+// askOnce asks on c one query at a time until stop is closed, counting
+// the queries sent and those not answered within 3 s. One try, as a
+// resolver's first: no retry hides a loss.
+func askOnce(c *net.UDPConn, stop <-chan struct{}, sent, lost *atomic.Int64) {
+	buf := make([]byte, 1500)
+	for id := uint16(1); ; id++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		q := new(dns.Msg)
+		q.SetQuestion("who.example.", dns.TypeTXT)
+		q.Id = id
+		wire, _ := q.Pack()
+		c.Write(wire)
+		sent.Add(1)
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				lost.Add(1)
+				break
+			}
+			var r dns.Msg
+			if r.Unpack(buf[:n]) == nil && r.Id == id {
+				break
+			}
+		}
 	}
 }
 

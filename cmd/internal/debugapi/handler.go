@@ -492,6 +492,7 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	out.UDP.Servfails = us.Servfails
 	out.UDP.Unmatched, out.UDP.Unsolicited, out.UDP.LostReplies = us.Unmatched, us.Unsolicited, us.LostReplies
 	out.UDP.Duplicates, out.UDP.Resent, out.UDP.Unresent = us.Duplicates, us.Resent, us.Unresent
+	out.UDP.Withheld, out.UDP.Quarantined = us.Withheld, us.Quarantined
 	ts := a.src.TCP.Stats()
 	out.TCP.Active, out.TCP.Total, out.TCP.AcceptErrors = ts.Active, ts.Total, ts.AcceptErrors
 	out.TCP.Limits = ts.Limits

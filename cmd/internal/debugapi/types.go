@@ -130,6 +130,10 @@ type Stats struct {
 		Duplicates uint64 `json:"duplicates"`
 		Resent     uint64 `json:"resent"`
 		Unresent   uint64 `json:"unresent"`
+		// Queries of a dead backend not sent again, suspected of its
+		// death; queries seen at two deaths, put in quarantine.
+		Withheld    uint64 `json:"withheld"`
+		Quarantined uint64 `json:"quarantined"`
 	} `json:"udp"`
 	TCP struct {
 		Active       int64             `json:"active"`
