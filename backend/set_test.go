@@ -18,8 +18,10 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// newTestSet returns a started Set on dir, with a System clock and a
-// timeouts goroutine, closed at the end of the test.
+// newTestSet returns a started Set on dir, closed at the end of the
+// test. Its timeouts are on a fake clock that nothing advances, and no
+// goroutine runs them: no timer of the Set ever fires (no heartbeat,
+// reconnect back-off or fault timeout).
 func newTestSet(t *testing.T, dir string, cfg Config) (*Set, *testbed.Logs) {
 	t.Helper()
 	logs := testbed.NewLogs()

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -431,17 +434,74 @@ func TestPrefixPinning(t *testing.T) {
 func TestScansHoldTheLockAChunkAtATime(t *testing.T) {
 	f := newFake(1)
 	tab, clock, _ := newTable(t, f)
-	const n = 10 * scanChunk
+	const n = 128 * scanChunk
 	for i := range n {
 		tab.Route(a4(uint32(i)))
 	}
-	// While an expiry scan of the whole table runs, the packet path
-	// gets the lock between chunks: count the holds.
 	holds := 0
 	tab.scan(func(*Remote) bool { return false }, func() { holds++ })
 	if holds < n/scanChunk {
 		t.Fatalf("%d holds of the lock for %d remotes", holds, n)
 	}
+
+	// While a scan of the whole table runs, the packet path gets the
+	// lock between chunks: a Lookup from another goroutine returns
+	// while the scan is part-way through the table, and no hold of the
+	// lock comes near the whole scan's time (a scan holding it
+	// throughout would make its one hold the whole time). Either can
+	// miss on a busy machine (the other goroutine may get no CPU during
+	// a scan; the lock is not fair until a waiter has waited 1 ms; the
+	// scan can be descheduled within a chunk), so scans are repeated
+	// until both are seen, for up to 5 s; a whole-table hold fails
+	// every one. With one P the other goroutine cannot run during a
+	// scan this short.
+	//
+	// progress is the scan's number in its high 32 bits and the remotes
+	// it has visited in the low: a Lookup that starts once scan g has
+	// visited one and returns before it has visited all took the lock
+	// in between.
+	var progress atomic.Uint64
+	midScan, shortHolds := runtime.GOMAXPROCS(0) < 2, false
+	var seen atomic.Bool
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			before := progress.Load()
+			tab.Lookup(a4(0))
+			after := progress.Load()
+			if before>>32 == after>>32 && uint32(before) > 0 && uint32(after) < n {
+				seen.Store(true)
+			}
+		}
+	}()
+	var report []string
+	for g, deadline := uint64(1), time.Now().Add(5*time.Second); !(midScan && shortHolds) && time.Now().Before(deadline); g++ {
+		tab.maxPause.Store(0)
+		progress.Store(g << 32)
+		start := time.Now()
+		tab.scan(func(*Remote) bool {
+			progress.Add(1)
+			return false
+		}, nil)
+		whole := time.Since(start)
+		midScan = midScan || seen.Load()
+		shortHolds = shortHolds || tab.MaxPause() < whole/8
+		if len(report) < 10 {
+			report = append(report, fmt.Sprintf("longest hold %v of a %v scan", tab.MaxPause(), whole))
+		}
+	}
+	close(stop)
+	<-stopped
+	if !midScan || !shortHolds {
+		t.Fatalf("the scan held the lock too long (a Lookup part-way: %v):\n%s", midScan, strings.Join(report, "\n"))
+	}
+
 	clock.Advance(10 * time.Minute)
 	if got := tab.Expire(); got != n || tab.Len() != 0 {
 		t.Fatalf("expired %d of %d, %d left", got, n, tab.Len())

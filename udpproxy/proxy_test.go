@@ -29,7 +29,9 @@ type bed struct {
 	conn  *testbed.FakeConn
 }
 
-func newBed(t testing.TB, log zerolog.Logger) *bed {
+// newBed returns a started bed; each of tableOpts changes the remotes
+// table's Config first.
+func newBed(t testing.TB, log zerolog.Logger, tableOpts ...func(*remotes.Config)) *bed {
 	t.Helper()
 	dir := testbed.SocketDir(t)
 	fake := testbed.NewFake(t, filepath.Join(dir, "5301"))
@@ -47,7 +49,11 @@ func newBed(t testing.TB, log zerolog.Logger) *bed {
 		t.Fatal(err)
 	}
 	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts, Replies: p.Replies})
-	table := remotes.New(remotes.Config{Backends: set, Timeouts: ts, Log: log})
+	tcfg := remotes.Config{Backends: set, Timeouts: ts, Log: log}
+	for _, f := range tableOpts {
+		f(&tcfg)
+	}
+	table := remotes.New(tcfg)
 	set.Start()
 	c := fake.Accept(t)
 	c.Hello(t)
@@ -125,4 +131,81 @@ func TestDropsAreCountedByReason(t *testing.T) {
 	if n := b.table.Len(); n != 1 {
 		t.Errorf("%d remotes, want 1", n)
 	}
+	seen := map[string]bool{}
+	for k, v := range st.Drops {
+		seen[k] = v > 0
+	}
+
+	t.Run("stuck: the backend's queue full", func(t *testing.T) {
+		// Nothing flushes the queue (that is the reader's batch end),
+		// so it fills: the next datagram has no room.
+		for i := 0; b.p.Stats().Drops["stuck"] == 0; i++ {
+			if i > 2*backend.DefaultQueueFrames {
+				t.Fatalf("%d datagrams queued and none refused", i)
+			}
+			b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		}
+		wantDrops(t, b.p, map[string]uint64{"stuck": 1, "no_backend": 0, "down": 0})
+		if info, _ := b.table.Lookup(ip); info.Drops != 1 {
+			t.Fatalf("remote %+v, want its one drop counted", info)
+		}
+		seen["stuck"] = true
+	})
+
+	t.Run("no_backend: none ok", func(t *testing.T) {
+		b.conn.Close()
+		testbed.Eventually(t, "backend down", func() bool { return !b.set.Get(5301).OK() })
+		b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		b.p.handle(b.p.ls[0], buf, 64, netip.MustParseAddr("127.0.0.10"), 53, &o, 0)
+		wantDrops(t, b.p, map[string]uint64{"no_backend": 2, "down": 0})
+		seen["no_backend"] = true
+	})
+
+	t.Run("down: the backend went down after it was chosen", func(t *testing.T) {
+		// The table's view of the backends lags, as it does for a
+		// datagram routed just before a fault.
+		b := newBed(t, zerolog.Nop(), func(c *remotes.Config) { c.Backends = laggingBackends{c.Backends} })
+		b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		b.conn.Close()
+		testbed.Eventually(t, "backend down", func() bool { return !b.set.Get(5301).OK() })
+		b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		wantDrops(t, b.p, map[string]uint64{"down": 1, "no_backend": 0, "stuck": 0})
+		seen["down"] = true
+	})
+
+	t.Run("no_standin: an IPv6 client given none", func(t *testing.T) {
+		// A /30 has two stand-ins to give.
+		b := newBed(t, zerolog.Nop(), func(c *remotes.Config) { c.Standins = netip.MustParsePrefix("240.0.0.0/30") })
+		for i := range 3 {
+			b.p.handle(b.p.ls[0], buf, 64, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i + 1)}), 53, &o, 0)
+		}
+		wantDrops(t, b.p, map[string]uint64{"no_standin": 1, "standin_range": 0, "no_backend": 0})
+		if n := b.table.Len(); n != 2 {
+			t.Fatalf("%d remotes, want the 2 with a stand-in", n)
+		}
+		seen["no_standin"] = true
+	})
+
+	for r := range numDrops {
+		if !seen[r.String()] {
+			t.Errorf("drop reason %s not exercised", r)
+		}
+	}
 }
+
+// wantDrops checks the named drop counters of p.
+func wantDrops(t *testing.T, p *Proxy, want map[string]uint64) {
+	t.Helper()
+	st := p.Stats()
+	for k, v := range want {
+		if st.Drops[k] != v {
+			t.Errorf("drops[%s] = %d, want %d", k, st.Drops[k], v)
+		}
+	}
+}
+
+// laggingBackends reports every backend ok to the remotes table, as a
+// view taken just before a backend failed would.
+type laggingBackends struct{ remotes.Backends }
+
+func (laggingBackends) Status(backend.ID) (ok, gone bool) { return true, false }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/bbal/bbal/cmd/internal/servertest"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/tools/testbed"
+	"github.com/bbal/bbal/udpproxy"
 )
 
 // probeIP is server.ProbeSource as the protocol carries it.
@@ -53,50 +55,92 @@ func TestProbeFlag(t *testing.T) {
 // (5301) and a fake one (5302) that answers heartbeats and queries, and
 // probes until told to stop.
 func TestProbesFaultABackendWhoseDNSHandlerStops(t *testing.T) {
+	s := newProbeScenario(t)
+	for _, step := range []struct {
+		name string
+		run  func(*testing.T)
+	}{
+		{"the fake serves a pinned client", s.fakeServesItsClient},
+		{"answered probes keep the backend up past the probe timeout", s.answeredProbesKeepItUp},
+		{"probe answers stop at bbal", s.probeAnswersStopAtBbal},
+		{"a silent DNS handler is faulted at the probe timeout", s.silentHandlerIsFaulted},
+		{"its client goes to the good backend, which is untouched", s.clientMovesToTheGoodBackend},
+		{"the usual back-off, then probed again", s.reconnectsAndIsProbedAgain},
+	} {
+		if !t.Run(step.name, step.run) {
+			t.FailNow() // each step starts where the last one left off
+		}
+	}
+}
+
+// probeScenario is TestProbesFaultABackendWhoseDNSHandlerStops's state,
+// carried from step to step.
+type probeScenario struct {
+	h            *harness
+	fake         *testbed.Fake
+	conn         *testbed.FakeConn // the fake's standing session
+	probes       chan protocol.Frame
+	answerProbes atomic.Bool
+	served       chan struct{} // closed when the fake's session ends
+
+	client   netip.Addr // pinned to the fake
+	good, be *backend.Backend
+	udp      udpproxy.Stats
+	outbound uint64
+}
+
+// newProbeScenario starts the fake serving its session: it answers
+// heartbeats, queries and (until told to stop) probes, passing each
+// probe to probes.
+func newProbeScenario(t *testing.T) *probeScenario {
 	f := faultBedOn(newProbeHarness(t, "probe.example"))
 	f.helloOK()
-	h, fake, conn := f.harness, f.fake, f.conn
-
-	probes := make(chan protocol.Frame, 100)
-	var answerProbes atomic.Bool
-	answerProbes.Store(true)
+	s := &probeScenario{h: f.harness, fake: f.fake, conn: f.conn,
+		probes: make(chan protocol.Frame, 100), served: make(chan struct{})}
+	s.answerProbes.Store(true)
 	answer := testbed.AnswerAs("fake")
-	served := make(chan struct{})
 	go func() {
-		defer close(served)
-		conn.Serve(func(f protocol.Frame) []byte {
+		defer close(s.served)
+		s.conn.Serve(func(f protocol.Frame) []byte {
 			if f.Type == protocol.FrameInboundUDP && f.IP == probeIP {
-				probes <- f
-				if !answerProbes.Load() {
+				s.probes <- f
+				if !s.answerProbes.Load() {
 					return nil
 				}
 			}
 			return answer(f)
 		})
 	}()
-	nextProbe := func() protocol.Frame {
-		t.Helper()
-		select {
-		case f := <-probes:
-			return f
-		case <-time.After(10 * time.Second):
-			t.Fatal("no probe")
-			return protocol.Frame{}
-		}
-	}
+	return s
+}
 
-	client := h.PinTo(5302)
-	if got := h.Who(client, false)["backend"]; got != "fake" {
+func (s *probeScenario) nextProbe(t *testing.T) protocol.Frame {
+	t.Helper()
+	select {
+	case f := <-s.probes:
+		return f
+	case <-time.After(10 * time.Second):
+		t.Fatal("no probe")
+		return protocol.Frame{}
+	}
+}
+
+func (s *probeScenario) fakeServesItsClient(t *testing.T) {
+	h := s.h
+	s.client = h.PinTo(5302)
+	if got := h.Who(s.client, false)["backend"]; got != "fake" {
 		t.Fatalf("client answered by %q, want the fake", got)
 	}
-	good, be := h.B.Backends.Get(5301), h.B.Backends.Get(5302)
-	udp, outbound := h.B.UDP.Stats(), be.Stats().OutboundUDP
+	s.good, s.be = h.B.Backends.Get(5301), h.B.Backends.Get(5302)
+	s.udp, s.outbound = h.B.UDP.Stats(), s.be.Stats().OutboundUDP
+}
 
-	// Answered probes keep the backend up well past the probe timeout.
+func (s *probeScenario) answeredProbesKeepItUp(t *testing.T) {
+	be, good := s.be, s.good
 	ports := map[uint32]bool{}
 	for i := range 4 {
-		h.Heartbeat() // and a probe to each backend
-		f := nextProbe()
+		s.h.Heartbeat() // and a probe to each backend
+		f := s.nextProbe(t)
 		if len(f.Data) < 12 || f.Data[2]&0x80 != 0 || ports[f.Port] || f.Port == 0 {
 			t.Fatalf("probe %d from port %d (seen %v): %x", i, f.Port, ports, f.Data)
 		}
@@ -109,19 +153,26 @@ func TestProbesFaultABackendWhoseDNSHandlerStops(t *testing.T) {
 	if want := (backend.ProbeStats{Enabled: true, Sent: 4, Answered: 4}); !be.OK() || len(st.Faults) != 0 || st.Probes != want {
 		t.Fatalf("ok %v, faults %v, probes %+v; want ok, no faults, %+v", be.OK(), st.Faults, st.Probes, want)
 	}
-	// The answers stopped at bbal: none was sent to a client, or tried.
-	if now := h.B.UDP.Stats(); now.PacketsOut != udp.PacketsOut || now.SendErrors != udp.SendErrors ||
-		be.Stats().OutboundUDP != outbound {
-		t.Fatalf("probe answers went on: UDP out %d -> %d, send errors %d -> %d, outbound %d -> %d",
-			udp.PacketsOut, now.PacketsOut, udp.SendErrors, now.SendErrors, outbound, be.Stats().OutboundUDP)
-	}
+}
 
-	// The fake's DNS handler stops; its heartbeats go on. 15 s after
-	// the last answer, it is faulted.
-	answerProbes.Store(false)
+// probeAnswersStopAtBbal: none was sent to a client, or tried.
+func (s *probeScenario) probeAnswersStopAtBbal(t *testing.T) {
+	udp := s.udp
+	if now := s.h.B.UDP.Stats(); now.PacketsOut != udp.PacketsOut || now.SendErrors != udp.SendErrors ||
+		s.be.Stats().OutboundUDP != s.outbound {
+		t.Fatalf("probe answers went on: UDP out %d -> %d, send errors %d -> %d, outbound %d -> %d",
+			udp.PacketsOut, now.PacketsOut, udp.SendErrors, now.SendErrors, s.outbound, s.be.Stats().OutboundUDP)
+	}
+}
+
+// silentHandlerIsFaulted: the fake's DNS handler stops; its heartbeats
+// go on. 15 s after the last answer, it is faulted.
+func (s *probeScenario) silentHandlerIsFaulted(t *testing.T) {
+	h, be := s.h, s.be
+	s.answerProbes.Store(false)
 	for range 2 {
 		h.Heartbeat()
-		nextProbe()
+		s.nextProbe(t)
 	}
 	h.Advance(backend.DefaultProbeTimeout - 2*backend.DefaultProbeInterval - time.Millisecond)
 	if !be.OK() || len(be.Stats().Faults) != 0 {
@@ -131,11 +182,15 @@ func TestProbesFaultABackendWhoseDNSHandlerStops(t *testing.T) {
 	h.Logs.Wait(t, "no answer to DNS probes from backend (aborting connection)", map[string]any{"be_id": 5302, "level": 50})
 	h.Logs.Wait(t, "backend faulted (reset and reconnect)", map[string]any{"be_id": 5302, "reason": "probe_timeout"})
 	select {
-	case <-served:
+	case <-s.served:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the fake's session was not closed")
 	}
-	if got := h.Who(client, false)["backend"]; got != "good" {
+}
+
+func (s *probeScenario) clientMovesToTheGoodBackend(t *testing.T) {
+	be, good := s.be, s.good
+	if got := s.h.Who(s.client, false)["backend"]; got != "good" {
 		t.Fatalf("client answered by %q while the fake is faulted, want good", got)
 	}
 	testbed.Eventually(t, "waiting probes failed", func() bool { return be.Stats().Probes.Failed == 2 })
@@ -145,13 +200,17 @@ func TestProbesFaultABackendWhoseDNSHandlerStops(t *testing.T) {
 	if !good.OK() || len(good.Stats().Faults) != 0 {
 		t.Fatalf("the good backend: ok %v, faults %v", good.OK(), good.Stats().Faults)
 	}
+}
 
-	// The usual back-off; after the reconnect it is probed again.
+// reconnectsAndIsProbedAgain: the usual back-off; after the reconnect
+// it is probed again.
+func (s *probeScenario) reconnectsAndIsProbedAgain(t *testing.T) {
+	h := s.h
 	if d := h.ReconnectDue(5302); d != time.Second {
 		t.Fatalf("reconnect in %v, want 1s", d)
 	}
 	h.Advance(time.Second)
-	conn = fake.Accept(t)
+	conn := s.fake.Accept(t)
 	mark := h.Logs.Mark()
 	conn.Hello(t)
 	h.Established(mark, 5302)

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/tools/dnsbackend"
@@ -418,13 +420,34 @@ func cpuSeconds(t *testing.T, pid int) float64 {
 	return (u + k) / 100
 }
 
+// spin busy-loops on a thread of its own for d of real time and returns
+// the CPU seconds that thread got: what a thread of bbal's spinning over
+// the same span would cost, on this machine under its load of the
+// moment.
+func spin(d time.Duration) float64 {
+	got := make(chan float64)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var r0, r1 unix.Rusage
+		unix.Getrusage(unix.RUSAGE_THREAD, &r0)
+		for start := time.Now(); time.Since(start) < d; {
+		}
+		unix.Getrusage(unix.RUSAGE_THREAD, &r1)
+		cpu := func(r *unix.Rusage) int64 { return r.Utime.Nano() + r.Stime.Nano() }
+		got <- float64(cpu(&r1)-cpu(&r0)) / 1e9
+	}()
+	return <-got
+}
+
 func TestAcceptFailuresBackOff(t *testing.T) {
 	dir := testbed.SocketDir(t)
 	testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
-	p := startProcess(t, []string{"BBAL_TEST_NOFILE=40"}, "-s", dir, "-b", "127.0.0.1", "-p", "0",
-		"-S", filepath.Join(testbed.SocketDir(t), "debug.sock"))
+	debug := filepath.Join(testbed.SocketDir(t), "debug.sock")
+	p := startProcess(t, []string{"BBAL_TEST_NOFILE=40"}, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-S", debug)
 	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
 	addr := listenAddr(t, p)
+	start := time.Now() // no accept failed before
 	// Each connection costs bbal two descriptors: soon accept fails with
 	// EMFILE while connections wait in the backlog.
 	var conns []net.Conn
@@ -445,11 +468,12 @@ func TestAcceptFailuresBackOff(t *testing.T) {
 		t.Fatalf("accept failed with %q", r["err"])
 	}
 	// Backing off, not spinning: over two seconds of EMFILE the process
-	// uses little CPU.
+	// uses a small part of the CPU that a thread spinning over the same
+	// span gets on this machine, however loaded.
 	cpu0 := cpuSeconds(t, p.cmd.Process.Pid)
-	time.Sleep(2 * time.Second) // the span measured, not synchronisation
-	if used := cpuSeconds(t, p.cmd.Process.Pid) - cpu0; used > 0.5 {
-		t.Fatalf("%.2f s of CPU in 2 s of accept failures: spinning", used)
+	spun := spin(2 * time.Second) // the span measured, not synchronisation
+	if used := cpuSeconds(t, p.cmd.Process.Pid) - cpu0; used > spun/4 {
+		t.Fatalf("%.2f s of CPU in 2 s of accept failures (a spinning thread got %.2f s): spinning", used, spun)
 	}
 	if n := p.logs.Count("incoming TCP accept failure", nil); n > 1 {
 		t.Fatalf("accept failure logged %d times in 2 s", n)
@@ -463,6 +487,22 @@ func TestAcceptFailuresBackOff(t *testing.T) {
 		_, err := testbed.WhoTimeout(addr, testbed.Loopback(5), true, 500*time.Millisecond)
 		return err == nil
 	})
+	// And the failures were no more than the back-off allows, whatever
+	// the load (a slow machine only waits longer): each waits at least
+	// 5 ms (doubling from there while accepts fail, back to 5 ms after
+	// one succeeds, as one does whenever a session's descriptors are
+	// freed), while a loop without back-off fails every few
+	// microseconds.
+	episode := time.Since(start)
+	c := debugapi.NewClient(debug)
+	defer c.Close()
+	st, err := c.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if most := uint64(episode/(5*time.Millisecond)) + 1; st.TCP.AcceptErrors == 0 || st.TCP.AcceptErrors > most {
+		t.Fatalf("%d accept failures in %v, at most %d with back-off", st.TCP.AcceptErrors, episode, most)
+	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	p.wait(t, 5*time.Second)
 }
@@ -473,18 +513,36 @@ func TestIdleWithNoBackendsCostsNothing(t *testing.T) {
 	ln, _ := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "5301"), Net: "unix"})
 	ln.SetUnlinkOnClose(false)
 	ln.Close()
-	p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-F",
-		"-S", filepath.Join(testbed.SocketDir(t), "debug.sock"))
+	debug := filepath.Join(testbed.SocketDir(t), "debug.sock")
+	p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-p", "0", "-F", "-S", debug)
 	p.logs.Wait(t, "failed to connect", map[string]any{"be_id": 5301})
 	addr := listenAddr(t, p)
 	r, _, err := testbed.QueryTimeout(addr, testbed.Loopback(1), false, "x.example.", 1, time.Second)
 	if err != nil || r.Rcode != 2 {
 		t.Fatalf("-F with no backend: %v %v, want SERVFAIL", r, err)
 	}
-	cpu0 := cpuSeconds(t, p.cmd.Process.Pid)
-	time.Sleep(2 * time.Second) // the span measured, not synchronisation
-	if used := cpuSeconds(t, p.cmd.Process.Pid) - cpu0; used > 0.2 {
-		t.Fatalf("%.2f s of CPU in 2 s with no backend up", used)
+	c := debugapi.NewClient(debug)
+	defer c.Close()
+	attempts := func() uint64 {
+		bs, err := c.Backends(context.Background())
+		if err != nil || len(bs.Backends) != 1 {
+			t.Fatalf("backends %+v: %v", bs, err)
+		}
+		return bs.Backends[0].ConnectAttempts
+	}
+	// Over two seconds, a small part of the CPU that a thread spinning
+	// over the same span gets on this machine, however loaded, and the
+	// connection attempts that the back-off allows (a second after the
+	// first failure, 2 s more after each next one): a retry loop without
+	// back-off would make thousands.
+	a0, start, cpu0 := attempts(), time.Now(), cpuSeconds(t, p.cmd.Process.Pid)
+	spun := spin(2 * time.Second) // the span measured, not synchronisation
+	used, span := cpuSeconds(t, p.cmd.Process.Pid)-cpu0, time.Since(start)
+	if used > spun/10 {
+		t.Fatalf("%.2f s of CPU in 2 s with no backend up (a spinning thread got %.2f s)", used, spun)
+	}
+	if n, most := attempts()-a0, uint64(span/time.Second)+1; n > most {
+		t.Fatalf("%d connection attempts in %v, at most %d with back-off", n, span, most)
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	p.wait(t, 5*time.Second)

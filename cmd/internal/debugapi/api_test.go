@@ -298,38 +298,71 @@ func TestHostileClients(t *testing.T) {
 	h.StartGo("5301")
 	dbg := h.B.Debug()
 
-	// 100 connections that send nothing: at most 4 are served at once,
-	// each dropped when its header timeout passes, and the data path
-	// does not notice.
+	// 100 connections that send nothing, 5 more at each step: the
+	// server never holds more than 4 (it evicts the oldest idle one for
+	// a new one, and drops each when its header timeout passes), as the
+	// kernel counts the sockets it holds, a balstat-style client still
+	// gets its answers, and the data path does not notice.
 	var conns []net.Conn
-	for range 100 {
-		c, err := net.Dial("unix", h.DebugSocket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
-	}
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	}()
+	idle := func(n int) {
+		for range n {
+			c, err := net.Dial("unix", h.DebugSocket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+	}
+	idle(100)
+	balstat := debugapi.NewClient(h.DebugSocket)
+	defer balstat.Close()
 	for i := range 20 {
+		idle(5)
 		h.Who(testbed.Loopback(i), i%2 == 0)
 		if n := dbg.Conns(); n > lim.MaxConns {
 			t.Fatalf("%d debug connections served at once, cap %d", n, lim.MaxConns)
 		}
+		// One more while it admits a new connection, before it has
+		// closed the one that makes room.
+		if n := serverSockets(t, h.DebugSocket); n > lim.MaxConns+1 {
+			t.Fatalf("the server holds %d connections, cap %d", n, lim.MaxConns)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st, err := balstat.Stats(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("stats request among %d idle connections: %v", len(conns), err)
+		}
+		if st.Debug.Conns > lim.MaxConns {
+			t.Fatalf("stats report %d debug connections, cap %d", st.Debug.Conns, lim.MaxConns)
+		}
 	}
-	for _, c := range conns[:4] {
+	if st := dbg.Stats(); st.Evicted == 0 {
+		t.Fatalf("no idle connection evicted for %d new ones: %+v", len(conns), st)
+	}
+	// Every idle client has been let go (evicted or timed out) but the
+	// few still held: the server holds no more than it counts.
+	for i, c := range conns {
+		if i >= len(conns)-lim.MaxConns {
+			break
+		}
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if _, err := c.Read(make([]byte, 1)); err == nil {
 			t.Fatal("idle connection got data")
+		} else if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("idle connection %d of %d still held by the server", i, len(conns))
 		}
 	}
 	for _, c := range conns {
 		c.Close()
 	}
 	testbed.Eventually(t, "idle connections gone", func() bool { return dbg.Conns() == 0 })
+	testbed.Eventually(t, "the server's sockets closed", func() bool { return serverSockets(t, h.DebugSocket) == 0 })
 
 	// Garbage gets a 400 and the connection closed.
 	g, err := net.Dial("unix", h.DebugSocket)
@@ -368,4 +401,38 @@ func TestHostileClients(t *testing.T) {
 		t.Fatalf("heap grew by %d bytes serving a client that does not read", grew)
 	}
 	h.Who(testbed.Loopback(1), false)
+}
+
+// serverSockets counts the connections the server (this process) holds
+// on the socket at path, as the kernel lists them: the sockets of
+// /proc/self/fd that /proc/net/unix shows connected (state 03) with the
+// listener's path, as accepted ones are. Those still in the listen
+// backlog have that path too, but no descriptor yet; the clients' have
+// no path.
+func serverSockets(t *testing.T, path string) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := map[string]bool{}
+	for _, fd := range fds {
+		if l, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil {
+			if inode, ok := strings.CutPrefix(l, "socket:["); ok {
+				open[strings.TrimSuffix(inode, "]")] = true
+			}
+		}
+	}
+	data, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		// Num RefCount Protocol Flags Type St Inode Path
+		if f := strings.Fields(line); len(f) == 8 && f[7] == path && f[5] == "03" && open[f[6]] {
+			n++
+		}
+	}
+	return n
 }
