@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
@@ -184,6 +185,23 @@ func TestDropsAreCountedByReason(t *testing.T) {
 			t.Fatalf("%d remotes, want the 2 with a stand-in", n)
 		}
 		seen["no_standin"] = true
+	})
+
+	t.Run("quarantined: a query seen at two backend deaths", func(t *testing.T) {
+		b := newBed(t, zerolog.Nop())
+		query := buf[protocol.UDPHeaderLen : protocol.UDPHeaderLen+64]
+		key := flightKey(protocol.AddrToU32(ip), 53, uint16(query[0])<<8|uint16(query[1]))
+		if deaths := b.p.quar.seen(key, querySum(query), time.Now().UnixNano(), false, 2); deaths < 2 {
+			t.Fatalf("seen at %d deaths, want 2", deaths)
+		}
+		b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		wantDrops(t, b.p, map[string]uint64{"quarantined": 1, "no_backend": 0})
+		// Another query of the client's is not.
+		buf[protocol.UDPHeaderLen] ^= 0xff
+		b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		buf[protocol.UDPHeaderLen] ^= 0xff
+		wantDrops(t, b.p, map[string]uint64{"quarantined": 1})
+		seen["quarantined"] = true
 	})
 
 	for r := range numDrops {
