@@ -164,6 +164,15 @@ func fdCount() int {
 	return len(ents)
 }
 
+// heapBytes returns the Go heap in use, after a collection: what the
+// race detector's shadow memory does not inflate.
+func heapBytes() int64 {
+	debug.FreeOSMemory()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse)
+}
+
 func rssBytes() int64 {
 	b, _ := os.ReadFile("/proc/self/statm")
 	f := strings.Fields(string(b))
@@ -209,7 +218,7 @@ func TestChaos(t *testing.T) {
 		h.Established(mark, int(v.id))
 	}
 
-	debug.FreeOSMemory()
+	baseHeap := heapBytes()
 	baseGoroutines, baseFDs, baseRSS := runtime.NumGoroutine(), fdCount(), rssBytes()
 
 	var clients []*client
@@ -361,25 +370,28 @@ func TestChaos(t *testing.T) {
 	t.Logf("%d queries sent again to another backend after theirs died, %d could not be, %d withheld, %d quarantined",
 		us.Resent, us.Unresent, us.Withheld, us.Quarantined)
 
-	// Back to the baseline: goroutines, descriptors, memory.
+	// Back to the baseline: goroutines, descriptors, memory. The Go
+	// heap is checked always; RSS only without the race detector, whose
+	// shadow memory is never given back.
+	const memSlack = 16 << 20
 	var goroutines, fds int
-	var rss int64
-	deadline := time.Now().Add(10 * time.Second)
-	rssSlack := int64(16 << 20)
-	if raceEnabled {
-		rssSlack = 1 << 40 // the race detector's shadow memory is never given back
+	var heap, rss int64
+	back := func() bool {
+		return goroutines <= baseGoroutines+2 && fds <= baseFDs+2 && heap <= baseHeap+memSlack &&
+			(raceEnabled || rss <= baseRSS+memSlack)
 	}
+	deadline := time.Now().Add(10 * time.Second)
 	for {
-		debug.FreeOSMemory()
+		heap = heapBytes()
 		goroutines, fds, rss = runtime.NumGoroutine(), fdCount(), rssBytes()
-		if goroutines <= baseGoroutines+2 && fds <= baseFDs+2 && rss < baseRSS+rssSlack || time.Now().After(deadline) {
+		if back() || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("baseline %d goroutines, %d fds, %d MiB RSS; after %d rounds: %d, %d, %d MiB",
-		baseGoroutines, baseFDs, baseRSS>>20, rounds, goroutines, fds, rss>>20)
-	if goroutines > baseGoroutines+2 || fds > baseFDs+2 || rss > baseRSS+rssSlack {
+	t.Logf("baseline %d goroutines, %d fds, %d MiB heap, %d MiB RSS; after %d rounds: %d, %d, %d MiB, %d MiB",
+		baseGoroutines, baseFDs, baseHeap>>20, baseRSS>>20, rounds, goroutines, fds, heap>>20, rss>>20)
+	if !back() {
 		t.Fatal("resources did not return to the baseline")
 	}
 }
@@ -410,13 +422,9 @@ func sendPoison(t *testing.T, from netip.Addr, to netip.AddrPort) {
 // backend's state and the goroutines if it does not come.
 func waitEstablished(t *testing.T, h *servertest.Harness, mark int, id backend.ID) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for h.Logs.CountAfter(mark, "backend socket established", map[string]any{"be_id": int(id)}) == 0 {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			n := runtime.Stack(buf, true)
-			t.Fatalf("backend %d not re-established: %+v\n%s", id, h.B.Backends.Get(id).Stats(), buf[:n])
-		}
-		time.Sleep(10 * time.Millisecond)
+	if _, ok := h.Logs.Await(mark, 15*time.Second, "backend socket established", map[string]any{"be_id": int(id)}); !ok {
+		buf := make([]byte, 1<<20)
+		n := runtime.Stack(buf, true)
+		t.Fatalf("backend %d not re-established: %+v\n%s", id, h.B.Backends.Get(id).Stats(), buf[:n])
 	}
 }

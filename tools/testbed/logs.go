@@ -129,13 +129,23 @@ func (l *Logs) Wait(t testing.TB, msg string, fields map[string]any) Record {
 // WaitAfter is Wait for records after the mark.
 func (l *Logs) WaitAfter(t testing.TB, mark int, msg string, fields map[string]any) Record {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
+	r, ok := l.Await(mark, 10*time.Second, msg, fields)
+	if !ok {
+		t.Fatalf("no log record %q %v; log:\n%s", msg, fields, l.tail(40))
+	}
+	return r
+}
+
+// Await waits up to d for a record after the mark matching msg and
+// fields, woken by each new record, and reports whether one came.
+func (l *Logs) Await(mark int, d time.Duration, msg string, fields map[string]any) (Record, bool) {
+	deadline := time.After(d)
 	for {
 		l.mu.Lock()
 		for _, r := range l.records[min(mark, len(l.records)):] {
 			if r.Match(msg, fields) {
 				l.mu.Unlock()
-				return r
+				return r, true
 			}
 		}
 		changed := l.changed
@@ -143,8 +153,7 @@ func (l *Logs) WaitAfter(t testing.TB, mark int, msg string, fields map[string]a
 		select {
 		case <-changed:
 		case <-deadline:
-			t.Fatalf("no log record %q %v; log:\n%s", msg, fields, l.tail(40))
-			return nil
+			return nil, false
 		}
 	}
 }
