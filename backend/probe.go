@@ -18,10 +18,6 @@ const (
 	DefaultProbeTimeout  = 15 * time.Second
 )
 
-// dnsHeaderLen is the length of a DNS message header: the least a probe
-// query or its answer can be.
-const dnsHeaderLen = 12
-
 // ProbeStats are a backend's DNS health-check counters. Every probe sent
 // is, in the end, answered or failed: Sent = Answered + Failed + the
 // probes still waiting for an answer.
@@ -84,7 +80,7 @@ func (c *Config) setProbeDefaults() {
 	if !c.ProbeSource.Is4() {
 		panic("backend: Config.Probe needs an IPv4 ProbeSource")
 	}
-	if len(c.Probe) < dnsHeaderLen || len(c.Probe) > protocol.MaxData {
+	if len(c.Probe) < protocol.DNSHeaderLen || len(c.Probe) > protocol.MaxData {
 		panic("backend: Config.Probe is not a DNS query")
 	}
 	c.ProbeInterval = cmp.Or(c.ProbeInterval, DefaultProbeInterval)
@@ -209,7 +205,7 @@ func (b *Backend) sendProbe() {
 func (s *session) probeAnswer(f *protocol.Frame) {
 	b := s.b
 	p := &b.probe
-	if len(f.Data) < dnsHeaderLen || f.Data[2]&0x80 == 0 { // QR: a response
+	if len(f.Data) < protocol.DNSHeaderLen || f.Data[2]&0x80 == 0 { // QR: a response
 		if e := b.log.Trace(); e != nil {
 			e.Int("data_len", len(f.Data)).Msg("not a DNS response to a probe (dropped)")
 		}

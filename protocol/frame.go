@@ -39,6 +39,9 @@ const (
 	MaxData = 1500
 	// MaxFrameLen is the length of the largest valid frame.
 	MaxFrameLen = UDPHeaderLen + MaxData
+	// DNSHeaderLen is the length of a DNS message's header: the least
+	// that is a DNS message at all.
+	DNSHeaderLen = 12
 )
 
 var frameNames = map[FrameType]string{

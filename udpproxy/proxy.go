@@ -39,10 +39,6 @@ const (
 var dropNames = [numDrops]string{"oversized", "no_backend", "stuck", "down", "bad_source", "runt",
 	"standin_range", "no_standin", "quarantined"}
 
-// dnsHeaderLen is the length of a DNS message header: nothing shorter can
-// be a query, and no backend could answer it.
-const dnsHeaderLen = 12
-
 func (r DropReason) String() string {
 	if r < numDrops {
 		return dropNames[r]
@@ -297,7 +293,7 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	case !ip.IsValid():
 		p.drop(DropBadSource)
 		return nil
-	case n < dnsHeaderLen:
+	case n < protocol.DNSHeaderLen:
 		p.drop(DropRunt)
 		return nil
 	case n > protocol.MaxData:

@@ -1,6 +1,10 @@
 package udpproxy
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/bbal/bbal/protocol"
+)
 
 // maxNameLen is the longest domain name in wire format (RFC 1035).
 const maxNameLen = 255
@@ -9,14 +13,14 @@ const maxNameLen = 255
 // question, with QR set, RCODE 2 and no records. It returns nil for
 // anything that is not a well-formed query with at most one question.
 func servfail(query, out []byte) []byte {
-	if len(query) < dnsHeaderLen || query[2]&0x80 != 0 {
+	if len(query) < protocol.DNSHeaderLen || query[2]&0x80 != 0 {
 		return nil
 	}
-	end := dnsHeaderLen
+	end := protocol.DNSHeaderLen
 	switch binary.BigEndian.Uint16(query[4:]) {
 	case 0:
 	case 1:
-		i := dnsHeaderLen
+		i := protocol.DNSHeaderLen
 		for {
 			if i >= len(query) {
 				return nil
@@ -29,7 +33,7 @@ func servfail(query, out []byte) []byte {
 			if l == 0 {
 				break
 			}
-			if i-dnsHeaderLen >= maxNameLen { // no room left for the root label
+			if i-protocol.DNSHeaderLen >= maxNameLen { // no room left for the root label
 				return nil
 			}
 		}
