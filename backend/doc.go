@@ -117,18 +117,16 @@
 //
 // # Placement and load
 //
-// [Set.Pick] chooses the backend of a new remote by the Set's [Policy]:
-// the original's round-robin in ID order (smooth weighted round-robin
-// when the weights differ), or least-loaded: the fewest queries
-// outstanding per unit of weight, then the fewest remotes per unit of
-// weight, passing over backends found slow. The UDP proxy measures the
-// load ([Backend.QueriesSent], [Backend.QueriesAnswered],
-// [Backend.QueryForgotten], [Backend.QueryMoved]); [Set.CheckSlow], at
-// each rebalance, marks slow a backend whose answers take far longer than
-// its peers'. When a backend stops being ok, Config.Down is called, so
-// that the proxy can send its unanswered queries elsewhere; its [Fault]
-// says why, and for an oversized OUTBOUND_UDP names the answer's client,
-// port and DNS ID.
+// Which backend a remote is given is package placement's: it reads the
+// Set's list ([Set.All], [Set.Get]) and each backend's state
+// ([Backend.OK], [Backend.Serving], [Backend.Eligible],
+// [Backend.Removed]). Each backend carries placement's record of it
+// ([Backend.Load]: weight, slowness, the load of its queries), which the
+// UDP proxy counts and the Set only shows ([Backend.Stats]) and keeps
+// across a restart (the weight). When a backend stops being ok,
+// Config.Down is called, so that the proxy can send its unanswered
+// queries elsewhere; its [Fault] says why, and for an oversized
+// OUTBOUND_UDP names the answer's client, port and DNS ID.
 //
 // # Restarts
 //

@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/timeouts"
 )
 
@@ -61,8 +62,7 @@ const (
 	// longer than a backend process takes to restart, and a directory
 	// of short-lived junk costs nothing after it.
 	DefaultForgetAfter = time.Minute
-	// repeatLogInterval spaces out "no backends available" errors and
-	// the Set's other repeated records.
+	// repeatLogInterval spaces out the Set's repeated records.
 	repeatLogInterval = 5 * time.Second
 	// setLogBurst is how many records about backends found, removed and
 	// forgotten, and about entries that are not backends, are logged per
@@ -108,8 +108,6 @@ type Config struct {
 	// proxy sends the queries it had not answered to other backends.
 	// f says why (and, for an oversized answer, to which query).
 	Down func(b *Backend, f Fault)
-	// Policy chooses the backend of a new remote.
-	Policy Policy
 	// Primaries, when set, returns the number of remotes whose primary
 	// each backend is (the remotes table's counts). A backend that is
 	// some remote's primary is not forgotten. It is called by scans,
@@ -161,8 +159,9 @@ func (c *Config) setDefaults() {
 }
 
 // Set is every backend found in the socket directory. It owns discovery
-// (the scan goroutine), ID assignment and selection; each Backend owns its
-// own session.
+// (the scan goroutine) and ID assignment; each Backend owns its own
+// session. Which backend a remote is given is placement's (see package
+// placement), over the Set's list.
 type Set struct {
 	cfg Config
 	log zerolog.Logger
@@ -188,10 +187,6 @@ type Set struct {
 	// one is added, so the packet path reads it without a lock.
 	list atomic.Pointer[[]*Backend]
 
-	lastPicked atomic.Uint32     // ID most recently chosen by Pick
-	pickMu     sync.Mutex        // guards the backends' credit (weighted round-robin)
-	noneLog    *timeouts.Limiter // "no backends available"
-
 	ctx  context.Context
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -210,7 +205,6 @@ func NewSet(cfg Config) *Set {
 		notes:     map[string]note{},
 		scanKick:  make(chan struct{}, 1),
 		watchKick: make(chan struct{}, 1),
-		noneLog:   timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
 		fullLog:   timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
 		noteLog:   timeouts.NewBurstLimiter(cfg.Timeouts.Clock(), repeatLogInterval, setLogBurst),
 		churnLog:  timeouts.NewBurstLimiter(cfg.Timeouts.Clock(), repeatLogInterval, setLogBurst),
@@ -549,7 +543,7 @@ func (s *Set) forget(sockets map[string]bool, present int, primaries map[ID]int)
 	for path, b := range s.byPath {
 		st, _ := b.State()
 		if st == StateRemoved && !sockets[path] && primaries[b.id] == 0 &&
-			b.Admin() == AdminEnabled && b.Weight() == DefaultWeight {
+			b.Admin() == AdminEnabled && b.Weight() == placement.DefaultWeight {
 			can = append(can, b)
 		}
 	}
@@ -738,162 +732,4 @@ func (s *Set) Get(id ID) *Backend {
 // All returns every backend in ID order. The slice must not be modified.
 func (s *Set) All() []*Backend { return *s.list.Load() }
 
-// Pick chooses a backend for a new assignment among the eligible ones
-// (ok and enabled), by the Set's policy; primaries gives the remotes
-// each backend is the primary of (it is only read). It returns nil when
-// none is eligible, and then logs "no backends available" (at most once
-// per 5 s).
-//
-// PolicyRoundRobin is the original's: round-robin in ID order, starting
-// after the one chosen last; when the weights differ, smooth weighted
-// round-robin (each backend chosen in proportion to its weight, evenly
-// interleaved). PolicyLeastLoaded chooses the backend with the fewest
-// queries outstanding per unit of weight, then the fewest remotes per
-// unit of weight, then the lowest ID; a backend found slow (CheckSlow)
-// is passed over while another is eligible.
-func (s *Set) Pick(primaries map[ID]int) *Backend {
-	list := *s.list.Load()
-	var b *Backend
-	switch {
-	case s.cfg.Policy == PolicyLeastLoaded:
-		b = leastLoaded(list, primaries)
-	case !sameWeights(list):
-		b = s.weightedRoundRobin(list)
-	default:
-		last := ID(s.lastPicked.Load())
-		start, _ := slices.BinarySearchFunc(list, last+1, func(b *Backend, id ID) int { return int(b.id) - int(id) })
-		for i := range list {
-			if c := list[(start+i)%len(list)]; c.Eligible() {
-				b = c
-				break
-			}
-		}
-	}
-	if b != nil {
-		s.lastPicked.Store(uint32(b.id))
-		return b
-	}
-	if ok, held := s.noneLog.Allow(); ok {
-		s.log.Error().Int64("suppressed", held).Msg("no backends available")
-	}
-	return nil
-}
-
-// sameWeights reports whether the eligible backends are weighted alike.
-func sameWeights(list []*Backend) bool {
-	w := int32(0)
-	for _, b := range list {
-		if b.Eligible() {
-			if bw := b.load.weight.Load(); w != 0 && bw != w {
-				return false
-			} else {
-				w = bw
-			}
-		}
-	}
-	return true
-}
-
-// weightedRoundRobin is nginx's smooth weighted round-robin: each
-// eligible backend's credit grows by its weight, the one with the most
-// is chosen and pays the total.
-func (s *Set) weightedRoundRobin(list []*Backend) *Backend {
-	s.pickMu.Lock()
-	defer s.pickMu.Unlock()
-	var best *Backend
-	total := int64(0)
-	for _, b := range list {
-		if !b.Eligible() {
-			continue
-		}
-		w := int64(b.load.weight.Load())
-		b.credit += w
-		total += w
-		if best == nil || b.credit > best.credit {
-			best = b
-		}
-	}
-	if best != nil {
-		best.credit -= total
-	}
-	return best
-}
-
-// leastLoaded is PolicyLeastLoaded's choice.
-func leastLoaded(list []*Backend, primaries map[ID]int) *Backend {
-	var best *Backend
-	var bestSlow bool
-	var bestOut, bestRem, bestW int64
-	for _, b := range list {
-		if !b.Eligible() {
-			continue
-		}
-		slow, out, rem, w := b.Slow(), b.Outstanding(), int64(primaries[b.id]), int64(b.load.weight.Load())
-		// Compare out/w and rem/w without dividing.
-		better := best == nil ||
-			bestSlow && !slow ||
-			bestSlow == slow && (out*bestW < bestOut*w || out*bestW == bestOut*w && rem*bestW < bestRem*w)
-		if better {
-			best, bestSlow, bestOut, bestRem, bestW = b, slow, out, rem, w
-		}
-	}
-	return best
-}
-
 func itoa(n int) string { return strconv.Itoa(n) }
-
-// Status reports whether backend id serves its remotes now (ok), and
-// whether it is unknown or its socket has been removed (gone).
-func (s *Set) Status(id ID) (ok, gone bool) {
-	b := s.Get(id)
-	if b == nil {
-		return false, true
-	}
-	return b.Serving(), b.Removed()
-}
-
-// PickID is Pick for callers that keep IDs; 0 when none is eligible.
-func (s *Set) PickID(primaries map[ID]int) ID {
-	if b := s.Pick(primaries); b != nil {
-		return b.id
-	}
-	return 0
-}
-
-// EligibleIDs returns the IDs of the backends that may be given new
-// remotes now, in ID order.
-func (s *Set) EligibleIDs() []ID {
-	var ids []ID
-	for _, b := range s.All() {
-		if b.Eligible() {
-			ids = append(ids, b.id)
-		}
-	}
-	return ids
-}
-
-// HashID chooses among the eligible backends, in ID order, by h: the
-// same h gives the same backend while that set stays the same. 0 when
-// none is eligible.
-func (s *Set) HashID(h uint32) ID {
-	list := *s.list.Load()
-	n := 0
-	for _, b := range list {
-		if b.Eligible() {
-			n++
-		}
-	}
-	if n == 0 {
-		return 0
-	}
-	k := int(h % uint32(n))
-	for _, b := range list {
-		if b.Eligible() {
-			if k == 0 {
-				return b.id
-			}
-			k--
-		}
-	}
-	return 0
-}

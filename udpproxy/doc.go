@@ -23,9 +23,10 @@
 // ID; a retransmit with the same key is a copy on the same record,
 // counted as a duplicate. The answer is sent from the socket, and with
 // a wildcard socket from the address (IP_PKTINFO, IPV6_PKTINFO), that
-// the query (its first copy) came to; the backend's outstanding queries
-// and answer latency are measured from the records
-// ([backend.Backend.QueriesAnswered]); and when a backend dies,
+// the query (its first copy) came to; the backends' load (placement's
+// figures, [backend.Backend.Load]: queries sent, answered, forgotten,
+// evicted and moved, and the answer latency) is counted from the
+// records, in one place (load.go); and when a backend dies,
 // [Proxy.Resend] sends its unanswered queries to the backends their
 // clients use now.
 //

@@ -269,7 +269,7 @@ func (p *Proxy) readLoop(l *listener) {
 		}
 		// One write per backend for the whole batch.
 		for i, be := range touched {
-			be.QueriesSent(sent[i])
+			countSent(be, sent[i])
 			be.Flush(now)
 			touched[i], sent[i] = nil, 0
 		}
@@ -365,9 +365,7 @@ func (p *Proxy) forget(id backend.ID, copies int, evicted bool) {
 		return
 	}
 	if be := p.backends.Load().Get(id); be != nil {
-		for range copies {
-			be.QueryForgotten(evicted)
-		}
+		countForgotten(be, copies, evicted)
 	}
 }
 
@@ -431,9 +429,7 @@ func (p *Proxy) Resend(be *backend.Backend, why backend.Fault) {
 		}
 		if deaths := p.quar.seen(key, querySum(query), now, suspected, prior); deaths > 0 || wedged {
 			// Not sent again: counted unanswered, and no longer be's.
-			for range f.copies {
-				be.QueryForgotten(false)
-			}
+			countForgotten(be, int(f.copies), false)
 			f.be = 0
 			if deaths >= 2 {
 				quarantined++
@@ -470,11 +466,8 @@ func (p *Proxy) Resend(be *backend.Backend, why backend.Fault) {
 		}
 		moved++
 		// Every copy be had is moved; one goes to the other backend.
-		for range f.copies {
-			be.QueryMoved()
-		}
+		countMoved(be, int(f.copies), to)
 		f.be, f.resent, f.copies = id, true, 1
-		to.QueriesSent(1)
 		p.resent.Add(1)
 		if !slices.Contains(touched, to) {
 			touched = append(touched, to)
@@ -595,7 +588,7 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 			}
 		} else if other := p.backends.Load().Get(b.a.be); other != nil {
 			// Sent again elsewhere, answered here after all.
-			other.QueriesAnswered(1, 0, 0)
+			countAnswered(other, 1, 0, 0)
 		}
 	}
 	if table == nil {
@@ -656,7 +649,7 @@ func (b *sendBatch) count() {
 	if b.measured > 0 {
 		mean = b.rttSum / time.Duration(b.measured)
 	}
-	b.be.QueriesAnswered(b.answered, b.measured, mean)
+	countAnswered(b.be, b.answered, b.measured, mean)
 	b.answered, b.measured, b.rttSum = 0, 0, 0
 }
 

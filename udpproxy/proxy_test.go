@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"
@@ -47,7 +48,8 @@ func newBed(t testing.TB, log zerolog.Logger) *bed {
 		t.Fatal(err)
 	}
 	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts, Replies: p.Replies})
-	table := remotes.New(remotes.Config{Backends: set, Timeouts: ts, Log: log})
+	picker := placement.New[backend.ID, *backend.Backend](set, placement.Config{Log: log, Clock: ts.Clock()})
+	table := remotes.New(remotes.Config{Picker: picker, Timeouts: ts, Log: log})
 	set.Start()
 	c := fake.Accept(t)
 	c.Hello(t)

@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/timeouts"
@@ -337,8 +338,8 @@ func (a *api) weight(w http.ResponseWriter, r *http.Request) {
 	}
 	v := r.URL.Query().Get("value")
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > backend.MaxWeight {
-		fail(w, http.StatusBadRequest, "bad weight %q (want 1 to %d)", v, backend.MaxWeight)
+	if err != nil || n < 1 || n > placement.MaxWeight {
+		fail(w, http.StatusBadRequest, "bad weight %q (want 1 to %d)", v, placement.MaxWeight)
 		return
 	}
 	a.mu.Lock()

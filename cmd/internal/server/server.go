@@ -43,6 +43,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/tcpproxy"
@@ -63,7 +64,7 @@ type Config struct {
 	// the table applies its default (remotes.StandinRange).
 	Standins netip.Prefix
 	// Policy chooses the backend of a new remote.
-	Policy backend.Policy
+	Policy placement.Policy
 	// TCP connection limits; tcpproxy's defaults when 0.
 	TCPMaxConns      int
 	TCPMaxConnsPerIP int
@@ -111,6 +112,7 @@ type Balancer struct {
 	Started  time.Time
 	Timeouts *timeouts.Set
 	Backends *backend.Set
+	Picker   *Picker
 	Table    *remotes.Table
 	UDP      *udpproxy.Proxy
 	TCP      *tcpproxy.Proxy
@@ -319,9 +321,10 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 	}
 
 	b.Backends = backend.NewSet(b.backendConfig(opt.Backends, probe))
+	b.Picker = NewPicker(b.Backends, placement.Config{Policy: cfg.Policy, Log: log, Clock: opt.Clock})
 
 	rc := opt.Remotes
-	rc.Backends, rc.Timeouts, rc.Log = b.Backends, b.Timeouts, log
+	rc.Picker, rc.Timeouts, rc.Log = b.Picker, b.Timeouts, log
 	rc.MaxRemotes, rc.PrefixBits, rc.Standins = cfg.MaxRemotes, cfg.PrefixBits, cfg.Standins
 	b.Table = remotes.New(rc)
 
@@ -341,6 +344,14 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 	return b, nil
 }
 
+// Picker is placement over the backends: what the remotes table asks.
+type Picker = placement.Picker[backend.ID, *backend.Backend]
+
+// NewPicker returns placement by cfg over the backends of set.
+func NewPicker(set *backend.Set, cfg placement.Config) *Picker {
+	return placement.New[backend.ID, *backend.Backend](set, cfg)
+}
+
 // runTimers is the goroutine of the timers, until Close.
 func (b *Balancer) runTimers(ctx context.Context) {
 	defer b.timersDone.Done()
@@ -352,7 +363,7 @@ func (b *Balancer) runTimers(ctx context.Context) {
 func (b *Balancer) backendConfig(bc backend.Config, probe []byte) backend.Config {
 	cfg := b.cfg
 	bc.Dir, bc.Log, bc.Timeouts, bc.Replies = cfg.SocketDir, b.Log, b.Timeouts, b.UDP.Replies
-	bc.Down, bc.Policy = b.UDP.Resend, cfg.Policy
+	bc.Down = b.UDP.Resend
 	if probe != nil {
 		src := remotes.ProbeSource(remotes.StandinRange(cfg.Standins))
 		bc.Probe, bc.ProbeSource = probe, src
