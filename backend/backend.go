@@ -127,7 +127,7 @@ type Backend struct {
 	hbWaitT    *timeouts.Timeout
 	reconnectT *timeouts.Timeout
 
-	// down is why the session ends, for Config.Down; set by fault.
+	// down is why the session ends, for its Down event; set by fault.
 	down Fault
 
 	// probe is the health check by DNS (see probe.go).
@@ -354,8 +354,8 @@ func (b *Backend) setState(s State) {
 	b.since.Store(b.set.cfg.Timeouts.Clock().Now().UnixNano())
 	b.ok.Store(s == StateOK)
 	b.removed.Store(s == StateRemoved)
-	if old == StateOK && s != StateOK && b.set.cfg.Down != nil {
-		b.set.cfg.Down(b, b.down)
+	if old == StateOK && s != StateOK {
+		b.set.wentDown(b, b.down)
 	}
 	if e := b.log.Debug(); e != nil && old != s {
 		e.Str("from", old.String()).Str("to", s.String()).Msg("backend state change")

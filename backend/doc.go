@@ -27,7 +27,7 @@
 // ([DefaultForgetAfter], a minute) is forgotten at a scan: its goroutine
 // ends, and its ID is free again. Within the minute a returning socket
 // gets its backend back, ID and settings included. A backend is not
-// forgotten while it is some remote's primary (Config.Primaries asks the
+// forgotten while it is some remote's primary (Links.Primaries asks the
 // remotes table, outside the Set's locks; the remote's next query moves
 // it), nor while the operator has changed its admin setting or weight.
 // When more backends are removed than MaxBackends, the ones removed
@@ -123,10 +123,17 @@
 // [Backend.Removed]). Each backend carries placement's record of it
 // ([Backend.Load]: weight, slowness, the load of its queries), which the
 // UDP proxy counts and the Set only shows ([Backend.Stats]) and keeps
-// across a restart (the weight). When a backend stops being ok,
-// Config.Down is called, so that the proxy can send its unanswered
-// queries elsewhere; its [Fault] says why, and for an oversized
-// OUTBOUND_UDP names the answer's client, port and DNS ID.
+// across a restart (the weight).
+//
+// # Wiring
+//
+// The Set is built first, and calls nothing built after it until
+// [Set.Start], which is handed the [Links]: the UDP proxy's reply sink
+// and the remotes table's counts. A backend that stops being ok does not
+// call up into the data path: it queues a [Down] event ([Set.Downs]),
+// which the UDP proxy's goroutine consumes to send the backend's
+// unanswered queries elsewhere; its [Fault] says why, and for an
+// oversized OUTBOUND_UDP names the answer's client, port and DNS ID.
 //
 // # Restarts
 //
@@ -151,7 +158,7 @@
 //
 // The packet path reads [Backend.OK] and the Set's backend list through
 // atomics, and queues frames with [Backend.SendUDP]. The session's reader
-// sends OUTBOUND_UDP data straight to the client through Config.Reply.
+// sends OUTBOUND_UDP data straight to the client through Links.Replies.
 //
 // # Backpressure
 //

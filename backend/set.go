@@ -93,27 +93,12 @@ type ReplyBatch interface {
 	Flush() (failed int)
 }
 
-// Config configures a Set. Dir, Timeouts and Replies are required; every
-// other zero field takes the default above (negative values are not
-// for use).
+// Config configures a Set. Dir and Timeouts are required; every other
+// zero field takes the default above (negative values are not for use).
 type Config struct {
 	Dir      string         // the socket directory
 	Log      zerolog.Logger // the root logger
 	Timeouts *timeouts.Set  // where the backends' timers live
-	// Replies returns a new, empty batch for the reader of a session of
-	// backend b.
-	Replies func(b *Backend) ReplyBatch
-	// Down, when set, is called when a backend that was ok stops being
-	// so (fault, removal, stop), on that backend's goroutine: the UDP
-	// proxy sends the queries it had not answered to other backends.
-	// f says why (and, for an oversized answer, to which query).
-	Down func(b *Backend, f Fault)
-	// Primaries, when set, returns the number of remotes whose primary
-	// each backend is (the remotes table's counts). A backend that is
-	// some remote's primary is not forgotten. It is called by scans,
-	// without the Set's locks held, only while some backend is removed.
-	// Unset: no backend is anyone's primary.
-	Primaries func() map[ID]int
 
 	ConnectTimeout    time.Duration
 	HeartbeatInterval time.Duration
@@ -139,6 +124,30 @@ type Config struct {
 	ProbeSource   netip.Addr
 	ProbeInterval time.Duration
 	ProbeTimeout  time.Duration
+}
+
+// Links are what a Set is handed at Start: what it calls of the parts
+// built after it (the UDP proxy, the remotes table). Replies is
+// required.
+type Links struct {
+	// Replies returns a new, empty batch for the reader of a session of
+	// backend b: the UDP proxy's reply sink.
+	Replies func(b *Backend) ReplyBatch
+	// Primaries, when set, returns the number of remotes whose primary
+	// each backend is (the remotes table's counts). A backend that is
+	// some remote's primary is not forgotten. It is called by scans,
+	// without the Set's locks held, only while some backend is removed.
+	// Unset: no backend is anyone's primary.
+	Primaries func() map[ID]int
+}
+
+// Down is the event of a backend that was ok ceasing to be so (fault,
+// removal, stop): Fault says why (and, for an oversized answer, to
+// which query). The UDP proxy consumes them ([Set.Downs]) and sends the
+// queries the backend had not answered to other backends.
+type Down struct {
+	Backend *Backend
+	Fault   Fault
 }
 
 func (c *Config) setDefaults() {
@@ -170,6 +179,11 @@ type Set struct {
 	scanKick  chan struct{} // the periodic scan is due
 	watchKick chan struct{} // the directory watch saw a change
 	watch     watch
+	links     Links // set by Start
+
+	downs    chan Down         // see Downs
+	downLost atomic.Uint64     // Down events the full queue could not take
+	downLog  *timeouts.Limiter // "down event lost"
 
 	mu      sync.Mutex // guards byPath, notes and the backends' cancel; serialises scans
 	byPath  map[string]*Backend
@@ -208,7 +222,9 @@ func NewSet(cfg Config) *Set {
 		fullLog:   timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
 		noteLog:   timeouts.NewBurstLimiter(cfg.Timeouts.Clock(), repeatLogInterval, setLogBurst),
 		churnLog:  timeouts.NewBurstLimiter(cfg.Timeouts.Clock(), repeatLogInterval, setLogBurst),
+		downLog:   timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
 	}
+	s.downs = make(chan Down, s.maxTracked())
 	s.watch.wd = -1
 	s.watch.init, s.watch.add = unix.InotifyInit1, unix.InotifyAddWatch
 	s.watch.overflows = timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval)
@@ -224,9 +240,11 @@ func NewSet(cfg Config) *Set {
 
 // Start scans the directory now, connecting to what it finds, and then
 // again whenever the directory's inotify watch reports a change and every
-// ScanInterval, until Close.
-func (s *Set) Start() {
+// ScanInterval, until Close. The sessions send their replies through
+// l.Replies.
+func (s *Set) Start(l Links) {
 	s.mu.Lock()
+	s.links = l
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	for _, b := range *s.list.Load() { // restored ones
 		s.start(b)
@@ -503,14 +521,14 @@ func fileType(m fs.FileMode) string {
 	}
 }
 
-// inUse is what Config.Primaries said: the remotes whose primary each
+// inUse is what Links.Primaries said: the remotes whose primary each
 // backend is. When known is false, nothing may be forgotten.
 type inUse struct {
 	ids   map[ID]int
 	known bool
 }
 
-// primaries asks Config.Primaries, when some backend is removed (and so
+// primaries asks Links.Primaries, when some backend is removed (and so
 // may be forgotten). It is called without s.mu: the remotes table calls
 // into the Set with its own lock held.
 func (s *Set) primaries() inUse {
@@ -524,10 +542,10 @@ func (s *Set) primaries() inUse {
 	switch {
 	case !removed:
 		return inUse{}
-	case s.cfg.Primaries == nil:
+	case s.links.Primaries == nil:
 		return inUse{known: true}
 	}
-	return inUse{ids: s.cfg.Primaries(), known: true}
+	return inUse{ids: s.links.Primaries(), known: true}
 }
 
 // forget drops the backends removed for ForgetAfter, and the ones removed
@@ -673,6 +691,27 @@ func (s *Set) lookup(list []*Backend, id ID) *Backend {
 		return nil
 	}
 	return list[i]
+}
+
+// Downs returns the queue of Down events, in the order the backends went
+// down. It holds one for every backend the Set may track (twice
+// MaxBackends); a backend goes down at most once per reconnect delay, so
+// a consumer that keeps up never finds it full. An event that finds it
+// full is lost, counted (Discovery's DownsLost) and logged (at most
+// once per 5 s).
+func (s *Set) Downs() <-chan Down { return s.downs }
+
+// wentDown queues the Down event of b, which was ok, told why. It never
+// blocks: it is called on b's goroutine.
+func (s *Set) wentDown(b *Backend, why Fault) {
+	select {
+	case s.downs <- Down{Backend: b, Fault: why}:
+	default:
+		s.downLost.Add(1)
+		if ok, held := s.downLog.Allow(); ok {
+			b.log.Error().Int64("suppressed", held).Msg("down event lost: the queue of down events is full")
+		}
+	}
 }
 
 // stateChanged wakes those waiting for a change of a backend's state

@@ -26,11 +26,8 @@ func newTestSet(t *testing.T, dir string, cfg Config) (*Set, *testbed.Logs) {
 	ts := timeouts.New(timeouts.NewFake(testbed.Epoch))
 	cfg.Dir, cfg.Timeouts = dir, ts
 	cfg.Log = testbed.Logger(logs)
-	if cfg.Replies == nil {
-		cfg.Replies = func(*Backend) ReplyBatch { return &countBatch{} }
-	}
 	s := NewSet(cfg)
-	s.Start()
+	s.Start(Links{Replies: func(*Backend) ReplyBatch { return &countBatch{} }})
 	t.Cleanup(s.Close)
 	return s, logs
 }

@@ -26,9 +26,10 @@
 // the query (its first copy) came to; the backends' load (placement's
 // figures, [backend.Backend.Load]: queries sent, answered, forgotten,
 // evicted and moved, and the answer latency) is counted from the
-// records, in one place (load.go); and when a backend dies,
-// [Proxy.Resend] sends its unanswered queries to the backends their
-// clients use now.
+// records, in one place (load.go); and when a backend dies, the
+// proxy's resendLoop, consuming the backend's Down event
+// ([backend.Set.Downs]), sends its unanswered queries to the backends
+// their clients use now.
 //
 // # Queries of death
 //
@@ -75,7 +76,14 @@
 //
 // # Concurrency
 //
-// One goroutine (readLoop) reads each socket. Each reply batch belongs to
-// one session reader; any number of them send concurrently. Close stops
-// the reader and waits for it.
+// The proxy is built after the remotes table and the backends it routes
+// to ([New] is handed both) and calls nothing built after it; the
+// backends, built before it, reach it only through the reply sink they
+// are handed at their Start ([Proxy.Replies]) and the Down events it
+// consumes.
+//
+// One goroutine (readLoop) reads each socket, and one (resendLoop)
+// consumes the backends' Down events. Each reply batch belongs to one
+// session reader; any number of them send concurrently. Close stops the
+// readers and resendLoop and waits for them.
 package udpproxy

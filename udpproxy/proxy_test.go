@@ -43,19 +43,19 @@ func newBed(t testing.TB, log zerolog.Logger) *bed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := New([]*net.UDPConn{uc}, ts, log)
+	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts})
+	picker := placement.New[backend.ID, *backend.Backend](set, placement.Config{Log: log, Clock: ts.Clock()})
+	table := remotes.New(remotes.Config{Picker: picker, Timeouts: ts, Log: log})
+	p, err := New([]*net.UDPConn{uc}, table, set, ts, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts, Replies: p.Replies})
-	picker := placement.New[backend.ID, *backend.Backend](set, placement.Config{Log: log, Clock: ts.Clock()})
-	table := remotes.New(remotes.Config{Picker: picker, Timeouts: ts, Log: log})
-	set.Start()
+	set.Start(backend.Links{Replies: p.Replies})
 	c := fake.Accept(t)
 	c.Hello(t)
 	testbed.Eventually(t, "backend ok", func() bool { return set.Get(5301).OK() })
 	go io.Copy(io.Discard, c)
-	p.Start(table, set)
+	p.Start()
 	t.Cleanup(func() {
 		p.Close()
 		set.Close()

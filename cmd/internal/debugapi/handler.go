@@ -504,7 +504,7 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	out.ScanPauseMaxSeconds = a.src.Table.MaxPause().Seconds()
 	ds := a.src.Backends.Discovery()
 	out.Discovery.WatchActive, out.Discovery.Events, out.Discovery.WatchScans = ds.WatchActive, ds.Events, ds.WatchScans
-	out.Discovery.Ignored, out.Discovery.Forgotten = ds.Ignored, ds.Forgotten
+	out.Discovery.Ignored, out.Discovery.Forgotten, out.Discovery.DownsLost = ds.Ignored, ds.Forgotten, ds.DownsLost
 	for _, b := range a.src.Backends.All() {
 		out.Backends++
 		if b.OK() {
