@@ -771,4 +771,15 @@ func (s *Set) Get(id ID) *Backend {
 // All returns every backend in ID order. The slice must not be modified.
 func (s *Set) All() []*Backend { return *s.list.Load() }
 
+// Status reports whether backend id serves its remotes now (ok and not
+// disabled), and whether it is unknown or its socket has been removed
+// (gone).
+func (s *Set) Status(id ID) (ok, gone bool) {
+	b := s.Get(id)
+	if b == nil {
+		return false, true
+	}
+	return b.Serving(), b.Removed()
+}
+
 func itoa(n int) string { return strconv.Itoa(n) }

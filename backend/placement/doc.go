@@ -23,8 +23,9 @@
 // [Picker.HashID] is the source hash for clients the full remotes table
 // cannot pin (like ipvsadm's source-hash scheduler): the same hash gives
 // the same backend while the eligible backends stay the same.
-// [Picker.Status] is the rule a remote keeps its primary by: the primary
-// serves (ok and not disabled), or is gone (removed or unknown).
+// [Picker.Status] passes on what a remote keeps its primary by, which is
+// the backends' own state: whether the primary serves (ok and not
+// disabled), or is gone (removed or unknown).
 //
 // # Weights
 //

@@ -16,13 +16,10 @@ import (
 type Backend[K ~uint16] interface {
 	comparable
 	ID() K
-	// OK: its session is up. Serving: ok and not disabled, so it
-	// serves its own remotes. Eligible: ok and enabled, so it may be
-	// given new ones. Removed: its socket is gone.
+	// OK: its session is up. Eligible: ok and enabled, so it may be
+	// given new remotes.
 	OK() bool
-	Serving() bool
 	Eligible() bool
-	Removed() bool
 	Load() *Load
 	Logger() *zerolog.Logger // with the backend's be_id and be_path
 }
@@ -35,6 +32,10 @@ type Backends[K ~uint16, B Backend[K]] interface {
 	All() []B
 	// Get returns the backend with the given ID, or the zero B.
 	Get(id K) B
+	// Status reports whether backend id serves its remotes now (ok and
+	// not disabled), and whether it is unknown or its socket has been
+	// removed (gone).
+	Status(id K) (ok, gone bool)
 }
 
 // Config configures a Picker. Clock is required.
@@ -69,15 +70,10 @@ func New[K ~uint16, B Backend[K]](backends Backends[K, B], cfg Config) *Picker[K
 func (p *Picker[K, B]) Policy() Policy { return p.policy }
 
 // Status reports whether backend id serves its remotes now (ok), and
-// whether it is unknown or its socket has been removed (gone).
-func (p *Picker[K, B]) Status(id K) (ok, gone bool) {
-	var none B
-	b := p.backends.Get(id)
-	if b == none {
-		return false, true
-	}
-	return b.Serving(), b.Removed()
-}
+// whether it is unknown or its socket has been removed (gone), as the
+// backends say: what a remote keeps its primary by. (The remotes table
+// asks it of every packet: it is the backends' own, one call away.)
+func (p *Picker[K, B]) Status(id K) (ok, gone bool) { return p.backends.Status(id) }
 
 // Weight returns backend id's weight (DefaultWeight if it is unknown).
 func (p *Picker[K, B]) Weight(id K) int {

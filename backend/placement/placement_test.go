@@ -37,9 +37,7 @@ type fake struct {
 
 func (f *fake) ID() ID                  { return f.id }
 func (f *fake) OK() bool                { return f.ok }
-func (f *fake) Serving() bool           { return f.ok && f.admin != AdminDisabled }
 func (f *fake) Eligible() bool          { return f.ok && f.admin == AdminEnabled }
-func (f *fake) Removed() bool           { return false }
 func (f *fake) Load() *Load             { return &f.load }
 func (f *fake) Logger() *zerolog.Logger { return &f.log }
 func (f *fake) SetAdmin(a int)          { f.admin = a }
@@ -54,6 +52,15 @@ type testSet struct {
 }
 
 func (s *testSet) All() []*fake { return s.list }
+
+// Status is backend.Set's: a backend serves while ok and not disabled.
+func (s *testSet) Status(id ID) (ok, gone bool) {
+	f := s.Get(id)
+	if f == nil {
+		return false, true
+	}
+	return f.ok && f.admin != AdminDisabled, false
+}
 
 func (s *testSet) Get(id ID) *fake {
 	i, found := slices.BinarySearchFunc(s.list, id, func(f *fake, id ID) int { return int(f.id) - int(id) })
