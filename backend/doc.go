@@ -118,8 +118,9 @@
 // # Placement and load
 //
 // Which backend a remote is given is package placement's: it reads the
-// Set's list ([Set.All], [Set.Get], [Set.Status]) and each backend's
-// state ([Backend.OK], [Backend.Eligible]). Each backend carries placement's record of it
+// Set's list ([Set.All], [Set.Get]) and each backend's state
+// ([Backend.OK], [Backend.Eligible]); the remotes table reads whether a
+// remote's primary still serves it ([Set.Status]). Each backend carries placement's record of it
 // ([Backend.Load]: weight, slowness, the load of its queries), which the
 // UDP proxy counts and the Set only shows ([Backend.Stats]) and keeps
 // across a restart (the weight).

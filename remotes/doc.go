@@ -15,7 +15,8 @@
 //
 // # Assignment
 //
-// Each remote has a primary backend and, while the primary is not ok, a
+// Each remote has a primary backend and, while the primary is not ok
+// (the backends' own state, [Backends.Status], read for every packet), a
 // backup:
 //
 //   - no primary yet: pick one and clear any backup;

@@ -42,13 +42,18 @@ const (
 	remoteLogInterval = 5 * time.Second
 )
 
-// Picker is the placement the table consults: which backend serves a
-// remote now, and which a remote is given. *placement.Picker over the
-// backend.Set provides it.
-type Picker interface {
+// Backends is what the table reads of the backends' state, for every
+// packet; *backend.Set provides it.
+type Backends interface {
 	// Status reports whether backend id serves its remotes now (ok),
 	// and whether it is unknown or its socket was removed (gone).
 	Status(id backend.ID) (ok, gone bool)
+}
+
+// Picker is the placement the table consults: which backend a remote is
+// given, and which backends rebalancing spreads remotes over.
+// *placement.Picker over the backend.Set provides it.
+type Picker interface {
 	// Pick chooses a backend for a new assignment; 0 when none is
 	// eligible. primaries counts the remotes whose primary each backend
 	// is; it is only read, during the call.
@@ -69,8 +74,9 @@ type Picker interface {
 	HashID(h uint32) backend.ID
 }
 
-// Config configures a Table. Picker and Timeouts are required.
+// Config configures a Table. Backends, Picker and Timeouts are required.
 type Config struct {
+	Backends          Backends
 	Picker            Picker
 	Timeouts          *timeouts.Set
 	Log               zerolog.Logger
@@ -472,7 +478,7 @@ func hash(k uint32) uint32 {
 func (t *Table) assign(r *Remote) backend.ID {
 	b := t.cfg.Picker
 	if r.primary != 0 {
-		ok, gone := b.Status(r.primary)
+		ok, gone := t.cfg.Backends.Status(r.primary)
 		switch {
 		case gone:
 			t.reset(r)
@@ -486,7 +492,7 @@ func (t *Table) assign(r *Remote) backend.ID {
 			return r.primary
 		default:
 			if r.backup != 0 {
-				if ok, _ := b.Status(r.backup); ok {
+				if ok, _ := t.cfg.Backends.Status(r.backup); ok {
 					return r.backup
 				}
 				t.setBackup(r, 0)

@@ -124,6 +124,9 @@ func newTable(t testing.TB, b Picker) (*Table, *timeouts.Fake, *testbed.Logs) {
 
 func newTableConfig(t testing.TB, cfg Config) (*Table, *timeouts.Fake, *testbed.Logs) {
 	t.Helper()
+	if f, ok := cfg.Picker.(*fakeBackends); ok && cfg.Backends == nil {
+		cfg.Backends = f // the fake is both
+	}
 	clock := timeouts.NewFake(testbed.Epoch)
 	logs := testbed.NewLogs()
 	cfg.Timeouts, cfg.Log = timeouts.New(clock), testbed.Logger(logs)

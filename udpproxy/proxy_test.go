@@ -45,7 +45,7 @@ func newBed(t testing.TB, log zerolog.Logger) *bed {
 	}
 	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts})
 	picker := placement.New[backend.ID, *backend.Backend](set, placement.Config{Log: log, Clock: ts.Clock()})
-	table := remotes.New(remotes.Config{Picker: picker, Timeouts: ts, Log: log})
+	table := remotes.New(remotes.Config{Backends: set, Picker: picker, Timeouts: ts, Log: log})
 	p, err := New([]*net.UDPConn{uc}, table, set, ts, log)
 	if err != nil {
 		t.Fatal(err)

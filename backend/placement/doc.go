@@ -23,9 +23,9 @@
 // [Picker.HashID] is the source hash for clients the full remotes table
 // cannot pin (like ipvsadm's source-hash scheduler): the same hash gives
 // the same backend while the eligible backends stay the same.
-// [Picker.Status] passes on what a remote keeps its primary by, which is
-// the backends' own state: whether the primary serves (ok and not
-// disabled), or is gone (removed or unknown).
+// Whether a remote keeps its primary is not placement's choice but the
+// primary's state (backend.Set.Status: it serves while ok and not
+// disabled), which the remotes table reads for every packet.
 //
 // # Weights
 //

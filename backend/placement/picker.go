@@ -32,10 +32,6 @@ type Backends[K ~uint16, B Backend[K]] interface {
 	All() []B
 	// Get returns the backend with the given ID, or the zero B.
 	Get(id K) B
-	// Status reports whether backend id serves its remotes now (ok and
-	// not disabled), and whether it is unknown or its socket has been
-	// removed (gone).
-	Status(id K) (ok, gone bool)
 }
 
 // Config configures a Picker. Clock is required.
@@ -68,12 +64,6 @@ func New[K ~uint16, B Backend[K]](backends Backends[K, B], cfg Config) *Picker[K
 
 // Policy returns the Picker's policy.
 func (p *Picker[K, B]) Policy() Policy { return p.policy }
-
-// Status reports whether backend id serves its remotes now (ok), and
-// whether it is unknown or its socket has been removed (gone), as the
-// backends say: what a remote keeps its primary by. (The remotes table
-// asks it of every packet: it is the backends' own, one call away.)
-func (p *Picker[K, B]) Status(id K) (ok, gone bool) { return p.backends.Status(id) }
 
 // Weight returns backend id's weight (DefaultWeight if it is unknown).
 func (p *Picker[K, B]) Weight(id K) int {

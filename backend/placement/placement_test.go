@@ -25,8 +25,7 @@ const (
 )
 
 // fake is a backend whose state the test sets, with backend.Backend's
-// rules: serving while ok and not disabled, eligible while ok and
-// enabled.
+// rule: eligible while ok and enabled.
 type fake struct {
 	id    ID
 	ok    bool
@@ -52,15 +51,6 @@ type testSet struct {
 }
 
 func (s *testSet) All() []*fake { return s.list }
-
-// Status is backend.Set's: a backend serves while ok and not disabled.
-func (s *testSet) Status(id ID) (ok, gone bool) {
-	f := s.Get(id)
-	if f == nil {
-		return false, true
-	}
-	return f.ok && f.admin != AdminDisabled, false
-}
 
 func (s *testSet) Get(id ID) *fake {
 	i, found := slices.BinarySearchFunc(s.list, id, func(f *fake, id ID) int { return int(f.id) - int(id) })
@@ -117,12 +107,6 @@ func TestPickIsRoundRobinInIDOrderOverOKBackends(t *testing.T) {
 			t.Fatalf("picked %d, want only 1", id)
 		}
 	}
-	if ok, _ := s.Status(3); !ok {
-		t.Fatal("a draining backend stopped serving")
-	}
-	if ok, gone := s.Status(5301); ok || gone {
-		t.Fatalf("disabled backend Status = %v %v, want not ok, not gone", ok, gone)
-	}
 	s.Get(3).SetAdmin(AdminEnabled)
 	s.Get(5301).SetAdmin(AdminEnabled)
 
@@ -134,9 +118,6 @@ func TestPickIsRoundRobinInIDOrderOverOKBackends(t *testing.T) {
 	}
 	if n := logs.Count("no backends available", nil); n != 1 {
 		t.Fatalf("'no backends available' logged %d times in 5 s", n)
-	}
-	if ok, gone := s.Status(7); ok || !gone {
-		t.Fatalf("Status of unknown ID = %v %v", ok, gone)
 	}
 }
 

@@ -24,7 +24,7 @@ func newStateBalancer(t *testing.T) *Balancer {
 	t.Helper()
 	ts := timeouts.New(timeouts.NewFake(testbed.Epoch))
 	bs := backend.NewSet(backend.Config{Dir: t.TempDir(), Log: zerolog.Nop(), Timeouts: ts})
-	tab := remotes.New(remotes.Config{Picker: NewPicker(bs, placement.Config{Clock: ts.Clock()}), Timeouts: ts, Log: zerolog.Nop()})
+	tab := remotes.New(remotes.Config{Backends: bs, Picker: NewPicker(bs, placement.Config{Clock: ts.Clock()}), Timeouts: ts, Log: zerolog.Nop()})
 	return &Balancer{Log: zerolog.Nop(), Backends: bs, Table: tab}
 }
 

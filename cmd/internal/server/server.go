@@ -317,7 +317,7 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 	b.Picker = NewPicker(b.Backends, placement.Config{Policy: cfg.Policy, Log: log, Clock: opt.Clock})
 
 	rc := opt.Remotes
-	rc.Picker, rc.Timeouts, rc.Log = b.Picker, b.Timeouts, log
+	rc.Backends, rc.Picker, rc.Timeouts, rc.Log = b.Backends, b.Picker, b.Timeouts, log
 	rc.MaxRemotes, rc.PrefixBits, rc.Standins = cfg.MaxRemotes, cfg.PrefixBits, cfg.Standins
 	b.Table = remotes.New(rc)
 
