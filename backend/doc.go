@@ -4,6 +4,13 @@
 // heartbeats. The frames are described in package
 // [github.com/bbal/bbal/protocol].
 //
+// It owns discovery, the sessions, the outgoing queues and the probes,
+// and exposes each backend's state (ok, admin setting, removed, the
+// counters) for the others to read. Which backend a client is given is
+// not its business but package [github.com/bbal/bbal/backend/placement]'s;
+// which backend each client has is package remotes'; the queries in
+// flight are the UDP proxy's.
+//
 // # Discovery and identity
 //
 // A [Set] scans the directory at [Set.Start], whenever the directory's

@@ -5,6 +5,11 @@
 // client's dig and its application see the same server, and logs and
 // caches stay consistent.
 //
+// It owns the clients and their assignments (primary, backup, the counts
+// per backend); which backend a new assignment gets it asks a [Picker]
+// (package placement's), and whether a backend still serves it reads
+// from the backends ([Backends]).
+//
 // # Table
 //
 // A [Table] is a B-tree of *[Remote] ordered by address, guarded by one

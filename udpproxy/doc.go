@@ -1,4 +1,7 @@
 // Package udpproxy carries DNS over UDP between clients and backends.
+// It owns the DNS UDP sockets, the queries in flight and what becomes of
+// them: their answers' way back, the counting of the backends' load
+// (placement's figures), and the queries of a backend that went down.
 //
 // A [Proxy] owns the DNS UDP sockets, one per listen address (IPv4 or
 // IPv6). Each socket's reader goroutine takes up to 64 datagrams per
