@@ -13,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/timeouts"
 )
@@ -110,8 +111,9 @@ type Backend struct {
 
 	events chan event
 
-	load   load
-	credit int64 // weighted round-robin's; guarded by the Set's pickMu
+	// load is placement's record of the backend: weight, slowness and
+	// the figures of its queries, which the UDP proxy counts.
+	load placement.Load
 
 	// cur is the session Flush writes to; set and cleared by run.
 	cur atomic.Pointer[session]
@@ -125,7 +127,7 @@ type Backend struct {
 	hbWaitT    *timeouts.Timeout
 	reconnectT *timeouts.Timeout
 
-	// down is why the session ends, for Config.Down; set by fault.
+	// down is why the session ends, for its Down event; set by fault.
 	down Fault
 
 	// probe is the health check by DNS (see probe.go).
@@ -184,7 +186,6 @@ func newBackend(s *Set, id ID, path string) *Backend {
 		q:      newQueue(s.cfg.QueueBytes, s.cfg.QueueFrames, int64(s.cfg.QueueAge)),
 		events: make(chan event, eventQueueLen),
 	}
-	b.load.weight.Store(DefaultWeight)
 	b.attemptLog = timeouts.NewLimiter(s.cfg.Timeouts.Clock(), s.cfg.ReconnectMax)
 	name := "backend " + itoa(int(id)) + " "
 	ts := s.cfg.Timeouts
@@ -318,15 +319,10 @@ func (b *Backend) Stats() Stats {
 		Heartbeats:      b.stats.heartbeats.Load(),
 		Probes:          b.probe.stats(),
 		Faults:          map[string]uint64{},
-		Weight:          b.Weight(),
-		Slow:            b.Slow(),
-		Outstanding:     b.Outstanding(),
-		Latency:         b.Latency(),
-		Answered:        b.load.answered.Load(),
-		Unanswered:      b.load.unanswered.Load(),
-		Evicted:         b.load.evicted.Load(),
-		Resent:          b.load.resent.Load(),
 	}
+	l := b.load.Figures()
+	s.Weight, s.Slow, s.Outstanding, s.Latency = l.Weight, l.Slow, l.Outstanding, l.Latency
+	s.Answered, s.Unanswered, s.Evicted, s.Resent = l.Answered, l.Unanswered, l.Evicted, l.Resent
 	for r := range numReasons {
 		if n := b.stats.faults[r].Load(); n > 0 {
 			s.Faults[r.String()] = n
@@ -347,10 +343,7 @@ func (b *Backend) ResetCounters() {
 	for i := range c.faults {
 		c.faults[i].Store(0)
 	}
-	// What is sent less what is done stays: the queries outstanding.
-	l := &b.load
-	done := l.answered.Swap(0) + l.unanswered.Swap(0) + l.evicted.Swap(0) + l.resent.Swap(0)
-	l.sent.Add(-done)
+	b.load.ResetCounters()
 	b.probe.resetCounters()
 }
 
@@ -361,8 +354,8 @@ func (b *Backend) setState(s State) {
 	b.since.Store(b.set.cfg.Timeouts.Clock().Now().UnixNano())
 	b.ok.Store(s == StateOK)
 	b.removed.Store(s == StateRemoved)
-	if old == StateOK && s != StateOK && b.set.cfg.Down != nil {
-		b.set.cfg.Down(b, b.down)
+	if old == StateOK && s != StateOK {
+		b.set.wentDown(b, b.down)
 	}
 	if e := b.log.Debug(); e != nil && old != s {
 		e.Str("from", old.String()).Str("to", s.String()).Msg("backend state change")

@@ -209,7 +209,7 @@ func TestPrimariesAndSettingsAreNotForgotten(t *testing.T) {
 	dir := testbed.SocketDir(t)
 	var calls int
 	s, logs, clock := newTickingSet(t, dir, func(s *Set) {
-		s.cfg.Primaries = func() map[ID]int {
+		s.links.Primaries = func() map[ID]int {
 			calls++ // on the scan goroutine only
 			return map[ID]int{5301: 2}
 		}

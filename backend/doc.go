@@ -4,6 +4,13 @@
 // heartbeats. The frames are described in package
 // [github.com/bbal/bbal/protocol].
 //
+// It owns discovery, the sessions, the outgoing queues and the probes,
+// and exposes each backend's state (ok, admin setting, removed, the
+// counters) for the others to read. Which backend a client is given is
+// not its business but package [github.com/bbal/bbal/backend/placement]'s;
+// which backend each client has is package remotes'; the queries in
+// flight are the UDP proxy's.
+//
 // # Discovery and identity
 //
 // A [Set] scans the directory at [Set.Start], whenever the directory's
@@ -27,7 +34,7 @@
 // ([DefaultForgetAfter], a minute) is forgotten at a scan: its goroutine
 // ends, and its ID is free again. Within the minute a returning socket
 // gets its backend back, ID and settings included. A backend is not
-// forgotten while it is some remote's primary (Config.Primaries asks the
+// forgotten while it is some remote's primary (Links.Primaries asks the
 // remotes table, outside the Set's locks; the remote's next query moves
 // it), nor while the operator has changed its admin setting or weight.
 // When more backends are removed than MaxBackends, the ones removed
@@ -117,18 +124,23 @@
 //
 // # Placement and load
 //
-// [Set.Pick] chooses the backend of a new remote by the Set's [Policy]:
-// the original's round-robin in ID order (smooth weighted round-robin
-// when the weights differ), or least-loaded: the fewest queries
-// outstanding per unit of weight, then the fewest remotes per unit of
-// weight, passing over backends found slow. The UDP proxy measures the
-// load ([Backend.QueriesSent], [Backend.QueriesAnswered],
-// [Backend.QueryForgotten], [Backend.QueryMoved]); [Set.CheckSlow], at
-// each rebalance, marks slow a backend whose answers take far longer than
-// its peers'. When a backend stops being ok, Config.Down is called, so
-// that the proxy can send its unanswered queries elsewhere; its [Fault]
-// says why, and for an oversized OUTBOUND_UDP names the answer's client,
-// port and DNS ID.
+// Which backend a remote is given is package placement's: it reads the
+// Set's list ([Set.All], [Set.Get]) and each backend's state
+// ([Backend.OK], [Backend.Eligible]); the remotes table reads whether a
+// remote's primary still serves it ([Set.Status]). Each backend carries placement's record of it
+// ([Backend.Load]: weight, slowness, the load of its queries), which the
+// UDP proxy counts and the Set only shows ([Backend.Stats]) and keeps
+// across a restart (the weight).
+//
+// # Wiring
+//
+// The Set is built first, and calls nothing built after it until
+// [Set.Start], which is handed the [Links]: the UDP proxy's reply sink
+// and the remotes table's counts. A backend that stops being ok does not
+// call up into the data path: it queues a [Down] event ([Set.Downs]),
+// which the UDP proxy's goroutine consumes to send the backend's
+// unanswered queries elsewhere; its [Fault] says why, and for an
+// oversized OUTBOUND_UDP names the answer's client, port and DNS ID.
 //
 // # Restarts
 //
@@ -153,7 +165,7 @@
 //
 // The packet path reads [Backend.OK] and the Set's backend list through
 // atomics, and queues frames with [Backend.SendUDP]. The session's reader
-// sends OUTBOUND_UDP data straight to the client through Config.Reply.
+// sends OUTBOUND_UDP data straight to the client through Links.Replies.
 //
 // # Backpressure
 //

@@ -8,8 +8,8 @@ import (
 	"github.com/bbal/bbal/protocol"
 )
 
-// Fault says why a backend that was ok stopped being so: what
-// Config.Down is told.
+// Fault says why a backend that was ok stopped being so: what its
+// [Down] event carries.
 type Fault struct {
 	// Faulted: the session was torn down for Reason. False when the
 	// backend was removed or stopped.

@@ -26,7 +26,6 @@ func FuzzSession(f *testing.F) {
 	dir := testbed.SocketDir(f)
 	set := NewSet(Config{
 		Dir: dir, Timeouts: timeouts.New(timeouts.NewFake(testbed.Epoch)),
-		Replies: func(*Backend) ReplyBatch { return &countBatch{} },
 	})
 	f.Fuzz(func(t *testing.T, input, splits []byte, heartbeatSent bool) {
 		b := newBackend(set, 1, dir+"/x")

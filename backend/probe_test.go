@@ -49,10 +49,9 @@ func newProbeBed(t *testing.T, probe []byte) *probeBed {
 	fake := testbed.NewFake(t, filepath.Join(dir, "5301"))
 	pb.set = NewSet(Config{
 		Dir: dir, Log: testbed.Logger(pb.logs), Timeouts: ts,
-		Replies: func(*Backend) ReplyBatch { return pb.batch },
-		Probe:   probe, ProbeSource: netip.MustParseAddr("240.0.0.1"),
+		Probe: probe, ProbeSource: netip.MustParseAddr("240.0.0.1"),
 	})
-	pb.set.Start()
+	pb.set.Start(Links{Replies: func(*Backend) ReplyBatch { return pb.batch }})
 	t.Cleanup(pb.set.Close)
 	pb.conn = fake.Accept(t)
 	pb.conn.Hello(t)

@@ -50,7 +50,7 @@ func startSession(b *Backend, c *net.UnixConn, gen uint64) (*session, error) {
 	s.writeFn = s.writeRaw
 	s.readFn = s.readRaw
 	s.dec = protocol.NewDecoder(protocol.FromBackend, 0)
-	s.replies = b.set.cfg.Replies(b)
+	s.replies = b.set.links.Replies(b)
 	s.wg.Add(2)
 	go s.readFrames()
 	go s.writeFrames()

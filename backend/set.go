@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/timeouts"
 )
 
@@ -61,8 +62,7 @@ const (
 	// longer than a backend process takes to restart, and a directory
 	// of short-lived junk costs nothing after it.
 	DefaultForgetAfter = time.Minute
-	// repeatLogInterval spaces out "no backends available" errors and
-	// the Set's other repeated records.
+	// repeatLogInterval spaces out the Set's repeated records.
 	repeatLogInterval = 5 * time.Second
 	// setLogBurst is how many records about backends found, removed and
 	// forgotten, and about entries that are not backends, are logged per
@@ -93,29 +93,12 @@ type ReplyBatch interface {
 	Flush() (failed int)
 }
 
-// Config configures a Set. Dir, Timeouts and Replies are required; every
-// other zero field takes the default above (negative values are not
-// for use).
+// Config configures a Set. Dir and Timeouts are required; every other
+// zero field takes the default above (negative values are not for use).
 type Config struct {
 	Dir      string         // the socket directory
 	Log      zerolog.Logger // the root logger
 	Timeouts *timeouts.Set  // where the backends' timers live
-	// Replies returns a new, empty batch for the reader of a session of
-	// backend b.
-	Replies func(b *Backend) ReplyBatch
-	// Down, when set, is called when a backend that was ok stops being
-	// so (fault, removal, stop), on that backend's goroutine: the UDP
-	// proxy sends the queries it had not answered to other backends.
-	// f says why (and, for an oversized answer, to which query).
-	Down func(b *Backend, f Fault)
-	// Policy chooses the backend of a new remote.
-	Policy Policy
-	// Primaries, when set, returns the number of remotes whose primary
-	// each backend is (the remotes table's counts). A backend that is
-	// some remote's primary is not forgotten. It is called by scans,
-	// without the Set's locks held, only while some backend is removed.
-	// Unset: no backend is anyone's primary.
-	Primaries func() map[ID]int
 
 	ConnectTimeout    time.Duration
 	HeartbeatInterval time.Duration
@@ -143,6 +126,30 @@ type Config struct {
 	ProbeTimeout  time.Duration
 }
 
+// Links are what a Set is handed at Start: what it calls of the parts
+// built after it (the UDP proxy, the remotes table). Replies is
+// required.
+type Links struct {
+	// Replies returns a new, empty batch for the reader of a session of
+	// backend b: the UDP proxy's reply sink.
+	Replies func(b *Backend) ReplyBatch
+	// Primaries, when set, returns the number of remotes whose primary
+	// each backend is (the remotes table's counts). A backend that is
+	// some remote's primary is not forgotten. It is called by scans,
+	// without the Set's locks held, only while some backend is removed.
+	// Unset: no backend is anyone's primary.
+	Primaries func() map[ID]int
+}
+
+// Down is the event of a backend that was ok ceasing to be so (fault,
+// removal, stop): Fault says why (and, for an oversized answer, to
+// which query). The UDP proxy consumes them ([Set.Downs]) and sends the
+// queries the backend had not answered to other backends.
+type Down struct {
+	Backend *Backend
+	Fault   Fault
+}
+
 func (c *Config) setDefaults() {
 	c.ConnectTimeout = cmp.Or(c.ConnectTimeout, DefaultConnectTimeout)
 	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, DefaultHeartbeatInterval)
@@ -161,8 +168,9 @@ func (c *Config) setDefaults() {
 }
 
 // Set is every backend found in the socket directory. It owns discovery
-// (the scan goroutine), ID assignment and selection; each Backend owns its
-// own session.
+// (the scan goroutine) and ID assignment; each Backend owns its own
+// session. Which backend a remote is given is placement's (see package
+// placement), over the Set's list.
 type Set struct {
 	cfg Config
 	log zerolog.Logger
@@ -171,6 +179,11 @@ type Set struct {
 	scanKick  chan struct{} // the periodic scan is due
 	watchKick chan struct{} // the directory watch saw a change
 	watch     watch
+	links     Links // set by Start
+
+	downs    chan Down         // see Downs
+	downLost atomic.Uint64     // Down events the full queue could not take
+	downLog  *timeouts.Limiter // "down event lost"
 
 	mu      sync.Mutex // guards byPath, notes and the backends' cancel; serialises scans
 	byPath  map[string]*Backend
@@ -187,10 +200,6 @@ type Set struct {
 	// list is every backend in ID order, replaced (never modified) when
 	// one is added, so the packet path reads it without a lock.
 	list atomic.Pointer[[]*Backend]
-
-	lastPicked atomic.Uint32     // ID most recently chosen by Pick
-	pickMu     sync.Mutex        // guards the backends' credit (weighted round-robin)
-	noneLog    *timeouts.Limiter // "no backends available"
 
 	ctx  context.Context
 	stop context.CancelFunc
@@ -210,11 +219,12 @@ func NewSet(cfg Config) *Set {
 		notes:     map[string]note{},
 		scanKick:  make(chan struct{}, 1),
 		watchKick: make(chan struct{}, 1),
-		noneLog:   timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
 		fullLog:   timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
 		noteLog:   timeouts.NewBurstLimiter(cfg.Timeouts.Clock(), repeatLogInterval, setLogBurst),
 		churnLog:  timeouts.NewBurstLimiter(cfg.Timeouts.Clock(), repeatLogInterval, setLogBurst),
+		downLog:   timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval),
 	}
+	s.downs = make(chan Down, s.maxTracked())
 	s.watch.wd = -1
 	s.watch.init, s.watch.add = unix.InotifyInit1, unix.InotifyAddWatch
 	s.watch.overflows = timeouts.NewLimiter(cfg.Timeouts.Clock(), repeatLogInterval)
@@ -230,9 +240,11 @@ func NewSet(cfg Config) *Set {
 
 // Start scans the directory now, connecting to what it finds, and then
 // again whenever the directory's inotify watch reports a change and every
-// ScanInterval, until Close.
-func (s *Set) Start() {
+// ScanInterval, until Close. The sessions send their replies through
+// l.Replies.
+func (s *Set) Start(l Links) {
 	s.mu.Lock()
+	s.links = l
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	for _, b := range *s.list.Load() { // restored ones
 		s.start(b)
@@ -509,14 +521,14 @@ func fileType(m fs.FileMode) string {
 	}
 }
 
-// inUse is what Config.Primaries said: the remotes whose primary each
+// inUse is what Links.Primaries said: the remotes whose primary each
 // backend is. When known is false, nothing may be forgotten.
 type inUse struct {
 	ids   map[ID]int
 	known bool
 }
 
-// primaries asks Config.Primaries, when some backend is removed (and so
+// primaries asks Links.Primaries, when some backend is removed (and so
 // may be forgotten). It is called without s.mu: the remotes table calls
 // into the Set with its own lock held.
 func (s *Set) primaries() inUse {
@@ -530,10 +542,10 @@ func (s *Set) primaries() inUse {
 	switch {
 	case !removed:
 		return inUse{}
-	case s.cfg.Primaries == nil:
+	case s.links.Primaries == nil:
 		return inUse{known: true}
 	}
-	return inUse{ids: s.cfg.Primaries(), known: true}
+	return inUse{ids: s.links.Primaries(), known: true}
 }
 
 // forget drops the backends removed for ForgetAfter, and the ones removed
@@ -549,7 +561,7 @@ func (s *Set) forget(sockets map[string]bool, present int, primaries map[ID]int)
 	for path, b := range s.byPath {
 		st, _ := b.State()
 		if st == StateRemoved && !sockets[path] && primaries[b.id] == 0 &&
-			b.Admin() == AdminEnabled && b.Weight() == DefaultWeight {
+			b.Admin() == AdminEnabled && b.Weight() == placement.DefaultWeight {
 			can = append(can, b)
 		}
 	}
@@ -681,6 +693,27 @@ func (s *Set) lookup(list []*Backend, id ID) *Backend {
 	return list[i]
 }
 
+// Downs returns the queue of Down events, in the order the backends went
+// down. It holds one for every backend the Set may track (twice
+// MaxBackends); a backend goes down at most once per reconnect delay, so
+// a consumer that keeps up never finds it full. An event that finds it
+// full is lost, counted (Discovery's DownsLost) and logged (at most
+// once per 5 s).
+func (s *Set) Downs() <-chan Down { return s.downs }
+
+// wentDown queues the Down event of b, which was ok, told why. It never
+// blocks: it is called on b's goroutine.
+func (s *Set) wentDown(b *Backend, why Fault) {
+	select {
+	case s.downs <- Down{Backend: b, Fault: why}:
+	default:
+		s.downLost.Add(1)
+		if ok, held := s.downLog.Allow(); ok {
+			b.log.Error().Int64("suppressed", held).Msg("down event lost: the queue of down events is full")
+		}
+	}
+}
+
 // stateChanged wakes those waiting for a change of a backend's state
 // (WaitUp). It is called whenever one changes.
 func (s *Set) stateChanged() {
@@ -738,112 +771,9 @@ func (s *Set) Get(id ID) *Backend {
 // All returns every backend in ID order. The slice must not be modified.
 func (s *Set) All() []*Backend { return *s.list.Load() }
 
-// Pick chooses a backend for a new assignment among the eligible ones
-// (ok and enabled), by the Set's policy; primaries gives the remotes
-// each backend is the primary of (it is only read). It returns nil when
-// none is eligible, and then logs "no backends available" (at most once
-// per 5 s).
-//
-// PolicyRoundRobin is the original's: round-robin in ID order, starting
-// after the one chosen last; when the weights differ, smooth weighted
-// round-robin (each backend chosen in proportion to its weight, evenly
-// interleaved). PolicyLeastLoaded chooses the backend with the fewest
-// queries outstanding per unit of weight, then the fewest remotes per
-// unit of weight, then the lowest ID; a backend found slow (CheckSlow)
-// is passed over while another is eligible.
-func (s *Set) Pick(primaries map[ID]int) *Backend {
-	list := *s.list.Load()
-	var b *Backend
-	switch {
-	case s.cfg.Policy == PolicyLeastLoaded:
-		b = leastLoaded(list, primaries)
-	case !sameWeights(list):
-		b = s.weightedRoundRobin(list)
-	default:
-		last := ID(s.lastPicked.Load())
-		start, _ := slices.BinarySearchFunc(list, last+1, func(b *Backend, id ID) int { return int(b.id) - int(id) })
-		for i := range list {
-			if c := list[(start+i)%len(list)]; c.Eligible() {
-				b = c
-				break
-			}
-		}
-	}
-	if b != nil {
-		s.lastPicked.Store(uint32(b.id))
-		return b
-	}
-	if ok, held := s.noneLog.Allow(); ok {
-		s.log.Error().Int64("suppressed", held).Msg("no backends available")
-	}
-	return nil
-}
-
-// sameWeights reports whether the eligible backends are weighted alike.
-func sameWeights(list []*Backend) bool {
-	w := int32(0)
-	for _, b := range list {
-		if b.Eligible() {
-			if bw := b.load.weight.Load(); w != 0 && bw != w {
-				return false
-			} else {
-				w = bw
-			}
-		}
-	}
-	return true
-}
-
-// weightedRoundRobin is nginx's smooth weighted round-robin: each
-// eligible backend's credit grows by its weight, the one with the most
-// is chosen and pays the total.
-func (s *Set) weightedRoundRobin(list []*Backend) *Backend {
-	s.pickMu.Lock()
-	defer s.pickMu.Unlock()
-	var best *Backend
-	total := int64(0)
-	for _, b := range list {
-		if !b.Eligible() {
-			continue
-		}
-		w := int64(b.load.weight.Load())
-		b.credit += w
-		total += w
-		if best == nil || b.credit > best.credit {
-			best = b
-		}
-	}
-	if best != nil {
-		best.credit -= total
-	}
-	return best
-}
-
-// leastLoaded is PolicyLeastLoaded's choice.
-func leastLoaded(list []*Backend, primaries map[ID]int) *Backend {
-	var best *Backend
-	var bestSlow bool
-	var bestOut, bestRem, bestW int64
-	for _, b := range list {
-		if !b.Eligible() {
-			continue
-		}
-		slow, out, rem, w := b.Slow(), b.Outstanding(), int64(primaries[b.id]), int64(b.load.weight.Load())
-		// Compare out/w and rem/w without dividing.
-		better := best == nil ||
-			bestSlow && !slow ||
-			bestSlow == slow && (out*bestW < bestOut*w || out*bestW == bestOut*w && rem*bestW < bestRem*w)
-		if better {
-			best, bestSlow, bestOut, bestRem, bestW = b, slow, out, rem, w
-		}
-	}
-	return best
-}
-
-func itoa(n int) string { return strconv.Itoa(n) }
-
-// Status reports whether backend id serves its remotes now (ok), and
-// whether it is unknown or its socket has been removed (gone).
+// Status reports whether backend id serves its remotes now (ok and not
+// disabled), and whether it is unknown or its socket has been removed
+// (gone).
 func (s *Set) Status(id ID) (ok, gone bool) {
 	b := s.Get(id)
 	if b == nil {
@@ -852,48 +782,4 @@ func (s *Set) Status(id ID) (ok, gone bool) {
 	return b.Serving(), b.Removed()
 }
 
-// PickID is Pick for callers that keep IDs; 0 when none is eligible.
-func (s *Set) PickID(primaries map[ID]int) ID {
-	if b := s.Pick(primaries); b != nil {
-		return b.id
-	}
-	return 0
-}
-
-// EligibleIDs returns the IDs of the backends that may be given new
-// remotes now, in ID order.
-func (s *Set) EligibleIDs() []ID {
-	var ids []ID
-	for _, b := range s.All() {
-		if b.Eligible() {
-			ids = append(ids, b.id)
-		}
-	}
-	return ids
-}
-
-// HashID chooses among the eligible backends, in ID order, by h: the
-// same h gives the same backend while that set stays the same. 0 when
-// none is eligible.
-func (s *Set) HashID(h uint32) ID {
-	list := *s.list.Load()
-	n := 0
-	for _, b := range list {
-		if b.Eligible() {
-			n++
-		}
-	}
-	if n == 0 {
-		return 0
-	}
-	k := int(h % uint32(n))
-	for _, b := range list {
-		if b.Eligible() {
-			if k == 0 {
-				return b.id
-			}
-			k--
-		}
-	}
-	return 0
-}
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -28,11 +28,8 @@ func newTestSet(t *testing.T, dir string, cfg Config) (*Set, *testbed.Logs) {
 	ts := timeouts.New(timeouts.NewFake(testbed.Epoch))
 	cfg.Dir, cfg.Timeouts = dir, ts
 	cfg.Log = testbed.Logger(logs)
-	if cfg.Replies == nil {
-		cfg.Replies = func(*Backend) ReplyBatch { return &countBatch{} }
-	}
 	s := NewSet(cfg)
-	s.Start()
+	s.Start(Links{Replies: func(*Backend) ReplyBatch { return &countBatch{} }})
 	t.Cleanup(s.Close)
 	return s, logs
 }
@@ -188,69 +185,6 @@ func TestScanRemovesFaultedBackendWhoseSocketIsGone(t *testing.T) {
 	}
 	if !up.OK() || logs.Count("backend socket removed", map[string]any{"be_id": 5301}) != 0 {
 		t.Fatal("a backend whose session is up was acted on")
-	}
-}
-
-// fakeList installs backends with the given IDs and ok flags, without
-// sessions, for selection tests.
-func fakeList(s *Set, ok map[ID]bool) {
-	var list []*Backend
-	for _, id := range []ID{1, 2, 3, 5301, 5302} {
-		if v, in := ok[id]; in {
-			b := &Backend{id: id, set: s, q: newQueue(1024, 16, 0), log: s.log.With().Uint16("be_id", uint16(id)).Logger()}
-			b.ok.Store(v)
-			b.load.weight.Store(DefaultWeight)
-			list = append(list, b)
-		}
-	}
-	s.list.Store(&list)
-}
-
-func TestPickIsRoundRobinInIDOrderOverOKBackends(t *testing.T) {
-	s, logs := newTestSet(t, testbed.SocketDir(t), Config{})
-	fakeList(s, map[ID]bool{1: true, 2: false, 3: true, 5301: true, 5302: false})
-	var got []ID
-	for range 7 {
-		got = append(got, s.PickID(nil))
-	}
-	want := []ID{1, 3, 5301, 1, 3, 5301, 1}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("picks %v, want %v", got, want)
-		}
-	}
-	if ok := s.EligibleIDs(); len(ok) != 3 || ok[0] != 1 || ok[2] != 5301 {
-		t.Fatalf("EligibleIDs %v", ok)
-	}
-	// Draining and disabled backends get no new remotes; a draining one
-	// still serves its own.
-	s.Get(3).SetAdmin(AdminDraining)
-	s.Get(5301).SetAdmin(AdminDisabled)
-	for range 3 {
-		if id := s.PickID(nil); id != 1 {
-			t.Fatalf("picked %d, want only 1", id)
-		}
-	}
-	if ok, _ := s.Status(3); !ok {
-		t.Fatal("a draining backend stopped serving")
-	}
-	if ok, gone := s.Status(5301); ok || gone {
-		t.Fatalf("disabled backend Status = %v %v, want not ok, not gone", ok, gone)
-	}
-	s.Get(3).SetAdmin(AdminEnabled)
-	s.Get(5301).SetAdmin(AdminEnabled)
-
-	fakeList(s, map[ID]bool{1: false, 2: false})
-	for range 3 {
-		if id := s.PickID(nil); id != 0 {
-			t.Fatalf("picked %d with none ok", id)
-		}
-	}
-	if n := logs.Count("no backends available", nil); n != 1 {
-		t.Fatalf("'no backends available' logged %d times in 5 s", n)
-	}
-	if ok, gone := s.Status(7); ok || !gone {
-		t.Fatalf("Status of unknown ID = %v %v", ok, gone)
 	}
 }
 

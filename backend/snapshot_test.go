@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/tools/testbed"
 )
@@ -22,7 +23,7 @@ func newIdleSet(t *testing.T) *Set {
 func TestSaveRestoreRoundTrip(t *testing.T) {
 	saved := []Saved{
 		{ID: 2, Path: "/run/a.sock", Admin: "enabled", Weight: 1},
-		{ID: 9, Path: "/run/b.sock", Admin: "disabled", Weight: MaxWeight},
+		{ID: 9, Path: "/run/b.sock", Admin: "disabled", Weight: placement.MaxWeight},
 		{ID: 65535, Path: "/run/c\nd.sock", Admin: "draining", Weight: 4},
 	}
 	first := newIdleSet(t)

@@ -69,13 +69,16 @@ type Discovery struct {
 	// Forgotten counts the backends forgotten after their socket was
 	// gone for ForgetAfter.
 	Forgotten uint64
+	// DownsLost counts the Down events the full queue could not take
+	// (see Set.Downs): a consumer that keeps up sees none.
+	DownsLost uint64
 }
 
 // Discovery reports on the directory watch.
 func (s *Set) Discovery() Discovery {
 	w := &s.watch
 	return Discovery{WatchActive: w.active.Load(), Events: w.events.Load(), WatchScans: w.scans.Load(),
-		Ignored: int(s.ignored.Load()), Forgotten: s.forgotten.Load()}
+		Ignored: int(s.ignored.Load()), Forgotten: s.forgotten.Load(), DownsLost: s.downLost.Load()}
 }
 
 // ResetCounters sets the Set's own counters (those of Discovery) back to
@@ -84,6 +87,7 @@ func (s *Set) ResetCounters() {
 	s.watch.events.Store(0)
 	s.watch.scans.Store(0)
 	s.forgotten.Store(0)
+	s.downLost.Store(0)
 }
 
 // openWatch watches the directory, unless it is watched already: it

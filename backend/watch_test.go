@@ -34,12 +34,12 @@ func newTickingSet(t *testing.T, dir string, setup func(*Set)) (*Set, *testbed.L
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	logs := testbed.NewLogs()
-	s := NewSet(Config{Dir: dir, Timeouts: ts, Log: testbed.Logger(logs),
-		Replies: func(*Backend) ReplyBatch { return &countBatch{} }})
+	s := NewSet(Config{Dir: dir, Timeouts: ts, Log: testbed.Logger(logs)})
+	s.links.Replies = func(*Backend) ReplyBatch { return &countBatch{} }
 	if setup != nil {
-		setup(s)
+		setup(s) // may add Links.Primaries
 	}
-	s.Start()
+	s.Start(s.links)
 	t.Cleanup(s.Close)
 	return s, logs, clock
 }

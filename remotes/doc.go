@@ -5,6 +5,11 @@
 // client's dig and its application see the same server, and logs and
 // caches stay consistent.
 //
+// It owns the clients and their assignments (primary, backup, the counts
+// per backend); which backend a new assignment gets it asks a [Picker]
+// (package placement's), and whether a backend still serves it reads
+// from the backends ([Backends]).
+//
 // # Table
 //
 // A [Table] is a B-tree of *[Remote] ordered by address, guarded by one
@@ -15,7 +20,8 @@
 //
 // # Assignment
 //
-// Each remote has a primary backend and, while the primary is not ok, a
+// Each remote has a primary backend and, while the primary is not ok
+// (the backends' own state, [Backends.Status], read for every packet), a
 // backup:
 //
 //   - no primary yet: pick one and clear any backup;
@@ -27,8 +33,9 @@
 //   - nothing ok: no backend (the caller drops the packet or closes the
 //     connection).
 //
-// Picking is the backends' policy over the ok backends
-// ([Backends.PickID]): round-robin in ID order (weighted when the weights
+// Picking is placement's ([Picker.Pick]; package placement under
+// backend holds the policies and the per-backend load they read), over
+// the eligible backends: round-robin in ID order (weighted when the weights
 // differ), or least-loaded. The table counts, per backend, the remotes whose
 // primary it is; those counts change only in this package, together with
 // the primary they count.
@@ -37,7 +44,7 @@
 //
 // The table holds at most MaxRemotes remotes (1,000,000 by default, some
 // 100 MB). When it is full, a new client is served by a hash of its
-// address over the eligible backends ([Backends.HashID], like ipvsadm's
+// address over the eligible backends ([Picker.HashID], like ipvsadm's
 // source-hash scheduler): consistently, without a record, and counted
 // ([Table.Unpinned]). With PrefixBits, clients are pinned by network (a
 // /24 shares one remote, like ipvsadm's netmask). Per-remote log records
@@ -52,7 +59,7 @@
 // lose their assignment and pick again on their next packet (with
 // weights, the fullest per unit of weight loses what it holds over its
 // share); and half the remotes of each backend found answering far
-// slower than its peers ([Backends.CheckSlow]) lose theirs. Every
+// slower than its peers ([Picker.CheckSlow]) lose theirs. Every
 // ExpireInterval (30 s), remotes not seen for ExpireAfter (5 min) are
 // forgotten. Both run on the table's own goroutine, woken by timers in a
 // [timeouts.Set], and walk the table a chunk of remotes per hold of the

@@ -23,7 +23,7 @@ func TestStandinRange(t *testing.T) {
 		if got := StandinRange(p); got.String() != tc.want {
 			t.Errorf("StandinRange(%q) = %v, want %s", tc.in, got, tc.want)
 		}
-		tab, _, _ := newTableConfig(t, Config{Backends: newFake(1), Standins: p})
+		tab, _, _ := newTableConfig(t, Config{Picker: newFake(1), Standins: p})
 		if got := tab.Standins(); got.String() != tc.want {
 			t.Errorf("a table given %q uses %v, want %s", tc.in, got, tc.want)
 		}

@@ -42,16 +42,22 @@ const (
 	remoteLogInterval = 5 * time.Second
 )
 
-// Backends is what the table needs to know of the backends;
-// *backend.Set provides it.
+// Backends is what the table reads of the backends' state, for every
+// packet; *backend.Set provides it.
 type Backends interface {
 	// Status reports whether backend id serves its remotes now (ok),
 	// and whether it is unknown or its socket was removed (gone).
 	Status(id backend.ID) (ok, gone bool)
-	// PickID chooses a backend for a new assignment; 0 when none is
+}
+
+// Picker is the placement the table consults: which backend a remote is
+// given, and which backends rebalancing spreads remotes over.
+// *placement.Picker over the backend.Set provides it.
+type Picker interface {
+	// Pick chooses a backend for a new assignment; 0 when none is
 	// eligible. primaries counts the remotes whose primary each backend
-	// is; it is only read.
-	PickID(primaries map[backend.ID]int) backend.ID
+	// is; it is only read, during the call.
+	Pick(primaries map[backend.ID]int) backend.ID
 	// Weight returns backend id's weight: its share of remotes relative
 	// to the others'.
 	Weight(id backend.ID) int
@@ -68,9 +74,10 @@ type Backends interface {
 	HashID(h uint32) backend.ID
 }
 
-// Config configures a Table. Backends and Timeouts are required.
+// Config configures a Table. Backends, Picker and Timeouts are required.
 type Config struct {
 	Backends          Backends
+	Picker            Picker
 	Timeouts          *timeouts.Set
 	Log               zerolog.Logger
 	RebalanceInterval time.Duration
@@ -365,7 +372,7 @@ func (t *Table) unpinnedRoute(k netip.Addr, wire uint32) (*Remote, backend.ID, u
 		return &t.overflow, 0, 0
 	}
 	t.unpinned.Add(1)
-	return &t.overflow, t.cfg.Backends.HashID(hash(wire & t.mask)), wire
+	return &t.overflow, t.cfg.Picker.HashID(hash(wire & t.mask)), wire
 }
 
 // standinProbes bounds the search for a free stand-in.
@@ -469,9 +476,9 @@ func hash(k uint32) uint32 {
 // assign applies the assignment rules of the package comment. t.mu is
 // held.
 func (t *Table) assign(r *Remote) backend.ID {
-	b := t.cfg.Backends
+	b := t.cfg.Picker
 	if r.primary != 0 {
-		ok, gone := b.Status(r.primary)
+		ok, gone := t.cfg.Backends.Status(r.primary)
 		switch {
 		case gone:
 			t.reset(r)
@@ -485,12 +492,12 @@ func (t *Table) assign(r *Remote) backend.ID {
 			return r.primary
 		default:
 			if r.backup != 0 {
-				if ok, _ := b.Status(r.backup); ok {
+				if ok, _ := t.cfg.Backends.Status(r.backup); ok {
 					return r.backup
 				}
 				t.setBackup(r, 0)
 			}
-			id := b.PickID(t.primaries)
+			id := b.Pick(t.primaries)
 			if id != 0 {
 				if l := t.remoteLog(r); l != nil {
 					l.Uint16("be_id", uint16(id)).Msg("remote assigned to new backup backend")
@@ -500,7 +507,7 @@ func (t *Table) assign(r *Remote) backend.ID {
 			return id
 		}
 	}
-	id := b.PickID(t.primaries)
+	id := b.Pick(t.primaries)
 	if id != 0 {
 		if l := t.remoteLog(r); l != nil {
 			l.Uint16("be_id", uint16(id)).Msg("remote assigned to new primary backend")
@@ -568,14 +575,14 @@ func move(counts map[backend.ID]int, from, to backend.ID) {
 // then leaves out. It returns the number of remotes cleared.
 func (t *Table) Rebalance() int {
 	cleared := 0
-	slow := t.cfg.Backends.CheckSlow()
+	slow := t.cfg.Picker.CheckSlow()
 	for _, id := range slow {
 		t.mu.Lock()
 		n := t.primaries[id] / 2
 		t.mu.Unlock()
 		cleared += t.shed(id, n, "rebalancing away from slow backend")
 	}
-	ok := slices.DeleteFunc(t.cfg.Backends.EligibleIDs(), func(id backend.ID) bool { return slices.Contains(slow, id) })
+	ok := slices.DeleteFunc(t.cfg.Picker.EligibleIDs(), func(id backend.ID) bool { return slices.Contains(slow, id) })
 	if len(ok) == 0 {
 		return cleared
 	}
@@ -585,7 +592,7 @@ func (t *Table) Rebalance() int {
 	total, sumW := 0, 0
 	t.mu.Lock()
 	for i, id := range ok {
-		weights[i] = max(t.cfg.Backends.Weight(id), 1)
+		weights[i] = max(t.cfg.Picker.Weight(id), 1)
 		total += t.primaries[id]
 		sumW += weights[i]
 	}

@@ -24,7 +24,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// fakeBackends is a Backends whose states the test sets; PickID is
+// fakeBackends is a Picker whose states the test sets; Pick is
 // round-robin in ID order over the ok ones.
 type fakeBackends struct {
 	mu    sync.Mutex
@@ -88,7 +88,7 @@ func (f *fakeBackends) CheckSlow() []backend.ID {
 	return f.slow
 }
 
-func (f *fakeBackends) PickID(map[backend.ID]int) backend.ID {
+func (f *fakeBackends) Pick(map[backend.ID]int) backend.ID {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.picks++
@@ -120,13 +120,16 @@ func (f *fakeBackends) EligibleIDs() []backend.ID {
 	return f.ids()
 }
 
-func newTable(t testing.TB, b Backends) (*Table, *timeouts.Fake, *testbed.Logs) {
+func newTable(t testing.TB, b Picker) (*Table, *timeouts.Fake, *testbed.Logs) {
 	t.Helper()
-	return newTableConfig(t, Config{Backends: b})
+	return newTableConfig(t, Config{Picker: b})
 }
 
 func newTableConfig(t testing.TB, cfg Config) (*Table, *timeouts.Fake, *testbed.Logs) {
 	t.Helper()
+	if f, ok := cfg.Picker.(*fakeBackends); ok && cfg.Backends == nil {
+		cfg.Backends = f // the fake is both
+	}
 	clock := timeouts.NewFake(testbed.Epoch)
 	logs := testbed.NewLogs()
 	cfg.Timeouts, cfg.Log = timeouts.New(clock), testbed.Logger(logs)
@@ -330,7 +333,7 @@ func TestKnown(t *testing.T) {
 			[]netip.Addr{netip.MustParseAddr("2001:db8::2")}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			tab, clock, _ := newTableConfig(t, Config{Backends: newFake(1), PrefixBits: c.bits})
+			tab, clock, _ := newTableConfig(t, Config{Picker: newFake(1), PrefixBits: c.bits})
 			tab.Route(c.asked)
 			for _, a := range c.known {
 				if !tab.Known(a) {
@@ -374,7 +377,7 @@ func TestResetCounters(t *testing.T) {
 
 func TestFullTableServesByHash(t *testing.T) {
 	f := newFake(1, 2, 3)
-	tab, clock, logs := newTableConfig(t, Config{Backends: f, MaxRemotes: 100})
+	tab, clock, logs := newTableConfig(t, Config{Picker: f, MaxRemotes: 100})
 	for n := range 100 {
 		tab.Route(ip(n))
 	}
@@ -416,7 +419,7 @@ func TestFullTableServesByHash(t *testing.T) {
 
 func TestPrefixPinning(t *testing.T) {
 	f := newFake(1, 2)
-	tab, _, _ := newTableConfig(t, Config{Backends: f, PrefixBits: 24})
+	tab, _, _ := newTableConfig(t, Config{Picker: f, PrefixBits: 24})
 	_, a, _ := tab.Route(a4(0x0a000001)) // 10.0.0.1
 	_, b, _ := tab.Route(a4(0x0a0000fe)) // 10.0.0.254: same /24
 	_, c, _ := tab.Route(a4(0x0a000101)) // 10.0.1.1: the next /24
@@ -531,7 +534,7 @@ func TestRemoteLogsAreLimited(t *testing.T) {
 func TestIPv6RemotesGetStandins(t *testing.T) {
 	f := newFake(1, 2)
 	// A /29: six usable stand-ins after the two reserved addresses.
-	tab, clock, logs := newTableConfig(t, Config{Backends: f, Standins: netip.MustParsePrefix("198.18.0.9/29")})
+	tab, clock, logs := newTableConfig(t, Config{Picker: f, Standins: netip.MustParsePrefix("198.18.0.9/29")})
 	if got := tab.Standins(); got.String() != "198.18.0.8/29" {
 		t.Fatalf("range %v, want it masked", got)
 	}

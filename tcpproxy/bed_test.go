@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"
@@ -65,10 +66,10 @@ func newBed(t *testing.T, o bedOptions) *bed {
 	// No heartbeats: the tests move the clock by hours, and the fake's
 	// answers to heartbeats are not what they test.
 	b.set = backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts,
-		HeartbeatInterval: 1000 * time.Hour, HeartbeatTimeout: 1000 * time.Hour,
-		Replies: func(*backend.Backend) backend.ReplyBatch { return discardBatch{} }})
-	b.table = remotes.New(remotes.Config{Backends: b.set, Timeouts: ts, Log: log, Standins: o.standins})
-	b.set.Start()
+		HeartbeatInterval: 1000 * time.Hour, HeartbeatTimeout: 1000 * time.Hour})
+	picker := placement.New[backend.ID, *backend.Backend](b.set, placement.Config{Log: log, Clock: ts.Clock()})
+	b.table = remotes.New(remotes.Config{Backends: b.set, Picker: picker, Timeouts: ts, Log: log, Standins: o.standins})
+	b.set.Start(backend.Links{Replies: func(*backend.Backend) backend.ReplyBatch { return discardBatch{} }})
 	if !o.noBackend {
 		standing = b.fake.Accept(t)
 		standing.Hello(t)

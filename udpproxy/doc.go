@@ -1,4 +1,7 @@
 // Package udpproxy carries DNS over UDP between clients and backends.
+// It owns the DNS UDP sockets, the queries in flight and what becomes of
+// them: their answers' way back, the counting of the backends' load
+// (placement's figures), and the queries of a backend that went down.
 //
 // A [Proxy] owns the DNS UDP sockets, one per listen address (IPv4 or
 // IPv6). Each socket's reader goroutine takes up to 64 datagrams per
@@ -23,11 +26,13 @@
 // ID; a retransmit with the same key is a copy on the same record,
 // counted as a duplicate. The answer is sent from the socket, and with
 // a wildcard socket from the address (IP_PKTINFO, IPV6_PKTINFO), that
-// the query (its first copy) came to; the backend's outstanding queries
-// and answer latency are measured from the records
-// ([backend.Backend.QueriesAnswered]); and when a backend dies,
-// [Proxy.Resend] sends its unanswered queries to the backends their
-// clients use now.
+// the query (its first copy) came to; the backends' load (placement's
+// figures, [backend.Backend.Load]: queries sent, answered, forgotten,
+// evicted and moved, and the answer latency) is counted from the
+// records, in one place (load.go); and when a backend dies, the
+// proxy's resendLoop, consuming the backend's Down event
+// ([backend.Set.Downs]), sends its unanswered queries to the backends
+// their clients use now.
 //
 // # Queries of death
 //
@@ -74,7 +79,14 @@
 //
 // # Concurrency
 //
-// One goroutine (readLoop) reads each socket. Each reply batch belongs to
-// one session reader; any number of them send concurrently. Close stops
-// the reader and waits for it.
+// The proxy is built after the remotes table and the backends it routes
+// to ([New] is handed both) and calls nothing built after it; the
+// backends, built before it, reach it only through the reply sink they
+// are handed at their Start ([Proxy.Replies]) and the Down events it
+// consumes.
+//
+// One goroutine (readLoop) reads each socket, and one (resendLoop)
+// consumes the backends' Down events. Each reply batch belongs to one
+// session reader; any number of them send concurrently. Close stops the
+// readers and resendLoop and waits for them.
 package udpproxy

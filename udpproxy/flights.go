@@ -60,7 +60,7 @@ type flightInfo struct {
 	qlen    uint8 // bytes of query kept; 0 if it was too long
 	ifindex uint32
 	// seq orders the queries as they were sent on: which of a dead
-	// backend's was sent to it first (see Proxy.Resend).
+	// backend's was sent to it first (see Proxy.resend).
 	seq   uint32
 	local [16]byte // the query's destination address (IPv4-mapped for IPv4)
 }

@@ -67,8 +67,8 @@ type Proxy struct {
 	first    [2]*listener // the first IPv4 and IPv6 listeners, for replies with no query on record
 	clock    timeouts.Clock
 	ts       *timeouts.Set
-	table    atomic.Pointer[remotes.Table]
-	backends atomic.Pointer[backend.Set]
+	table    *remotes.Table
+	backends *backend.Set
 	flights  *flights
 	sweepT   *timeouts.Timeout
 	log      zerolog.Logger
@@ -102,23 +102,29 @@ type Proxy struct {
 	outMu     sync.Mutex
 	out       []byte
 
-	wg       sync.WaitGroup
+	wg       sync.WaitGroup // the readers
 	once     sync.Once
 	stopping atomic.Bool // StopReading was called
+	started  atomic.Bool // Start was called: queries may have been sent on
+
+	done     chan struct{}  // closed by Close: resendLoop ends
+	resendWG sync.WaitGroup // resendLoop
 }
 
 // New returns a proxy on conns (at least one, at most MaxListeners),
-// which it owns from then on; its timers live in ts. Its Replies may be
-// used at once; nothing is read until Start. A socket bound to a
-// wildcard address is set to learn each query's destination
+// which it owns from then on, routing datagrams with table to the
+// backends of set; its timers live in ts. Its Replies may be used at
+// once (the Set's Links.Replies); nothing is read until Start. A socket
+// bound to a wildcard address is set to learn each query's destination
 // (IP_PKTINFO, IPV6_RECVPKTINFO), so that each reply leaves from the
 // address its query came to.
-func New(conns []*net.UDPConn, ts *timeouts.Set, log zerolog.Logger) (*Proxy, error) {
+func New(conns []*net.UDPConn, table *remotes.Table, set *backend.Set, ts *timeouts.Set, log zerolog.Logger) (*Proxy, error) {
 	if len(conns) == 0 || len(conns) > MaxListeners {
 		return nil, fmt.Errorf("%d UDP sockets (want 1 to %d)", len(conns), MaxListeners)
 	}
 	clock := ts.Clock()
 	p := &Proxy{clock: clock, ts: ts, log: log, flights: newFlights(),
+		table: table, backends: set, done: make(chan struct{}),
 		oversizeLog:    timeouts.NewLimiter(clock, 5*time.Second),
 		sendLog:        timeouts.NewLimiter(clock, 5*time.Second),
 		unsolicitedLog: timeouts.NewLimiter(clock, 5*time.Second),
@@ -170,7 +176,7 @@ func (p *Proxy) ServfailWhenDown() {
 }
 
 // Replies returns a new batch of replies from backend be to send from the
-// DNS sockets: the backends' Config.Replies.
+// DNS sockets: the backends' Links.Replies.
 func (p *Proxy) Replies(be *backend.Backend) backend.ReplyBatch { return p.newSendBatch(be) }
 
 // sendFailed counts a reply that could not be sent, and logs it at most
@@ -194,16 +200,33 @@ func (p *Proxy) Addrs() []netip.AddrPort {
 	return out
 }
 
-// Start starts a reader goroutine per socket, routing datagrams with
-// table to backends. (The backends need Replies before they exist, hence
-// the late binding.)
-func (p *Proxy) Start(table *remotes.Table, backends *backend.Set) {
-	p.table.Store(table)
-	p.backends.Store(backends)
+// Start starts a reader goroutine per socket, and resendLoop, which
+// acts on the backends' Down events until Close.
+func (p *Proxy) Start() {
+	p.started.Store(true)
 	p.sweepT.Set(FlightAge)
+	p.resendWG.Add(1)
+	go p.resendLoop()
 	for _, l := range p.ls {
 		p.wg.Add(1)
 		go p.readLoop(l)
+	}
+}
+
+// resendLoop is the goroutine that consumes the Set's Down events: for
+// each, it sends the queries the backend had not answered elsewhere
+// (resend). It keeps on after StopReading: queries already sent on are
+// still the proxy's.
+func (p *Proxy) resendLoop() {
+	defer p.resendWG.Done()
+	downs := p.backends.Downs()
+	for {
+		select {
+		case <-p.done:
+			return
+		case d := <-downs:
+			p.resend(d.Backend, d.Fault)
+		}
 	}
 }
 
@@ -232,11 +255,13 @@ func (p *Proxy) Conns() []*net.UDPConn {
 func (p *Proxy) Close() {
 	p.once.Do(func() {
 		p.sweepT.Clear()
+		close(p.done)
 		for _, l := range p.ls {
 			l.conn.Close()
 		}
 	})
 	p.wg.Wait()
+	p.resendWG.Wait()
 }
 
 func (p *Proxy) readLoop(l *listener) {
@@ -265,7 +290,7 @@ func (p *Proxy) readLoop(l *listener) {
 		}
 		// One write per backend for the whole batch.
 		for i, be := range touched {
-			be.QueriesSent(sent[i])
+			countSent(be, sent[i])
 			be.Flush(now)
 			touched[i], sent[i] = nil, 0
 		}
@@ -288,7 +313,6 @@ func (p *Proxy) readLoop(l *listener) {
 func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint16, o *origin, now int64) *backend.Backend {
 	p.packetsIn.Add(1)
 	p.bytesIn.Add(uint64(n))
-	table := p.table.Load()
 	switch {
 	case !ip.IsValid():
 		p.drop(DropBadSource)
@@ -307,7 +331,7 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		e.Stringer("remote_ip", ip).Uint16("remote_port", port).Int("len", n).
 			Msg("received UDP packet from remote")
 	}
-	rem, id, wire := table.RouteAt(ip, now)
+	rem, id, wire := p.table.RouteAt(ip, now)
 	if wire == 0 {
 		if ip.Is4() {
 			p.drop(DropStandinRange)
@@ -323,7 +347,7 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		p.drop(DropQuarantined)
 		return nil
 	}
-	be := p.backends.Load().Get(id)
+	be := p.backends.Get(id)
 	if be == nil {
 		rem.CountDrop()
 		p.drop(DropNoBackend)
@@ -360,10 +384,8 @@ func (p *Proxy) forget(id backend.ID, copies int, evicted bool) {
 	if id == 0 {
 		return
 	}
-	if be := p.backends.Load().Get(id); be != nil {
-		for range copies {
-			be.QueryForgotten(evicted)
-		}
+	if be := p.backends.Get(id); be != nil {
+		countForgotten(be, copies, evicted)
 	}
 }
 
@@ -373,9 +395,9 @@ func (p *Proxy) sweep() {
 	p.sweepT.Again(FlightAge)
 }
 
-// Resend sends the queries backend be has not answered (up to FlightAge
-// old) to the backends their remotes use now: be's Config.Down, told
-// why be died. A query too long to have been kept is left to be
+// resend sends the queries backend be has not answered (up to FlightAge
+// old) to the backends their remotes use now: what resendLoop does with
+// be's Down event, which says why be died. A query too long to have been kept is left to be
 // forgotten.
 //
 // One datagram must not take down more than one backend, so not every
@@ -394,11 +416,8 @@ func (p *Proxy) sweep() {
 // queries it has not answered, the poison may be any of them, and none
 // is sent on. A query seen at a death before (sent again once already,
 // or withheld and asked again by its client) is quarantined.
-func (p *Proxy) Resend(be *backend.Backend, why backend.Fault) {
-	table, set := p.table.Load(), p.backends.Load()
-	if table == nil || set == nil {
-		return
-	}
+func (p *Proxy) resend(be *backend.Backend, why backend.Fault) {
+	table, set := p.table, p.backends
 	now := p.clock.Now().UnixNano()
 	// A wedged backend may not have read its last second of queries:
 	// the poison can be any of them, and none is sent on.
@@ -427,9 +446,7 @@ func (p *Proxy) Resend(be *backend.Backend, why backend.Fault) {
 		}
 		if deaths := p.quar.seen(key, querySum(query), now, suspected, prior); deaths > 0 || wedged {
 			// Not sent again: counted unanswered, and no longer be's.
-			for range f.copies {
-				be.QueryForgotten(false)
-			}
+			countForgotten(be, int(f.copies), false)
 			f.be = 0
 			if deaths >= 2 {
 				quarantined++
@@ -466,11 +483,8 @@ func (p *Proxy) Resend(be *backend.Backend, why backend.Fault) {
 		}
 		moved++
 		// Every copy be had is moved; one goes to the other backend.
-		for range f.copies {
-			be.QueryMoved()
-		}
+		countMoved(be, int(f.copies), to)
 		f.be, f.resent, f.copies = id, true, 1
-		to.QueriesSent(1)
 		p.resent.Add(1)
 		if !slices.Contains(touched, to) {
 			touched = append(touched, to)
@@ -575,7 +589,7 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 	p := b.p
 	wire := protocol.AddrToU32(to.Addr())
 	var o *origin
-	table := p.table.Load()
+	table := p.table
 	if len(data) >= 2 && p.flights.take(flightKey(wire, to.Port(), uint16(data[0])<<8|uint16(data[1])), &b.a) {
 		o = &b.a.origin
 		if b.now == 0 {
@@ -589,12 +603,12 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 				b.measured++
 				b.rttSum += rtt
 			}
-		} else if other := p.backends.Load().Get(b.a.be); other != nil {
+		} else if other := p.backends.Get(b.a.be); other != nil {
 			// Sent again elsewhere, answered here after all.
-			other.QueriesAnswered(1, 0, 0)
+			countAnswered(other, 1, 0, 0)
 		}
 	}
-	if table == nil {
+	if !p.started.Load() {
 		// Not started: no query was sent on, so none is answered.
 		b.refuse(to.Addr(), to.Port())
 		return
@@ -652,7 +666,7 @@ func (b *sendBatch) count() {
 	if b.measured > 0 {
 		mean = b.rttSum / time.Duration(b.measured)
 	}
-	b.be.QueriesAnswered(b.answered, b.measured, mean)
+	countAnswered(b.be, b.answered, b.measured, mean)
 	b.answered, b.measured, b.rttSum = 0, 0, 0
 }
 

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"
@@ -45,22 +46,23 @@ func newBed(t testing.TB, log zerolog.Logger, tableOpts ...func(*remotes.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := New([]*net.UDPConn{uc}, ts, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts, Replies: p.Replies})
-	tcfg := remotes.Config{Backends: set, Timeouts: ts, Log: log}
+	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts})
+	picker := placement.New[backend.ID, *backend.Backend](set, placement.Config{Log: log, Clock: ts.Clock()})
+	tcfg := remotes.Config{Backends: set, Picker: picker, Timeouts: ts, Log: log}
 	for _, f := range tableOpts {
 		f(&tcfg)
 	}
 	table := remotes.New(tcfg)
-	set.Start()
+	p, err := New([]*net.UDPConn{uc}, table, set, ts, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set.Start(backend.Links{Replies: p.Replies})
 	c := fake.Accept(t)
 	c.Hello(t)
 	testbed.Eventually(t, "backend ok", func() bool { return set.Get(5301).OK() })
 	go io.Copy(io.Discard, c)
-	p.Start(table, set)
+	p.Start()
 	t.Cleanup(func() {
 		p.Close()
 		set.Close()

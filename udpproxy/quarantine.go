@@ -12,7 +12,7 @@ import (
 // Poison queries: one client datagram must take down at most one
 // backend. A query in flight on a backend that died is a suspect, and
 // the queries most likely to have killed it are not sent on (see
-// Proxy.Resend). A query seen in flight at two deaths (sent again after
+// Proxy.resend). A query seen in flight at two deaths (sent again after
 // the first, or asked again by its client after being held back) is
 // quarantined: dropped on arrival for QuarantineTime.
 //

@@ -14,7 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/remotes"
@@ -27,7 +27,7 @@ type config struct {
 	listen      []netip.Addr
 	port        uint16
 	standins    netip.Prefix
-	policy      backend.Policy
+	policy      placement.Policy
 	level       zerolog.Level
 	debugSocket string
 	metricsAddr string
@@ -134,7 +134,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 			return config{}, fmt.Errorf("listen address %v is within the stand-in range -6 %v", a, r)
 		}
 	}
-	pol, ok := backend.ParsePolicy(*policy)
+	pol, ok := placement.ParsePolicy(*policy)
 	if !ok {
 		if _, err := strconv.Atoi(*policy); err == nil {
 			return config{}, fmt.Errorf("invalid -P %q: -P takes a policy, rr or least-loaded (the per-address TCP connection limit is -C)", *policy)

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
 	"github.com/bbal/bbal/protocol"
@@ -21,7 +21,7 @@ import (
 // latency falls with its share.
 func TestSlowBackendShedsClientsUnderLeastLoaded(t *testing.T) {
 	// Latency is measured on the balancer's clock: the real one here.
-	h := servertest.NewConfig(t, func(c *server.Config) { c.Policy = backend.PolicyLeastLoaded },
+	h := servertest.NewConfig(t, func(c *server.Config) { c.Policy = placement.PolicyLeastLoaded },
 		func(o *server.Options) { o.Clock = timeouts.System })
 	f := faultBedOn(h) // 5301 a Go backend, 5302 the fake
 	f.helloOK()

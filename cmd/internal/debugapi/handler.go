@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/timeouts"
@@ -337,8 +338,8 @@ func (a *api) weight(w http.ResponseWriter, r *http.Request) {
 	}
 	v := r.URL.Query().Get("value")
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > backend.MaxWeight {
-		fail(w, http.StatusBadRequest, "bad weight %q (want 1 to %d)", v, backend.MaxWeight)
+	if err != nil || n < 1 || n > placement.MaxWeight {
+		fail(w, http.StatusBadRequest, "bad weight %q (want 1 to %d)", v, placement.MaxWeight)
 		return
 	}
 	a.mu.Lock()
@@ -503,7 +504,7 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	out.ScanPauseMaxSeconds = a.src.Table.MaxPause().Seconds()
 	ds := a.src.Backends.Discovery()
 	out.Discovery.WatchActive, out.Discovery.Events, out.Discovery.WatchScans = ds.WatchActive, ds.Events, ds.WatchScans
-	out.Discovery.Ignored, out.Discovery.Forgotten = ds.Ignored, ds.Forgotten
+	out.Discovery.Ignored, out.Discovery.Forgotten, out.Discovery.DownsLost = ds.Ignored, ds.Forgotten, ds.DownsLost
 	for _, b := range a.src.Backends.All() {
 		out.Backends++
 		if b.OK() {

@@ -46,6 +46,7 @@ var (
 	mWatchEvents = desc("bbal_discovery_events_total", "inotify events read for the socket directory.")
 	mIgnored     = desc("bbal_discovery_ignored_entries", "Entries of the socket directory that are no backend (not a socket, a second name for one), at the last scan.")
 	mForgotten   = desc("bbal_discovery_forgotten_total", "Backends forgotten after their socket was gone for a minute.")
+	mDownsLost   = desc("bbal_backend_down_events_lost_total", "Events of a backend going down that the full queue could not take: its queries were not sent again.")
 	mLogDropped  = desc("bbal_log_records_dropped_total", "Log records lost: full (the log's buffer was full, its reader too slow), write_error (stdout and stderr failed).", "reason")
 	mDebugConns  = desc("bbal_debug_connections", "Connections open on the debug socket.")
 	mDebugEvict  = desc("bbal_debug_connections_evicted_total", "Idle debug socket connections closed to make room for a new one.")
@@ -148,6 +149,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mWatchEvents, ds.Events)
 	gauge(mIgnored, float64(ds.Ignored))
 	counter(mForgotten, ds.Forgotten)
+	counter(mDownsLost, ds.DownsLost)
 	if c.src.LogDrops != nil {
 		ld := c.src.LogDrops.Drops()
 		counter(mLogDropped, ld.Full, "full")

@@ -163,6 +163,7 @@ type Stats struct {
 		WatchScans  uint64 `json:"watch_scans"` // scans they triggered
 		Ignored     int    `json:"ignored"`     // entries that are no backend
 		Forgotten   uint64 `json:"forgotten"`   // backends forgotten
+		DownsLost   uint64 `json:"downs_lost"`  // down events the full queue could not take
 	} `json:"discovery"`
 	// LogDropped counts the log records lost.
 	LogDropped LogDrops `json:"log_dropped"`

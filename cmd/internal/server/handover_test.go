@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/tools/testbed"
@@ -23,7 +24,7 @@ func newStateBalancer(t *testing.T) *Balancer {
 	t.Helper()
 	ts := timeouts.New(timeouts.NewFake(testbed.Epoch))
 	bs := backend.NewSet(backend.Config{Dir: t.TempDir(), Log: zerolog.Nop(), Timeouts: ts})
-	tab := remotes.New(remotes.Config{Backends: bs, Timeouts: ts, Log: zerolog.Nop()})
+	tab := remotes.New(remotes.Config{Backends: bs, Picker: NewPicker(bs, placement.Config{Clock: ts.Clock()}), Timeouts: ts, Log: zerolog.Nop()})
 	return &Balancer{Log: zerolog.Nop(), Backends: bs, Table: tab}
 }
 
@@ -161,7 +162,7 @@ func TestRestoreBadBackends(t *testing.T) {
 		want  string
 	}{
 		{"admin", []backend.Saved{{ID: 1, Path: "/a", Admin: "sideways"}}, `backend 1: admin setting "sideways"`},
-		{"weight", []backend.Saved{{ID: 1, Path: "/a", Admin: "enabled", Weight: backend.MaxWeight + 1}}, "backend 1: weight"},
+		{"weight", []backend.Saved{{ID: 1, Path: "/a", Admin: "enabled", Weight: placement.MaxWeight + 1}}, "backend 1: weight"},
 		{"taken", []backend.Saved{{ID: 1, Path: "/a", Admin: "enabled"}, {ID: 1, Path: "/b", Admin: "enabled"}}, "taken"},
 		{"no ID", []backend.Saved{{Path: "/a", Admin: "enabled"}}, "cannot restore 0"},
 	} {

@@ -43,6 +43,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/tcpproxy"
@@ -63,7 +64,7 @@ type Config struct {
 	// the table applies its default (remotes.StandinRange).
 	Standins netip.Prefix
 	// Policy chooses the backend of a new remote.
-	Policy backend.Policy
+	Policy placement.Policy
 	// TCP connection limits; tcpproxy's defaults when 0.
 	TCPMaxConns      int
 	TCPMaxConnsPerIP int
@@ -111,6 +112,7 @@ type Balancer struct {
 	Started  time.Time
 	Timeouts *timeouts.Set
 	Backends *backend.Set
+	Picker   *Picker
 	Table    *remotes.Table
 	UDP      *udpproxy.Proxy
 	TCP      *tcpproxy.Proxy
@@ -295,10 +297,14 @@ func (ls *listeners) logAddrs() {
 }
 
 // wire is Start's second step: it builds the parts on the listeners, in
-// dependency order (the timers, the UDP proxy, the backends, the remotes
-// table, the TCP proxy), and restores the previous process's state into
-// them. Only the timers run. A failure is logged as fatal, with what was
-// opened closed.
+// dependency order, each handed what it uses, all of it built before it:
+// the timers, the backends, placement over them, the remotes table
+// (asking placement), the UDP and TCP proxies (routing with the table to
+// the backends); and restores the previous process's state into them.
+// Only the timers run. What the backends call of the parts after them
+// (the UDP proxy's reply sink, the table's counts) they are handed at
+// Start (startServing); their Down events the UDP proxy consumes.
+// A failure is logged as fatal, with what was opened closed.
 func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, error) {
 	log := ls.log
 	b := &Balancer{Log: log, Clock: opt.Clock, Started: opt.Clock.Now(), Timeouts: timeouts.New(opt.Clock), cfg: cfg}
@@ -307,8 +313,16 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 	b.timersDone.Add(1)
 	go b.runTimers(ctx)
 
+	b.Backends = backend.NewSet(b.backendConfig(opt.Backends, probe))
+	b.Picker = NewPicker(b.Backends, placement.Config{Policy: cfg.Policy, Log: log, Clock: opt.Clock})
+
+	rc := opt.Remotes
+	rc.Backends, rc.Picker, rc.Timeouts, rc.Log = b.Backends, b.Picker, b.Timeouts, log
+	rc.MaxRemotes, rc.PrefixBits, rc.Standins = cfg.MaxRemotes, cfg.PrefixBits, cfg.Standins
+	b.Table = remotes.New(rc)
+
 	var err error
-	if b.UDP, err = udpproxy.New(ls.udp, b.Timeouts, log); err != nil {
+	if b.UDP, err = udpproxy.New(ls.udp, b.Table, b.Backends, b.Timeouts, log); err != nil {
 		cancel()
 		b.timersDone.Wait()
 		ls.fail(err).Msg("UDP socket")
@@ -317,13 +331,6 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 	if cfg.ServfailWhenDown {
 		b.UDP.ServfailWhenDown()
 	}
-
-	b.Backends = backend.NewSet(b.backendConfig(opt.Backends, probe))
-
-	rc := opt.Remotes
-	rc.Backends, rc.Timeouts, rc.Log = b.Backends, b.Timeouts, log
-	rc.MaxRemotes, rc.PrefixBits, rc.Standins = cfg.MaxRemotes, cfg.PrefixBits, cfg.Standins
-	b.Table = remotes.New(rc)
 
 	b.TCP = tcpproxy.New(ls.tcp, tcpproxy.Config{
 		Table: b.Table, Backends: b.Backends, Timeouts: b.Timeouts, Log: log, OKTimeout: opt.OKTimeout,
@@ -341,6 +348,14 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 	return b, nil
 }
 
+// Picker is placement over the backends: what the remotes table asks.
+type Picker = placement.Picker[backend.ID, *backend.Backend]
+
+// NewPicker returns placement by cfg over the backends of set.
+func NewPicker(set *backend.Set, cfg placement.Config) *Picker {
+	return placement.New[backend.ID, *backend.Backend](set, cfg)
+}
+
 // runTimers is the goroutine of the timers, until Close.
 func (b *Balancer) runTimers(ctx context.Context) {
 	defer b.timersDone.Done()
@@ -348,32 +363,31 @@ func (b *Balancer) runTimers(ctx context.Context) {
 }
 
 // backendConfig completes bc (the durations and limits) with the rest
-// of the configuration and the wiring to the UDP proxy and the table.
+// of the configuration.
 func (b *Balancer) backendConfig(bc backend.Config, probe []byte) backend.Config {
 	cfg := b.cfg
-	bc.Dir, bc.Log, bc.Timeouts, bc.Replies = cfg.SocketDir, b.Log, b.Timeouts, b.UDP.Replies
-	bc.Down, bc.Policy = b.UDP.Resend, cfg.Policy
+	bc.Dir, bc.Log, bc.Timeouts = cfg.SocketDir, b.Log, b.Timeouts
 	if probe != nil {
 		src := remotes.ProbeSource(remotes.StandinRange(cfg.Standins))
 		bc.Probe, bc.ProbeSource = probe, src
 		b.Log.Info().Str("probe", cfg.Probe.String()).Str("probe_source", src.String()).
 			Msg("health checks by DNS")
 	}
-	bc.Primaries = b.primaries
 	return bc
 }
 
-// primaries counts, per backend, the remotes whose primary it is. The
-// table is made after the Set, and asked only by the Set's scans, which
-// begin at Start.
-func (b *Balancer) primaries() map[backend.ID]int {
-	out := map[backend.ID]int{}
-	for id, c := range b.Table.Counts() {
-		if c.Primary > 0 {
-			out[id] = c.Primary
+// primaries returns what counts, per backend, the remotes of table whose
+// primary it is: the backends' Links.Primaries.
+func primaries(table *remotes.Table) func() map[backend.ID]int {
+	return func() map[backend.ID]int {
+		out := map[backend.ID]int{}
+		for id, c := range table.Counts() {
+			if c.Primary > 0 {
+				out[id] = c.Primary
+			}
 		}
+		return out
 	}
-	return out
 }
 
 // startServing is Start's last step: it starts the backends' sessions,
@@ -381,7 +395,7 @@ func (b *Balancer) primaries() map[backend.ID]int {
 // then reading and accepting (Serve), except in a successor process,
 // which first waits for its backends (TakeOver).
 func (b *Balancer) startServing(opt Options, ls *listeners) {
-	b.Backends.Start()
+	b.Backends.Start(backend.Links{Replies: b.UDP.Replies, Primaries: primaries(b.Table)})
 	b.Table.Start()
 	b.debugLn, b.metricsLn = ls.debug, ls.metrics
 
@@ -417,7 +431,7 @@ func (b *Balancer) serveMetrics(ln net.Listener, src debugapi.Sources) {
 // Start calls it, except for a successor process, which first waits for
 // its backends (see TakeOver).
 func (b *Balancer) Serve() {
-	b.UDP.Start(b.Table, b.Backends)
+	b.UDP.Start()
 	b.TCP.Start()
 }
 
