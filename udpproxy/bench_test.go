@@ -1,11 +1,14 @@
 package udpproxy
 
 import (
+	"encoding/binary"
 	"io"
 	"net/netip"
 	"testing"
 
 	"github.com/rs/zerolog"
+
+	"github.com/bbal/bbal/protocol"
 )
 
 // BenchmarkDatagramToBackend is the UDP path from a datagram read to its
@@ -21,6 +24,9 @@ func BenchmarkDatagramToBackend(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
+		// A new DNS ID each time, as a client's queries have: each is a
+		// query of its own in flight, not a copy of the last.
+		binary.BigEndian.PutUint16(buf[protocol.UDPHeaderLen:], uint16(i))
 		bed.p.handle(bed.p.ls[0], buf, 64, ip, 5353, &o, 0)
 		if i++; i%batchLen == 0 {
 			be.Flush(0)
