@@ -161,7 +161,6 @@ const (
 	evTCPTimeout                      // a TCP proxy session got no INBOUND_TCP_OK
 	evProbeDue                        // probe.sendT fired
 	evProbeLate                       // probe.waitT fired
-	evProbeAnswer                     // the reader saw the answer to a probe
 )
 
 type event struct {
@@ -381,6 +380,8 @@ func (b *Backend) run(ctx context.Context, wg *sync.WaitGroup) {
 			return
 		case ev := <-b.events:
 			b.handle(ctx, ev)
+		case a := <-b.probe.answers: // nil, never ready, when probes are off
+			b.probeAnswered(a)
 		}
 	}
 }
@@ -447,7 +448,7 @@ func (b *Backend) handle(ctx context.Context, ev event) {
 		if ev.gen == b.gen && (st == StateConnecting || st == StateOK) {
 			b.fault(ev.reason, ev.err)
 		}
-	case evProbeDue, evProbeLate, evProbeAnswer:
+	case evProbeDue, evProbeLate:
 		b.handleProbe(ev, st)
 	}
 }

@@ -116,11 +116,15 @@
 // reserved for the purpose, with a new DNS ID and source port each time.
 // The session's reader takes OUTBOUND_UDP frames addressed to
 // ProbeSource off the reply path (a single compare when probes are off):
-// they never reach a client, and are not counted as OUTBOUND_UDP. A DNS
-// response with a waiting probe's ID answers it, whatever its RCODE. If
-// no probe has been answered for ProbeTimeout (15 s) since the backend
-// became ok or since the last answer, the backend is faulted with reason
-// probe_timeout, and reconnected with the usual back-off.
+// they never reach a client, and are not counted as OUTBOUND_UDP. It
+// posts each DNS response's ID and receive time to run, on a channel of
+// their own so that a backend sending many cannot crowd out the timers'
+// events, and run matches it: a response with a waiting probe's ID
+// answers it, whatever its RCODE. If no probe has been answered for
+// ProbeTimeout (15 s) since the backend became ok or since the last
+// answer, the backend is faulted with reason probe_timeout, and
+// reconnected with the usual back-off. Probes still waiting when the
+// session ends have failed, even if their answer was on its way.
 //
 // # Placement and load
 //

@@ -4,7 +4,7 @@ import (
 	"cmp"
 	"encoding/binary"
 	"math/rand/v2"
-	"sync"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +32,15 @@ type ProbeStats struct {
 	RTT    time.Duration // round trip of the last answered probe
 }
 
+// probeAnswer is what the session's reader tells run of an answer to a
+// probe: its session, DNS ID and RCODE, and when it came.
+type probeAnswer struct {
+	gen   uint64
+	id    uint16
+	rcode uint8
+	at    time.Time
+}
+
 // pendingProbe is a probe sent and not yet answered.
 type pendingProbe struct {
 	id uint16    // its DNS ID
@@ -42,8 +51,20 @@ type pendingProbe struct {
 // the backend is ok, run sends the configured query in an INBOUND_UDP
 // frame from the reserved source address; the session's reader takes
 // the answers (OUTBOUND_UDP frames to that address) off the reply path
-// and matches them to the probes by DNS ID. A backend with no answer for
+// and posts each one's DNS ID and receive time to run on answers, which
+// run matches to the waiting probes. A backend with no answer for
 // ProbeTimeout is faulted.
+//
+// Every probe sent leaves pending exactly once, in run: answered,
+// failed, or failed with its session (stopProbes). An answer that comes
+// while run closes the session is dropped by the reader, and one still
+// queued when the session has ended is dropped by run: either way its
+// probe counts as failed, never both.
+//
+// The answers have their own channel rather than the backend's events:
+// a backend may send any number of responses to the reserved address,
+// and they must not crowd out the timers' events, which are dropped
+// when the events queue is full. The reader waits for room instead.
 type prober struct {
 	// ip is the reserved source address as the protocol carries it, and
 	// on says whether probes are sent at all: the reader compares a
@@ -62,11 +83,13 @@ type prober struct {
 	id    uint16            // the last probe's DNS ID
 	port  uint16            // the last probe's source port
 
-	// pending is shared by run, which adds probes and expires them, and
-	// the session's reader, which takes them out as answers come.
-	mu      sync.Mutex
 	pending []pendingProbe // oldest first; at most cap(pending)
 
+	// answers carries the session reader's probeAnswers to run; nil
+	// when probes are off.
+	answers chan probeAnswer
+
+	// Written by run, read by Stats.
 	sent, answered, failed atomic.Uint64
 	rtt                    atomic.Int64 // nanoseconds
 }
@@ -98,6 +121,7 @@ func (b *Backend) initProbe(name string) {
 	p.query, p.interval, p.timeout = cfg.Probe, cfg.ProbeInterval, cfg.ProbeTimeout
 	// Room for every probe that can be waiting within the timeout.
 	p.pending = make([]pendingProbe, 0, int(p.timeout/p.interval)+2)
+	p.answers = make(chan probeAnswer, cap(p.pending))
 	p.id = uint16(rand.Uint32())
 	p.sendT = cfg.Timeouts.NewTimeout(name+"probe", func() { b.post(event{kind: evProbeDue}) })
 	p.waitT = cfg.Timeouts.NewTimeout(name+"probe answer", func() { b.post(event{kind: evProbeLate}) })
@@ -123,10 +147,8 @@ func (b *Backend) stopProbes() {
 	}
 	p.sendT.Clear()
 	p.waitT.Clear()
-	p.mu.Lock()
 	p.failed.Add(uint64(len(p.pending)))
 	p.pending = p.pending[:0]
-	p.mu.Unlock()
 }
 
 // handleProbe is run's part of the probes.
@@ -143,15 +165,37 @@ func (b *Backend) handleProbe(ev event, st State) {
 			b.log.Error().Msg("no answer to DNS probes from backend (aborting connection)")
 			b.fault(ReasonProbeTimeout, nil)
 		}
-	case evProbeAnswer:
-		// Counted here, once the wait is renewed, so that whoever sees
-		// the count knows the timer has moved; an answer from a session
-		// already ended still counts.
-		if ev.gen == b.gen && st == StateOK {
-			p.waitT.Set(p.timeout)
-		}
-		p.answered.Add(1)
 	}
+}
+
+// probeAnswered is run's handling of an answer from the session's
+// reader: it takes the waiting probe with the answer's DNS ID out of
+// pending, renews the wait, then counts the answer, so that whoever
+// sees the count knows the timer has moved. An answer from a session
+// already ended is dropped, its probe failed with the session; so is
+// one whose ID no probe waits for (given up, or never sent).
+func (b *Backend) probeAnswered(a probeAnswer) {
+	if a.gen != b.gen {
+		return
+	}
+	p, id := &b.probe, a.id
+	i := slices.IndexFunc(p.pending, func(q pendingProbe) bool { return q.id == id })
+	if i < 0 {
+		if e := b.log.Trace(); e != nil {
+			e.Uint16("id", id).Msg("answer to no waiting DNS probe (dropped)")
+		}
+		return
+	}
+	rtt := a.at.Sub(p.pending[i].at)
+	p.pending = slices.Delete(p.pending, i, i+1)
+	p.rtt.Store(int64(rtt))
+	if e := b.log.Trace(); e != nil {
+		e.Uint16("id", id).Dur("rtt", rtt).Uint8("rcode", a.rcode).Msg("DNS probe answered")
+	}
+	if State(b.state.Load()) == StateOK {
+		p.waitT.Set(p.timeout)
+	}
+	p.answered.Add(1)
 }
 
 // sendProbe queues one probe: the query with a new ID, from the reserved
@@ -165,7 +209,6 @@ func (b *Backend) sendProbe() {
 	if p.port == 0 {
 		p.port = 1
 	}
-	p.mu.Lock()
 	keep := p.pending[:0]
 	for _, q := range p.pending {
 		if now.Sub(q.at) < p.timeout {
@@ -177,7 +220,6 @@ func (b *Backend) sendProbe() {
 	}
 	p.failed.Add(uint64(len(p.pending) - len(keep)))
 	p.pending = append(keep, pendingProbe{id: p.id, at: now})
-	p.mu.Unlock()
 	p.sent.Add(1)
 
 	p.frame = protocol.AppendUDP(p.frame[:0], protocol.FrameInboundUDP, p.ip, p.port, p.query)
@@ -185,12 +227,8 @@ func (b *Backend) sendProbe() {
 	// A control frame: it is written at once and never expires. One that
 	// cannot be queued (the queue is stuck) has failed.
 	if b.q.push(p.frame, true, 0) != pushed {
-		p.mu.Lock()
-		if n := len(p.pending); n > 0 && p.pending[n-1].id == p.id {
-			p.pending = p.pending[:n-1]
-			p.failed.Add(1)
-		}
-		p.mu.Unlock()
+		p.pending = p.pending[:len(p.pending)-1]
+		p.failed.Add(1)
 		return
 	}
 	if e := b.log.Trace(); e != nil {
@@ -200,43 +238,24 @@ func (b *Backend) sendProbe() {
 
 // probeAnswer takes an OUTBOUND_UDP frame addressed to the reserved
 // source: the backend's answer to a probe, never for a client. A DNS
-// response whose ID is a waiting probe's answers it, whatever its RCODE
-// (a handler that refuses is alive); anything else is dropped.
+// response answers the waiting probe with its ID, whatever its RCODE (a
+// handler that refuses is alive): its ID and receive time go to run,
+// which matches it. Anything else is dropped. While run is closing the
+// session, the answer is dropped too: its probe is failed with the
+// session.
 func (s *session) probeAnswer(f *protocol.Frame) {
 	b := s.b
-	p := &b.probe
 	if len(f.Data) < protocol.DNSHeaderLen || f.Data[2]&0x80 == 0 { // QR: a response
 		if e := b.log.Trace(); e != nil {
 			e.Int("data_len", len(f.Data)).Msg("not a DNS response to a probe (dropped)")
 		}
 		return
 	}
-	id := binary.BigEndian.Uint16(f.Data)
-	var sentAt time.Time
-	p.mu.Lock()
-	for i, q := range p.pending {
-		if q.id == id {
-			sentAt = q.at
-			p.pending = append(p.pending[:i], p.pending[i+1:]...)
-			break
-		}
-	}
-	p.mu.Unlock()
-	if sentAt.IsZero() {
-		if e := b.log.Trace(); e != nil {
-			e.Uint16("id", id).Msg("answer to no waiting DNS probe (dropped)")
-		}
-		return
-	}
-	rtt := b.set.cfg.Timeouts.Clock().Now().Sub(sentAt)
-	p.rtt.Store(int64(rtt))
-	if e := b.log.Trace(); e != nil {
-		e.Uint16("id", id).Dur("rtt", rtt).Uint8("rcode", f.Data[3]&0x0f).Msg("DNS probe answered")
-	}
+	a := probeAnswer{gen: s.gen, id: binary.BigEndian.Uint16(f.Data), rcode: f.Data[3] & 0x0f,
+		at: b.set.cfg.Timeouts.Clock().Now()}
 	select {
-	case <-s.closing: // run is closing the session: count it here
-		p.answered.Add(1)
-	case b.events <- event{kind: evProbeAnswer, gen: s.gen}:
+	case <-s.closing:
+	case b.probe.answers <- a:
 	}
 }
 

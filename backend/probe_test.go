@@ -183,3 +183,28 @@ func TestProbeOffReplyPathAllocatesNothing(t *testing.T) {
 		t.Fatalf("the reply path allocates %.1f per packet", a)
 	}
 }
+
+// An answer that comes with the frame that ends its session counts once:
+// answered when run takes it before the fault, failed with the session
+// otherwise (run drops an answer from a session already ended).
+func TestProbeAnsweredAsTheSessionEndsCountsOnce(t *testing.T) {
+	pb := newProbeBed(t, probeQuery(t))
+	pb.clock.Advance(DefaultProbeInterval)
+	var f protocol.Frame
+	for f = pb.conn.Next(t); f.Type != protocol.FrameInboundUDP; f = pb.conn.Next(t) {
+	}
+	resp := append([]byte{}, f.Data...)
+	resp[2] |= 0x80
+	// One write: the answer, then a duplicate SERVER_HELLO, which
+	// faults the session.
+	out := protocol.AppendUDP(nil, protocol.FrameOutboundUDP, f.IP, uint16(f.Port), resp)
+	pb.conn.Send(t, protocol.AppendType(out, protocol.FrameServerHello))
+	testbed.Eventually(t, "the fault, and the answer taken", func() bool {
+		st := pb.b.Stats()
+		return st.Faults["duplicate_hello"] == 1 && len(pb.b.probe.answers) == 0 &&
+			st.Probes.Answered+st.Probes.Failed == 1
+	})
+	if st := pb.b.Stats().Probes; st.Sent != 1 || st.Answered+st.Failed != 1 {
+		t.Fatalf("probe stats %+v: want the one probe answered or failed, once", st)
+	}
+}

@@ -85,6 +85,20 @@ func (r *recvBatch) run(rc syscall.RawConn) error {
 	return r.err
 }
 
+// mmsg makes the recvmmsg or sendmmsg system call (trap) on fd for n
+// messages from hdrs, again when a signal interrupts it, and returns how
+// many it moved, or its error: EAGAIN when the socket has nothing to
+// give or no room. An interrupted call has moved nothing, nor written
+// to the headers.
+func mmsg(trap, fd uintptr, hdrs *mmsghdr, n int, flags uintptr) (int, unix.Errno) {
+	for {
+		m, _, e := unix.Syscall6(trap, fd, uintptr(unsafe.Pointer(hdrs)), uintptr(n), flags, 0, 0)
+		if e != unix.EINTR {
+			return int(m), e
+		}
+	}
+}
+
 func (r *recvBatch) recvmmsg(fd uintptr) bool {
 	for {
 		for i := range r.hdrs {
@@ -95,15 +109,13 @@ func (r *recvBatch) recvmmsg(fd uintptr) bool {
 				h.SetControllen(ctlLen)
 			}
 		}
-		m, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), batchLen,
-			unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+		m, e := mmsg(unix.SYS_RECVMMSG, fd, &r.hdrs[0], batchLen, unix.MSG_DONTWAIT|unix.MSG_TRUNC)
 		switch e {
 		case 0:
-			r.process(int(m))
+			r.process(m)
 			if m < batchLen {
 				return false
 			}
-		case unix.EINTR:
 		case unix.EAGAIN:
 			return false
 		default:
@@ -297,20 +309,15 @@ func (q *sendQueue) dest(i int) netip.AddrPort {
 }
 
 func (q *sendQueue) sendmmsg(fd uintptr) bool {
-	for {
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&q.hdrs[q.sent])),
-			uintptr(q.n-q.sent), unix.MSG_DONTWAIT, 0, 0)
-		switch e {
-		case 0:
-			q.m = int(r)
-			return true
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		default:
-			q.err = e
-			return true
-		}
+	m, e := mmsg(unix.SYS_SENDMMSG, fd, &q.hdrs[q.sent], q.n-q.sent, unix.MSG_DONTWAIT)
+	switch e {
+	case 0:
+		q.m = m
+		return true
+	case unix.EAGAIN:
+		return false
+	default:
+		q.err = e
+		return true
 	}
 }
