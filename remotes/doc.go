@@ -14,14 +14,17 @@
 //
 // A [Table] is a B-tree of *[Remote] ordered by address, guarded by one
 // mutex. [Table.Route] finds or creates the remote for a packet's source
-// and returns the backend to use. Each remote records its first and last
+// and returns a [Routing]: the remote, the backend to use, the address
+// the backend is told, and, for a client not served, why
+// ([DropStandinRange], [DropNoStandin]), which the proxies count as
+// their own drop reasons. Each remote records its first and last
 // time seen and counts its UDP queries, TCP connections and drops (those
 // counters are atomics, updated by the caller after the lock is released).
 //
 // # Files
 //
 //   - table.go: the [Table], its [Config] and [Remote], and routing
-//     ([Table.Route]), lookups and counts;
+//     ([Table.Route], [Routing], [DropReason]), lookups and counts;
 //   - keys.go: address keys (the tree's order, an IPv4 client's network
 //     with PrefixBits, the hash for unpinned clients);
 //   - standins.go: the stand-in range ([StandinRange], [ProbeSource])

@@ -177,38 +177,62 @@ func New(cfg Config) *Table {
 	return t
 }
 
+// DropReason is why Route serves no client: the caller drops its packet
+// or closes its connection, and counts the reason.
+type DropReason uint8
+
+const (
+	NotDropped       DropReason = iota // served: Backend and Wire are set
+	DropStandinRange                   // an IPv4 address within the stand-in range, which no real client has
+	DropNoStandin                      // an IPv6 client that could be given no stand-in (the table or the range is full)
+)
+
+// Routing is what Route returns for a client. It is returned by value,
+// so that routing a packet allocates nothing.
+type Routing struct {
+	// Remote is the client's remote, which counts its traffic; when
+	// the client has no record, the shared one that counts such
+	// clients.
+	Remote *Remote
+	// Wire is the IPv4 address the backend is to be told: the client's
+	// own, or an IPv6 client's stand-in; 0 when the client is dropped.
+	Wire uint32
+	// Backend is the backend to use; 0 when no backend is ok, or when
+	// the client is dropped.
+	Backend backend.ID
+	// Drop is why the client is not served; NotDropped when it is.
+	Drop DropReason
+}
+
 // Route finds the remote for ip (its network, with PrefixBits), creating
 // it if it is new, marks it seen, and returns it with the backend to use
-// (0 when no backend is ok) and the IPv4 address the backend is to be
-// told: ip itself, or an IPv6 client's stand-in. That address is 0 when
-// the client is not to be served, and the caller drops the packet: an
-// IPv4 address within the stand-in range (which no real client has), or
-// an IPv6 client that could be given no stand-in (the table or the range
-// is full). When the table is full, a new IPv4 client gets no record: it
-// is served by HashID, and the Remote returned is the shared one that
-// counts such clients. An IPv4-mapped IPv6 address is taken as the IPv4
-// one.
-func (t *Table) Route(ip netip.Addr) (*Remote, backend.ID, uint32) {
+// and the IPv4 address the backend is to be told. A client is not
+// served (Drop says why, and the caller drops the packet) when it is an
+// IPv4 address within the stand-in range, or an IPv6 client that could
+// be given no stand-in. When the table is full, a new IPv4 client gets
+// no record: it is served by HashID. An IPv4-mapped IPv6 address is
+// taken as the IPv4 one.
+func (t *Table) Route(ip netip.Addr) Routing {
 	return t.RouteAt(ip, t.clock.Now().UnixNano())
 }
 
 // RouteAt is Route for a caller that has read the clock already (the UDP
 // reader reads it once per batch of datagrams): now is in unix
 // nanoseconds.
-func (t *Table) RouteAt(ip netip.Addr, now int64) (*Remote, backend.ID, uint32) {
+func (t *Table) RouteAt(ip netip.Addr, now int64) Routing {
 	return t.route(ip, uint32(max(now-t.epoch.UnixNano(), 0)/int64(time.Second)))
 }
 
 // route takes the table's lock once, and for an IPv6 client new to the
 // table the stand-ins' lock within it (see the package comment's
 // Concurrency).
-func (t *Table) route(ip netip.Addr, now uint32) (*Remote, backend.ID, uint32) {
+func (t *Table) route(ip netip.Addr, now uint32) Routing {
 	ip = ip.Unmap()
 	k, wire := ip, uint32(0)
 	if ip.Is4() {
 		wire = protocol.AddrToU32(ip)
 		if t.standins.contains(wire) {
-			return &t.overflow, 0, 0
+			return t.dropped(DropStandinRange)
 		}
 		k = t.network(ip)
 	}
@@ -224,7 +248,7 @@ func (t *Table) route(ip netip.Addr, now uint32) (*Remote, backend.ID, uint32) {
 		r = &Remote{addr: ek.addr, first: now}
 		if wire == 0 && !t.standins.give(r) {
 			t.mu.Unlock()
-			return &t.overflow, 0, 0
+			return t.dropped(DropNoStandin)
 		}
 		ek.r = r
 		t.tree.ReplaceOrInsert(ek)
@@ -238,23 +262,28 @@ func (t *Table) route(ip netip.Addr, now uint32) (*Remote, backend.ID, uint32) {
 	r.last = now
 	id := t.assign(r)
 	t.mu.Unlock()
-	return r, id, wire
+	return Routing{Remote: r, Backend: id, Wire: wire}
+}
+
+// dropped is the Routing of a client not served for reason why.
+func (t *Table) dropped(why DropReason) Routing {
+	return Routing{Remote: &t.overflow, Drop: why}
 }
 
 // unpinnedRoute serves a client the full table cannot record, wire being
 // its IPv4 address (0 for IPv6). An IPv6 client without a record has no
 // stand-in, and is not served.
-func (t *Table) unpinnedRoute(wire uint32) (*Remote, backend.ID, uint32) {
+func (t *Table) unpinnedRoute(wire uint32) Routing {
 	if ok, held := t.fullLog.Allow(); ok {
 		t.log.Warn().Int("max_remotes", t.cfg.MaxRemotes).Int64("suppressed", held).
 			Msg("remotes table full: new clients served by address hash")
 	}
 	if wire == 0 {
 		t.standins.refused.Add(1)
-		return &t.overflow, 0, 0
+		return t.dropped(DropNoStandin)
 	}
 	t.unpinned.Add(1)
-	return &t.overflow, t.cfg.Picker.HashID(hash(wire & t.mask)), wire
+	return Routing{Remote: &t.overflow, Backend: t.cfg.Picker.HashID(hash(wire & t.mask)), Wire: wire}
 }
 
 // InStandins reports whether the IPv4 address ip (as the protocol
