@@ -24,7 +24,8 @@ func BenchmarkRoute1M(b *testing.B) {
 	b.ResetTimer()
 	i := 0
 	for b.Loop() {
-		r, id, _ := tab.Route(addrs[i%n])
+		rt := tab.Route(addrs[i%n])
+		r, id := rt.Remote, rt.Backend
 		if id == 0 || r == nil {
 			b.Fatal("no backend")
 		}

@@ -14,9 +14,41 @@
 //
 // A [Table] is a B-tree of *[Remote] ordered by address, guarded by one
 // mutex. [Table.Route] finds or creates the remote for a packet's source
-// and returns the backend to use. Each remote records its first and last
+// and returns a [Routing]: the remote, the backend to use, the address
+// the backend is told, and, for a client not served, why
+// ([DropStandinRange], [DropNoStandin]), which the proxies count as
+// their own drop reasons. Each remote records its first and last
 // time seen and counts its UDP queries, TCP connections and drops (those
 // counters are atomics, updated by the caller after the lock is released).
+//
+// # Files
+//
+//   - table.go: the [Table], its [Config] and [Remote], and routing
+//     ([Table.Route], [Routing], [DropReason]), lookups and counts;
+//   - keys.go: address keys (the tree's order, an IPv4 client's network
+//     with PrefixBits, the hash for unpinned clients);
+//   - standins.go: the stand-in range ([StandinRange], [ProbeSource])
+//     and the allocator of IPv6 clients' stand-ins, which owns its lock
+//     and the reverse map;
+//   - assign.go: the assignment rules and the per-backend counts
+//     ([Table.Counts]);
+//   - maintain.go: the table's goroutine, rebalancing and expiry, and
+//     the one chunked walk of the tree that they, [Table.ResetCounters]
+//     and [Table.Walk] share;
+//   - snapshot.go: snapshots and restoring remotes ([Table.Restore]).
+//
+// # Concurrency
+//
+// The table's mutex guards the tree, every remote's assignment, times
+// and stand-in, and the per-backend counts. The stand-ins have their own
+// read-write lock over the reverse map (stand-in to client), which the
+// reply path reads ([Table.Client]) without the table's. The order is
+// the table's mutex first, then the stand-ins' lock: a stand-in is
+// given, restored or freed only with the table's mutex held, and the
+// stand-ins' lock is never held while the table's is taken. Routing an
+// IPv4 client takes the table's mutex once and no other lock (the test
+// for the stand-in range is arithmetic on the fixed range); an IPv6
+// client new to the table also takes the stand-ins' lock, within it.
 //
 // # Assignment
 //

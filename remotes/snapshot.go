@@ -138,3 +138,37 @@ func (t *Table) RestoreSnapshot(infos []Info, known func(backend.ID) bool) int {
 	}
 	return n
 }
+
+// Restore adds a remote as a predecessor process had it: its
+// assignments, counters and times (kept to the second; times before the
+// table's epoch are clamped to it). It is for a fresh table, before
+// traffic; an existing remote for the address is left alone.
+func (t *Table) Restore(in Info) {
+	sec := func(tm time.Time) uint32 {
+		if d := tm.Sub(t.epoch); d > 0 {
+			return uint32(d / time.Second)
+		}
+		return 0
+	}
+	k := in.Addr.Unmap()
+	if k.Is4() {
+		k = t.network(k)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !k.IsValid() || t.tree.Has(key(k)) || t.tree.Len() >= t.cfg.MaxRemotes {
+		return
+	}
+	r := &Remote{addr: keyOf(k), first: sec(in.FirstSeen), last: sec(in.LastSeen)}
+	if k.Is6() && !t.standins.restore(r, in.Standin) {
+		return
+	}
+	r.udp.Store(in.UDP)
+	r.tcp.Store(in.TCP)
+	r.drops.Store(in.Drops)
+	t.setPrimary(r, in.Primary)
+	t.setBackup(r, in.Backup)
+	t.tree.ReplaceOrInsert(entry{r.addr, r})
+}
+
+// restoreStandin gives r (an IPv6 remote) the stand-in it had, if that

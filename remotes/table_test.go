@@ -144,7 +144,7 @@ func a4(v uint32) netip.Addr { return protocol.U32ToAddr(v) }
 func TestAssignment(t *testing.T) {
 	f := newFake(1, 2)
 	tab, _, logs := newTable(t, f)
-	route := func(n int) backend.ID { _, id, _ := tab.Route(ip(n)); return id }
+	route := func(n int) backend.ID { return tab.Route(ip(n)).Backend }
 
 	// New remotes get primaries round-robin, and keep them.
 	if a, b, c := route(1), route(2), route(1); a != 1 || b != 2 || c != 1 {
@@ -361,7 +361,7 @@ func TestKnown(t *testing.T) {
 func TestResetCounters(t *testing.T) {
 	tab, _, _ := newTable(t, newFake(1))
 	for n := range 5000 {
-		r, _, _ := tab.Route(a4(uint32(n)))
+		r := tab.Route(a4(uint32(n))).Remote
 		r.CountUDP()
 		r.CountTCP()
 		r.CountDrop()
@@ -383,14 +383,15 @@ func TestFullTableServesByHash(t *testing.T) {
 	}
 	got := map[backend.ID]int{}
 	for n := 100; n < 400; n++ {
-		r, id, _ := tab.Route(ip(n))
+		rt := tab.Route(ip(n))
+		r, id := rt.Remote, rt.Backend
 		if id == 0 {
 			t.Fatal("unpinned client not served")
 		}
 		r.CountUDP()
 		got[id]++
 		// The same client gets the same backend again.
-		if _, again, _ := tab.Route(ip(n)); again != id {
+		if again := tab.Route(ip(n)).Backend; again != id {
 			t.Fatalf("client %d moved from %d to %d", n, id, again)
 		}
 	}
@@ -412,7 +413,7 @@ func TestFullTableServesByHash(t *testing.T) {
 	}
 	clock.Advance(6 * time.Minute)
 	tab.Expire()
-	if _, _, _ = tab.Route(ip(500)); tab.Len() != 1 {
+	if _ = tab.Route(ip(500)); tab.Len() != 1 {
 		t.Fatalf("after expiry a new client was not recorded: %d", tab.Len())
 	}
 }
@@ -420,9 +421,9 @@ func TestFullTableServesByHash(t *testing.T) {
 func TestPrefixPinning(t *testing.T) {
 	f := newFake(1, 2)
 	tab, _, _ := newTableConfig(t, Config{Picker: f, PrefixBits: 24})
-	_, a, _ := tab.Route(a4(0x0a000001)) // 10.0.0.1
-	_, b, _ := tab.Route(a4(0x0a0000fe)) // 10.0.0.254: same /24
-	_, c, _ := tab.Route(a4(0x0a000101)) // 10.0.1.1: the next /24
+	a := tab.Route(a4(0x0a000001)).Backend // 10.0.0.1
+	b := tab.Route(a4(0x0a0000fe)).Backend // 10.0.0.254: same /24
+	c := tab.Route(a4(0x0a000101)).Backend // 10.0.1.1: the next /24
 	if a != b || a == c {
 		t.Fatalf("backends %d %d %d: a /24 should share one and the next differ", a, b, c)
 	}
@@ -545,7 +546,8 @@ func TestIPv6RemotesGetStandins(t *testing.T) {
 	var first uint32
 	for i := range 6 {
 		c := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i + 1)})
-		r, id, wire := tab.Route(c)
+		rt := tab.Route(c)
+		r, id, wire := rt.Remote, rt.Backend, rt.Wire
 		if id == 0 || r == nil {
 			t.Fatalf("client %v not routed", c)
 		}
@@ -559,7 +561,7 @@ func TestIPv6RemotesGetStandins(t *testing.T) {
 		if i == 0 {
 			first = wire
 		}
-		if _, _, again := tab.Route(c); again != wire {
+		if again := tab.Route(c).Wire; again != wire {
 			t.Fatalf("client %v: stand-in changed from %v to %v", c, protocol.U32ToAddr(wire), protocol.U32ToAddr(again))
 		}
 		if back, ok := tab.Client(wire); !ok || back != c {
@@ -570,15 +572,15 @@ func TestIPv6RemotesGetStandins(t *testing.T) {
 		}
 	}
 	// The range is full: a seventh IPv6 client is not served, and counted.
-	if _, id, wire := tab.Route(netip.MustParseAddr("2001:db8::99")); id != 0 || wire != 0 || tab.NoStandin() != 1 {
-		t.Fatalf("seventh client: backend %d, stand-in %v, counted %d", id, wire, tab.NoStandin())
+	if rt := tab.Route(netip.MustParseAddr("2001:db8::99")); rt.Backend != 0 || rt.Wire != 0 || tab.NoStandin() != 1 {
+		t.Fatalf("seventh client: backend %d, stand-in %v, counted %d", rt.Backend, rt.Wire, tab.NoStandin())
 	}
 	if tab.Len() != 6 {
 		t.Fatalf("%d remotes: the refused client must not be kept", tab.Len())
 	}
 	// IPv4 clients are not affected, and have no stand-in.
-	if _, id, wire := tab.Route(ip(1)); id == 0 || wire != protocol.AddrToU32(ip(1)) {
-		t.Fatalf("IPv4 client: backend %d, wire %v", id, protocol.U32ToAddr(wire))
+	if rt := tab.Route(ip(1)); rt.Backend == 0 || rt.Wire != protocol.AddrToU32(ip(1)) {
+		t.Fatalf("IPv4 client: backend %d, wire %v", rt.Backend, protocol.U32ToAddr(rt.Wire))
 	}
 	if !tab.InStandins(protocol.AddrToU32(netip.MustParseAddr("198.18.0.8"))) || tab.InStandins(protocol.AddrToU32(ip(1))) {
 		t.Fatal("InStandins is wrong at the edges")
@@ -594,7 +596,7 @@ func TestIPv6RemotesGetStandins(t *testing.T) {
 			t.Fatalf("stand-in %v still mapped after expiry", protocol.U32ToAddr(wire))
 		}
 	}
-	if _, id, wire := tab.Route(netip.MustParseAddr("2001:db8::99")); id == 0 || wire == 0 {
+	if rt := tab.Route(netip.MustParseAddr("2001:db8::99")); rt.Backend == 0 || rt.Wire == 0 {
 		t.Fatal("no stand-in after the others expired")
 	}
 }
@@ -603,7 +605,7 @@ func TestRestoreKeepsStandins(t *testing.T) {
 	f := newFake(1)
 	tab, _, _ := newTable(t, f)
 	c := netip.MustParseAddr("2001:db8::7")
-	_, _, wire := tab.Route(c)
+	wire := tab.Route(c).Wire
 	in, _ := tab.Lookup(c)
 
 	next, _, _ := newTable(t, f)

@@ -125,6 +125,10 @@ const (
 
 var dropNames = [numDrops]string{"no_backend", "dial_error", "ok_timeout", "bad_ok", "standin_range", "no_standin"}
 
+// tableDrops names, for each reason the remotes table gives for serving
+// no client, the drop counted.
+var tableDrops = [...]DropReason{remotes.DropStandinRange: DropStandinRange, remotes.DropNoStandin: DropNoStandin}
+
 func (r DropReason) String() string {
 	if r < numDrops {
 		return dropNames[r]
@@ -485,15 +489,12 @@ func (s *session) serve() {
 		e.Uint64("conn_id", s.id).Stringer("remote_ip", s.addr).Uint16("remote_port", s.port).
 			Msg("inbound TCP connection")
 	}
-	rem, id, ip := p.cfg.Table.Route(s.addr)
-	if ip == 0 {
-		if s.addr.Is4() {
-			s.drop(DropStandinRange)
-		} else {
-			s.drop(DropNoStandin)
-		}
+	rt := p.cfg.Table.Route(s.addr)
+	if rt.Drop != remotes.NotDropped {
+		s.drop(tableDrops[rt.Drop])
 		return
 	}
+	rem, id := rt.Remote, rt.Backend
 	s.backendID = id
 	be := p.cfg.Backends.Get(id)
 	if be == nil {
@@ -527,7 +528,7 @@ func (s *session) serve() {
 		return
 	}
 
-	if !s.handshake(be, ip) {
+	if !s.handshake(be, rt.Wire) {
 		rem.CountDrop()
 		return
 	}

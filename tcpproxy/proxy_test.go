@@ -237,7 +237,7 @@ func TestClientsNotServedAreDroppedByReason(t *testing.T) {
 		// A /30 has two stand-ins to give; two other clients take them.
 		b := newBed(t, bedOptions{listen: "[::1]:0", standins: netip.MustParsePrefix("240.0.0.0/30")})
 		for _, a := range []string{"2001:db8::1", "2001:db8::2"} {
-			if _, _, ip := b.table.Route(netip.MustParseAddr(a)); ip == 0 {
+			if ip := b.table.Route(netip.MustParseAddr(a)).Wire; ip == 0 {
 				t.Fatalf("%s given no stand-in", a)
 			}
 		}

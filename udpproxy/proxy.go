@@ -39,6 +39,10 @@ const (
 var dropNames = [numDrops]string{"oversized", "no_backend", "stuck", "down", "bad_source", "runt",
 	"standin_range", "no_standin", "quarantined"}
 
+// tableDrops names, for each reason the remotes table gives for serving
+// no client, the drop counted.
+var tableDrops = [...]DropReason{remotes.DropStandinRange: DropStandinRange, remotes.DropNoStandin: DropNoStandin}
+
 func (r DropReason) String() string {
 	if r < numDrops {
 		return dropNames[r]
@@ -331,15 +335,12 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		e.Stringer("remote_ip", ip).Uint16("remote_port", port).Int("len", n).
 			Msg("received UDP packet from remote")
 	}
-	rem, id, wire := p.table.RouteAt(ip, now)
-	if wire == 0 {
-		if ip.Is4() {
-			p.drop(DropStandinRange)
-		} else {
-			p.drop(DropNoStandin)
-		}
+	rt := p.table.RouteAt(ip, now)
+	if rt.Drop != remotes.NotDropped {
+		p.drop(tableDrops[rt.Drop])
 		return nil
 	}
+	rem, id, wire := rt.Remote, rt.Backend, rt.Wire
 	query := buf[protocol.UDPHeaderLen : protocol.UDPHeaderLen+n]
 	key := flightKey(wire, port, uint16(query[0])<<8|uint16(query[1]))
 	if p.quar.holds(key, query, now) {
@@ -466,7 +467,7 @@ func (p *Proxy) resend(be *backend.Backend, why backend.Fault) {
 			stuck++
 			return
 		}
-		_, id, _ := table.RouteAt(client, now)
+		id := table.RouteAt(client, now).Backend
 		to := set.Get(id)
 		if len(query) == 0 || to == nil || to == be {
 			p.unresent.Add(1)

@@ -119,7 +119,7 @@ func TestUnsolicitedRepliesAreNotReflected(t *testing.T) {
 	// is known by its stand-in: a late answer to the stand-in still goes
 	// out, from the IPv6 socket.
 	client6 := listenUDP(t, "::1")
-	_, _, standin := f.B.Table.Route(netip.MustParseAddr("::1"))
+	standin := f.B.Table.Route(netip.MustParseAddr("::1")).Wire
 	if standin == 0 {
 		t.Fatal("no stand-in for ::1")
 	}

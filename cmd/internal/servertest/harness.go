@@ -157,7 +157,7 @@ func (h *Harness) PinTo(id backend.ID) netip.Addr {
 		if info, ok := h.B.Table.Lookup(a); ok && info.Primary != id {
 			continue
 		}
-		if _, got, _ := h.B.Table.Route(a); got == id {
+		if got := h.B.Table.Route(a).Backend; got == id {
 			return a
 		}
 	}
