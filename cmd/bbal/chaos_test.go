@@ -213,6 +213,7 @@ func TestChaos(t *testing.T) {
 			break
 		}
 		c.heaps = append(c.heaps, heapBytes())
+		c.records = append(c.records, len(c.h.Logs.Lines()))
 	}
 	c.stopLoad()
 	t.Run("memory flat across the rounds", c.memoryFlat)
@@ -232,7 +233,12 @@ type chaos struct {
 	baseHeap, baseRSS       int64
 	baseGoroutines, baseFDs int
 	heaps                   []int64 // the Go heap after each round
+	records                 []int   // the log records the test holds then
 }
+
+// recordCost bounds what the test's own capture of one log record costs
+// on the heap (the line and its parsed fields).
+const recordCost = 2 << 10
 
 // warmRounds are the rounds after which the balancer's tables and pools
 // have reached their working size under the load.
@@ -246,8 +252,12 @@ func (c *chaos) memoryFlat(t *testing.T) {
 		t.Skipf("%d rounds: too few to tell", len(c.heaps))
 	}
 	warm, last := c.heaps[warmRounds-1], c.heaps[len(c.heaps)-1]
-	t.Logf("heap after round %d %d MiB, after round %d %d MiB", warmRounds-1, warm>>20, len(c.heaps)-1, last>>20)
-	if last > warm+8<<20 {
+	// The test holds every log record; those logged since are allowed
+	// for.
+	logged := int64(c.records[len(c.records)-1]-c.records[warmRounds-1]) * recordCost
+	t.Logf("heap after round %d %d MiB, after round %d %d MiB (%d KiB of it the test's log records at most)",
+		warmRounds-1, warm>>20, len(c.heaps)-1, last>>20, logged>>10)
+	if last > warm+logged+8<<20 {
 		t.Fatalf("the heap grew by %d MiB over %d rounds", (last-warm)>>20, len(c.heaps)-warmRounds)
 	}
 }
