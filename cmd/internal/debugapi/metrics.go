@@ -44,6 +44,7 @@ var (
 	mScanPause   = desc("bbal_remotes_scan_pause_max_seconds", "The longest hold of the remotes table's lock by expiry or rebalancing.")
 	mWatchActive = desc("bbal_discovery_watch_active", "1 while the socket directory is watched with inotify; 0 when only the periodic scan finds changes.")
 	mWatchEvents = desc("bbal_discovery_events_total", "inotify events read for the socket directory.")
+	mWatchScans  = desc("bbal_discovery_watch_scans_total", "Scans of the socket directory that inotify events triggered.")
 	mIgnored     = desc("bbal_discovery_ignored_entries", "Entries of the socket directory that are no backend (not a socket, a second name for one), at the last scan.")
 	mForgotten   = desc("bbal_discovery_forgotten_total", "Backends forgotten after their socket was gone for a minute.")
 	mDownsLost   = desc("bbal_backend_down_events_lost_total", "Events of a backend going down that the full queue could not take: its queries were not sent again.")
@@ -78,6 +79,7 @@ var (
 	mBackendLatency  = desc("bbal_backend_latency_seconds", "Moving average of the backend's UDP answer times.", "backend")
 	mBackendAnswered = desc("bbal_backend_answered_total", "UDP queries the backend answered.", "backend")
 	mBackendUnans    = desc("bbal_backend_unanswered_total", "UDP queries the backend left unanswered for 1 s.", "backend")
+	mBackendEvicted  = desc("bbal_backend_evicted_total", "UDP queries of the backend forgotten to make room for newer ones (not counted unanswered).", "backend")
 	mBackendResent   = desc("bbal_backend_resent_total", "UDP queries of the backend sent again to another after it died.", "backend")
 	mBackendProbes   = desc("bbal_backend_probes_sent_total", "DNS health-check probes sent (-H).", "backend")
 	mBackendProbeOK  = desc("bbal_backend_probes_answered_total", "DNS health-check probes answered.", "backend")
@@ -85,6 +87,7 @@ var (
 	mBackendProbeRTT = desc("bbal_backend_probe_rtt_seconds", "Round trip of the last answered DNS health-check probe.", "backend")
 	mBackendDelay    = desc("bbal_backend_reconnect_delay_seconds", "Delay before the next reconnect attempt after a failure.", "backend")
 	mBackendQueue    = desc("bbal_backend_queue_bytes", "Bytes queued for the backend, not yet written.", "backend")
+	mBackendQueueFr  = desc("bbal_backend_queue_frames", "Frames queued for the backend, not yet written.", "backend")
 )
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -147,6 +150,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ds := c.src.Backends.Discovery()
 	gauge(mWatchActive, bool01(ds.WatchActive))
 	counter(mWatchEvents, ds.Events)
+	counter(mWatchScans, ds.WatchScans)
 	gauge(mIgnored, float64(ds.Ignored))
 	counter(mForgotten, ds.Forgotten)
 	counter(mDownsLost, ds.DownsLost)
@@ -201,6 +205,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(mBackendLatency, st.Latency.Seconds(), id)
 		counter(mBackendAnswered, st.Answered, id)
 		counter(mBackendUnans, st.Unanswered, id)
+		counter(mBackendEvicted, st.Evicted, id)
 		counter(mBackendResent, st.Resent, id)
 		if p := st.Probes; p.Enabled {
 			counter(mBackendProbes, p.Sent, id)
@@ -210,6 +215,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(mBackendDelay, st.ReconnectDelay.Seconds(), id)
 		gauge(mBackendQueue, float64(st.QueuedBytes), id)
+		gauge(mBackendQueueFr, float64(st.QueuedFrames), id)
 	}
 }
 
