@@ -28,6 +28,16 @@
 // process answers on is refused with [ErrInUse]. The socket is removed
 // when the listener is closed.
 //
+// # Metrics
+//
+// The metrics are read from the balancer's counters at scrape time
+// (metrics.go). A backend's plain counts come from its package's table,
+// [backend.Counters], which also drives [backend.Backend.Stats] and the
+// reset; the other metrics are declared in metrics.go. POST
+// /v1/counters/reset calls one ResetCounters per package. A test checks
+// that every number of the JSON of /v1/stats and /v1/backends has a
+// metric of the same value, and that the reset zeroes every counter.
+//
 // # Hostile clients
 //
 // The server runs apart from the data path: handlers read counters

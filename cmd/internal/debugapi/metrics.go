@@ -59,19 +59,8 @@ var (
 	mBackendAdmin    = desc("bbal_backend_admin", "1 for the operator's setting: enabled, disabled or draining.", "backend", "admin")
 	mBackendRemotes  = desc("bbal_backend_remotes", "Remotes whose primary backend this is.", "backend")
 	mBackendBackups  = desc("bbal_backend_backup_remotes", "Remotes this backend serves as a backup.", "backend")
-	mBackendUDP      = desc("bbal_backend_udp_frames_total", "INBOUND_UDP frames queued to the backend.", "backend")
-	mBackendUDPBytes = desc("bbal_backend_udp_bytes_total", "DNS bytes in INBOUND_UDP frames queued to the backend.", "backend")
-	mBackendOut      = desc("bbal_backend_outbound_udp_total", "OUTBOUND_UDP frames received from the backend.", "backend")
-	mBackendOutBytes = desc("bbal_backend_outbound_bytes_total", "DNS bytes in OUTBOUND_UDP frames received from the backend.", "backend")
-	mBackendOutErr   = desc("bbal_backend_outbound_errors_total", "OUTBOUND_UDP frames that could not be sent on.", "backend")
-	mBackendDrops    = desc("bbal_backend_drops_total", "Datagrams for the backend dropped: stuck (queue full), down (no session), discarded (queued, then the session faulted), expired (queued too long).", "backend", "reason")
-	mBackendTCP      = desc("bbal_backend_tcp_sessions_total", "TCP proxy sessions opened to the backend.", "backend")
 	mBackendTCPAct   = desc("bbal_backend_tcp_sessions_active", "TCP proxy sessions open to the backend now.", "backend")
-	mBackendTCPErr   = desc("bbal_backend_tcp_errors_total", "TCP proxy sessions that could not connect.", "backend")
-	mBackendConn     = desc("bbal_backend_connect_attempts_total", "Standing session connection attempts.", "backend")
-	mBackendConnErr  = desc("bbal_backend_connect_errors_total", "Standing session connection attempts that failed.", "backend")
 	mBackendFaults   = desc("bbal_backend_faults_total", "Faults of the standing session, by reason.", "backend", "reason")
-	mBackendHB       = desc("bbal_backend_heartbeats_total", "Heartbeat replies received.", "backend")
 	mBackendRTT      = desc("bbal_backend_heartbeat_rtt_seconds", "Round trip of the last heartbeat.", "backend")
 	mBackendWeight   = desc("bbal_backend_weight", "The backend's weight: its share of remotes relative to the others'.", "backend")
 	mBackendSlow     = desc("bbal_backend_slow", "1 when the backend answers far slower than its peers (-P least-loaded sheds its remotes).", "backend")
@@ -89,6 +78,31 @@ var (
 	mBackendQueue    = desc("bbal_backend_queue_bytes", "Bytes queued for the backend, not yet written.", "backend")
 	mBackendQueueFr  = desc("bbal_backend_queue_frames", "Frames queued for the backend, not yet written.", "backend")
 )
+
+// backendCounters are the metrics of the backends' plain counts, from
+// their table (backend.Counters).
+var backendCounters = func() []backendCounter {
+	var out []backendCounter
+	descs := map[string]*prometheus.Desc{}
+	for _, c := range backend.Counters() {
+		d := descs[c.Metric]
+		if d == nil {
+			labels := []string{"backend"}
+			if c.Reason != "" {
+				labels = append(labels, "reason")
+			}
+			d = desc(c.Metric, c.Help, labels...)
+			descs[c.Metric] = d
+		}
+		out = append(out, backendCounter{c, d})
+	}
+	return out
+}()
+
+type backendCounter struct {
+	backend.Counter
+	desc *prometheus.Desc
+}
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
 	return prometheus.NewDesc(name, help, labels, nil)
@@ -180,24 +194,17 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(mBackendRemotes, float64(counts[st.ID].Primary), id)
 		gauge(mBackendBackups, float64(counts[st.ID].Backup), id)
-		counter(mBackendUDP, st.UDPFrames, id)
-		counter(mBackendUDPBytes, st.UDPBytes, id)
-		counter(mBackendOut, st.OutboundUDP, id)
-		counter(mBackendOutBytes, st.OutboundBytes, id)
-		counter(mBackendOutErr, st.OutboundErrors, id)
-		counter(mBackendDrops, st.StuckDrops, id, "stuck")
-		counter(mBackendDrops, st.DownDrops, id, "down")
-		counter(mBackendDrops, st.Discarded, id, "discarded")
-		counter(mBackendDrops, st.Expired, id, "expired")
-		counter(mBackendTCP, st.TCPTotal, id)
+		for _, bc := range backendCounters {
+			if bc.Reason != "" {
+				counter(bc.desc, bc.Value(&st), id, bc.Reason)
+			} else {
+				counter(bc.desc, bc.Value(&st), id)
+			}
+		}
 		gauge(mBackendTCPAct, float64(st.TCPActive), id)
-		counter(mBackendTCPErr, st.TCPErrors, id)
-		counter(mBackendConn, st.ConnectAttempts, id)
-		counter(mBackendConnErr, st.ConnectErrors, id)
 		for _, r := range backend.Reasons() {
 			counter(mBackendFaults, st.Faults[r.String()], id, r.String())
 		}
-		counter(mBackendHB, st.Heartbeats, id)
 		gauge(mBackendRTT, st.HeartbeatRTT.Seconds(), id)
 		gauge(mBackendWeight, float64(st.Weight), id)
 		gauge(mBackendSlow, bool01(st.Slow), id)
