@@ -1,10 +1,10 @@
 package backend
 
 import (
-	"reflect"
 	"sync/atomic"
 	"testing"
-	"unsafe"
+
+	"github.com/bbal/bbal/tools/testbed"
 )
 
 // TestCounterTableCoversEveryCount: each plain count of a backend is in
@@ -13,27 +13,17 @@ import (
 func TestCounterTableCoversEveryCount(t *testing.T) {
 	var c counters
 	var s Stats
-	fields := map[*atomic.Uint64]string{}
-	stats := map[*uint64]string{}
+	var fields []*atomic.Uint64
+	stats := map[*uint64]bool{}
 	metrics := map[[2]string]bool{}
 	for _, e := range counterTable {
-		name := e.Metric + "{" + e.Reason + "}"
-		if fields[e.field(&c)] != "" || stats[e.stat(&s)] != "" || metrics[[2]string{e.Metric, e.Reason}] {
-			t.Errorf("%s: a field, Stats field or metric used twice", name)
+		fields = append(fields, e.field(&c))
+		if stats[e.stat(&s)] || metrics[[2]string{e.Metric, e.Reason}] || e.Help == "" {
+			t.Errorf("%s{%s}: a Stats field or metric used twice, or no help", e.Metric, e.Reason)
 		}
-		fields[e.field(&c)], stats[e.stat(&s)], metrics[[2]string{e.Metric, e.Reason}] = name, name, true
-		if e.Help == "" {
-			t.Errorf("%s: no help", name)
-		}
+		stats[e.stat(&s)], metrics[[2]string{e.Metric, e.Reason}] = true, true
 	}
-	v := reflect.ValueOf(&c).Elem()
-	for i := range v.NumField() {
-		f := v.Field(i)
-		if f.Type() != reflect.TypeFor[atomic.Uint64]() {
-			continue
-		}
-		if fields[(*atomic.Uint64)(unsafe.Pointer(f.UnsafeAddr()))] == "" {
-			t.Errorf("counters.%s is not in counterTable", v.Type().Field(i).Name)
-		}
+	for _, name := range testbed.CountsNotInTable(&c, fields) {
+		t.Errorf("counters.%s is not in counterTable once", name)
 	}
 }

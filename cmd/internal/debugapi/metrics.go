@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/udpproxy"
 )
 
 // The metrics. They are read from the balancer's own counters at scrape
@@ -18,25 +19,11 @@ import (
 var (
 	mBuildInfo   = desc("bbal_build_info", "The version bbal was built from; always 1.", "version")
 	mStartTime   = desc("bbal_start_time_seconds", "When bbal started, in seconds since the epoch.")
-	mUDPIn       = desc("bbal_udp_received_packets_total", "Datagrams read from the DNS UDP socket.")
-	mUDPInBytes  = desc("bbal_udp_received_bytes_total", "Bytes of datagrams read from the DNS UDP socket.")
-	mUDPOut      = desc("bbal_udp_sent_packets_total", "Replies sent from the DNS UDP socket.")
-	mUDPOutBytes = desc("bbal_udp_sent_bytes_total", "Bytes of replies sent from the DNS UDP socket.")
-	mUDPSendErr  = desc("bbal_udp_send_errors_total", "Replies that could not be sent.")
 	mDrops       = desc("bbal_drops_total", "Queries and connections dropped, by protocol and reason.", "proto", "reason")
 	mTCPTotal    = desc("bbal_tcp_connections_total", "Client TCP connections accepted.")
 	mTCPActive   = desc("bbal_tcp_connections_active", "Client TCP connections open now.")
 	mTCPAcceptEr = desc("bbal_tcp_accept_errors_total", "Failed accepts on the DNS TCP socket.")
 	mTCPLimits   = desc("bbal_tcp_limit_total", "Client TCP connections closed by a limit: max_conns, max_conns_per_ip, idle_timeout, unread_timeout, answer_timeout, max_lifetime.", "limit")
-	mServfails   = desc("bbal_udp_servfail_total", "Queries answered SERVFAIL for want of a backend (-F).")
-	mUnmatched   = desc("bbal_udp_replies_unmatched_total", "Replies to no query on record (later than 1 s) for a known client, sent.")
-	mUnsolicited = desc("bbal_udp_replies_unsolicited_total", "Replies to no query on record for a client not in the remotes table, dropped.")
-	mLostReplies = desc("bbal_udp_replies_lost_total", "Replies that could not be sent: to a stand-in of no client, or to a family not listened on.")
-	mDuplicates  = desc("bbal_udp_duplicates_total", "Queries with the ID and client port of one in flight (retransmits), answered the way the first came in.")
-	mResent      = desc("bbal_udp_resent_total", "Queries sent again to another backend after theirs died unanswering.")
-	mUnresent    = desc("bbal_udp_unresent_total", "Queries of a dead backend that could not be sent again.")
-	mWithheld    = desc("bbal_udp_withheld_total", "Queries of a dead backend not sent again: suspected of its death.")
-	mQuarantined = desc("bbal_udp_quarantined_total", "Queries seen in flight at two backend deaths, dropped on arrival for 30 s.")
 	mNoStandin   = desc("bbal_remotes_no_standin_total", "Queries and connections of IPv6 clients that could be given no stand-in address.")
 	mRemotes     = desc("bbal_remotes", "Clients in the remotes table.")
 	mRemotesMax  = desc("bbal_remotes_max", "The remotes table's bound (-R).")
@@ -99,6 +86,21 @@ var backendCounters = func() []backendCounter {
 	return out
 }()
 
+// udpCounters are the metrics of the UDP proxy's plain counts, from its
+// table (udpproxy.Counters).
+var udpCounters = func() []udpCounter {
+	var out []udpCounter
+	for _, c := range udpproxy.Counters() {
+		out = append(out, udpCounter{c, desc(c.Metric, c.Help)})
+	}
+	return out
+}()
+
+type udpCounter struct {
+	udpproxy.Counter
+	desc *prometheus.Desc
+}
+
 type backendCounter struct {
 	backend.Counter
 	desc *prometheus.Desc
@@ -129,11 +131,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(mBuildInfo, 1, Version())
 	gauge(mStartTime, float64(c.src.Started.UnixNano())/1e9)
 	us := c.src.UDP.Stats()
-	counter(mUDPIn, us.PacketsIn)
-	counter(mUDPInBytes, us.BytesIn)
-	counter(mUDPOut, us.PacketsOut)
-	counter(mUDPOutBytes, us.BytesOut)
-	counter(mUDPSendErr, us.SendErrors)
+	for _, uc := range udpCounters {
+		counter(uc.desc, uc.Value(&us))
+	}
 	for r, n := range us.Drops {
 		counter(mDrops, n, "udp", r)
 	}
@@ -147,15 +147,6 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for l, n := range ts.Limits {
 		counter(mTCPLimits, n, l)
 	}
-	counter(mServfails, us.Servfails)
-	counter(mUnmatched, us.Unmatched)
-	counter(mUnsolicited, us.Unsolicited)
-	counter(mLostReplies, us.LostReplies)
-	counter(mDuplicates, us.Duplicates)
-	counter(mResent, us.Resent)
-	counter(mUnresent, us.Unresent)
-	counter(mWithheld, us.Withheld)
-	counter(mQuarantined, us.Quarantined)
 	counter(mNoStandin, c.src.Table.NoStandin())
 	gauge(mRemotes, float64(c.src.Table.Len()))
 	gauge(mRemotesMax, float64(c.src.Table.MaxRemotes()))
