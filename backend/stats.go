@@ -4,6 +4,8 @@ import (
 	"slices"
 	"sync/atomic"
 	"time"
+
+	"github.com/bbal/bbal/internal/counter"
 )
 
 // Reason is why a backend was faulted.
@@ -80,60 +82,39 @@ type counters struct {
 	faults          [numReasons]atomic.Uint64
 }
 
-// Counter is one of a backend's plain counts: the metric that shows it,
-// where its value lives, and where Stats carries it. Counters lists them.
-type Counter struct {
-	Metric string // the metric's name
-	Help   string // the metric's help; the same for the counters that share a metric
-	// Reason is the metric's reason label, for counters that share one
-	// metric; "" for none.
-	Reason string
-	field  func(*counters) *atomic.Uint64
-	stat   func(*Stats) *uint64
-}
-
-// Value returns the counter's value in s.
-func (c Counter) Value(s *Stats) uint64 { return *c.stat(s) }
+// Counter is one of a backend's plain counts; Counters lists them.
+type Counter = counter.Counter[counters, Stats]
 
 const dropsHelp = "Datagrams for the backend dropped: stuck (queue full), down (no session), discarded (queued, then the session faulted), expired (queued too long)."
 
 // counterTable is the one list of a backend's plain counts. It drives
 // Backend.Stats, Backend.ResetCounters and, through Counters, the
 // metrics. The packet path updates the fields directly.
-var counterTable = [...]Counter{
-	{"bbal_backend_udp_frames_total", "INBOUND_UDP frames queued to the backend.", "", func(c *counters) *atomic.Uint64 { return &c.udpFrames }, func(s *Stats) *uint64 { return &s.UDPFrames }},
-	{"bbal_backend_udp_bytes_total", "DNS bytes in INBOUND_UDP frames queued to the backend.", "", func(c *counters) *atomic.Uint64 { return &c.udpBytes }, func(s *Stats) *uint64 { return &s.UDPBytes }},
-	{"bbal_backend_outbound_udp_total", "OUTBOUND_UDP frames received from the backend.", "", func(c *counters) *atomic.Uint64 { return &c.outboundUDP }, func(s *Stats) *uint64 { return &s.OutboundUDP }},
-	{"bbal_backend_outbound_bytes_total", "DNS bytes in OUTBOUND_UDP frames received from the backend.", "", func(c *counters) *atomic.Uint64 { return &c.outboundBytes }, func(s *Stats) *uint64 { return &s.OutboundBytes }},
-	{"bbal_backend_outbound_errors_total", "OUTBOUND_UDP frames that could not be sent on.", "", func(c *counters) *atomic.Uint64 { return &c.outboundErrors }, func(s *Stats) *uint64 { return &s.OutboundErrors }},
-	{"bbal_backend_drops_total", dropsHelp, "stuck", func(c *counters) *atomic.Uint64 { return &c.stuckDrops }, func(s *Stats) *uint64 { return &s.StuckDrops }},
-	{"bbal_backend_drops_total", dropsHelp, "down", func(c *counters) *atomic.Uint64 { return &c.downDrops }, func(s *Stats) *uint64 { return &s.DownDrops }},
-	{"bbal_backend_drops_total", dropsHelp, "discarded", func(c *counters) *atomic.Uint64 { return &c.discarded }, func(s *Stats) *uint64 { return &s.Discarded }},
-	{"bbal_backend_drops_total", dropsHelp, "expired", func(c *counters) *atomic.Uint64 { return &c.expired }, func(s *Stats) *uint64 { return &s.Expired }},
-	{"bbal_backend_tcp_sessions_total", "TCP proxy sessions opened to the backend.", "", func(c *counters) *atomic.Uint64 { return &c.tcpTotal }, func(s *Stats) *uint64 { return &s.TCPTotal }},
-	{"bbal_backend_tcp_errors_total", "TCP proxy sessions that could not connect.", "", func(c *counters) *atomic.Uint64 { return &c.tcpErrors }, func(s *Stats) *uint64 { return &s.TCPErrors }},
-	{"bbal_backend_connect_attempts_total", "Standing session connection attempts.", "", func(c *counters) *atomic.Uint64 { return &c.connectAttempts }, func(s *Stats) *uint64 { return &s.ConnectAttempts }},
-	{"bbal_backend_connect_errors_total", "Standing session connection attempts that failed.", "", func(c *counters) *atomic.Uint64 { return &c.connectErrors }, func(s *Stats) *uint64 { return &s.ConnectErrors }},
-	{"bbal_backend_heartbeats_total", "Heartbeat replies received.", "", func(c *counters) *atomic.Uint64 { return &c.heartbeats }, func(s *Stats) *uint64 { return &s.Heartbeats }},
+var counterTable = counter.Table[counters, Stats]{
+	{Metric: "bbal_backend_udp_frames_total", Help: "INBOUND_UDP frames queued to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.udpFrames }, Stat: func(s *Stats) *uint64 { return &s.UDPFrames }},
+	{Metric: "bbal_backend_udp_bytes_total", Help: "DNS bytes in INBOUND_UDP frames queued to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.udpBytes }, Stat: func(s *Stats) *uint64 { return &s.UDPBytes }},
+	{Metric: "bbal_backend_outbound_udp_total", Help: "OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundUDP }, Stat: func(s *Stats) *uint64 { return &s.OutboundUDP }},
+	{Metric: "bbal_backend_outbound_bytes_total", Help: "DNS bytes in OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundBytes }, Stat: func(s *Stats) *uint64 { return &s.OutboundBytes }},
+	{Metric: "bbal_backend_outbound_errors_total", Help: "OUTBOUND_UDP frames that could not be sent on.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundErrors }, Stat: func(s *Stats) *uint64 { return &s.OutboundErrors }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "stuck", Field: func(c *counters) *atomic.Uint64 { return &c.stuckDrops }, Stat: func(s *Stats) *uint64 { return &s.StuckDrops }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "down", Field: func(c *counters) *atomic.Uint64 { return &c.downDrops }, Stat: func(s *Stats) *uint64 { return &s.DownDrops }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "discarded", Field: func(c *counters) *atomic.Uint64 { return &c.discarded }, Stat: func(s *Stats) *uint64 { return &s.Discarded }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "expired", Field: func(c *counters) *atomic.Uint64 { return &c.expired }, Stat: func(s *Stats) *uint64 { return &s.Expired }},
+	{Metric: "bbal_backend_tcp_sessions_total", Help: "TCP proxy sessions opened to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.tcpTotal }, Stat: func(s *Stats) *uint64 { return &s.TCPTotal }},
+	{Metric: "bbal_backend_tcp_errors_total", Help: "TCP proxy sessions that could not connect.", Field: func(c *counters) *atomic.Uint64 { return &c.tcpErrors }, Stat: func(s *Stats) *uint64 { return &s.TCPErrors }},
+	{Metric: "bbal_backend_connect_attempts_total", Help: "Standing session connection attempts.", Field: func(c *counters) *atomic.Uint64 { return &c.connectAttempts }, Stat: func(s *Stats) *uint64 { return &s.ConnectAttempts }},
+	{Metric: "bbal_backend_connect_errors_total", Help: "Standing session connection attempts that failed.", Field: func(c *counters) *atomic.Uint64 { return &c.connectErrors }, Stat: func(s *Stats) *uint64 { return &s.ConnectErrors }},
+	{Metric: "bbal_backend_heartbeats_total", Help: "Heartbeat replies received.", Field: func(c *counters) *atomic.Uint64 { return &c.heartbeats }, Stat: func(s *Stats) *uint64 { return &s.Heartbeats }},
 }
 
 // Counters returns the table of a backend's plain counts, for the
 // metrics. The gauges, the faults by Reason, the load's figures and the
 // probes' are not in it.
-func Counters() []Counter { return slices.Clone(counterTable[:]) }
-
-// load copies the counters of the table into s.
-func (c *counters) load(s *Stats) {
-	for _, e := range &counterTable {
-		*e.stat(s) = e.field(c).Load()
-	}
-}
+func Counters() []Counter { return slices.Clone(counterTable) }
 
 // reset zeroes the counters of the table and the faults.
 func (c *counters) reset() {
-	for _, e := range &counterTable {
-		e.field(c).Store(0)
-	}
+	counterTable.Reset(c)
 	for i := range c.faults {
 		c.faults[i].Store(0)
 	}

@@ -2,30 +2,39 @@ package testbed
 
 import (
 	"reflect"
-	"strconv"
+	"slices"
 	"sync/atomic"
+	"testing"
 	"unsafe"
+
+	"github.com/bbal/bbal/internal/counter"
 )
 
-// CountsNotInTable checks a package's table of counters against their
-// owner, a pointer to a struct: it returns the names of the struct's
-// atomic.Uint64 fields that are not in table, and "twice: N" for the
-// N-th entry of table that repeats an earlier one.
-func CountsNotInTable(owner any, table []*atomic.Uint64) []string {
-	var bad []string
-	in := map[*atomic.Uint64]bool{}
-	for i, p := range table {
-		if in[p] {
-			bad = append(bad, "twice: "+strconv.Itoa(i))
+// CheckCounterTable checks a package's table of counters against their
+// owner O, a struct, and its snapshot S: every atomic.Uint64 field of O
+// is in the table once, and each entry has a field of S and a metric
+// (name and reason) of its own, and a help text. notCounts names the
+// atomic.Uint64 fields of O that are no count (an ID allocator).
+func CheckCounterTable[O, S any](t testing.TB, table counter.Table[O, S], notCounts ...string) {
+	t.Helper()
+	var o O
+	var s S
+	fields := map[*atomic.Uint64]bool{}
+	stats := map[*uint64]bool{}
+	metrics := map[[2]string]bool{}
+	for _, c := range table {
+		f, st, m := c.Field(&o), c.Stat(&s), [2]string{c.Metric, c.Reason}
+		if fields[f] || stats[st] || metrics[m] || c.Help == "" {
+			t.Errorf("%s{%s}: a field, a field of the snapshot or a metric used twice, or no help", c.Metric, c.Reason)
 		}
-		in[p] = true
+		fields[f], stats[st], metrics[m] = true, true, true
 	}
-	v := reflect.ValueOf(owner).Elem()
+	v := reflect.ValueOf(&o).Elem()
 	for i := range v.NumField() {
 		f := v.Field(i)
-		if f.Type() == reflect.TypeFor[atomic.Uint64]() && !in[(*atomic.Uint64)(unsafe.Pointer(f.UnsafeAddr()))] {
-			bad = append(bad, v.Type().Field(i).Name)
+		name := v.Type().Field(i).Name
+		if f.Type() == reflect.TypeFor[atomic.Uint64]() && !slices.Contains(notCounts, name) && !fields[(*atomic.Uint64)(unsafe.Pointer(f.UnsafeAddr()))] {
+			t.Errorf("%s.%s is not in the table of counters", v.Type().Name(), name)
 		}
 	}
-	return bad
 }

@@ -31,9 +31,10 @@
 // # Metrics
 //
 // The metrics are read from the balancer's counters at scrape time
-// (metrics.go). A backend's plain counts come from its package's table,
-// [backend.Counters], which also drives [backend.Backend.Stats] and the
-// reset; the other metrics are declared in metrics.go. POST
+// (metrics.go). The plain counts of the backends and of the two proxies
+// come from their packages' tables ([backend.Counters],
+// [udpproxy.Counters], [tcpproxy.Counters]), which also drive their Stats
+// and their reset; the other metrics are declared in metrics.go. POST
 // /v1/counters/reset calls one ResetCounters per package. A test checks
 // that every number of the JSON of /v1/stats and /v1/backends has a
 // metric of the same value, and that the reset zeroes every counter.

@@ -2,6 +2,7 @@ package debugapi
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -9,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/internal/counter"
+	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/udpproxy"
 )
 
@@ -20,9 +23,7 @@ var (
 	mBuildInfo   = desc("bbal_build_info", "The version bbal was built from; always 1.", "version")
 	mStartTime   = desc("bbal_start_time_seconds", "When bbal started, in seconds since the epoch.")
 	mDrops       = desc("bbal_drops_total", "Queries and connections dropped, by protocol and reason.", "proto", "reason")
-	mTCPTotal    = desc("bbal_tcp_connections_total", "Client TCP connections accepted.")
 	mTCPActive   = desc("bbal_tcp_connections_active", "Client TCP connections open now.")
-	mTCPAcceptEr = desc("bbal_tcp_accept_errors_total", "Failed accepts on the DNS TCP socket.")
 	mTCPLimits   = desc("bbal_tcp_limit_total", "Client TCP connections closed by a limit: max_conns, max_conns_per_ip, idle_timeout, unread_timeout, answer_timeout, max_lifetime.", "limit")
 	mNoStandin   = desc("bbal_remotes_no_standin_total", "Queries and connections of IPv6 clients that could be given no stand-in address.")
 	mRemotes     = desc("bbal_remotes", "Clients in the remotes table.")
@@ -66,44 +67,46 @@ var (
 	mBackendQueueFr  = desc("bbal_backend_queue_frames", "Frames queued for the backend, not yet written.", "backend")
 )
 
-// backendCounters are the metrics of the backends' plain counts, from
-// their table (backend.Counters).
-var backendCounters = func() []backendCounter {
-	var out []backendCounter
-	descs := map[string]*prometheus.Desc{}
-	for _, c := range backend.Counters() {
-		d := descs[c.Metric]
-		if d == nil {
-			labels := []string{"backend"}
-			if c.Reason != "" {
-				labels = append(labels, "reason")
-			}
-			d = desc(c.Metric, c.Help, labels...)
-			descs[c.Metric] = d
-		}
-		out = append(out, backendCounter{c, d})
-	}
-	return out
-}()
+// The metrics of the plain counts come from their packages' tables.
+var (
+	udpCounters     = counterMetrics(udpproxy.Counters())
+	tcpCounters     = counterMetrics(tcpproxy.Counters())
+	backendCounters = counterMetrics(backend.Counters(), "backend")
+)
 
-// udpCounters are the metrics of the UDP proxy's plain counts, from its
-// table (udpproxy.Counters).
-var udpCounters = func() []udpCounter {
-	var out []udpCounter
-	for _, c := range udpproxy.Counters() {
-		out = append(out, udpCounter{c, desc(c.Metric, c.Help)})
-	}
-	return out
-}()
-
-type udpCounter struct {
-	udpproxy.Counter
+// counterMetric is the metric of one count of a table.
+type counterMetric[O, S any] struct {
+	counter.Counter[O, S]
 	desc *prometheus.Desc
 }
 
-type backendCounter struct {
-	backend.Counter
-	desc *prometheus.Desc
+// counterMetrics makes the metrics of a table, with the labels given
+// and, for counts that share a metric, reason.
+func counterMetrics[O, S any](cs []counter.Counter[O, S], labels ...string) []counterMetric[O, S] {
+	var out []counterMetric[O, S]
+	descs := map[string]*prometheus.Desc{}
+	for _, c := range cs {
+		d := descs[c.Metric]
+		if d == nil {
+			ls := labels
+			if c.Reason != "" {
+				ls = append(slices.Clip(labels), "reason")
+			}
+			d = desc(c.Metric, c.Help, ls...)
+			descs[c.Metric] = d
+		}
+		out = append(out, counterMetric[O, S]{c, d})
+	}
+	return out
+}
+
+// labelValues returns the values of the metric's labels: those given,
+// and its reason.
+func (m counterMetric[O, S]) labelValues(values ...string) []string {
+	if m.Reason != "" {
+		return append(values, m.Reason)
+	}
+	return values
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -131,16 +134,17 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(mBuildInfo, 1, Version())
 	gauge(mStartTime, float64(c.src.Started.UnixNano())/1e9)
 	us := c.src.UDP.Stats()
-	for _, uc := range udpCounters {
-		counter(uc.desc, uc.Value(&us))
+	for _, m := range udpCounters {
+		counter(m.desc, m.Value(&us), m.labelValues()...)
 	}
 	for r, n := range us.Drops {
 		counter(mDrops, n, "udp", r)
 	}
 	ts := c.src.TCP.Stats()
-	counter(mTCPTotal, ts.Total)
+	for _, m := range tcpCounters {
+		counter(m.desc, m.Value(&ts), m.labelValues()...)
+	}
 	gauge(mTCPActive, float64(ts.Active))
-	counter(mTCPAcceptEr, ts.AcceptErrors)
 	for r, n := range ts.Drops {
 		counter(mDrops, n, "tcp", r)
 	}
@@ -185,12 +189,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(mBackendRemotes, float64(counts[st.ID].Primary), id)
 		gauge(mBackendBackups, float64(counts[st.ID].Backup), id)
-		for _, bc := range backendCounters {
-			if bc.Reason != "" {
-				counter(bc.desc, bc.Value(&st), id, bc.Reason)
-			} else {
-				counter(bc.desc, bc.Value(&st), id)
-			}
+		for _, m := range backendCounters {
+			counter(m.desc, m.Value(&st), m.labelValues(id)...)
 		}
 		gauge(mBackendTCPAct, float64(st.TCPActive), id)
 		for _, r := range backend.Reasons() {
