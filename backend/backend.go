@@ -297,28 +297,15 @@ func (b *Backend) Stats() Stats {
 	s := Stats{
 		ID: b.id, Path: b.path, State: st, Since: since,
 		OK: b.ok.Load(), Removed: b.removed.Load(), Admin: b.Admin(),
-		ReconnectDelay:  time.Duration(b.delay.Load()),
-		QueuedBytes:     qb,
-		QueuedFrames:    qf,
-		UDPFrames:       b.stats.udpFrames.Load(),
-		UDPBytes:        b.stats.udpBytes.Load(),
-		OutboundUDP:     b.stats.outboundUDP.Load(),
-		OutboundBytes:   b.stats.outboundBytes.Load(),
-		OutboundErrors:  b.stats.outboundErrors.Load(),
-		StuckDrops:      b.stats.stuckDrops.Load(),
-		DownDrops:       b.stats.downDrops.Load(),
-		Discarded:       b.stats.discarded.Load(),
-		Expired:         b.stats.expired.Load(),
-		TCPTotal:        b.stats.tcpTotal.Load(),
-		TCPActive:       b.stats.tcpActive.Load(),
-		TCPErrors:       b.stats.tcpErrors.Load(),
-		ConnectAttempts: b.stats.connectAttempts.Load(),
-		ConnectErrors:   b.stats.connectErrors.Load(),
-		HeartbeatRTT:    time.Duration(b.stats.heartbeatRTT.Load()),
-		Heartbeats:      b.stats.heartbeats.Load(),
-		Probes:          b.probe.stats(),
-		Faults:          map[string]uint64{},
+		ReconnectDelay: time.Duration(b.delay.Load()),
+		QueuedBytes:    qb,
+		QueuedFrames:   qf,
+		TCPActive:      b.stats.tcpActive.Load(),
+		HeartbeatRTT:   time.Duration(b.stats.heartbeatRTT.Load()),
+		Probes:         b.probe.stats(),
+		Faults:         map[string]uint64{},
 	}
+	counterTable.Load(&b.stats, &s)
 	l := b.load.Figures()
 	s.Weight, s.Slow, s.Outstanding, s.Latency = l.Weight, l.Slow, l.Outstanding, l.Latency
 	s.Answered, s.Unanswered, s.Evicted, s.Resent = l.Answered, l.Unanswered, l.Evicted, l.Resent
@@ -333,15 +320,7 @@ func (b *Backend) Stats() Stats {
 // ResetCounters sets the backend's counters back to zero. The gauges
 // (active TCP sessions, queue, heartbeat round trip) are left alone.
 func (b *Backend) ResetCounters() {
-	c := &b.stats
-	for _, v := range []*atomic.Uint64{&c.udpFrames, &c.udpBytes, &c.outboundUDP, &c.outboundBytes,
-		&c.outboundErrors, &c.stuckDrops, &c.downDrops, &c.discarded, &c.expired, &c.tcpTotal, &c.tcpErrors,
-		&c.connectAttempts, &c.connectErrors, &c.heartbeats} {
-		v.Store(0)
-	}
-	for i := range c.faults {
-		c.faults[i].Store(0)
-	}
+	b.stats.reset()
 	b.load.ResetCounters()
 	b.probe.resetCounters()
 }

@@ -192,5 +192,10 @@
 // active, failed), connect attempts and errors, faults by [Reason], the
 // last heartbeat round trip, and DNS probes sent, answered and failed with
 // the last probe's round trip ([ProbeStats]); [Backend.Stats] returns a
-// snapshot.
+// snapshot. The plain counts are declared once, in the table that
+// [Counters] returns (stats.go, a [counter.Table]): it drives Stats, the
+// reset and the metrics, and a new count is one line of it. The [Set] counts what
+// discovery sees ([Set.Discovery]).
+// [Set.ResetCounters] zeroes every counter the Set owns, its backends'
+// included; the gauges (sessions active, queue, round trips) stay.
 package backend

@@ -771,6 +771,18 @@ func (s *Set) Get(id ID) *Backend {
 // All returns every backend in ID order. The slice must not be modified.
 func (s *Set) All() []*Backend { return *s.list.Load() }
 
+// ResetCounters sets every counter the Set owns back to zero: those of
+// Discovery and each backend's (see Backend.ResetCounters). The gauges
+// stay.
+func (s *Set) ResetCounters() {
+	s.watch.resetCounters()
+	s.forgotten.Store(0)
+	s.downLost.Store(0)
+	for _, b := range s.All() {
+		b.ResetCounters()
+	}
+}
+
 // Status reports whether backend id serves its remotes now (ok and not
 // disabled), and whether it is unknown or its socket has been removed
 // (gone).

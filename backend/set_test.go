@@ -320,3 +320,22 @@ func TestReplyPathAllocatesNothing(t *testing.T) {
 		t.Fatalf("a reply to port 0 was not refused and counted: %+v", st)
 	}
 }
+
+// Set.ResetCounters resets everything the Set owns: the discovery
+// counters and each backend's.
+func TestSetResetCountersResetsBackendsToo(t *testing.T) {
+	dir := testbed.SocketDir(t)
+	s, logs := newTestSet(t, dir, Config{})
+	connectFake(t, logs, dir, "5301", 5301)
+	b := s.Get(5301)
+	if st, d := b.Stats(), s.Discovery(); st.ConnectAttempts == 0 || d.Events == 0 || d.WatchScans == 0 {
+		t.Fatalf("before the reset: connect attempts %d, discovery %+v", st.ConnectAttempts, d)
+	}
+	s.ResetCounters()
+	if st, d := b.Stats(), s.Discovery(); st.ConnectAttempts != 0 || d.Events != 0 || d.WatchScans != 0 {
+		t.Fatalf("after the reset: connect attempts %d, discovery %+v", st.ConnectAttempts, d)
+	}
+	if !b.OK() {
+		t.Fatal("the reset touched the backend's state")
+	}
+}

@@ -1,8 +1,11 @@
 package backend
 
 import (
+	"slices"
 	"sync/atomic"
 	"time"
+
+	"github.com/bbal/bbal/internal/counter"
 )
 
 // Reason is why a backend was faulted.
@@ -58,7 +61,7 @@ func Reasons() []Reason {
 
 // counters are a backend's statistics, updated with atomics by whichever
 // goroutine sees the event: the UDP readers, the session goroutines and
-// the TCP proxies.
+// the TCP proxies. The plain counts are in counterTable too.
 type counters struct {
 	udpFrames       atomic.Uint64 // INBOUND_UDP frames queued
 	udpBytes        atomic.Uint64 // DNS bytes in those frames
@@ -77,6 +80,44 @@ type counters struct {
 	heartbeats      atomic.Uint64 // heartbeat replies received
 	heartbeatRTT    atomic.Int64  // nanoseconds, last heartbeat round trip
 	faults          [numReasons]atomic.Uint64
+}
+
+// Counter is one of a backend's plain counts; Counters lists them.
+type Counter = counter.Counter[counters, Stats]
+
+const dropsHelp = "Datagrams for the backend dropped: stuck (queue full), down (no session), discarded (queued, then the session faulted), expired (queued too long)."
+
+// counterTable is the one list of a backend's plain counts. It drives
+// Backend.Stats, Backend.ResetCounters and, through Counters, the
+// metrics. The packet path updates the fields directly.
+var counterTable = counter.Table[counters, Stats]{
+	{Metric: "bbal_backend_udp_frames_total", Help: "INBOUND_UDP frames queued to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.udpFrames }, Stat: func(s *Stats) *uint64 { return &s.UDPFrames }},
+	{Metric: "bbal_backend_udp_bytes_total", Help: "DNS bytes in INBOUND_UDP frames queued to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.udpBytes }, Stat: func(s *Stats) *uint64 { return &s.UDPBytes }},
+	{Metric: "bbal_backend_outbound_udp_total", Help: "OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundUDP }, Stat: func(s *Stats) *uint64 { return &s.OutboundUDP }},
+	{Metric: "bbal_backend_outbound_bytes_total", Help: "DNS bytes in OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundBytes }, Stat: func(s *Stats) *uint64 { return &s.OutboundBytes }},
+	{Metric: "bbal_backend_outbound_errors_total", Help: "OUTBOUND_UDP frames that could not be sent on.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundErrors }, Stat: func(s *Stats) *uint64 { return &s.OutboundErrors }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "stuck", Field: func(c *counters) *atomic.Uint64 { return &c.stuckDrops }, Stat: func(s *Stats) *uint64 { return &s.StuckDrops }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "down", Field: func(c *counters) *atomic.Uint64 { return &c.downDrops }, Stat: func(s *Stats) *uint64 { return &s.DownDrops }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "discarded", Field: func(c *counters) *atomic.Uint64 { return &c.discarded }, Stat: func(s *Stats) *uint64 { return &s.Discarded }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "expired", Field: func(c *counters) *atomic.Uint64 { return &c.expired }, Stat: func(s *Stats) *uint64 { return &s.Expired }},
+	{Metric: "bbal_backend_tcp_sessions_total", Help: "TCP proxy sessions opened to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.tcpTotal }, Stat: func(s *Stats) *uint64 { return &s.TCPTotal }},
+	{Metric: "bbal_backend_tcp_errors_total", Help: "TCP proxy sessions that could not connect.", Field: func(c *counters) *atomic.Uint64 { return &c.tcpErrors }, Stat: func(s *Stats) *uint64 { return &s.TCPErrors }},
+	{Metric: "bbal_backend_connect_attempts_total", Help: "Standing session connection attempts.", Field: func(c *counters) *atomic.Uint64 { return &c.connectAttempts }, Stat: func(s *Stats) *uint64 { return &s.ConnectAttempts }},
+	{Metric: "bbal_backend_connect_errors_total", Help: "Standing session connection attempts that failed.", Field: func(c *counters) *atomic.Uint64 { return &c.connectErrors }, Stat: func(s *Stats) *uint64 { return &s.ConnectErrors }},
+	{Metric: "bbal_backend_heartbeats_total", Help: "Heartbeat replies received.", Field: func(c *counters) *atomic.Uint64 { return &c.heartbeats }, Stat: func(s *Stats) *uint64 { return &s.Heartbeats }},
+}
+
+// Counters returns the table of a backend's plain counts, for the
+// metrics. The gauges, the faults by Reason, the load's figures and the
+// probes' are not in it.
+func Counters() []Counter { return slices.Clone(counterTable) }
+
+// reset zeroes the counters of the table and the faults.
+func (c *counters) reset() {
+	counterTable.Reset(c)
+	for i := range c.faults {
+		c.faults[i].Store(0)
+	}
 }
 
 // Stats is a snapshot of one backend's state and counters.

@@ -81,13 +81,10 @@ func (s *Set) Discovery() Discovery {
 		Ignored: int(s.ignored.Load()), Forgotten: s.forgotten.Load(), DownsLost: s.downLost.Load()}
 }
 
-// ResetCounters sets the Set's own counters (those of Discovery) back to
-// zero. Each backend's are reset by Backend.ResetCounters.
-func (s *Set) ResetCounters() {
-	s.watch.events.Store(0)
-	s.watch.scans.Store(0)
-	s.forgotten.Store(0)
-	s.downLost.Store(0)
+// resetCounters sets the watch's counters back to zero.
+func (w *watch) resetCounters() {
+	w.events.Store(0)
+	w.scans.Store(0)
 }
 
 // openWatch watches the directory, unless it is watched already: it

@@ -238,7 +238,7 @@ func (t *Table) notePause(d time.Duration) {
 func (t *Table) MaxPause() time.Duration { return time.Duration(t.maxPause.Load()) }
 
 // ResetCounters sets every remote's counters back to zero, a chunk of
-// remotes at a time.
+// remotes at a time, and the table's own (Unpinned, NoStandin).
 func (t *Table) ResetCounters() {
 	t.scan(func(r *Remote) bool {
 		r.udp.Store(0)
@@ -247,6 +247,7 @@ func (t *Table) ResetCounters() {
 		return false
 	}, nil)
 	t.unpinned.Store(0)
+	t.standins.refused.Store(0)
 }
 
 // Walk calls fn for each remote in address order (that of their IPv6 forms),

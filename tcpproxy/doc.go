@@ -46,6 +46,14 @@
 // Each limit hit is counted once and logged at most once per 5 s. A
 // failing accept (EMFILE) backs off up to 1 s instead of spinning.
 //
+// # Counters
+//
+// The proxy's plain counts (connections accepted, failed accepts) are
+// declared once, in the table that [Counters] returns (proxy.go): it
+// drives [Proxy.Stats], [Proxy.ResetCounters] and the metrics. The active
+// connections (a gauge), the drops by reason and the limits are counted
+// beside it.
+//
 // # Ownership and shutdown
 //
 // After accepting a connection the proxy owns it until both halves are

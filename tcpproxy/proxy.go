@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/internal/counter"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"
@@ -644,8 +646,7 @@ func (s *session) copyFailed(which string, err error) {
 // ResetCounters sets the proxy's counters back to zero; the active
 // session count is a gauge and stays.
 func (p *Proxy) ResetCounters() {
-	p.total.Store(0)
-	p.acceptErrors.Store(0)
+	counterTable.Reset(p)
 	for i := range p.drops {
 		p.drops[i].Store(0)
 	}
@@ -653,6 +654,22 @@ func (p *Proxy) ResetCounters() {
 		p.limits[i].Store(0)
 	}
 }
+
+// Counter is one of the proxy's plain counts; Counters lists them.
+type Counter = counter.Counter[Proxy, Stats]
+
+// counterTable is the one list of the proxy's plain counts. It drives
+// Stats, ResetCounters and, through Counters, the metrics. The
+// connection path updates the fields directly.
+var counterTable = counter.Table[Proxy, Stats]{
+	{Metric: "bbal_tcp_connections_total", Help: "Client TCP connections accepted.", Field: func(p *Proxy) *atomic.Uint64 { return &p.total }, Stat: func(s *Stats) *uint64 { return &s.Total }},
+	{Metric: "bbal_tcp_accept_errors_total", Help: "Failed accepts on the DNS TCP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.acceptErrors }, Stat: func(s *Stats) *uint64 { return &s.AcceptErrors }},
+}
+
+// Counters returns the table of the proxy's plain counts, for the
+// metrics. The active connections (a gauge), the drops by reason and
+// the limits are not in it.
+func Counters() []Counter { return slices.Clone(counterTable) }
 
 // Stats is a snapshot of the proxy's counters.
 type Stats struct {
@@ -665,8 +682,8 @@ type Stats struct {
 
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() Stats {
-	s := Stats{Total: p.total.Load(), Active: p.active.Load(), AcceptErrors: p.acceptErrors.Load(),
-		Drops: make(map[string]uint64, numDrops)}
+	s := Stats{Active: p.active.Load(), Drops: make(map[string]uint64, numDrops)}
+	counterTable.Load(p, &s)
 	for r := range numDrops {
 		s.Drops[r.String()] = p.drops[r].Load()
 	}

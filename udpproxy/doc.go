@@ -77,6 +77,16 @@
 // [Proxy.ServfailWhenDown], a query that finds no backend is answered
 // SERVFAIL (its header and question, no records) instead of only dropped.
 //
+// # Counters
+//
+// The proxy's plain counts (datagrams and bytes in and out, send errors,
+// SERVFAILs, unmatched, unsolicited and lost replies, duplicates, queries
+// resent, unresent, withheld and quarantined) are declared once, in the
+// table that [Counters] returns (proxy.go): it drives [Proxy.Stats],
+// [Proxy.ResetCounters] and the metrics, and a new count is one line of
+// it. The drops are counted by reason beside it. The packet path updates
+// the atomics directly.
+//
 // # Concurrency
 //
 // The proxy is built after the remotes table and the backends it routes

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/internal/counter"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"
@@ -687,14 +688,38 @@ func (b *sendBatch) Flush() (failed int) {
 
 // ResetCounters sets the proxy's counters back to zero.
 func (p *Proxy) ResetCounters() {
-	for _, c := range []*atomic.Uint64{&p.packetsIn, &p.bytesIn, &p.packetsOut, &p.bytesOut, &p.sendErrors, &p.servfails,
-		&p.unmatched, &p.unsolicited, &p.lostReplies, &p.duplicates, &p.resent, &p.unresent, &p.withheld, &p.quarantined} {
-		c.Store(0)
-	}
+	counterTable.Reset(p)
 	for i := range p.drops {
 		p.drops[i].Store(0)
 	}
 }
+
+// Counter is one of the proxy's plain counts; Counters lists them.
+type Counter = counter.Counter[Proxy, Stats]
+
+// counterTable is the one list of the proxy's plain counts. It drives
+// Stats, ResetCounters and, through Counters, the metrics. The packet
+// path updates the fields directly.
+var counterTable = counter.Table[Proxy, Stats]{
+	{Metric: "bbal_udp_received_packets_total", Help: "Datagrams read from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.packetsIn }, Stat: func(s *Stats) *uint64 { return &s.PacketsIn }},
+	{Metric: "bbal_udp_received_bytes_total", Help: "Bytes of datagrams read from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.bytesIn }, Stat: func(s *Stats) *uint64 { return &s.BytesIn }},
+	{Metric: "bbal_udp_sent_packets_total", Help: "Replies sent from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.packetsOut }, Stat: func(s *Stats) *uint64 { return &s.PacketsOut }},
+	{Metric: "bbal_udp_sent_bytes_total", Help: "Bytes of replies sent from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.bytesOut }, Stat: func(s *Stats) *uint64 { return &s.BytesOut }},
+	{Metric: "bbal_udp_send_errors_total", Help: "Replies that could not be sent.", Field: func(p *Proxy) *atomic.Uint64 { return &p.sendErrors }, Stat: func(s *Stats) *uint64 { return &s.SendErrors }},
+	{Metric: "bbal_udp_servfail_total", Help: "Queries answered SERVFAIL for want of a backend (-F).", Field: func(p *Proxy) *atomic.Uint64 { return &p.servfails }, Stat: func(s *Stats) *uint64 { return &s.Servfails }},
+	{Metric: "bbal_udp_replies_unmatched_total", Help: "Replies to no query on record (later than 1 s) for a known client, sent.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unmatched }, Stat: func(s *Stats) *uint64 { return &s.Unmatched }},
+	{Metric: "bbal_udp_replies_unsolicited_total", Help: "Replies to no query on record for a client not in the remotes table, dropped.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unsolicited }, Stat: func(s *Stats) *uint64 { return &s.Unsolicited }},
+	{Metric: "bbal_udp_replies_lost_total", Help: "Replies that could not be sent: to a stand-in of no client, or to a family not listened on.", Field: func(p *Proxy) *atomic.Uint64 { return &p.lostReplies }, Stat: func(s *Stats) *uint64 { return &s.LostReplies }},
+	{Metric: "bbal_udp_duplicates_total", Help: "Queries with the ID and client port of one in flight (retransmits), answered the way the first came in.", Field: func(p *Proxy) *atomic.Uint64 { return &p.duplicates }, Stat: func(s *Stats) *uint64 { return &s.Duplicates }},
+	{Metric: "bbal_udp_resent_total", Help: "Queries sent again to another backend after theirs died unanswering.", Field: func(p *Proxy) *atomic.Uint64 { return &p.resent }, Stat: func(s *Stats) *uint64 { return &s.Resent }},
+	{Metric: "bbal_udp_unresent_total", Help: "Queries of a dead backend that could not be sent again.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unresent }, Stat: func(s *Stats) *uint64 { return &s.Unresent }},
+	{Metric: "bbal_udp_withheld_total", Help: "Queries of a dead backend not sent again: suspected of its death.", Field: func(p *Proxy) *atomic.Uint64 { return &p.withheld }, Stat: func(s *Stats) *uint64 { return &s.Withheld }},
+	{Metric: "bbal_udp_quarantined_total", Help: "Queries seen in flight at two backend deaths, dropped on arrival for 30 s.", Field: func(p *Proxy) *atomic.Uint64 { return &p.quarantined }, Stat: func(s *Stats) *uint64 { return &s.Quarantined }},
+}
+
+// Counters returns the table of the proxy's plain counts, for the
+// metrics. The drops by reason are not in it.
+func Counters() []Counter { return slices.Clone(counterTable) }
 
 // Stats is a snapshot of the proxy's counters.
 type Stats struct {
@@ -732,16 +757,8 @@ type Stats struct {
 
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() Stats {
-	s := Stats{
-		PacketsIn: p.packetsIn.Load(), BytesIn: p.bytesIn.Load(),
-		PacketsOut: p.packetsOut.Load(), BytesOut: p.bytesOut.Load(),
-		SendErrors: p.sendErrors.Load(),
-		Servfails:  p.servfails.Load(),
-		Unmatched:  p.unmatched.Load(), Unsolicited: p.unsolicited.Load(), LostReplies: p.lostReplies.Load(),
-		Duplicates: p.duplicates.Load(), Resent: p.resent.Load(), Unresent: p.unresent.Load(),
-		Withheld: p.withheld.Load(), Quarantined: p.quarantined.Load(),
-		Drops: make(map[string]uint64, numDrops),
-	}
+	s := Stats{Drops: make(map[string]uint64, numDrops)}
+	counterTable.Load(p, &s)
 	for r := range numDrops {
 		s.Drops[r.String()] = p.drops[r].Load()
 	}

@@ -62,26 +62,14 @@ func metrics(t *testing.T, sock string) map[string]*dto.MetricFamily {
 // value returns the value of the sample of family name with the labels.
 func value(t *testing.T, mf map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
 	t.Helper()
-	f, ok := mf[name]
-	if !ok {
+	if _, ok := mf[name]; !ok {
 		t.Fatalf("no metric %s", name)
 	}
-next:
-	for _, m := range f.Metric {
-		for _, lp := range m.Label {
-			if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue()
-		case m.Gauge != nil:
-			return m.Gauge.GetValue()
-		}
+	v, ok := sample(mf, name, labels)
+	if !ok {
+		t.Fatalf("no sample of %s with %v", name, labels)
 	}
-	t.Fatalf("no sample of %s with %v", name, labels)
-	return 0
+	return v
 }
 
 func TestMetricsParseAndMove(t *testing.T) {

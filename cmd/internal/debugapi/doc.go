@@ -28,6 +28,17 @@
 // process answers on is refused with [ErrInUse]. The socket is removed
 // when the listener is closed.
 //
+// # Metrics
+//
+// The metrics are read from the balancer's counters at scrape time
+// (metrics.go). The plain counts of the backends and of the two proxies
+// come from their packages' tables ([backend.Counters],
+// [udpproxy.Counters], [tcpproxy.Counters]), which also drive their Stats
+// and their reset; the other metrics are declared in metrics.go. POST
+// /v1/counters/reset calls one ResetCounters per package. A test checks
+// that every number of the JSON of /v1/stats and /v1/backends has a
+// metric of the same value, and that the reset zeroes every counter.
+//
 // # Hostile clients
 //
 // The server runs apart from the data path: handlers read counters

@@ -359,9 +359,6 @@ func (a *api) reset(w http.ResponseWriter, r *http.Request) {
 	}
 	a.mu.Lock()
 	a.src.Backends.ResetCounters()
-	for _, b := range a.src.Backends.All() {
-		b.ResetCounters()
-	}
 	a.src.UDP.ResetCounters()
 	a.src.TCP.ResetCounters()
 	a.src.Table.ResetCounters()

@@ -2,6 +2,7 @@ package debugapi
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -9,6 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/internal/counter"
+	"github.com/bbal/bbal/tcpproxy"
+	"github.com/bbal/bbal/udpproxy"
 )
 
 // The metrics. They are read from the balancer's own counters at scrape
@@ -18,25 +22,9 @@ import (
 var (
 	mBuildInfo   = desc("bbal_build_info", "The version bbal was built from; always 1.", "version")
 	mStartTime   = desc("bbal_start_time_seconds", "When bbal started, in seconds since the epoch.")
-	mUDPIn       = desc("bbal_udp_received_packets_total", "Datagrams read from the DNS UDP socket.")
-	mUDPInBytes  = desc("bbal_udp_received_bytes_total", "Bytes of datagrams read from the DNS UDP socket.")
-	mUDPOut      = desc("bbal_udp_sent_packets_total", "Replies sent from the DNS UDP socket.")
-	mUDPOutBytes = desc("bbal_udp_sent_bytes_total", "Bytes of replies sent from the DNS UDP socket.")
-	mUDPSendErr  = desc("bbal_udp_send_errors_total", "Replies that could not be sent.")
 	mDrops       = desc("bbal_drops_total", "Queries and connections dropped, by protocol and reason.", "proto", "reason")
-	mTCPTotal    = desc("bbal_tcp_connections_total", "Client TCP connections accepted.")
 	mTCPActive   = desc("bbal_tcp_connections_active", "Client TCP connections open now.")
-	mTCPAcceptEr = desc("bbal_tcp_accept_errors_total", "Failed accepts on the DNS TCP socket.")
 	mTCPLimits   = desc("bbal_tcp_limit_total", "Client TCP connections closed by a limit: max_conns, max_conns_per_ip, idle_timeout, unread_timeout, answer_timeout, max_lifetime.", "limit")
-	mServfails   = desc("bbal_udp_servfail_total", "Queries answered SERVFAIL for want of a backend (-F).")
-	mUnmatched   = desc("bbal_udp_replies_unmatched_total", "Replies to no query on record (later than 1 s) for a known client, sent.")
-	mUnsolicited = desc("bbal_udp_replies_unsolicited_total", "Replies to no query on record for a client not in the remotes table, dropped.")
-	mLostReplies = desc("bbal_udp_replies_lost_total", "Replies that could not be sent: to a stand-in of no client, or to a family not listened on.")
-	mDuplicates  = desc("bbal_udp_duplicates_total", "Queries with the ID and client port of one in flight (retransmits), answered the way the first came in.")
-	mResent      = desc("bbal_udp_resent_total", "Queries sent again to another backend after theirs died unanswering.")
-	mUnresent    = desc("bbal_udp_unresent_total", "Queries of a dead backend that could not be sent again.")
-	mWithheld    = desc("bbal_udp_withheld_total", "Queries of a dead backend not sent again: suspected of its death.")
-	mQuarantined = desc("bbal_udp_quarantined_total", "Queries seen in flight at two backend deaths, dropped on arrival for 30 s.")
 	mNoStandin   = desc("bbal_remotes_no_standin_total", "Queries and connections of IPv6 clients that could be given no stand-in address.")
 	mRemotes     = desc("bbal_remotes", "Clients in the remotes table.")
 	mRemotesMax  = desc("bbal_remotes_max", "The remotes table's bound (-R).")
@@ -44,6 +32,7 @@ var (
 	mScanPause   = desc("bbal_remotes_scan_pause_max_seconds", "The longest hold of the remotes table's lock by expiry or rebalancing.")
 	mWatchActive = desc("bbal_discovery_watch_active", "1 while the socket directory is watched with inotify; 0 when only the periodic scan finds changes.")
 	mWatchEvents = desc("bbal_discovery_events_total", "inotify events read for the socket directory.")
+	mWatchScans  = desc("bbal_discovery_watch_scans_total", "Scans of the socket directory that inotify events triggered.")
 	mIgnored     = desc("bbal_discovery_ignored_entries", "Entries of the socket directory that are no backend (not a socket, a second name for one), at the last scan.")
 	mForgotten   = desc("bbal_discovery_forgotten_total", "Backends forgotten after their socket was gone for a minute.")
 	mDownsLost   = desc("bbal_backend_down_events_lost_total", "Events of a backend going down that the full queue could not take: its queries were not sent again.")
@@ -58,19 +47,8 @@ var (
 	mBackendAdmin    = desc("bbal_backend_admin", "1 for the operator's setting: enabled, disabled or draining.", "backend", "admin")
 	mBackendRemotes  = desc("bbal_backend_remotes", "Remotes whose primary backend this is.", "backend")
 	mBackendBackups  = desc("bbal_backend_backup_remotes", "Remotes this backend serves as a backup.", "backend")
-	mBackendUDP      = desc("bbal_backend_udp_frames_total", "INBOUND_UDP frames queued to the backend.", "backend")
-	mBackendUDPBytes = desc("bbal_backend_udp_bytes_total", "DNS bytes in INBOUND_UDP frames queued to the backend.", "backend")
-	mBackendOut      = desc("bbal_backend_outbound_udp_total", "OUTBOUND_UDP frames received from the backend.", "backend")
-	mBackendOutBytes = desc("bbal_backend_outbound_bytes_total", "DNS bytes in OUTBOUND_UDP frames received from the backend.", "backend")
-	mBackendOutErr   = desc("bbal_backend_outbound_errors_total", "OUTBOUND_UDP frames that could not be sent on.", "backend")
-	mBackendDrops    = desc("bbal_backend_drops_total", "Datagrams for the backend dropped: stuck (queue full), down (no session), discarded (queued, then the session faulted), expired (queued too long).", "backend", "reason")
-	mBackendTCP      = desc("bbal_backend_tcp_sessions_total", "TCP proxy sessions opened to the backend.", "backend")
 	mBackendTCPAct   = desc("bbal_backend_tcp_sessions_active", "TCP proxy sessions open to the backend now.", "backend")
-	mBackendTCPErr   = desc("bbal_backend_tcp_errors_total", "TCP proxy sessions that could not connect.", "backend")
-	mBackendConn     = desc("bbal_backend_connect_attempts_total", "Standing session connection attempts.", "backend")
-	mBackendConnErr  = desc("bbal_backend_connect_errors_total", "Standing session connection attempts that failed.", "backend")
 	mBackendFaults   = desc("bbal_backend_faults_total", "Faults of the standing session, by reason.", "backend", "reason")
-	mBackendHB       = desc("bbal_backend_heartbeats_total", "Heartbeat replies received.", "backend")
 	mBackendRTT      = desc("bbal_backend_heartbeat_rtt_seconds", "Round trip of the last heartbeat.", "backend")
 	mBackendWeight   = desc("bbal_backend_weight", "The backend's weight: its share of remotes relative to the others'.", "backend")
 	mBackendSlow     = desc("bbal_backend_slow", "1 when the backend answers far slower than its peers (-P least-loaded sheds its remotes).", "backend")
@@ -78,6 +56,7 @@ var (
 	mBackendLatency  = desc("bbal_backend_latency_seconds", "Moving average of the backend's UDP answer times.", "backend")
 	mBackendAnswered = desc("bbal_backend_answered_total", "UDP queries the backend answered.", "backend")
 	mBackendUnans    = desc("bbal_backend_unanswered_total", "UDP queries the backend left unanswered for 1 s.", "backend")
+	mBackendEvicted  = desc("bbal_backend_evicted_total", "UDP queries of the backend forgotten to make room for newer ones (not counted unanswered).", "backend")
 	mBackendResent   = desc("bbal_backend_resent_total", "UDP queries of the backend sent again to another after it died.", "backend")
 	mBackendProbes   = desc("bbal_backend_probes_sent_total", "DNS health-check probes sent (-H).", "backend")
 	mBackendProbeOK  = desc("bbal_backend_probes_answered_total", "DNS health-check probes answered.", "backend")
@@ -85,7 +64,50 @@ var (
 	mBackendProbeRTT = desc("bbal_backend_probe_rtt_seconds", "Round trip of the last answered DNS health-check probe.", "backend")
 	mBackendDelay    = desc("bbal_backend_reconnect_delay_seconds", "Delay before the next reconnect attempt after a failure.", "backend")
 	mBackendQueue    = desc("bbal_backend_queue_bytes", "Bytes queued for the backend, not yet written.", "backend")
+	mBackendQueueFr  = desc("bbal_backend_queue_frames", "Frames queued for the backend, not yet written.", "backend")
 )
+
+// The metrics of the plain counts come from their packages' tables.
+var (
+	udpCounters     = counterMetrics(udpproxy.Counters())
+	tcpCounters     = counterMetrics(tcpproxy.Counters())
+	backendCounters = counterMetrics(backend.Counters(), "backend")
+)
+
+// counterMetric is the metric of one count of a table.
+type counterMetric[O, S any] struct {
+	counter.Counter[O, S]
+	desc *prometheus.Desc
+}
+
+// counterMetrics makes the metrics of a table, with the labels given
+// and, for counts that share a metric, reason.
+func counterMetrics[O, S any](cs []counter.Counter[O, S], labels ...string) []counterMetric[O, S] {
+	var out []counterMetric[O, S]
+	descs := map[string]*prometheus.Desc{}
+	for _, c := range cs {
+		d := descs[c.Metric]
+		if d == nil {
+			ls := labels
+			if c.Reason != "" {
+				ls = append(slices.Clip(labels), "reason")
+			}
+			d = desc(c.Metric, c.Help, ls...)
+			descs[c.Metric] = d
+		}
+		out = append(out, counterMetric[O, S]{c, d})
+	}
+	return out
+}
+
+// labelValues returns the values of the metric's labels: those given,
+// and its reason.
+func (m counterMetric[O, S]) labelValues(values ...string) []string {
+	if m.Reason != "" {
+		return append(values, m.Reason)
+	}
+	return values
+}
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
 	return prometheus.NewDesc(name, help, labels, nil)
@@ -112,33 +134,23 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(mBuildInfo, 1, Version())
 	gauge(mStartTime, float64(c.src.Started.UnixNano())/1e9)
 	us := c.src.UDP.Stats()
-	counter(mUDPIn, us.PacketsIn)
-	counter(mUDPInBytes, us.BytesIn)
-	counter(mUDPOut, us.PacketsOut)
-	counter(mUDPOutBytes, us.BytesOut)
-	counter(mUDPSendErr, us.SendErrors)
+	for _, m := range udpCounters {
+		counter(m.desc, m.Value(&us), m.labelValues()...)
+	}
 	for r, n := range us.Drops {
 		counter(mDrops, n, "udp", r)
 	}
 	ts := c.src.TCP.Stats()
-	counter(mTCPTotal, ts.Total)
+	for _, m := range tcpCounters {
+		counter(m.desc, m.Value(&ts), m.labelValues()...)
+	}
 	gauge(mTCPActive, float64(ts.Active))
-	counter(mTCPAcceptEr, ts.AcceptErrors)
 	for r, n := range ts.Drops {
 		counter(mDrops, n, "tcp", r)
 	}
 	for l, n := range ts.Limits {
 		counter(mTCPLimits, n, l)
 	}
-	counter(mServfails, us.Servfails)
-	counter(mUnmatched, us.Unmatched)
-	counter(mUnsolicited, us.Unsolicited)
-	counter(mLostReplies, us.LostReplies)
-	counter(mDuplicates, us.Duplicates)
-	counter(mResent, us.Resent)
-	counter(mUnresent, us.Unresent)
-	counter(mWithheld, us.Withheld)
-	counter(mQuarantined, us.Quarantined)
 	counter(mNoStandin, c.src.Table.NoStandin())
 	gauge(mRemotes, float64(c.src.Table.Len()))
 	gauge(mRemotesMax, float64(c.src.Table.MaxRemotes()))
@@ -147,6 +159,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ds := c.src.Backends.Discovery()
 	gauge(mWatchActive, bool01(ds.WatchActive))
 	counter(mWatchEvents, ds.Events)
+	counter(mWatchScans, ds.WatchScans)
 	gauge(mIgnored, float64(ds.Ignored))
 	counter(mForgotten, ds.Forgotten)
 	counter(mDownsLost, ds.DownsLost)
@@ -176,24 +189,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(mBackendRemotes, float64(counts[st.ID].Primary), id)
 		gauge(mBackendBackups, float64(counts[st.ID].Backup), id)
-		counter(mBackendUDP, st.UDPFrames, id)
-		counter(mBackendUDPBytes, st.UDPBytes, id)
-		counter(mBackendOut, st.OutboundUDP, id)
-		counter(mBackendOutBytes, st.OutboundBytes, id)
-		counter(mBackendOutErr, st.OutboundErrors, id)
-		counter(mBackendDrops, st.StuckDrops, id, "stuck")
-		counter(mBackendDrops, st.DownDrops, id, "down")
-		counter(mBackendDrops, st.Discarded, id, "discarded")
-		counter(mBackendDrops, st.Expired, id, "expired")
-		counter(mBackendTCP, st.TCPTotal, id)
+		for _, m := range backendCounters {
+			counter(m.desc, m.Value(&st), m.labelValues(id)...)
+		}
 		gauge(mBackendTCPAct, float64(st.TCPActive), id)
-		counter(mBackendTCPErr, st.TCPErrors, id)
-		counter(mBackendConn, st.ConnectAttempts, id)
-		counter(mBackendConnErr, st.ConnectErrors, id)
 		for _, r := range backend.Reasons() {
 			counter(mBackendFaults, st.Faults[r.String()], id, r.String())
 		}
-		counter(mBackendHB, st.Heartbeats, id)
 		gauge(mBackendRTT, st.HeartbeatRTT.Seconds(), id)
 		gauge(mBackendWeight, float64(st.Weight), id)
 		gauge(mBackendSlow, bool01(st.Slow), id)
@@ -201,6 +203,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(mBackendLatency, st.Latency.Seconds(), id)
 		counter(mBackendAnswered, st.Answered, id)
 		counter(mBackendUnans, st.Unanswered, id)
+		counter(mBackendEvicted, st.Evicted, id)
 		counter(mBackendResent, st.Resent, id)
 		if p := st.Probes; p.Enabled {
 			counter(mBackendProbes, p.Sent, id)
@@ -210,6 +213,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(mBackendDelay, st.ReconnectDelay.Seconds(), id)
 		gauge(mBackendQueue, float64(st.QueuedBytes), id)
+		gauge(mBackendQueueFr, float64(st.QueuedFrames), id)
 	}
 }
 
