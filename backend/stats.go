@@ -5,7 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/bbal/bbal/internal/counter"
+	"github.com/bbal/bbal/backend/counter"
 )
 
 // Reason is why a backend was faulted.

@@ -17,7 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/bbal/bbal/backend"
-	"github.com/bbal/bbal/internal/counter"
+	"github.com/bbal/bbal/backend/counter"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"

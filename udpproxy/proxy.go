@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bbal/bbal/backend"
-	"github.com/bbal/bbal/internal/counter"
+	"github.com/bbal/bbal/backend/counter"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/bbal/bbal/internal/counter"
+	"github.com/bbal/bbal/backend/counter"
 )
 
 // CheckCounterTable checks a package's table of counters against their

@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/bbal/bbal/backend"
-	"github.com/bbal/bbal/internal/counter"
+	"github.com/bbal/bbal/backend/counter"
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/udpproxy"
 )

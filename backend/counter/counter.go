@@ -2,7 +2,9 @@
 // them drives the owner's snapshot (its Stats), its reset and, through
 // the debug API, its metrics. A new count is one line of the table. The
 // hot paths keep updating the atomics directly; the table only says
-// where they are.
+// where they are. It sits under backend, the first of the packages that
+// use it (udpproxy and tcpproxy use it too), as the project keeps its top
+// level to the packages it is made of.
 package counter
 
 import "sync/atomic"
