@@ -31,7 +31,7 @@ func FuzzSession(f *testing.F) {
 		b := newBackend(set, 1, dir+"/x")
 		b.hbOutstanding.Store(heartbeatSent)
 		s := &session{b: b, gen: 1, closing: make(chan struct{}),
-			dec: protocol.NewDecoder(protocol.FromBackend, 0), replies: &countBatch{}}
+			dec: protocol.NewDecoder(protocol.FromBackend, 0), replies: &testbed.Replies{}}
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
 		var err error

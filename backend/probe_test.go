@@ -1,10 +1,8 @@
 package backend
 
 import (
-	"context"
 	"net/netip"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,20 +14,13 @@ import (
 	"github.com/bbal/bbal/tools/testbed"
 )
 
-// sharedBatch is a ReplyBatch, shared by every session, that counts what
-// it is given; safe to read from the test.
-type sharedBatch struct{ added atomic.Int64 }
-
-func (c *sharedBatch) Add([]byte, netip.AddrPort) { c.added.Add(1) }
-func (c *sharedBatch) Flush() int                 { return 0 }
-
 // probeBed is a started Set on a fake clock whose timers run, with a
 // fake backend 5301 that has said hello.
 type probeBed struct {
 	set   *Set
 	clock *timeouts.Fake
 	logs  *testbed.Logs
-	batch *sharedBatch
+	batch *testbed.Replies
 	conn  *testbed.FakeConn
 	b     *Backend
 }
@@ -37,15 +28,8 @@ type probeBed struct {
 func newProbeBed(t *testing.T, probe []byte) *probeBed {
 	t.Helper()
 	dir := testbed.SocketDir(t)
-	pb := &probeBed{clock: timeouts.NewFake(testbed.Epoch), logs: testbed.NewLogs(), batch: &sharedBatch{}}
-	ts := timeouts.New(pb.clock)
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		ts.Run(ctx)
-	}()
-	t.Cleanup(func() { stop(); <-done })
+	pb := &probeBed{clock: timeouts.NewFake(testbed.Epoch), logs: testbed.NewLogs(), batch: &testbed.Replies{}}
+	ts := testbed.RunTimeouts(t, timeouts.New(pb.clock))
 	fake := testbed.NewFake(t, filepath.Join(dir, "5301"))
 	pb.set = NewSet(Config{
 		Dir: dir, Log: testbed.Logger(pb.logs), Timeouts: ts,
@@ -101,7 +85,7 @@ func TestProbeAnswersAreMatchedByIDAndKeptFromClients(t *testing.T) {
 	send(0xf0000001, resp)
 	send(0xf0000001, resp)              // answered already
 	send(0x7f000001, []byte("a reply")) // for a client: the marker
-	testbed.Eventually(t, "the reply to the client", func() bool { return pb.batch.added.Load() == 1 })
+	testbed.Eventually(t, "the reply to the client", func() bool { return pb.batch.Added() == 1 })
 	testbed.Eventually(t, "the probe answered", func() bool { return pb.b.Stats().Probes.Answered == 1 })
 
 	st := pb.b.Stats()
@@ -159,7 +143,7 @@ func TestUnansweredProbesFaultTheBackend(t *testing.T) {
 func TestRepliesToTheProbeSourceGoToClientsWhenProbesAreOff(t *testing.T) {
 	pb := newProbeBed(t, nil)
 	pb.conn.Send(t, protocol.AppendUDP(nil, protocol.FrameOutboundUDP, 0xf0000001, 53, make([]byte, 20)))
-	testbed.Eventually(t, "the reply", func() bool { return pb.batch.added.Load() == 1 })
+	testbed.Eventually(t, "the reply", func() bool { return pb.batch.Added() == 1 })
 	if st := pb.b.Stats(); st.Probes != (ProbeStats{}) || st.OutboundUDP != 1 {
 		t.Fatalf("outbound %d, probes %+v", st.OutboundUDP, st.Probes)
 	}
@@ -173,7 +157,7 @@ func TestProbeOffReplyPathAllocatesNothing(t *testing.T) {
 	b := newBackend(s, 1, "x")
 	b.log = zerolog.Nop() // the trace records are the only allocations
 	sess := &session{b: b, gen: 1, closing: make(chan struct{}),
-		dec: protocol.NewDecoder(protocol.FromBackend, 0), replies: &countBatch{}, hello: true}
+		dec: protocol.NewDecoder(protocol.FromBackend, 0), replies: &testbed.Replies{}, hello: true}
 	frame := protocol.AppendUDP(nil, protocol.FrameOutboundUDP, 0x7f000001, 5353, make([]byte, 60))
 	if a := testing.AllocsPerRun(1000, func() {
 		sess.dec.Write(frame)

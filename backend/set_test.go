@@ -1,7 +1,6 @@
 package backend
 
 import (
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,16 +28,10 @@ func newTestSet(t *testing.T, dir string, cfg Config) (*Set, *testbed.Logs) {
 	cfg.Dir, cfg.Timeouts = dir, ts
 	cfg.Log = testbed.Logger(logs)
 	s := NewSet(cfg)
-	s.Start(Links{Replies: func(*Backend) ReplyBatch { return &countBatch{} }})
+	s.Start(Links{Replies: func(*Backend) ReplyBatch { return &testbed.Replies{} }})
 	t.Cleanup(s.Close)
 	return s, logs
 }
-
-// countBatch is a ReplyBatch that counts what it is given.
-type countBatch struct{ added, flushed int }
-
-func (c *countBatch) Add([]byte, netip.AddrPort) { c.added++ }
-func (c *countBatch) Flush() int                 { c.flushed += c.added; c.added = 0; return 0 }
 
 func touch(t *testing.T, dir string, names ...string) {
 	t.Helper()
@@ -308,15 +301,15 @@ func TestQueueFrameCapAndAge(t *testing.T) {
 func TestReplyPathAllocatesNothing(t *testing.T) {
 	s, _ := newTestSet(t, testbed.SocketDir(t), Config{})
 	b := newBackend(s, 1, "x")
-	batch := &countBatch{}
+	batch := &testbed.Replies{}
 	f := protocol.Frame{Type: protocol.FrameOutboundUDP, IP: 0x7f000001, Port: 5353, Data: make([]byte, 60)}
 	if a := testing.AllocsPerRun(1000, func() { b.reply(&f, batch) }); a != 0 {
 		t.Fatalf("reply allocates %.1f per packet", a)
 	}
-	sent := batch.added
+	sent := batch.Added()
 	f.Port = 0
 	b.reply(&f, batch)
-	if st := b.Stats(); st.OutboundErrors != 1 || int(st.OutboundUDP) != sent+1 || batch.added != sent {
+	if st := b.Stats(); st.OutboundErrors != 1 || int64(st.OutboundUDP) != sent+1 || batch.Added() != sent {
 		t.Fatalf("a reply to port 0 was not refused and counted: %+v", st)
 	}
 }

@@ -1,7 +1,6 @@
 package backend
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -25,17 +24,10 @@ import (
 func newTickingSet(t *testing.T, dir string, setup func(*Set)) (*Set, *testbed.Logs, *timeouts.Fake) {
 	t.Helper()
 	clock := timeouts.NewFake(testbed.Epoch)
-	ts := timeouts.New(clock)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		ts.Run(ctx)
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	ts := testbed.RunTimeouts(t, timeouts.New(clock))
 	logs := testbed.NewLogs()
 	s := NewSet(Config{Dir: dir, Timeouts: ts, Log: testbed.Logger(logs)})
-	s.links.Replies = func(*Backend) ReplyBatch { return &countBatch{} }
+	s.links.Replies = func(*Backend) ReplyBatch { return &testbed.Replies{} }
 	if setup != nil {
 		setup(s) // may add Links.Primaries
 	}

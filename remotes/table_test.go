@@ -243,10 +243,7 @@ func TestRebalance(t *testing.T) {
 func TestExpiryAndMaintenanceTimers(t *testing.T) {
 	f := newFake(1)
 	tab, clock, logs := newTable(t, f)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ts := tab.cfg.Timeouts
-	go ts.Run(ctx)
+	ts := testbed.RunTimeouts(t, tab.cfg.Timeouts)
 	tab.Start()
 	defer tab.Close()
 

@@ -54,10 +54,7 @@ func newBed(t *testing.T, o bedOptions) *bed {
 	dir := testbed.SocketDir(t)
 	b := &bed{clock: timeouts.NewFake(testbed.Epoch), logs: testbed.NewLogs()}
 	log := testbed.Logger(b.logs)
-	ts := timeouts.New(b.clock)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { ts.Run(ctx); close(done) }()
+	ts := testbed.RunTimeouts(t, timeouts.New(b.clock))
 
 	var standing *testbed.FakeConn
 	if !o.noBackend {
@@ -69,7 +66,7 @@ func newBed(t *testing.T, o bedOptions) *bed {
 		HeartbeatInterval: 1000 * time.Hour, HeartbeatTimeout: 1000 * time.Hour})
 	picker := placement.New[backend.ID, *backend.Backend](b.set, placement.Config{Log: log, Clock: ts.Clock()})
 	b.table = remotes.New(remotes.Config{Backends: b.set, Picker: picker, Timeouts: ts, Log: log, Standins: o.standins})
-	b.set.Start(backend.Links{Replies: func(*backend.Backend) backend.ReplyBatch { return discardBatch{} }})
+	b.set.Start(backend.Links{Replies: func(*backend.Backend) backend.ReplyBatch { return &testbed.Replies{} }})
 	if !o.noBackend {
 		standing = b.fake.Accept(t)
 		standing.Hello(t)
@@ -92,16 +89,9 @@ func newBed(t *testing.T, o bedOptions) *bed {
 	t.Cleanup(func() {
 		b.p.Close()
 		b.set.Close()
-		cancel()
-		<-done
 	})
 	return b
 }
-
-type discardBatch struct{}
-
-func (discardBatch) Add([]byte, netip.AddrPort) {}
-func (discardBatch) Flush() int                 { return 0 }
 
 // addrPort is the proxy's listening address.
 func (b *bed) addrPort() netip.AddrPort {

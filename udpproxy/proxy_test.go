@@ -1,7 +1,6 @@
 package udpproxy
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/netip"
@@ -37,10 +36,7 @@ func newBed(t testing.TB, log zerolog.Logger, tableOpts ...func(*remotes.Config)
 	t.Helper()
 	dir := testbed.SocketDir(t)
 	fake := testbed.NewFake(t, filepath.Join(dir, "5301"))
-	ts := timeouts.New(timeouts.System)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { ts.Run(ctx); close(done) }()
+	ts := testbed.RunTimeouts(t, timeouts.New(timeouts.System))
 
 	uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -66,8 +62,6 @@ func newBed(t testing.TB, log zerolog.Logger, tableOpts ...func(*remotes.Config)
 	t.Cleanup(func() {
 		p.Close()
 		set.Close()
-		cancel()
-		<-done
 	})
 	return &bed{p: p, set: set, table: table, conn: c}
 }
