@@ -310,14 +310,21 @@ func (t *Table) Client(ip uint32) (netip.Addr, bool) {
 // not. It allocates nothing; the UDP proxy asks it of an answer that
 // matches no query in flight, which only a client that asked may have.
 func (t *Table) Known(ip netip.Addr) bool {
+	t.mu.Lock()
+	_, ok := t.get(ip)
+	t.mu.Unlock()
+	return ok
+}
+
+// get returns the remote for ip (its network, with PrefixBits); t.mu is
+// held.
+func (t *Table) get(ip netip.Addr) (*Remote, bool) {
 	ip = ip.Unmap()
 	if ip.Is4() {
 		ip = t.network(ip)
 	}
-	t.mu.Lock()
-	_, ok := t.tree.Get(key(ip))
-	t.mu.Unlock()
-	return ok
+	e, ok := t.tree.Get(key(ip))
+	return e.r, ok
 }
 
 // NoStandin returns the number of datagrams and connections from IPv6
@@ -374,17 +381,13 @@ type Info struct {
 // Lookup returns a snapshot of the remote for ip (its network, with
 // PrefixBits).
 func (t *Table) Lookup(ip netip.Addr) (Info, bool) {
-	ip = ip.Unmap()
-	if ip.Is4() {
-		ip = t.network(ip)
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e, ok := t.tree.Get(key(ip))
+	r, ok := t.get(ip)
 	if !ok {
 		return Info{}, false
 	}
-	return t.info(e.r), true
+	return t.info(r), true
 }
 
 func (t *Table) info(r *Remote) Info {

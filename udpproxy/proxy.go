@@ -399,8 +399,8 @@ func (p *Proxy) sweep() {
 
 // resend sends the queries backend be has not answered (up to FlightAge
 // old) to the backends their remotes use now: what resendLoop does with
-// be's Down event, which says why be died. A query too long to have been kept is left to be
-// forgotten.
+// be's Down event, which says why be died. A query too long to have
+// been kept is left to be forgotten.
 //
 // One datagram must not take down more than one backend, so not every
 // query is sent again. A suspect is not: the query whose answer faulted
@@ -421,8 +421,6 @@ func (p *Proxy) sweep() {
 func (p *Proxy) resend(be *backend.Backend, why backend.Fault) {
 	table, set := p.table, p.backends
 	now := p.clock.Now().UnixNano()
-	// A wedged backend may not have read its last second of queries:
-	// the poison can be any of them, and none is sent on.
 	wedged := why.Faulted && (why.Reason == backend.ReasonHeartbeatTimeout ||
 		why.Reason == backend.ReasonProbeTimeout || why.Reason == backend.ReasonTCPOKTimeout)
 	first, found, age := uint32(0), false, int64(0)
@@ -591,7 +589,6 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 	p := b.p
 	wire := protocol.AddrToU32(to.Addr())
 	var o *origin
-	table := p.table
 	if len(data) >= 2 && p.flights.take(flightKey(wire, to.Port(), uint16(data[0])<<8|uint16(data[1])), &b.a) {
 		o = &b.a.origin
 		if b.now == 0 {
@@ -615,14 +612,14 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 		b.refuse(to.Addr(), to.Port())
 		return
 	}
-	client, ok := table.Client(wire)
+	client, ok := p.table.Client(wire)
 	if !ok {
 		p.lostReplies.Add(1)
 		return
 	}
 	if o == nil {
 		// No lock is held here; Known takes the remotes table's.
-		if !table.Known(client) {
+		if !p.table.Known(client) {
 			b.refuse(client, to.Port())
 			return
 		}
