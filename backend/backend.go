@@ -305,7 +305,7 @@ func (b *Backend) Stats() Stats {
 		Probes:         b.probe.stats(),
 		Faults:         map[string]uint64{},
 	}
-	counterTable.Load(&b.stats, &s)
+	counterTable.Load(&b.stats, &s.Counts)
 	l := b.load.Figures()
 	s.Weight, s.Slow, s.Outstanding, s.Latency = l.Weight, l.Slow, l.Outstanding, l.Latency
 	s.Answered, s.Unanswered, s.Evicted, s.Resent = l.Answered, l.Unanswered, l.Evicted, l.Resent

@@ -83,28 +83,28 @@ type counters struct {
 }
 
 // Counter is one of a backend's plain counts; Counters lists them.
-type Counter = counter.Counter[counters, Stats]
+type Counter = counter.Counter[counters, Counts]
 
 const dropsHelp = "Datagrams for the backend dropped: stuck (queue full), down (no session), discarded (queued, then the session faulted), expired (queued too long)."
 
 // counterTable is the one list of a backend's plain counts. It drives
 // Backend.Stats, Backend.ResetCounters and, through Counters, the
 // metrics. The packet path updates the fields directly.
-var counterTable = counter.Table[counters, Stats]{
-	{Metric: "bbal_backend_udp_frames_total", Help: "INBOUND_UDP frames queued to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.udpFrames }, Stat: func(s *Stats) *uint64 { return &s.UDPFrames }},
-	{Metric: "bbal_backend_udp_bytes_total", Help: "DNS bytes in INBOUND_UDP frames queued to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.udpBytes }, Stat: func(s *Stats) *uint64 { return &s.UDPBytes }},
-	{Metric: "bbal_backend_outbound_udp_total", Help: "OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundUDP }, Stat: func(s *Stats) *uint64 { return &s.OutboundUDP }},
-	{Metric: "bbal_backend_outbound_bytes_total", Help: "DNS bytes in OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundBytes }, Stat: func(s *Stats) *uint64 { return &s.OutboundBytes }},
-	{Metric: "bbal_backend_outbound_errors_total", Help: "OUTBOUND_UDP frames that could not be sent on.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundErrors }, Stat: func(s *Stats) *uint64 { return &s.OutboundErrors }},
-	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "stuck", Field: func(c *counters) *atomic.Uint64 { return &c.stuckDrops }, Stat: func(s *Stats) *uint64 { return &s.StuckDrops }},
-	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "down", Field: func(c *counters) *atomic.Uint64 { return &c.downDrops }, Stat: func(s *Stats) *uint64 { return &s.DownDrops }},
-	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "discarded", Field: func(c *counters) *atomic.Uint64 { return &c.discarded }, Stat: func(s *Stats) *uint64 { return &s.Discarded }},
-	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "expired", Field: func(c *counters) *atomic.Uint64 { return &c.expired }, Stat: func(s *Stats) *uint64 { return &s.Expired }},
-	{Metric: "bbal_backend_tcp_sessions_total", Help: "TCP proxy sessions opened to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.tcpTotal }, Stat: func(s *Stats) *uint64 { return &s.TCPTotal }},
-	{Metric: "bbal_backend_tcp_errors_total", Help: "TCP proxy sessions that could not connect.", Field: func(c *counters) *atomic.Uint64 { return &c.tcpErrors }, Stat: func(s *Stats) *uint64 { return &s.TCPErrors }},
-	{Metric: "bbal_backend_connect_attempts_total", Help: "Standing session connection attempts.", Field: func(c *counters) *atomic.Uint64 { return &c.connectAttempts }, Stat: func(s *Stats) *uint64 { return &s.ConnectAttempts }},
-	{Metric: "bbal_backend_connect_errors_total", Help: "Standing session connection attempts that failed.", Field: func(c *counters) *atomic.Uint64 { return &c.connectErrors }, Stat: func(s *Stats) *uint64 { return &s.ConnectErrors }},
-	{Metric: "bbal_backend_heartbeats_total", Help: "Heartbeat replies received.", Field: func(c *counters) *atomic.Uint64 { return &c.heartbeats }, Stat: func(s *Stats) *uint64 { return &s.Heartbeats }},
+var counterTable = counter.Table[counters, Counts]{
+	{Metric: "bbal_backend_udp_frames_total", Help: "INBOUND_UDP frames queued to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.udpFrames }, Stat: func(s *Counts) *uint64 { return &s.UDPFrames }},
+	{Metric: "bbal_backend_udp_bytes_total", Help: "DNS bytes in INBOUND_UDP frames queued to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.udpBytes }, Stat: func(s *Counts) *uint64 { return &s.UDPBytes }},
+	{Metric: "bbal_backend_outbound_udp_total", Help: "OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundUDP }, Stat: func(s *Counts) *uint64 { return &s.OutboundUDP }},
+	{Metric: "bbal_backend_outbound_bytes_total", Help: "DNS bytes in OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundBytes }, Stat: func(s *Counts) *uint64 { return &s.OutboundBytes }},
+	{Metric: "bbal_backend_outbound_errors_total", Help: "OUTBOUND_UDP frames that could not be sent on.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundErrors }, Stat: func(s *Counts) *uint64 { return &s.OutboundErrors }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "stuck", Field: func(c *counters) *atomic.Uint64 { return &c.stuckDrops }, Stat: func(s *Counts) *uint64 { return &s.StuckDrops }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "down", Field: func(c *counters) *atomic.Uint64 { return &c.downDrops }, Stat: func(s *Counts) *uint64 { return &s.DownDrops }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "discarded", Field: func(c *counters) *atomic.Uint64 { return &c.discarded }, Stat: func(s *Counts) *uint64 { return &s.Discarded }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "expired", Field: func(c *counters) *atomic.Uint64 { return &c.expired }, Stat: func(s *Counts) *uint64 { return &s.Expired }},
+	{Metric: "bbal_backend_tcp_sessions_total", Help: "TCP proxy sessions opened to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.tcpTotal }, Stat: func(s *Counts) *uint64 { return &s.TCPTotal }},
+	{Metric: "bbal_backend_tcp_errors_total", Help: "TCP proxy sessions that could not connect.", Field: func(c *counters) *atomic.Uint64 { return &c.tcpErrors }, Stat: func(s *Counts) *uint64 { return &s.TCPErrors }},
+	{Metric: "bbal_backend_connect_attempts_total", Help: "Standing session connection attempts.", Field: func(c *counters) *atomic.Uint64 { return &c.connectAttempts }, Stat: func(s *Counts) *uint64 { return &s.ConnectAttempts }},
+	{Metric: "bbal_backend_connect_errors_total", Help: "Standing session connection attempts that failed.", Field: func(c *counters) *atomic.Uint64 { return &c.connectErrors }, Stat: func(s *Counts) *uint64 { return &s.ConnectErrors }},
+	{Metric: "bbal_backend_heartbeats_total", Help: "Heartbeat replies received.", Field: func(c *counters) *atomic.Uint64 { return &c.heartbeats }, Stat: func(s *Counts) *uint64 { return &s.Heartbeats }},
 }
 
 // Counters returns the table of a backend's plain counts, for the
@@ -120,36 +120,42 @@ func (c *counters) reset() {
 	}
 }
 
+// Counts are a backend's plain counts, as counterTable loads them; the
+// debug API shows them with these names.
+type Counts struct {
+	UDPFrames       uint64 `json:"udp_frames"`
+	UDPBytes        uint64 `json:"udp_bytes"`
+	OutboundUDP     uint64 `json:"outbound_udp"`
+	OutboundBytes   uint64 `json:"outbound_bytes"`
+	OutboundErrors  uint64 `json:"outbound_errors"`
+	StuckDrops      uint64 `json:"stuck_drops"`
+	DownDrops       uint64 `json:"down_drops"`
+	Discarded       uint64 `json:"discarded"`
+	Expired         uint64 `json:"expired_drops"`
+	TCPTotal        uint64 `json:"tcp_total"`
+	TCPErrors       uint64 `json:"tcp_errors"`
+	ConnectAttempts uint64 `json:"connect_attempts"`
+	ConnectErrors   uint64 `json:"connect_errors"`
+	Heartbeats      uint64 `json:"heartbeats"`
+}
+
 // Stats is a snapshot of one backend's state and counters.
 type Stats struct {
-	ID              ID
-	Path            string
-	State           State
-	Since           time.Time // when State was entered
-	OK              bool
-	Removed         bool
-	Admin           Admin
-	ReconnectDelay  time.Duration
-	QueuedBytes     int
-	QueuedFrames    int
-	UDPFrames       uint64
-	UDPBytes        uint64
-	OutboundUDP     uint64
-	OutboundBytes   uint64
-	OutboundErrors  uint64
-	StuckDrops      uint64
-	DownDrops       uint64
-	Discarded       uint64
-	Expired         uint64
-	TCPTotal        uint64
-	TCPActive       int64
-	TCPErrors       uint64
-	ConnectAttempts uint64
-	ConnectErrors   uint64
-	Heartbeats      uint64
-	HeartbeatRTT    time.Duration
-	Probes          ProbeStats
-	Faults          map[string]uint64 // by Reason.String(), only those seen
+	ID             ID
+	Path           string
+	State          State
+	Since          time.Time // when State was entered
+	OK             bool
+	Removed        bool
+	Admin          Admin
+	ReconnectDelay time.Duration
+	QueuedBytes    int
+	QueuedFrames   int
+	Counts
+	TCPActive    int64
+	HeartbeatRTT time.Duration
+	Probes       ProbeStats
+	Faults       map[string]uint64 // by Reason.String(), only those seen
 	// Load, as the UDP path measures it.
 	Weight      int
 	Slow        bool          // answering far slower than its peers

@@ -59,19 +59,19 @@ type watch struct {
 type Discovery struct {
 	// WatchActive is whether the directory is watched with inotify now;
 	// when it is not, only the periodic scan finds changes.
-	WatchActive bool
-	Events      uint64 // inotify events read
-	WatchScans  uint64 // scans those events triggered
+	WatchActive bool   `json:"watch_active"`
+	Events      uint64 `json:"events"`      // inotify events read
+	WatchScans  uint64 `json:"watch_scans"` // scans those events triggered
 	// Ignored counts the directory's entries that are no backend (not
 	// a socket, a second name for one, a path too long), as of the
 	// last scan.
-	Ignored int
+	Ignored int `json:"ignored"`
 	// Forgotten counts the backends forgotten after their socket was
 	// gone for ForgetAfter.
-	Forgotten uint64
+	Forgotten uint64 `json:"forgotten"`
 	// DownsLost counts the Down events the full queue could not take
 	// (see Set.Downs): a consumer that keeps up sees none.
-	DownsLost uint64
+	DownsLost uint64 `json:"downs_lost"`
 }
 
 // Discovery reports on the directory watch.

@@ -656,14 +656,14 @@ func (p *Proxy) ResetCounters() {
 }
 
 // Counter is one of the proxy's plain counts; Counters lists them.
-type Counter = counter.Counter[Proxy, Stats]
+type Counter = counter.Counter[Proxy, Counts]
 
 // counterTable is the one list of the proxy's plain counts. It drives
 // Stats, ResetCounters and, through Counters, the metrics. The
 // connection path updates the fields directly.
-var counterTable = counter.Table[Proxy, Stats]{
-	{Metric: "bbal_tcp_connections_total", Help: "Client TCP connections accepted.", Field: func(p *Proxy) *atomic.Uint64 { return &p.total }, Stat: func(s *Stats) *uint64 { return &s.Total }},
-	{Metric: "bbal_tcp_accept_errors_total", Help: "Failed accepts on the DNS TCP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.acceptErrors }, Stat: func(s *Stats) *uint64 { return &s.AcceptErrors }},
+var counterTable = counter.Table[Proxy, Counts]{
+	{Metric: "bbal_tcp_connections_total", Help: "Client TCP connections accepted.", Field: func(p *Proxy) *atomic.Uint64 { return &p.total }, Stat: func(s *Counts) *uint64 { return &s.Total }},
+	{Metric: "bbal_tcp_accept_errors_total", Help: "Failed accepts on the DNS TCP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.acceptErrors }, Stat: func(s *Counts) *uint64 { return &s.AcceptErrors }},
 }
 
 // Counters returns the table of the proxy's plain counts, for the
@@ -673,17 +673,23 @@ func Counters() []Counter { return slices.Clone(counterTable) }
 
 // Stats is a snapshot of the proxy's counters.
 type Stats struct {
-	Total        uint64
-	Active       int64
-	AcceptErrors uint64
-	Drops        map[string]uint64
-	Limits       map[string]uint64 // connections closed by each limit
+	Counts
+	Active int64
+	Drops  map[string]uint64
+	Limits map[string]uint64 // connections closed by each limit
+}
+
+// Counts are the proxy's plain counts, as counterTable loads them; the
+// debug API shows them with these names.
+type Counts struct {
+	Total        uint64 `json:"total"`
+	AcceptErrors uint64 `json:"accept_errors"`
 }
 
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() Stats {
 	s := Stats{Active: p.active.Load(), Drops: make(map[string]uint64, numDrops)}
-	counterTable.Load(p, &s)
+	counterTable.Load(p, &s.Counts)
 	for r := range numDrops {
 		s.Drops[r.String()] = p.drops[r].Load()
 	}

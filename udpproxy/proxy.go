@@ -692,26 +692,26 @@ func (p *Proxy) ResetCounters() {
 }
 
 // Counter is one of the proxy's plain counts; Counters lists them.
-type Counter = counter.Counter[Proxy, Stats]
+type Counter = counter.Counter[Proxy, Counts]
 
 // counterTable is the one list of the proxy's plain counts. It drives
 // Stats, ResetCounters and, through Counters, the metrics. The packet
 // path updates the fields directly.
-var counterTable = counter.Table[Proxy, Stats]{
-	{Metric: "bbal_udp_received_packets_total", Help: "Datagrams read from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.packetsIn }, Stat: func(s *Stats) *uint64 { return &s.PacketsIn }},
-	{Metric: "bbal_udp_received_bytes_total", Help: "Bytes of datagrams read from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.bytesIn }, Stat: func(s *Stats) *uint64 { return &s.BytesIn }},
-	{Metric: "bbal_udp_sent_packets_total", Help: "Replies sent from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.packetsOut }, Stat: func(s *Stats) *uint64 { return &s.PacketsOut }},
-	{Metric: "bbal_udp_sent_bytes_total", Help: "Bytes of replies sent from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.bytesOut }, Stat: func(s *Stats) *uint64 { return &s.BytesOut }},
-	{Metric: "bbal_udp_send_errors_total", Help: "Replies that could not be sent.", Field: func(p *Proxy) *atomic.Uint64 { return &p.sendErrors }, Stat: func(s *Stats) *uint64 { return &s.SendErrors }},
-	{Metric: "bbal_udp_servfail_total", Help: "Queries answered SERVFAIL for want of a backend (-F).", Field: func(p *Proxy) *atomic.Uint64 { return &p.servfails }, Stat: func(s *Stats) *uint64 { return &s.Servfails }},
-	{Metric: "bbal_udp_replies_unmatched_total", Help: "Replies to no query on record (later than 1 s) for a known client, sent.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unmatched }, Stat: func(s *Stats) *uint64 { return &s.Unmatched }},
-	{Metric: "bbal_udp_replies_unsolicited_total", Help: "Replies to no query on record for a client not in the remotes table, dropped.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unsolicited }, Stat: func(s *Stats) *uint64 { return &s.Unsolicited }},
-	{Metric: "bbal_udp_replies_lost_total", Help: "Replies that could not be sent: to a stand-in of no client, or to a family not listened on.", Field: func(p *Proxy) *atomic.Uint64 { return &p.lostReplies }, Stat: func(s *Stats) *uint64 { return &s.LostReplies }},
-	{Metric: "bbal_udp_duplicates_total", Help: "Queries with the ID and client port of one in flight (retransmits), answered the way the first came in.", Field: func(p *Proxy) *atomic.Uint64 { return &p.duplicates }, Stat: func(s *Stats) *uint64 { return &s.Duplicates }},
-	{Metric: "bbal_udp_resent_total", Help: "Queries sent again to another backend after theirs died unanswering.", Field: func(p *Proxy) *atomic.Uint64 { return &p.resent }, Stat: func(s *Stats) *uint64 { return &s.Resent }},
-	{Metric: "bbal_udp_unresent_total", Help: "Queries of a dead backend that could not be sent again.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unresent }, Stat: func(s *Stats) *uint64 { return &s.Unresent }},
-	{Metric: "bbal_udp_withheld_total", Help: "Queries of a dead backend not sent again: suspected of its death.", Field: func(p *Proxy) *atomic.Uint64 { return &p.withheld }, Stat: func(s *Stats) *uint64 { return &s.Withheld }},
-	{Metric: "bbal_udp_quarantined_total", Help: "Queries seen in flight at two backend deaths, dropped on arrival for 30 s.", Field: func(p *Proxy) *atomic.Uint64 { return &p.quarantined }, Stat: func(s *Stats) *uint64 { return &s.Quarantined }},
+var counterTable = counter.Table[Proxy, Counts]{
+	{Metric: "bbal_udp_received_packets_total", Help: "Datagrams read from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.packetsIn }, Stat: func(s *Counts) *uint64 { return &s.PacketsIn }},
+	{Metric: "bbal_udp_received_bytes_total", Help: "Bytes of datagrams read from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.bytesIn }, Stat: func(s *Counts) *uint64 { return &s.BytesIn }},
+	{Metric: "bbal_udp_sent_packets_total", Help: "Replies sent from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.packetsOut }, Stat: func(s *Counts) *uint64 { return &s.PacketsOut }},
+	{Metric: "bbal_udp_sent_bytes_total", Help: "Bytes of replies sent from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.bytesOut }, Stat: func(s *Counts) *uint64 { return &s.BytesOut }},
+	{Metric: "bbal_udp_send_errors_total", Help: "Replies that could not be sent.", Field: func(p *Proxy) *atomic.Uint64 { return &p.sendErrors }, Stat: func(s *Counts) *uint64 { return &s.SendErrors }},
+	{Metric: "bbal_udp_servfail_total", Help: "Queries answered SERVFAIL for want of a backend (-F).", Field: func(p *Proxy) *atomic.Uint64 { return &p.servfails }, Stat: func(s *Counts) *uint64 { return &s.Servfails }},
+	{Metric: "bbal_udp_replies_unmatched_total", Help: "Replies to no query on record (later than 1 s) for a known client, sent.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unmatched }, Stat: func(s *Counts) *uint64 { return &s.Unmatched }},
+	{Metric: "bbal_udp_replies_unsolicited_total", Help: "Replies to no query on record for a client not in the remotes table, dropped.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unsolicited }, Stat: func(s *Counts) *uint64 { return &s.Unsolicited }},
+	{Metric: "bbal_udp_replies_lost_total", Help: "Replies that could not be sent: to a stand-in of no client, or to a family not listened on.", Field: func(p *Proxy) *atomic.Uint64 { return &p.lostReplies }, Stat: func(s *Counts) *uint64 { return &s.LostReplies }},
+	{Metric: "bbal_udp_duplicates_total", Help: "Queries with the ID and client port of one in flight (retransmits), answered the way the first came in.", Field: func(p *Proxy) *atomic.Uint64 { return &p.duplicates }, Stat: func(s *Counts) *uint64 { return &s.Duplicates }},
+	{Metric: "bbal_udp_resent_total", Help: "Queries sent again to another backend after theirs died unanswering.", Field: func(p *Proxy) *atomic.Uint64 { return &p.resent }, Stat: func(s *Counts) *uint64 { return &s.Resent }},
+	{Metric: "bbal_udp_unresent_total", Help: "Queries of a dead backend that could not be sent again.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unresent }, Stat: func(s *Counts) *uint64 { return &s.Unresent }},
+	{Metric: "bbal_udp_withheld_total", Help: "Queries of a dead backend not sent again: suspected of its death.", Field: func(p *Proxy) *atomic.Uint64 { return &p.withheld }, Stat: func(s *Counts) *uint64 { return &s.Withheld }},
+	{Metric: "bbal_udp_quarantined_total", Help: "Queries seen in flight at two backend deaths, dropped on arrival for 30 s.", Field: func(p *Proxy) *atomic.Uint64 { return &p.quarantined }, Stat: func(s *Counts) *uint64 { return &s.Quarantined }},
 }
 
 // Counters returns the table of the proxy's plain counts, for the
@@ -720,42 +720,48 @@ func Counters() []Counter { return slices.Clone(counterTable) }
 
 // Stats is a snapshot of the proxy's counters.
 type Stats struct {
-	Servfails  uint64 // queries answered SERVFAIL for want of a backend
-	PacketsIn  uint64
-	BytesIn    uint64
-	PacketsOut uint64
-	BytesOut   uint64
-	SendErrors uint64
-	Drops      map[string]uint64
+	Counts
+	Drops map[string]uint64
+}
+
+// Counts are the proxy's plain counts, as counterTable loads them; the
+// debug API shows them with these names.
+type Counts struct {
+	PacketsIn  uint64 `json:"packets_in"`
+	BytesIn    uint64 `json:"bytes_in"`
+	PacketsOut uint64 `json:"packets_out"`
+	BytesOut   uint64 `json:"bytes_out"`
+	SendErrors uint64 `json:"send_errors"`
+	Servfails  uint64 `json:"servfails"` // queries answered SERVFAIL for want of a backend
 	// Unmatched counts replies to no query on record (late beyond
 	// FlightAge) for a client the remotes table knows: they leave from
 	// the first socket of the client's family.
-	Unmatched uint64
+	Unmatched uint64 `json:"unmatched"`
 	// Unsolicited counts replies to no query on record for a client
 	// the remotes table does not know: they are dropped.
-	Unsolicited uint64
+	Unsolicited uint64 `json:"unsolicited"`
 	// LostReplies counts replies that could not be sent: to a stand-in
 	// no client has, or to a family bbal does not listen on.
-	LostReplies uint64
+	LostReplies uint64 `json:"lost_replies"`
 	// Duplicates counts queries with the DNS ID and client port of one
 	// still in flight to the same backend (a stub resolver's
 	// retransmits): each is counted on that query's record, and its
 	// answer leaves the way the first copy came in.
-	Duplicates uint64
-	Resent     uint64 // queries sent again after their backend died
-	Unresent   uint64 // queries of a dead backend that could not be
+	Duplicates uint64 `json:"duplicates"`
+	Resent     uint64 `json:"resent"`   // queries sent again after their backend died
+	Unresent   uint64 `json:"unresent"` // queries of a dead backend that could not be
 	// Withheld counts queries of a dead backend not sent again because
 	// they were suspected of its death; Quarantined those seen at two
 	// deaths, dropped on arrival for QuarantineTime (each datagram so
 	// dropped is counted in Drops["quarantined"]).
-	Withheld    uint64
-	Quarantined uint64
+	Withheld    uint64 `json:"withheld"`
+	Quarantined uint64 `json:"quarantined"`
 }
 
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() Stats {
 	s := Stats{Drops: make(map[string]uint64, numDrops)}
-	counterTable.Load(p, &s)
+	counterTable.Load(p, &s.Counts)
 	for r := range numDrops {
 		s.Drops[r.String()] = p.drops[r].Load()
 	}

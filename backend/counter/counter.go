@@ -1,6 +1,8 @@
 // Package counter declares a package's plain counts once: a [Table] of
 // them drives the owner's snapshot (its Stats), its reset and, through
-// the debug API, its metrics. A new count is one line of the table. The
+// the debug API, its metrics. The snapshot's counts are a struct of
+// their own (Counts), with their JSON names, that the debug API's types
+// embed. A new count is a line of the table and a field of Counts. The
 // hot paths keep updating the atomics directly; the table only says
 // where they are. It sits under backend, the first of the packages that
 // use it (udpproxy and tcpproxy use it too), as the project keeps its top

@@ -326,8 +326,8 @@ func TestHostileClients(t *testing.T) {
 		if err != nil {
 			t.Fatalf("stats request among %d idle connections: %v", len(conns), err)
 		}
-		if st.Debug.Conns > lim.MaxConns {
-			t.Fatalf("stats report %d debug connections, cap %d", st.Debug.Conns, lim.MaxConns)
+		if st.Debug.Open > lim.MaxConns {
+			t.Fatalf("stats report %d debug connections, cap %d", st.Debug.Open, lim.MaxConns)
 		}
 	}
 	if st := dbg.Stats(); st.Evicted == 0 {

@@ -73,7 +73,7 @@ func TestIdleConnectionsAreEvicted(t *testing.T) {
 	st := answers(t, h.DebugSocket)
 	// 16 slots: each connection after the 16th evicted the oldest,
 	// and the client's one more.
-	if st.Debug.Evicted != 300-16+1 || st.Debug.Refused != 0 || st.Debug.Conns != 16 {
+	if st.Debug.Evicted != 300-16+1 || st.Debug.Refused != 0 || st.Debug.Open != 16 {
 		t.Errorf("debug connections %+v, want 285 evicted, 16 open", st.Debug)
 	}
 	if !closed(conns[0]) || !closed(conns[284]) {

@@ -119,9 +119,9 @@ func (w debugWriter) Write(p []byte) (int, error) {
 
 // ConnStats are the debug socket's connection counters.
 type ConnStats struct {
-	Open    int    // connections open now
-	Evicted uint64 // idle connections closed to make room for a new one
-	Refused uint64 // new connections closed because every open one was busy
+	Open    int    `json:"conns"`   // connections open now
+	Evicted uint64 `json:"evicted"` // idle connections closed to make room for a new one
+	Refused uint64 `json:"refused"` // new connections closed because every open one was busy
 }
 
 // Conns returns the number of connections open now.
@@ -235,14 +235,9 @@ func (a *api) backendInfo(b *backend.Backend, counts map[backend.ID]remotes.Coun
 		ID: uint16(st.ID), Path: backend.EscapePath(st.Path), State: st.State.String(), Since: st.Since.UTC(),
 		OK: st.OK, Admin: st.Admin.String(),
 		Remotes: counts[st.ID].Primary, BackupRemotes: counts[st.ID].Backup,
-		UDPFrames: st.UDPFrames, UDPBytes: st.UDPBytes,
-		OutboundUDP: st.OutboundUDP, OutboundBytes: st.OutboundBytes, OutboundErrors: st.OutboundErrors,
-		StuckDrops: st.StuckDrops, DownDrops: st.DownDrops, Discarded: st.Discarded, ExpiredDrops: st.Expired,
-		TCPTotal: st.TCPTotal, TCPActive: st.TCPActive, TCPErrors: st.TCPErrors,
-		ConnectAttempts: st.ConnectAttempts, ConnectErrors: st.ConnectErrors,
+		Counts: st.Counts, TCPActive: st.TCPActive,
 		Faults:                st.Faults,
 		ReconnectDelaySeconds: st.ReconnectDelay.Seconds(),
-		Heartbeats:            st.Heartbeats,
 		HeartbeatRTTSeconds:   st.HeartbeatRTT.Seconds(),
 		QueueBytes:            st.QueuedBytes, QueueFrames: st.QueuedFrames,
 		Weight: st.Weight, Slow: st.Slow, Outstanding: st.Outstanding,
@@ -485,23 +480,15 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	out.Standins = a.src.Table.Standins().String()
 	out.NoStandin = a.src.Table.NoStandin()
 	us := a.src.UDP.Stats()
-	out.UDP.PacketsIn, out.UDP.BytesIn = us.PacketsIn, us.BytesIn
-	out.UDP.PacketsOut, out.UDP.BytesOut, out.UDP.SendErrors = us.PacketsOut, us.BytesOut, us.SendErrors
-	out.UDP.Servfails = us.Servfails
-	out.UDP.Unmatched, out.UDP.Unsolicited, out.UDP.LostReplies = us.Unmatched, us.Unsolicited, us.LostReplies
-	out.UDP.Duplicates, out.UDP.Resent, out.UDP.Unresent = us.Duplicates, us.Resent, us.Unresent
-	out.UDP.Withheld, out.UDP.Quarantined = us.Withheld, us.Quarantined
+	out.UDP = us.Counts
 	ts := a.src.TCP.Stats()
-	out.TCP.Active, out.TCP.Total, out.TCP.AcceptErrors = ts.Active, ts.Total, ts.AcceptErrors
-	out.TCP.Limits = ts.Limits
+	out.TCP.Counts, out.TCP.Active, out.TCP.Limits = ts.Counts, ts.Active, ts.Limits
 	out.Drops = map[string]map[string]uint64{"udp": us.Drops, "tcp": ts.Drops}
 	out.Remotes = a.src.Table.Len()
 	out.RemotesMax = a.src.Table.MaxRemotes()
 	out.Unpinned = a.src.Table.Unpinned()
 	out.ScanPauseMaxSeconds = a.src.Table.MaxPause().Seconds()
-	ds := a.src.Backends.Discovery()
-	out.Discovery.WatchActive, out.Discovery.Events, out.Discovery.WatchScans = ds.WatchActive, ds.Events, ds.WatchScans
-	out.Discovery.Ignored, out.Discovery.Forgotten, out.Discovery.DownsLost = ds.Ignored, ds.Forgotten, ds.DownsLost
+	out.Discovery = a.src.Backends.Discovery()
 	for _, b := range a.src.Backends.All() {
 		out.Backends++
 		if b.OK() {
@@ -509,8 +496,7 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if a.src.Debug != nil {
-		ds := a.src.Debug.Stats()
-		out.Debug.Conns, out.Debug.Evicted, out.Debug.Refused = ds.Open, ds.Evicted, ds.Refused
+		out.Debug = a.src.Debug.Stats()
 	}
 	out.Goroutines = runtime.NumGoroutine()
 	out.RSSBytes = rss()

@@ -135,14 +135,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(mStartTime, float64(c.src.Started.UnixNano())/1e9)
 	us := c.src.UDP.Stats()
 	for _, m := range udpCounters {
-		counter(m.desc, m.Value(&us), m.labelValues()...)
+		counter(m.desc, m.Value(&us.Counts), m.labelValues()...)
 	}
 	for r, n := range us.Drops {
 		counter(mDrops, n, "udp", r)
 	}
 	ts := c.src.TCP.Stats()
 	for _, m := range tcpCounters {
-		counter(m.desc, m.Value(&ts), m.labelValues()...)
+		counter(m.desc, m.Value(&ts.Counts), m.labelValues()...)
 	}
 	gauge(mTCPActive, float64(ts.Active))
 	for r, n := range ts.Drops {
@@ -190,7 +190,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(mBackendRemotes, float64(counts[st.ID].Primary), id)
 		gauge(mBackendBackups, float64(counts[st.ID].Backup), id)
 		for _, m := range backendCounters {
-			counter(m.desc, m.Value(&st), m.labelValues(id)...)
+			counter(m.desc, m.Value(&st.Counts), m.labelValues(id)...)
 		}
 		gauge(mBackendTCPAct, float64(st.TCPActive), id)
 		for _, r := range backend.Reasons() {

@@ -1,6 +1,12 @@
 package debugapi
 
-import "time"
+import (
+	"time"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/tcpproxy"
+	"github.com/bbal/bbal/udpproxy"
+)
 
 // DefaultSocket is the debug socket's path when -S is not given.
 const DefaultSocket = "/var/run/bbal.sock"
@@ -9,31 +15,20 @@ const DefaultSocket = "/var/run/bbal.sock"
 type Backend struct {
 	ID uint16 `json:"id"`
 	// Path is the socket's path, escaped by [backend.EscapePath].
-	Path                  string            `json:"path"`
-	State                 string            `json:"state"`
-	Since                 time.Time         `json:"since"`
-	OK                    bool              `json:"ok"`
-	Admin                 string            `json:"admin"`
-	Remotes               int               `json:"remotes"`
-	BackupRemotes         int               `json:"backup_remotes"`
-	UDPFrames             uint64            `json:"udp_frames"`
-	UDPBytes              uint64            `json:"udp_bytes"`
-	OutboundUDP           uint64            `json:"outbound_udp"`
-	OutboundBytes         uint64            `json:"outbound_bytes"`
-	OutboundErrors        uint64            `json:"outbound_errors"`
-	StuckDrops            uint64            `json:"stuck_drops"`
-	DownDrops             uint64            `json:"down_drops"`
-	Discarded             uint64            `json:"discarded"`
-	ExpiredDrops          uint64            `json:"expired_drops"`
-	TCPTotal              uint64            `json:"tcp_total"`
+	Path          string    `json:"path"`
+	State         string    `json:"state"`
+	Since         time.Time `json:"since"`
+	OK            bool      `json:"ok"`
+	Admin         string    `json:"admin"`
+	Remotes       int       `json:"remotes"`
+	BackupRemotes int       `json:"backup_remotes"`
+	// The plain counts: udp_frames, stuck_drops, heartbeats and the
+	// rest, by the names backend.Counts gives them.
+	backend.Counts
 	TCPActive             int64             `json:"tcp_active"`
-	TCPErrors             uint64            `json:"tcp_errors"`
-	ConnectAttempts       uint64            `json:"connect_attempts"`
-	ConnectErrors         uint64            `json:"connect_errors"`
 	Faults                map[string]uint64 `json:"faults"`
 	FaultsTotal           uint64            `json:"faults_total"`
 	ReconnectDelaySeconds float64           `json:"reconnect_delay_seconds"`
-	Heartbeats            uint64            `json:"heartbeats"`
 	HeartbeatRTTSeconds   float64           `json:"heartbeat_rtt_seconds"`
 	QueueBytes            int               `json:"queue_bytes"`
 	QueueFrames           int               `json:"queue_frames"`
@@ -112,34 +107,13 @@ type Stats struct {
 	// could be given none.
 	Standins  string `json:"standins"`
 	NoStandin uint64 `json:"no_standin"`
-	UDP       struct {
-		PacketsIn  uint64 `json:"packets_in"`
-		BytesIn    uint64 `json:"bytes_in"`
-		PacketsOut uint64 `json:"packets_out"`
-		BytesOut   uint64 `json:"bytes_out"`
-		SendErrors uint64 `json:"send_errors"`
-		Servfails  uint64 `json:"servfails"`
-		// Replies to no query on record, sent to a known client, or
-		// dropped (unsolicited: the client is not known); replies that
-		// could not be sent (stand-in of no client, no socket of the
-		// family); queries sent again, or not, when their backend died.
-		Unmatched   uint64 `json:"unmatched"`
-		Unsolicited uint64 `json:"unsolicited"`
-		LostReplies uint64 `json:"lost_replies"`
-		// Queries with the ID and client port of one in flight.
-		Duplicates uint64 `json:"duplicates"`
-		Resent     uint64 `json:"resent"`
-		Unresent   uint64 `json:"unresent"`
-		// Queries of a dead backend not sent again, suspected of its
-		// death; queries seen at two deaths, put in quarantine.
-		Withheld    uint64 `json:"withheld"`
-		Quarantined uint64 `json:"quarantined"`
-	} `json:"udp"`
+	// UDP is the UDP proxy's plain counts (packets_in, servfails,
+	// resent and the rest), by the names udpproxy.Counts gives them.
+	UDP udpproxy.Counts `json:"udp"`
 	TCP struct {
-		Active       int64             `json:"active"`
-		Total        uint64            `json:"total"`
-		AcceptErrors uint64            `json:"accept_errors"`
-		Limits       map[string]uint64 `json:"limits"`
+		tcpproxy.Counts
+		Active int64             `json:"active"`
+		Limits map[string]uint64 `json:"limits"`
 	} `json:"tcp"`
 	// Drops by protocol ("udp", "tcp") and reason.
 	Drops   map[string]map[string]uint64 `json:"drops"`
@@ -157,23 +131,12 @@ type Stats struct {
 	RSSBytes            int64   `json:"rss_bytes"`
 	// Discovery is how changes to the socket directory are found: the
 	// inotify watch (when active) besides the periodic scan.
-	Discovery struct {
-		WatchActive bool   `json:"watch_active"`
-		Events      uint64 `json:"events"`      // inotify events read
-		WatchScans  uint64 `json:"watch_scans"` // scans they triggered
-		Ignored     int    `json:"ignored"`     // entries that are no backend
-		Forgotten   uint64 `json:"forgotten"`   // backends forgotten
-		DownsLost   uint64 `json:"downs_lost"`  // down events the full queue could not take
-	} `json:"discovery"`
+	Discovery backend.Discovery `json:"discovery"`
 	// LogDropped counts the log records lost.
 	LogDropped LogDrops `json:"log_dropped"`
 	// Debug is the debug socket's connections: open now, idle ones
 	// evicted for a new one, new ones refused because all were busy.
-	Debug struct {
-		Conns   int    `json:"conns"`
-		Evicted uint64 `json:"evicted"`
-		Refused uint64 `json:"refused"`
-	} `json:"debug"`
+	Debug ConnStats `json:"debug"`
 }
 
 // LogDrops are the log records lost: dropped while the log's buffer was
