@@ -209,12 +209,22 @@ func (b *Backend) Path() string { return b.path }
 func (b *Backend) OK() bool { return b.ok.Load() }
 
 // Serving reports whether the backend serves the remotes assigned to it:
-// ok and not disabled.
-func (b *Backend) Serving() bool { return b.ok.Load() && Admin(b.admin.Load()) != AdminDisabled }
+// ok, not disabled, and not avoided for a stall (placement.Load.Avoided).
+func (b *Backend) Serving() bool {
+	return b.ok.Load() && Admin(b.admin.Load()) != AdminDisabled && !b.load.Avoided()
+}
 
-// Eligible reports whether the backend may be given new remotes: ok and
-// enabled.
-func (b *Backend) Eligible() bool { return b.ok.Load() && Admin(b.admin.Load()) == AdminEnabled }
+// Eligible reports whether the backend may be given new remotes: ok,
+// enabled and not avoided for a stall.
+func (b *Backend) Eligible() bool { return b.Available() && !b.load.Avoided() }
+
+// Available reports whether the backend may be given new remotes but for
+// a stall: ok and enabled.
+func (b *Backend) Available() bool { return b.ok.Load() && Admin(b.admin.Load()) == AdminEnabled }
+
+// QueueWait returns how long, at now (unix nanoseconds), the session has
+// not taken what is queued for it: 0 while it keeps reading.
+func (b *Backend) QueueWait(now int64) time.Duration { return b.q.waiting(now) }
 
 // Admin returns the operator's setting.
 func (b *Backend) Admin() Admin { return Admin(b.admin.Load()) }
@@ -306,9 +316,7 @@ func (b *Backend) Stats() Stats {
 		Faults:         map[string]uint64{},
 	}
 	counterTable.Load(&b.stats, &s.Counts)
-	l := b.load.Figures()
-	s.Weight, s.Slow, s.Outstanding, s.Latency = l.Weight, l.Slow, l.Outstanding, l.Latency
-	s.Answered, s.Unanswered, s.Evicted, s.Resent = l.Answered, l.Unanswered, l.Evicted, l.Resent
+	s.Figures = b.load.Figures(b.set.cfg.Timeouts.Clock().Now())
 	for r := range numReasons {
 		if n := b.stats.faults[r].Load(); n > 0 {
 			s.Faults[r.String()] = n

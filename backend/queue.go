@@ -3,6 +3,7 @@ package backend
 import (
 	"encoding/binary"
 	"sync"
+	"time"
 
 	"github.com/bbal/bbal/protocol"
 )
@@ -68,6 +69,10 @@ type queue struct {
 	// that its unwritten rest and what was queued meanwhile still fit.
 	outBytes, outFrames int
 	epoch               uint64 // counts resets: a write from before one is stale
+	// since is when a writer last began a write with no progress made
+	// since (unix nanoseconds; 0: none waiting): how long the session
+	// has not taken what is queued for it.
+	since int64
 
 	// kick has room for one token: the writer goroutine has work.
 	kick chan struct{}
@@ -146,6 +151,9 @@ func (q *queue) take(now int64) (b batch, expired int, ok bool) {
 	}
 	q.writing = true
 	q.outBytes, q.outFrames = len(b.buf)-b.off, len(q.spareMarks)-expired
+	if q.since == 0 {
+		q.since = now
+	}
 	return b, expired, true
 }
 
@@ -166,6 +174,9 @@ func (q *queue) done(b batch, n int) (more bool) {
 	}
 	q.writing = false
 	q.outBytes, q.outFrames = 0, 0
+	if n > 0 {
+		q.since = 0
+	}
 	full, written := b.buf, b.buf[b.off:]
 	if n < len(written) {
 		// The unwritten rest, then what was queued meanwhile.
@@ -220,6 +231,7 @@ func (q *queue) reset(s queueState) int {
 	q.buf, q.marks, q.state = q.buf[:0], q.marks[:0], s
 	q.writing = false
 	q.outBytes, q.outFrames = 0, 0
+	q.since = 0
 	q.epoch++
 	select {
 	case <-q.kick:
@@ -233,6 +245,18 @@ func (q *queue) open() {
 	q.mu.Lock()
 	q.state = queueOpen
 	q.mu.Unlock()
+}
+
+// waiting returns how long, at now, the queue has held bytes that the
+// session would not take: since a write began after the last one that
+// made progress. 0 when nothing waits.
+func (q *queue) waiting(now int64) time.Duration {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.since == 0 || q.state == queueClosed {
+		return 0
+	}
+	return time.Duration(max(now-q.since, 0))
 }
 
 // length returns the bytes and frames queued or being written.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/bbal/bbal/backend/counter"
+	"github.com/bbal/bbal/backend/placement"
 )
 
 // Reason is why a backend was faulted.
@@ -156,13 +157,7 @@ type Stats struct {
 	HeartbeatRTT time.Duration
 	Probes       ProbeStats
 	Faults       map[string]uint64 // by Reason.String(), only those seen
-	// Load, as the UDP path measures it.
-	Weight      int
-	Slow        bool          // answering far slower than its peers
-	Outstanding int64         // UDP queries waiting for an answer
-	Latency     time.Duration // moving average of answer times
-	Answered    uint64        // UDP queries answered
-	Unanswered  uint64        // UDP queries given up on (about 1 s)
-	Evicted     uint64        // UDP queries forgotten for room (not counted unanswered)
-	Resent      uint64        // UDP queries sent again to another backend after this one died
+	// Load, as the UDP path measures it: weight, slowness, stalls and
+	// the figures of its queries.
+	placement.Figures
 }

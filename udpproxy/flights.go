@@ -53,11 +53,12 @@ const (
 // time.
 type flightInfo struct {
 	be      backend.ID
-	lis     uint8 // the listener it came in on
-	resent  bool  // sent again after its first backend died
-	dup     bool  // more than one copy was sent on
-	copies  uint8 // copies sent on and not answered, at least 1
-	qlen    uint8 // bytes of query kept; 0 if it was too long
+	from    backend.ID // with resent: the backend it was sent to first
+	lis     uint8      // the listener it came in on
+	resent  bool       // sent again after its first backend died
+	dup     bool       // more than one copy was sent on
+	copies  uint8      // copies sent on and not answered, at least 1
+	qlen    uint8      // bytes of query kept; 0 if it was too long
 	ifindex uint32
 	// seq orders the queries as they were sent on: which of a dead
 	// backend's was sent to it first (see Proxy.resend).
@@ -178,6 +179,9 @@ type answered struct {
 	// measure: the answer measures its backend's latency (the query
 	// was neither sent again nor sent more than once).
 	measure bool
+	// other, for a query sent again: the backend besides be that was
+	// sent it, whose answer would come second (0 for none).
+	other backend.ID
 }
 
 // take finds the query key answers and takes one copy of it, forgetting
@@ -191,6 +195,10 @@ func (t *flights) take(key uint64, out *answered) bool {
 			in := &b.info[j]
 			out.lis, out.ifindex, out.local = in.lis, in.ifindex, in.local
 			out.be, out.sent, out.measure = in.be, b.sent[j], !in.resent && !in.dup
+			out.other = 0
+			if in.resent {
+				out.other = in.from
+			}
 			if in.copies > 1 {
 				in.copies--
 			} else {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/backend/counter"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"
@@ -93,6 +94,8 @@ type Proxy struct {
 	withheld    atomic.Uint64 // queries of a dead backend not sent again: suspected of its death
 	quarantined atomic.Uint64 // queries seen at two backend deaths, put in quarantine
 	quar        quarantine
+	redundant   atomic.Uint64 // second answers to queries sent again, dropped
+	owed        owed
 
 	oversizeLog    *timeouts.Limiter
 	sendLog        *timeouts.Limiter
@@ -114,6 +117,11 @@ type Proxy struct {
 
 	done     chan struct{}  // closed by Close: resendLoop ends
 	resendWG sync.WaitGroup // resendLoop
+
+	// The stall check (stall.go): nil stalls, none.
+	stalls     *placement.Stalls[backend.ID, *backend.Backend]
+	stallT     *timeouts.Timeout
+	stallCheck chan struct{} // stallTick's posts to resendLoop
 }
 
 // New returns a proxy on conns (at least one, at most MaxListeners),
@@ -129,7 +137,7 @@ func New(conns []*net.UDPConn, table *remotes.Table, set *backend.Set, ts *timeo
 	}
 	clock := ts.Clock()
 	p := &Proxy{clock: clock, ts: ts, log: log, flights: newFlights(),
-		table: table, backends: set, done: make(chan struct{}),
+		table: table, backends: set, done: make(chan struct{}), stallCheck: make(chan struct{}, 1),
 		oversizeLog:    timeouts.NewLimiter(clock, 5*time.Second),
 		sendLog:        timeouts.NewLimiter(clock, 5*time.Second),
 		unsolicitedLog: timeouts.NewLimiter(clock, 5*time.Second),
@@ -163,6 +171,7 @@ func New(conns []*net.UDPConn, table *remotes.Table, set *backend.Set, ts *timeo
 		}
 	}
 	p.sweepT = ts.NewTimeout("udp queries in flight", p.sweep)
+	p.stallT = ts.NewTimeout("udp stall check", p.stallTick)
 	return p, nil
 }
 
@@ -210,6 +219,9 @@ func (p *Proxy) Addrs() []netip.AddrPort {
 func (p *Proxy) Start() {
 	p.started.Store(true)
 	p.sweepT.Set(FlightAge)
+	if p.stalls != nil && p.stalls.Enabled() {
+		p.stallT.Set(placement.StallCheckInterval)
+	}
 	p.resendWG.Add(1)
 	go p.resendLoop()
 	for _, l := range p.ls {
@@ -231,6 +243,8 @@ func (p *Proxy) resendLoop() {
 			return
 		case d := <-downs:
 			p.resend(d.Backend, d.Fault)
+		case <-p.stallCheck:
+			p.checkStalls()
 		}
 	}
 }
@@ -260,6 +274,7 @@ func (p *Proxy) Conns() []*net.UDPConn {
 func (p *Proxy) Close() {
 	p.once.Do(func() {
 		p.sweepT.Clear()
+		p.stallT.Clear()
 		close(p.done)
 		for _, l := range p.ls {
 			l.conn.Close()
@@ -419,9 +434,29 @@ func (p *Proxy) sweep() {
 // is sent on. A query seen at a death before (sent again once already,
 // or withheld and asked again by its client) is quarantined.
 func (p *Proxy) resend(be *backend.Backend, why backend.Fault) {
+	r := p.moveQueries(be, why, false)
+	if r.any() {
+		be.Logger().Info().Int("resent", r.moved).Int("not_resent", r.stuck).Int("withheld", r.held).
+			Int("quarantined", r.quarantined).Dur("suspect_age", r.suspectAge).Msg("unanswered queries sent to other backends")
+	}
+}
+
+// moved is what became of a backend's unanswered queries.
+type moved struct {
+	moved, stuck, held, quarantined int
+	suspectAge                      time.Duration // of the query withheld as the suspect
+}
+
+func (m moved) any() bool { return m.moved+m.stuck+m.held+m.quarantined > 0 }
+
+// moveQueries sends be's unanswered queries to the backends their
+// remotes use now, as resend says; stalled: be is alive but answers
+// nothing (a stall, which counts as a death for the quarantine), and
+// is treated as a backend that died of a query, not as a wedged one.
+func (p *Proxy) moveQueries(be *backend.Backend, why backend.Fault, stalled bool) (r moved) {
 	table, set := p.table, p.backends
 	now := p.clock.Now().UnixNano()
-	wedged := why.Faulted && (why.Reason == backend.ReasonHeartbeatTimeout ||
+	wedged := !stalled && why.Faulted && (why.Reason == backend.ReasonHeartbeatTimeout ||
 		why.Reason == backend.ReasonProbeTimeout || why.Reason == backend.ReasonTCPOKTimeout)
 	first, found, age := uint32(0), false, int64(0)
 	if !why.Answer.Known && !wedged {
@@ -432,7 +467,7 @@ func (p *Proxy) resend(be *backend.Backend, why backend.Fault) {
 		})
 	}
 	var touched []*backend.Backend
-	moved, stuck, held, quarantined := 0, 0, 0, 0
+	n, stuck, held, quarantined := 0, 0, 0, 0
 	frame := make([]byte, protocol.UDPHeaderLen+keepLen)
 	p.flights.each(be.ID(), now, func(key uint64, sent int64, f *flightInfo, query []byte) {
 		wire, port := uint32(key>>32), uint16(key>>16)
@@ -481,10 +516,10 @@ func (p *Proxy) resend(be *backend.Backend, why backend.Fault) {
 			stuck++
 			return
 		}
-		moved++
+		n++
 		// Every copy be had is moved; one goes to the other backend.
 		countMoved(be, int(f.copies), to)
-		f.be, f.resent, f.copies = id, true, 1
+		f.from, f.be, f.resent, f.copies = be.ID(), id, true, 1
 		p.resent.Add(1)
 		if !slices.Contains(touched, to) {
 			touched = append(touched, to)
@@ -493,10 +528,7 @@ func (p *Proxy) resend(be *backend.Backend, why backend.Fault) {
 	for _, to := range touched {
 		to.Flush(now)
 	}
-	if moved+stuck+held+quarantined > 0 {
-		be.Logger().Info().Int("resent", moved).Int("not_resent", stuck).Int("withheld", held).
-			Int("quarantined", quarantined).Dur("suspect_age", time.Duration(age)).Msg("unanswered queries sent to other backends")
-	}
+	return moved{moved: n, stuck: stuck, held: held, quarantined: quarantined, suspectAge: time.Duration(age)}
 }
 
 // logSuspect logs a query of dead backend be held back (seen at one
@@ -588,13 +620,24 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 	}
 	p := b.p
 	wire := protocol.AddrToU32(to.Addr())
+	if b.now == 0 {
+		b.now = p.clock.Now().UnixNano()
+	}
 	var o *origin
-	if len(data) >= 2 && p.flights.take(flightKey(wire, to.Port(), uint16(data[0])<<8|uint16(data[1])), &b.a) {
+	var key uint64
+	if len(data) >= 2 {
+		key = flightKey(wire, to.Port(), uint16(data[0])<<8|uint16(data[1]))
+	}
+	if len(data) >= 2 && p.flights.take(key, &b.a) {
 		o = &b.a.origin
-		if b.now == 0 {
-			b.now = p.clock.Now().UnixNano()
-		}
 		rtt := time.Duration(max(b.now-b.a.sent, 0))
+		if second := b.a.be; b.a.other != 0 {
+			// Sent again: the other backend's answer is the second.
+			if second == b.be.ID() {
+				second = b.a.other
+			}
+			p.owed.add(key, second, b.now)
+		}
 		if b.a.be == b.be.ID() {
 			// Counted, and the latency averaged, per batch.
 			b.answered++
@@ -618,6 +661,12 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 		return
 	}
 	if o == nil {
+		if len(data) >= 2 && p.owed.take(key, b.be.ID(), b.now) {
+			// The second answer of a query sent again: its client
+			// has the first.
+			p.redundant.Add(1)
+			return
+		}
 		// No lock is held here; Known takes the remotes table's.
 		if !p.table.Known(client) {
 			b.refuse(client, to.Port())
@@ -658,6 +707,9 @@ func (b *sendBatch) refuse(client netip.Addr, port uint16) {
 
 // count adds the answers collected so far to the backend's load.
 func (b *sendBatch) count() {
+	if b.now != 0 {
+		b.be.Load().Replied(b.now)
+	}
 	if b.answered == 0 {
 		return
 	}
@@ -711,6 +763,7 @@ var counterTable = counter.Table[Proxy, Counts]{
 	{Metric: "bbal_udp_resent_total", Help: "Queries sent again to another backend after theirs died unanswering.", Field: func(p *Proxy) *atomic.Uint64 { return &p.resent }, Stat: func(s *Counts) *uint64 { return &s.Resent }},
 	{Metric: "bbal_udp_unresent_total", Help: "Queries of a dead backend that could not be sent again.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unresent }, Stat: func(s *Counts) *uint64 { return &s.Unresent }},
 	{Metric: "bbal_udp_withheld_total", Help: "Queries of a dead backend not sent again: suspected of its death.", Field: func(p *Proxy) *atomic.Uint64 { return &p.withheld }, Stat: func(s *Counts) *uint64 { return &s.Withheld }},
+	{Metric: "bbal_udp_replies_redundant_total", Help: "Second answers to queries sent again to another backend (their first stalled or died), dropped: the client had the first.", Field: func(p *Proxy) *atomic.Uint64 { return &p.redundant }, Stat: func(s *Counts) *uint64 { return &s.Redundant }},
 	{Metric: "bbal_udp_quarantined_total", Help: "Queries seen in flight at two backend deaths, dropped on arrival for 30 s.", Field: func(p *Proxy) *atomic.Uint64 { return &p.quarantined }, Stat: func(s *Counts) *uint64 { return &s.Quarantined }},
 }
 
@@ -756,6 +809,9 @@ type Counts struct {
 	// dropped is counted in Drops["quarantined"]).
 	Withheld    uint64 `json:"withheld"`
 	Quarantined uint64 `json:"quarantined"`
+	// Redundant counts the second answers of queries sent again, which
+	// are dropped: the client had the first.
+	Redundant uint64 `json:"redundant"`
 }
 
 // Stats returns the proxy's counters.

@@ -37,6 +37,15 @@ type Load struct {
 	samples    atomic.Uint64 // answers measured (never reset: slowness checks compare it)
 	weight     atomic.Int32  // less DefaultWeight, so that the zero Load has the default
 	slow       atomic.Bool   // answering far slower than its peers (see Picker.CheckSlow)
+	lastReply  atomic.Int64  // unix nanoseconds: the last answer frame, matched to a query or not
+
+	// Stalls (stall.go), written by the Stalls checker.
+	stalled      atomic.Bool   // answering nothing: see Stalls
+	avoided      atomic.Bool   // stalled, and another backend is available: placement passes over it
+	stallSince   atomic.Int64  // unix nanoseconds: when the stall began
+	stalls       atomic.Uint64 // stalls begun
+	stalledNanos atomic.Int64  // time spent in ended stalls
+	stalledSent  atomic.Uint64 // queries sent while stalled, for want of a better backend
 
 	// The Picker's own, under its lock: smooth weighted round-robin's
 	// credit; samples and unanswered at the last slowness check, and the
@@ -44,11 +53,27 @@ type Load struct {
 	credit                      int64
 	slowSamples, slowUnanswered uint64
 	slowUnmeasured              int
+
+	// The Stalls checker's own: when it last saw nothing outstanding,
+	// the trials since the backend last answered, and when the last
+	// began.
+	quietAt, trialAt int64
+	trials           int
 }
 
 // QueriesSent records n queries sent on to the backend, now waiting for
 // an answer. (The UDP reader counts a batch's at once.)
-func (l *Load) QueriesSent(n int) { l.sent.Add(uint64(n)) }
+func (l *Load) QueriesSent(n int) {
+	l.sent.Add(uint64(n))
+	if l.stalled.Load() {
+		l.stalledSent.Add(uint64(n))
+	}
+}
+
+// Replied records that the backend sent answers at now (unix
+// nanoseconds), whether they matched queries on record or not: it is
+// answering. (A session's reader records each read's once.)
+func (l *Load) Replied(now int64) { l.lastReply.Store(now) }
 
 // QueriesAnswered records n answers to the backend's queries, of which
 // measured were the backend's own time (not so for a query sent again
@@ -108,6 +133,14 @@ func (l *Load) SetWeight(w int) (old int, ok bool) {
 // its peers at the last check.
 func (l *Load) Slow() bool { return l.slow.Load() }
 
+// Stalled reports whether the backend was found to answer nothing (see
+// Stalls).
+func (l *Load) Stalled() bool { return l.stalled.Load() }
+
+// Avoided reports whether placement passes over the backend for a stall:
+// it is stalled and another is available.
+func (l *Load) Avoided() bool { return l.avoided.Load() }
+
 // Figures is a snapshot of a Load.
 type Figures struct {
 	Weight      int
@@ -118,20 +151,39 @@ type Figures struct {
 	Unanswered  uint64
 	Evicted     uint64
 	Resent      uint64
+	// Stalls: whether the backend is stalled now and since when (zero
+	// when not), whether placement avoids it, the stalls begun, the time
+	// spent stalled and the queries sent while stalled.
+	Stalled     bool
+	StallSince  time.Time
+	Avoided     bool
+	Stalls      uint64
+	StalledTime time.Duration
+	StalledSent uint64
 }
 
-// Figures returns a snapshot of the Load.
-func (l *Load) Figures() Figures {
-	return Figures{
+// Figures returns a snapshot of the Load at now.
+func (l *Load) Figures(now time.Time) Figures {
+	f := Figures{
 		Weight: l.Weight(), Slow: l.Slow(), Outstanding: l.Outstanding(), Latency: l.Latency(),
 		Answered: l.answered.Load(), Unanswered: l.unanswered.Load(), Evicted: l.evicted.Load(), Resent: l.resent.Load(),
+		Stalled: l.Stalled(), Avoided: l.Avoided(), Stalls: l.stalls.Load(),
+		StalledTime: time.Duration(l.stalledNanos.Load()), StalledSent: l.stalledSent.Load(),
 	}
+	if f.Stalled {
+		f.StallSince = time.Unix(0, l.stallSince.Load())
+		f.StalledTime += max(now.Sub(f.StallSince), 0)
+	}
+	return f
 }
 
 // ResetCounters sets the counters of finished queries back to zero;
 // what is sent less what is done stays: the queries outstanding. The
-// weight, the latency and the slowness stay too.
+// weight, the latency, the slowness and a stall under way stay too.
 func (l *Load) ResetCounters() {
 	done := l.answered.Swap(0) + l.unanswered.Swap(0) + l.evicted.Swap(0) + l.resent.Swap(0)
 	l.sent.Add(-done)
+	l.stalls.Store(0)
+	l.stalledNanos.Store(0)
+	l.stalledSent.Store(0)
 }

@@ -16,10 +16,15 @@ import (
 type Backend[K ~uint16] interface {
 	comparable
 	ID() K
-	// OK: its session is up. Eligible: ok and enabled, so it may be
-	// given new remotes.
+	// OK: its session is up. Available: ok and enabled. Eligible:
+	// available and not avoided for a stall (Load.Avoided), so it may
+	// be given new remotes.
 	OK() bool
+	Available() bool
 	Eligible() bool
+	// QueueWait is how long, at now (unix nanoseconds), its session
+	// has taken nothing of what is queued for it.
+	QueueWait(now int64) time.Duration
 	Load() *Load
 	Logger() *zerolog.Logger // with the backend's be_id and be_path
 }

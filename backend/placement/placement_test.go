@@ -32,11 +32,17 @@ type fake struct {
 	admin int
 	load  Load
 	log   zerolog.Logger
+	// queueWait is what QueueWait reports.
+	queueWait time.Duration
 }
 
-func (f *fake) ID() ID                  { return f.id }
-func (f *fake) OK() bool                { return f.ok }
-func (f *fake) Eligible() bool          { return f.ok && f.admin == AdminEnabled }
+func (f *fake) ID() ID          { return f.id }
+func (f *fake) OK() bool        { return f.ok }
+func (f *fake) Available() bool { return f.ok && f.admin == AdminEnabled }
+func (f *fake) Eligible() bool  { return f.Available() && !f.load.Avoided() }
+func (f *fake) QueueWait(int64) time.Duration {
+	return f.queueWait
+}
 func (f *fake) Load() *Load             { return &f.load }
 func (f *fake) Logger() *zerolog.Logger { return &f.log }
 func (f *fake) SetAdmin(a int)          { f.admin = a }
@@ -176,7 +182,7 @@ func TestLeastLoadedPick(t *testing.T) {
 	s.Get(3).load.QueryForgotten(false)
 	s.Get(3).load.QueryForgotten(true)
 	s.Get(3).load.QueryMoved()
-	if st := s.Get(3).load.Figures(); st.Outstanding != 0 || st.Answered != 1 || st.Unanswered != 1 || st.Evicted != 1 || st.Resent != 1 {
+	if st := s.Get(3).load.Figures(testbed.Epoch); st.Outstanding != 0 || st.Answered != 1 || st.Unanswered != 1 || st.Evicted != 1 || st.Resent != 1 {
 		t.Fatalf("after four queries done: %+v", st)
 	}
 	// A slow backend is passed over while another is not slow.

@@ -91,6 +91,9 @@ func printBackends(w io.Writer, bs []debugapi.Backend, rates map[uint16]float64)
 	fmt.Fprintln(tw, head)
 	for _, b := range bs {
 		state := b.State
+		if b.Stalled {
+			state = "stalled" // its session is up, its queries unanswered
+		}
 		if b.Admin != "enabled" {
 			state += "," + b.Admin
 		}

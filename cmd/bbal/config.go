@@ -38,13 +38,14 @@ type config struct {
 	tcpIdle     time.Duration
 	tcpLife     time.Duration
 	servfail    bool
+	stallFloor  time.Duration
 	user        string
 	probe       server.Probe
 }
 
 const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
             [-R MAX] [-M BITS] [-6 PREFIX] [-P POLICY] [-T MAX] [-C MAX]
-            [-I SECS] [-L SECS] [-F] [-u USER] [-H NAME[/TYPE]]
+            [-I SECS] [-L SECS] [-F] [-A MS] [-u USER] [-H NAME[/TYPE]]
 
   -s DIR    directory of backend sockets (required)
   -b ADDR   address to listen on, IPv4 or IPv6; give -b again for more
@@ -73,6 +74,11 @@ const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-
   -L SECS   close a TCP connection this old (default 300)
   -F        answer SERVFAIL to UDP queries when no backend is available
             (default: drop them, as mname-balancer does)
+  -A MS     a backend that leaves its UDP queries unanswered this long
+            while answering none (or 8 times its usual answer time, up to
+            800 ms) is stalled: its clients go to their backups and its
+            unanswered queries are sent to them, until it answers again;
+            0 turns this off (default 250)
   -u USER   once the sockets are bound, run as USER and its group (the
             debug socket is handed to USER)
   -H NAME[/TYPE]
@@ -105,6 +111,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	tcpIdle := fs.String("I", secs(tcpproxy.DefaultIdleTimeout), "")
 	tcpLife := fs.String("L", secs(tcpproxy.DefaultMaxLifetime), "")
 	servfail := fs.Bool("F", false, "")
+	stall := fs.String("A", strconv.Itoa(int(placement.DefaultStallFloor/time.Millisecond)), "")
 	runAs := fs.String("u", "", "")
 	probe := fs.String("H", "", "")
 	if err := fs.Parse(args); err != nil {
@@ -185,6 +192,10 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	if err != nil {
 		return config{}, err
 	}
+	stallFloor, err := parseStallFloor(*stall)
+	if err != nil {
+		return config{}, err
+	}
 	var pr server.Probe
 	if given(fs, "H") {
 		if *probe == "" {
@@ -200,6 +211,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 		tcpIdle:     idle,
 		tcpLife:     life,
 		servfail:    *servfail,
+		stallFloor:  stallFloor,
 		user:        *runAs,
 		probe:       pr,
 		maxRemotes:  *maxRemotes,
@@ -290,6 +302,21 @@ func parseSecs(flag, v string) (time.Duration, error) {
 		return 0, fmt.Errorf("invalid %s %q (want seconds, more than 0)", flag, v)
 	}
 	return time.Duration(f * float64(time.Second)), nil
+}
+
+// parseStallFloor parses -A: milliseconds (or a duration with its
+// unit, e.g. 300ms), 0 for none, else from 10 ms to
+// placement.MaxStallThreshold.
+func parseStallFloor(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if n, nerr := strconv.ParseUint(v, 10, 32); nerr == nil {
+		d, err = time.Duration(n)*time.Millisecond, nil
+	}
+	maxMS := int(placement.MaxStallThreshold / time.Millisecond)
+	if err != nil || d != 0 && (d < 10*time.Millisecond || d > placement.MaxStallThreshold) {
+		return 0, fmt.Errorf("invalid -A %q (want milliseconds, 10 to %d, or 0 for no stall detection)", v, maxMS)
+	}
+	return d, nil
 }
 
 // within reports whether path is in the directory dir or below it, after

@@ -80,6 +80,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		TCPIdleTimeout:   cfg.tcpIdle,
 		TCPMaxLifetime:   cfg.tcpLife,
 		ServfailWhenDown: cfg.servfail,
+		StallFloor:       cfg.stallFloor,
 		Probe:            cfg.probe,
 		User:             cfg.user,
 		Inherited:        inherited,

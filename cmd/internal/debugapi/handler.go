@@ -243,6 +243,12 @@ func (a *api) backendInfo(b *backend.Backend, counts map[backend.ID]remotes.Coun
 		Weight: st.Weight, Slow: st.Slow, Outstanding: st.Outstanding,
 		LatencySeconds: st.Latency.Seconds(), Answered: st.Answered, Unanswered: st.Unanswered,
 		Evicted: st.Evicted, Resent: st.Resent,
+		Stalled: st.Stalled, Avoided: st.Avoided, Stalls: st.Stalls,
+		StalledSeconds: st.StalledTime.Seconds(), StalledSent: st.StalledSent,
+	}
+	if st.Stalled {
+		since := st.StallSince.UTC()
+		out.StallSince = &since
 	}
 	for _, n := range st.Faults {
 		out.FaultsTotal += n

@@ -64,6 +64,10 @@ var (
 	mBackendProbeRTT = desc("bbal_backend_probe_rtt_seconds", "Round trip of the last answered DNS health-check probe.", "backend")
 	mBackendDelay    = desc("bbal_backend_reconnect_delay_seconds", "Delay before the next reconnect attempt after a failure.", "backend")
 	mBackendQueue    = desc("bbal_backend_queue_bytes", "Bytes queued for the backend, not yet written.", "backend")
+	mBackendStalled  = desc("bbal_backend_stalled", "1 while the backend answers none of its UDP queries (stalled): its clients go to their backups while another backend is available.", "backend")
+	mBackendStalls   = desc("bbal_backend_stalls_total", "Stalls of the backend begun.", "backend")
+	mBackendStallSec = desc("bbal_backend_stalled_seconds_total", "Time the backend spent stalled.", "backend")
+	mBackendStallSnt = desc("bbal_backend_stalled_sent_total", "UDP queries sent to the backend while it was stalled, for want of a better backend.", "backend")
 	mBackendQueueFr  = desc("bbal_backend_queue_frames", "Frames queued for the backend, not yet written.", "backend")
 )
 
@@ -205,6 +209,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(mBackendUnans, st.Unanswered, id)
 		counter(mBackendEvicted, st.Evicted, id)
 		counter(mBackendResent, st.Resent, id)
+		gauge(mBackendStalled, bool01(st.Stalled), id)
+		counter(mBackendStalls, st.Stalls, id)
+		ch <- prometheus.MustNewConstMetric(mBackendStallSec, prometheus.CounterValue, st.StalledTime.Seconds(), id)
+		counter(mBackendStallSnt, st.StalledSent, id)
 		if p := st.Probes; p.Enabled {
 			counter(mBackendProbes, p.Sent, id)
 			counter(mBackendProbeOK, p.Answered, id)

@@ -41,6 +41,17 @@ type Backend struct {
 	Unanswered     uint64  `json:"unanswered"`
 	Evicted        uint64  `json:"evicted"`
 	Resent         uint64  `json:"resent"`
+	// Stalls: whether the backend answers nothing now (and since when),
+	// whether its clients go elsewhere meanwhile (avoided: another
+	// backend is available), the stalls begun, the time spent stalled,
+	// and the queries sent to it while stalled, for want of a better
+	// backend.
+	Stalled        bool       `json:"stalled"`
+	StallSince     *time.Time `json:"stall_since,omitempty"`
+	Avoided        bool       `json:"avoided"`
+	Stalls         uint64     `json:"stalls"`
+	StalledSeconds float64    `json:"stalled_seconds"`
+	StalledSent    uint64     `json:"stalled_sent"`
 	// Probes is there only with health checks by DNS (-H).
 	Probes *Probes `json:"probes,omitempty"`
 }

@@ -73,6 +73,11 @@ type Config struct {
 	// ServfailWhenDown answers UDP queries SERVFAIL when no backend is
 	// available, instead of dropping them.
 	ServfailWhenDown bool
+	// StallFloor is the least threshold of stall detection (-A; see
+	// placement.Stalls): a backend that answers none of its queries for
+	// that long, or longer as its usual answer time says, is passed over
+	// until it answers again. 0: no stall detection.
+	StallFloor time.Duration
 	// Probe, when its Name is set, is asked of every ok backend every
 	// 5 s from ProbeSource, as a health check (-H): a backend that
 	// answers none for 15 s is faulted.
@@ -94,6 +99,7 @@ type Options struct {
 	Backends  backend.Config // only the durations and limits are used
 	Remotes   remotes.Config // likewise
 	OKTimeout time.Duration
+	StallHold time.Duration // placement.DefaultStallHold when 0
 	// DebugLimits bound the debug socket's clients; zero fields take
 	// debugapi.DefaultLimits.
 	DebugLimits debugapi.Limits
@@ -331,6 +337,7 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 	if cfg.ServfailWhenDown {
 		b.UDP.ServfailWhenDown()
 	}
+	b.UDP.DetectStalls(cfg.StallFloor, opt.StallHold)
 
 	b.TCP = tcpproxy.New(ls.tcp, tcpproxy.Config{
 		Table: b.Table, Backends: b.Backends, Timeouts: b.Timeouts, Log: log, OKTimeout: opt.OKTimeout,

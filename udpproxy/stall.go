@@ -1,0 +1,54 @@
+package udpproxy
+
+import (
+	"time"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
+)
+
+// DetectStalls has the proxy find the backends that stop answering
+// (placement.Stalls) every placement.StallCheckInterval, with floor the
+// least threshold (0: not at all) and hold the least stall. Call it
+// before Start.
+func (p *Proxy) DetectStalls(floor, hold time.Duration) {
+	p.stalls = placement.NewStalls[backend.ID, *backend.Backend](p.backends,
+		placement.StallConfig{Floor: floor, Hold: hold, Log: p.log, Clock: p.clock})
+}
+
+// stallTick is the stall check's timer: it posts to resendLoop, which
+// checks.
+func (p *Proxy) stallTick() {
+	select {
+	case p.stallCheck <- struct{}{}:
+	default:
+	}
+	p.stallT.Again(placement.StallCheckInterval)
+}
+
+// checkStalls is resendLoop's stall check: each backend found stalled
+// whose clients can go elsewhere has its unanswered queries sent to the
+// backends they use now, as if it had died of a query: the suspect (the
+// first it was given of those it left unanswered) is withheld, and a
+// query seen at a stall or death before is quarantined.
+func (p *Proxy) checkStalls() {
+	if p.stalls == nil {
+		return
+	}
+	for _, st := range p.stalls.Check(p.clock.Now().UnixNano()) {
+		be := st.Backend
+		var r moved
+		if st.Avoided {
+			r = p.moveQueries(be, backend.Fault{}, true)
+		}
+		e := be.Logger().Warn().Float64("silent_ms", ms(st.Silent)).Float64("threshold_ms", ms(st.Threshold)).
+			Int64("outstanding", st.Outstanding)
+		if st.QueueWait > 0 {
+			e = e.Float64("queue_wait_ms", ms(st.QueueWait))
+		}
+		e.Bool("avoided", st.Avoided).Int("resent", r.moved).Int("not_resent", r.stuck).Int("withheld", r.held).
+			Int("quarantined", r.quarantined).Msg("backend stopped answering: stalled")
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
