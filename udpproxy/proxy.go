@@ -119,9 +119,10 @@ type Proxy struct {
 	resendWG sync.WaitGroup // resendLoop
 
 	// The stall check (stall.go): nil stalls, none.
-	stalls     *placement.Stalls[backend.ID, *backend.Backend]
-	stallT     *timeouts.Timeout
-	stallCheck chan struct{} // stallTick's posts to resendLoop
+	stalls      *placement.Stalls[backend.ID, *backend.Backend]
+	stallT      *timeouts.Timeout
+	stallCheck  chan struct{} // stallTick's posts to resendLoop
+	stallChecks atomic.Uint64 // checks done
 }
 
 // New returns a proxy on conns (at least one, at most MaxListeners),
@@ -467,7 +468,7 @@ func (p *Proxy) moveQueries(be *backend.Backend, why backend.Fault, stalled bool
 		})
 	}
 	var touched []*backend.Backend
-	n, stuck, held, quarantined := 0, 0, 0, 0
+	resent, stuck, held, quarantined := 0, 0, 0, 0
 	frame := make([]byte, protocol.UDPHeaderLen+keepLen)
 	p.flights.each(be.ID(), now, func(key uint64, sent int64, f *flightInfo, query []byte) {
 		wire, port := uint32(key>>32), uint16(key>>16)
@@ -516,7 +517,7 @@ func (p *Proxy) moveQueries(be *backend.Backend, why backend.Fault, stalled bool
 			stuck++
 			return
 		}
-		n++
+		resent++
 		// Every copy be had is moved; one goes to the other backend.
 		countMoved(be, int(f.copies), to)
 		f.from, f.be, f.resent, f.copies = be.ID(), id, true, 1
@@ -528,7 +529,7 @@ func (p *Proxy) moveQueries(be *backend.Backend, why backend.Fault, stalled bool
 	for _, to := range touched {
 		to.Flush(now)
 	}
-	return moved{moved: n, stuck: stuck, held: held, quarantined: quarantined, suspectAge: time.Duration(age)}
+	return moved{moved: resent, stuck: stuck, held: held, quarantined: quarantined, suspectAge: time.Duration(age)}
 }
 
 // logSuspect logs a query of dead backend be held back (seen at one

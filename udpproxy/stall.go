@@ -35,6 +35,7 @@ func (p *Proxy) checkStalls() {
 	if p.stalls == nil {
 		return
 	}
+	defer p.stallChecks.Add(1)
 	for _, st := range p.stalls.Check(p.clock.Now().UnixNano()) {
 		be := st.Backend
 		var r moved
@@ -50,5 +51,9 @@ func (p *Proxy) checkStalls() {
 			Int("quarantined", r.quarantined).Msg("backend stopped answering: stalled")
 	}
 }
+
+// StallChecks returns the number of stall checks done: a test on the
+// fake clock waits for it to move after moving the clock.
+func (p *Proxy) StallChecks() uint64 { return p.stallChecks.Load() }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -93,8 +93,8 @@ func (s *Stalls[K, B]) Check(now int64) (began []Stall[B]) {
 			continue
 		}
 		out := l.Outstanding()
-		if out == 0 {
-			l.quietAt = now
+		if out == 0 || l.quietAt == 0 {
+			l.quietAt = now // nothing waits, or first seen: the silence counts from here
 		}
 		last := l.lastReply.Load()
 		thr := s.threshold(l)
@@ -112,9 +112,11 @@ func (s *Stalls[K, B]) Check(now int64) (began []Stall[B]) {
 			}
 			continue
 		}
+		// An answer at the stall's own instant came after it: the last
+		// one before it was older than the threshold.
 		since := l.stallSince.Load()
 		switch {
-		case last > since && now-since >= int64(s.cfg.Hold) && qw <= thr:
+		case last >= since && now-since >= int64(s.cfg.Hold) && qw <= thr:
 			l.trials = 0
 			s.end(b, now, "answering again")
 		case now-since >= int64(s.cfg.Hold)<<min(l.trials, maxTrialShift):

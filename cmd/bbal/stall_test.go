@@ -1,0 +1,355 @@
+package main
+
+import (
+	"net"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
+	"github.com/bbal/bbal/cmd/internal/server"
+	"github.com/bbal/bbal/cmd/internal/servertest"
+	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/tools/dnsbackend"
+	"github.com/bbal/bbal/tools/testbed"
+)
+
+// The stall tests run on the fake clock: the clock moves in steps of the
+// stall check's interval, each waiting for the check it makes due.
+
+// stallBed is a harness with stall detection on; its tests start Go
+// backends and held backends, whose answers the test gives.
+type stallBed struct {
+	*harness
+	checks uint64 // stall checks seen done
+}
+
+func newStallBed(t *testing.T) *stallBed {
+	t.Helper()
+	h := servertest.NewConfig(t, func(c *server.Config) { c.StallFloor = placement.DefaultStallFloor }, nil)
+	return &stallBed{harness: h}
+}
+
+// step moves the clock by one stall check interval and waits for the
+// check it makes due.
+func (s *stallBed) step() {
+	s.T.Helper()
+	s.Advance(placement.StallCheckInterval)
+	want := s.checks + 1
+	testbed.Eventually(s.T, "stall check", func() bool { return s.B.UDP.StallChecks() >= want })
+	s.checks = s.B.UDP.StallChecks()
+}
+
+// stepFor steps the clock by d.
+func (s *stallBed) stepFor(d time.Duration) {
+	s.T.Helper()
+	for range d / placement.StallCheckInterval {
+		s.step()
+	}
+}
+
+// held is a backend the test answers for: it answers heartbeats at once
+// (unless deaf), and hands the test each UDP query.
+type held struct {
+	name    string
+	conn    *testbed.FakeConn
+	queries chan protocol.Frame
+	answer  func(protocol.Frame) []byte
+}
+
+func (s *stallBed) startHeld(name string) *held {
+	s.T.Helper()
+	fake := testbed.NewFake(s.T, s.Sock(name))
+	mark := s.Logs.Mark()
+	s.B.Backends.Scan()
+	b := &held{name: name, conn: fake.Accept(s.T), queries: make(chan protocol.Frame, 10000), answer: testbed.AnswerAs(name)}
+	b.conn.Hello(s.T)
+	id, _ := strconv.Atoi(name)
+	s.Established(mark, id)
+	go b.conn.Serve(func(f protocol.Frame) []byte {
+		switch f.Type {
+		case protocol.FrameClientHeartbeat:
+			return protocol.AppendType(nil, protocol.FrameServerHeartbeat)
+		case protocol.FrameInboundUDP:
+			b.queries <- f
+		}
+		return nil
+	})
+	return b
+}
+
+// next returns the next query the held backend was given.
+func (b *held) next(t testing.TB) protocol.Frame {
+	t.Helper()
+	select {
+	case f := <-b.queries:
+		return f
+	case <-time.After(10 * time.Second):
+		t.Fatalf("backend %s was given no query", b.name)
+		return protocol.Frame{}
+	}
+}
+
+// reply answers query f.
+func (b *held) reply(t testing.TB, f protocol.Frame) {
+	t.Helper()
+	if _, err := b.conn.Write(b.answer(f)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// client is a UDP client of the balancer at a pinned address.
+type client struct {
+	t    testing.TB
+	conn *net.UDPConn
+	buf  []byte
+}
+
+func newClient(h *harness, from netip.Addr) *client {
+	h.T.Helper()
+	c, err := net.DialUDP("udp", &net.UDPAddr{IP: from.AsSlice()}, net.UDPAddrFromAddrPort(h.Addr))
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	h.T.Cleanup(func() { c.Close() })
+	return &client{t: h.T, conn: c, buf: make([]byte, 1500)}
+}
+
+func (c *client) ask(id uint16) {
+	q := new(dns.Msg)
+	q.SetQuestion("who.example.", dns.TypeTXT)
+	q.Id = id
+	wire, _ := q.Pack()
+	if _, err := c.conn.Write(wire); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// answer reads the next answer and returns its ID and the backend that
+// gave it, failing after 5 s.
+func (c *client) answer() (uint16, string) {
+	c.t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.conn.Read(c.buf)
+	if err != nil {
+		c.t.Fatalf("no answer: %v", err)
+	}
+	var r dns.Msg
+	if err := r.Unpack(c.buf[:n]); err != nil {
+		c.t.Fatal(err)
+	}
+	fl, _ := dnsbackend.TXTFields(&r)
+	return r.Id, fl["backend"]
+}
+
+// TestStalledBackendIsPassedOver: a backend that answers heartbeats but
+// no queries is stalled once its queries go unanswered past the
+// threshold (800 ms for a backend that has answered nothing yet): its
+// unanswered queries but the first (the suspect) are answered by the
+// other backend, its client's new queries and TCP connections go there,
+// and it shows as stalled. It answers nothing, and is tried again after
+// the hold, then after twice, four and eight times the hold.
+func TestStalledBackendIsPassedOver(t *testing.T) {
+	s := newStallBed(t)
+	s.StartGo("5301")
+	deaf := s.startHeld("5302")
+	be := s.B.Backends.Get(5302)
+	c := newClient(s.harness, s.PinTo(5302))
+	for id := uint16(1); id <= 3; id++ {
+		c.ask(id)
+		deaf.next(t)
+	}
+	// The first check sees the queries waiting; the silence counts
+	// from there.
+	s.stepFor(placement.MaxStallThreshold)
+	if be.Stats().Stalled {
+		t.Fatal("stalled before the threshold")
+	}
+	s.step()
+	s.step()
+	st := be.Stats()
+	if !st.Stalled || !st.Avoided || st.Stalls != 1 || st.StallSince.IsZero() || st.StallSince.After(s.Clock.Now()) {
+		t.Fatalf("stalled %v, avoided %v, stalls %d, since %v", st.Stalled, st.Avoided, st.Stalls, st.StallSince)
+	}
+	s.Logs.Wait(t, "backend stopped answering: stalled", map[string]any{"be_id": 5302, "resent": 2, "withheld": 1, "avoided": true})
+	got := map[uint16]string{}
+	for range 2 {
+		id, by := c.answer()
+		got[id] = by
+	}
+	if got[2] != "5301" || got[3] != "5301" {
+		t.Fatalf("answers %v, want 2 and 3 from 5301", got)
+	}
+	c.ask(4)
+	if id, by := c.answer(); id != 4 || by != "5301" {
+		t.Fatalf("a new query answered %d by %q, want 4 by 5301", id, by)
+	}
+	if by := s.Who(c.conn.LocalAddr().(*net.UDPAddr).AddrPort().Addr(), true)["backend"]; by != "5301" {
+		t.Fatalf("a new TCP connection went to %q", by)
+	}
+
+	// Trials: each time the hold (doubled, up to 8 times) has passed,
+	// the client's queries go home again, are not answered, and the
+	// backend is stalled again.
+	stallStart := s.Clock.Now()
+	for i, hold := range []time.Duration{1, 2, 4, 8, 8} {
+		hold *= placement.DefaultStallHold
+		mark := s.Logs.Mark()
+		for s.Clock.Now().Before(stallStart.Add(hold - placement.StallCheckInterval)) {
+			s.step()
+		}
+		if !be.Stats().Stalled {
+			t.Fatalf("trial %d before the hold of %v", i+1, hold)
+		}
+		s.step()
+		if be.Stats().Stalled {
+			t.Fatalf("no trial %d after %v", i+1, hold)
+		}
+		s.Logs.WaitAfter(t, mark, "stalled backend answered nothing: trying it again", map[string]any{"be_id": 5302, "trials": i + 1})
+		// Two queries: the first is the suspect, withheld; the
+		// other is answered by 5301.
+		id := uint16(10 + 2*i)
+		c.ask(id)
+		c.ask(id + 1)
+		deaf.next(t) // home again
+		deaf.next(t)
+		for !be.Stats().Stalled {
+			s.step()
+		}
+		stallStart = s.Clock.Now()
+		if got, by := c.answer(); got != id+1 || by != "5301" {
+			t.Fatalf("answer %d by %q, want %d by 5301", got, by, id+1)
+		}
+	}
+}
+
+// stallHeld starts a Go backend 5301 and a held 5302, has a client
+// pinned to 5302 ask ids, each given to 5302 and left unanswered, and
+// steps the clock until 5302 is stalled. It returns the queries 5302
+// holds.
+func (s *stallBed) stallHeld(ids ...uint16) (*held, *client, []protocol.Frame) {
+	s.T.Helper()
+	s.StartGo("5301")
+	b := s.startHeld("5302")
+	c := newClient(s.harness, s.PinTo(5302))
+	var fs []protocol.Frame
+	for _, id := range ids {
+		c.ask(id)
+		fs = append(fs, b.next(s.T))
+	}
+	s.stallOf(5302)
+	return b, c, fs
+}
+
+// stallOf steps the clock until backend id is stalled, failing after the
+// longest threshold and a check more.
+func (s *stallBed) stallOf(id int) {
+	s.T.Helper()
+	be := s.B.Backends.Get(backend.ID(id))
+	for range placement.MaxStallThreshold/placement.StallCheckInterval + 3 {
+		s.step()
+		if be.Stats().Stalled {
+			return
+		}
+	}
+	s.T.Fatalf("backend %d not stalled", id)
+}
+
+// TestAnswersAfterAStallReachTheClientOnce: the queries of a stalled
+// backend are answered by the other; when it answers them after all,
+// those answers are dropped, counted redundant, except the one to the
+// query withheld as the suspect, which the client has had no answer
+// to. After the hold, answering again, it gets its client back.
+func TestAnswersAfterAStallReachTheClientOnce(t *testing.T) {
+	s := newStallBed(t)
+	b, c, fs := s.stallHeld(1, 2, 3)
+	stallAt := s.Clock.Now()
+	for range 2 {
+		if _, by := c.answer(); by != "5301" {
+			t.Fatalf("answer by %q while 5302 is stalled", by)
+		}
+	}
+	for _, f := range fs {
+		b.reply(t, f) // late: the backend wakes
+	}
+	testbed.Eventually(t, "late answers dropped", func() bool { return s.B.UDP.Stats().Redundant == 2 })
+	if id, by := c.answer(); id != 1 || by != "5302" {
+		t.Fatalf("answer %d by %q, want the withheld 1 by 5302", id, by)
+	}
+	c.ask(4) // still stalled: the hold has not passed
+	if id, by := c.answer(); id != 4 || by != "5301" {
+		t.Fatalf("answer %d by %q, want 4 by 5301 (and no second answer to 2 or 3)", id, by)
+	}
+	be := s.B.Backends.Get(5302)
+	mark := s.Logs.Mark()
+	for s.Clock.Now().Before(stallAt.Add(placement.DefaultStallHold)) {
+		if !be.Stats().Stalled {
+			t.Fatalf("stall ended after %v, before the hold", s.Clock.Now().Sub(stallAt))
+		}
+		s.step()
+	}
+	s.step()
+	if be.Stats().Stalled {
+		t.Fatal("still stalled after the hold, answering again")
+	}
+	s.Logs.WaitAfter(t, mark, "backend answering again: no longer stalled", map[string]any{"be_id": 5302})
+	c.ask(5)
+	b.reply(t, b.next(t)) // home
+	if id, by := c.answer(); id != 5 || by != "5302" {
+		t.Fatalf("answer %d by %q, want 5 by 5302", id, by)
+	}
+	if st := be.Stats(); st.Stalls != 1 || st.StalledTime < placement.DefaultStallHold {
+		t.Fatalf("stalls %d, stalled for %v", st.Stalls, st.StalledTime)
+	}
+}
+
+// TestTheFirstAnswerWinsWhicheverComesFirst: the stalled backend answers
+// a query sent on before the backend it went to does: the client has
+// that answer, and the other's is dropped.
+func TestTheFirstAnswerWinsWhicheverComesFirst(t *testing.T) {
+	s := newStallBed(t)
+	late := s.startHeld("5302")
+	backup := s.startHeld("5303")
+	c := newClient(s.harness, s.PinTo(5302))
+	c.ask(1)
+	c.ask(2)
+	fs := []protocol.Frame{late.next(t), late.next(t)}
+	s.stallOf(5302)
+	moved := backup.next(t) // 2; 1 is withheld
+	late.reply(t, fs[1])
+	if id, by := c.answer(); id != 2 || by != "5302" {
+		t.Fatalf("answer %d by %q, want 2 by 5302", id, by)
+	}
+	backup.reply(t, moved)
+	testbed.Eventually(t, "the second answer dropped", func() bool { return s.B.UDP.Stats().Redundant == 1 })
+	c.ask(3)
+	backup.reply(t, backup.next(t))
+	if id, by := c.answer(); id != 3 || by != "5303" {
+		t.Fatalf("answer %d by %q, want 3 by 5303 (and no second answer to 2)", id, by)
+	}
+}
+
+// TestTheOnlyBackendStalledIsStillSentTo: with nowhere better, a stalled
+// backend goes on being given its clients' queries, counted, and logged.
+func TestTheOnlyBackendStalledIsStillSentTo(t *testing.T) {
+	s := newStallBed(t)
+	b := s.startHeld("5302")
+	c := newClient(s.harness, s.PinTo(5302))
+	c.ask(1)
+	b.next(t)
+	s.stallOf(5302)
+	s.Logs.Wait(t, "every available backend is stalled: sending to the stalled ones", nil)
+	s.Logs.Wait(t, "backend stopped answering: stalled", map[string]any{"be_id": 5302, "avoided": false, "resent": 0})
+	c.ask(2)
+	b.reply(t, b.next(t))
+	if id, by := c.answer(); id != 2 || by != "5302" {
+		t.Fatalf("answer %d by %q, want 2 by 5302", id, by)
+	}
+	if st := s.B.Backends.Get(5302).Stats(); st.Avoided || st.StalledSent != 1 {
+		t.Fatalf("avoided %v, sent while stalled %d", st.Avoided, st.StalledSent)
+	}
+}
