@@ -353,3 +353,123 @@ func TestTheOnlyBackendStalledIsStillSentTo(t *testing.T) {
 		t.Fatalf("avoided %v, sent while stalled %d", st.Avoided, st.StalledSent)
 	}
 }
+
+// TestSlowSteadyBackendsAreNeverStalled: backends that take 50 ms or
+// 300 ms to answer each query, under steady load for a minute, and one
+// that drains a burst beyond its capacity over a second, answering all
+// the while, are never stalled.
+func TestSlowSteadyBackendsAreNeverStalled(t *testing.T) {
+	for _, lat := range []time.Duration{50 * time.Millisecond, 300 * time.Millisecond} {
+		t.Run(lat.String(), func(t *testing.T) {
+			s := newStallBed(t)
+			s.StartGo("5301")
+			b := s.startHeld("5302")
+			c := newClient(s.harness, s.PinTo(5302))
+			type pending struct {
+				f   protocol.Frame
+				due time.Time
+			}
+			var waiting []pending
+			answered := 0
+			for i := range int(time.Minute / placement.StallCheckInterval) {
+				c.ask(uint16(i))
+				waiting = append(waiting, pending{b.next(t), s.Clock.Now().Add(lat)})
+				s.step()
+				for len(waiting) > 0 && !waiting[0].due.After(s.Clock.Now()) {
+					b.reply(t, waiting[0].f)
+					waiting = waiting[1:]
+					if _, by := c.answer(); by != "5302" {
+						t.Fatalf("answered by %q", by)
+					}
+					answered++
+				}
+			}
+			st := s.B.Backends.Get(5302).Stats()
+			if st.Stalls != 0 || st.Latency != lat {
+				t.Fatalf("%d stalls; latency %v, want %v", st.Stalls, st.Latency, lat)
+			}
+			t.Logf("%d queries answered in %v each, no stall", answered, lat)
+		})
+	}
+	t.Run("burst", func(t *testing.T) {
+		s := newStallBed(t)
+		s.StartGo("5301")
+		b := s.startHeld("5302")
+		c := newClient(s.harness, s.PinTo(5302))
+		// Answered at once first, for a measured latency.
+		c.ask(0)
+		b.reply(t, b.next(t))
+		c.answer()
+		const burst = 400
+		var fs []protocol.Frame
+		for i := range burst {
+			c.ask(uint16(i + 1))
+			fs = append(fs, b.next(t))
+		}
+		// 20 answers a check interval: 400 in a second.
+		for len(fs) > 0 {
+			s.step()
+			for _, f := range fs[:20] {
+				b.reply(t, f)
+				c.answer()
+			}
+			fs = fs[20:]
+		}
+		if st := s.B.Backends.Get(5302).Stats(); st.Stalls != 0 {
+			t.Fatalf("%d stalls draining a burst", st.Stalls)
+		}
+	})
+}
+
+// TestAStallingBackendFlapsNoFasterThanTheHold: a backend that falls
+// silent for 400 ms in every 700 is stalled each time, but each stall
+// lasts the hold at least, and it is not tried again sooner.
+func TestAStallingBackendFlapsNoFasterThanTheHold(t *testing.T) {
+	s := newStallBed(t)
+	s.StartGo("5301")
+	b := s.startHeld("5302")
+	from := s.PinTo(5302)
+	c := newClient(s.harness, from)
+	be := s.B.Backends.Get(5302)
+	start := s.Clock.Now()
+	var held []protocol.Frame
+	var stalls []time.Time
+	wasStalled := false
+	for i := 0; s.Clock.Now().Sub(start) < 20*time.Second; i++ {
+		silent := s.Clock.Now().Sub(start)%(700*time.Millisecond) >= 300*time.Millisecond
+		c.ask(uint16(i))
+		if p, _ := s.B.Table.Lookup(from); !be.Stats().Avoided || p.Backup == 0 {
+			held = append(held, b.next(t))
+		}
+		if !silent {
+			for _, f := range held {
+				b.reply(t, f)
+			}
+			held = held[:0]
+		}
+		s.step()
+		if st := be.Stats().Stalled; st != wasStalled {
+			wasStalled = st
+			if st {
+				stalls = append(stalls, s.Clock.Now())
+			} else if d := s.Clock.Now().Sub(stalls[len(stalls)-1]); d < placement.DefaultStallHold {
+				t.Fatalf("a stall ended after %v, within the hold", d)
+			}
+		}
+		for {
+			c.conn.SetReadDeadline(time.Now()) // drain what came
+			if _, err := c.conn.Read(c.buf); err != nil {
+				break
+			}
+		}
+	}
+	if len(stalls) < 2 {
+		t.Fatalf("%d stalls in 20 s of a backend silent 400 ms in 700", len(stalls))
+	}
+	for i := 1; i < len(stalls); i++ {
+		if d := stalls[i].Sub(stalls[i-1]); d < placement.DefaultStallHold {
+			t.Fatalf("stalls %v apart", d)
+		}
+	}
+	t.Logf("%d stalls in 20 s", len(stalls))
+}
