@@ -435,7 +435,7 @@ func (p *Proxy) sweep() {
 // is sent on. A query seen at a death before (sent again once already,
 // or withheld and asked again by its client) is quarantined.
 func (p *Proxy) resend(be *backend.Backend, why backend.Fault) {
-	r := p.moveQueries(be, why, false)
+	r := p.moveQueries(be, why, resendDeath)
 	if r.any() {
 		be.Logger().Info().Int("resent", r.moved).Int("not_resent", r.stuck).Int("withheld", r.held).
 			Int("quarantined", r.quarantined).Dur("suspect_age", r.suspectAge).Msg("unanswered queries sent to other backends")
@@ -450,17 +450,25 @@ type moved struct {
 
 func (m moved) any() bool { return m.moved+m.stuck+m.held+m.quarantined > 0 }
 
+// resendMode is why a backend's unanswered queries are sent on.
+type resendMode uint8
+
+const (
+	resendDeath      resendMode = iota // it died, for why
+	resendStall                        // it is alive but answers nothing: a stall (a death, for the quarantine)
+	resendStallAgain                   // stalled again after a trial, having answered nothing: no suspect
+)
+
 // moveQueries sends be's unanswered queries to the backends their
-// remotes use now, as resend says; stalled: be is alive but answers
-// nothing (a stall, which counts as a death for the quarantine), and
-// is treated as a backend that died of a query, not as a wedged one.
-func (p *Proxy) moveQueries(be *backend.Backend, why backend.Fault, stalled bool) (r moved) {
+// remotes use now, as resend says for a death. A stalled backend is
+// treated as one that died of a query, not as a wedged one.
+func (p *Proxy) moveQueries(be *backend.Backend, why backend.Fault, mode resendMode) (r moved) {
 	table, set := p.table, p.backends
 	now := p.clock.Now().UnixNano()
-	wedged := !stalled && why.Faulted && (why.Reason == backend.ReasonHeartbeatTimeout ||
+	wedged := mode == resendDeath && why.Faulted && (why.Reason == backend.ReasonHeartbeatTimeout ||
 		why.Reason == backend.ReasonProbeTimeout || why.Reason == backend.ReasonTCPOKTimeout)
 	first, found, age := uint32(0), false, int64(0)
-	if !why.Answer.Known && !wedged {
+	if !why.Answer.Known && !wedged && mode != resendStallAgain {
 		p.flights.each(be.ID(), now, func(_ uint64, sent int64, f *flightInfo, _ []byte) {
 			if !found || int32(f.seq-first) < 0 {
 				first, found, age = f.seq, true, now-sent

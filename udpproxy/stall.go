@@ -30,7 +30,9 @@ func (p *Proxy) stallTick() {
 // whose clients can go elsewhere has its unanswered queries sent to the
 // backends they use now, as if it had died of a query: the suspect (the
 // first it was given of those it left unanswered) is withheld, and a
-// query seen at a stall or death before is quarantined.
+// query seen at a stall or death before is quarantined. A backend
+// stalled again after a trial, having answered nothing since, has no
+// suspect: its trial's queries came to a backend already hung.
 func (p *Proxy) checkStalls() {
 	if p.stalls == nil {
 		return
@@ -40,14 +42,18 @@ func (p *Proxy) checkStalls() {
 		be := st.Backend
 		var r moved
 		if st.Avoided {
-			r = p.moveQueries(be, backend.Fault{}, true)
+			mode := resendStall
+			if st.Again {
+				mode = resendStallAgain
+			}
+			r = p.moveQueries(be, backend.Fault{}, mode)
 		}
 		e := be.Logger().Warn().Float64("silent_ms", ms(st.Silent)).Float64("threshold_ms", ms(st.Threshold)).
 			Int64("outstanding", st.Outstanding)
 		if st.QueueWait > 0 {
 			e = e.Float64("queue_wait_ms", ms(st.QueueWait))
 		}
-		e.Bool("avoided", st.Avoided).Int("resent", r.moved).Int("not_resent", r.stuck).Int("withheld", r.held).
+		e.Bool("avoided", st.Avoided).Bool("again", st.Again).Int("resent", r.moved).Int("not_resent", r.stuck).Int("withheld", r.held).
 			Int("quarantined", r.quarantined).Msg("backend stopped answering: stalled")
 	}
 }

@@ -71,6 +71,10 @@ type Stall[B any] struct {
 	Outstanding int64
 	QueueWait   time.Duration // how long its session had taken nothing queued
 	Avoided     bool          // its clients go elsewhere: another backend is available
+	// Again: it was stalled before, and has answered nothing since its
+	// trial began: the queries of the trial came to a backend already
+	// hung, and none of them is the suspect of its stall.
+	Again bool
 }
 
 // Check looks at every backend at now (unix nanoseconds): it marks
@@ -108,7 +112,8 @@ func (s *Stalls[K, B]) Check(now int64) (began []Stall[B]) {
 				l.stallSince.Store(now)
 				l.stalled.Store(true)
 				l.stalls.Add(1)
-				began = append(began, Stall[B]{Backend: b, Silent: silent, Threshold: thr, Outstanding: out, QueueWait: qw})
+				began = append(began, Stall[B]{Backend: b, Silent: silent, Threshold: thr, Outstanding: out, QueueWait: qw,
+					Again: l.trials > 0})
 			}
 			continue
 		}
