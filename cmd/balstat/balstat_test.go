@@ -20,9 +20,11 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/goleak"
 
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
+	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/tools/testbed"
 )
 
@@ -450,5 +452,57 @@ func TestIdleClientsDoNotLockOut(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run(ctx, []string{"-S", h.DebugSocket, "-b", "5301"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "5301  ok") {
 		t.Fatalf("exit %d, %s%s", code, errb.String(), out.String())
+	}
+}
+
+// TestStalledBackendShowsStalled: a backend that answers heartbeats but
+// no queries is stalled: STATE says so, and the JSON gives when the
+// stall began and the count.
+func TestStalledBackendShowsStalled(t *testing.T) {
+	h := servertest.NewConfig(t, func(c *server.Config) { c.StallFloor = placement.DefaultStallFloor }, nil)
+	h.StartGo("5301")
+	fake := testbed.NewFake(t, h.Sock("5302"))
+	mark := h.Logs.Mark()
+	h.B.Backends.Scan()
+	conn := fake.Accept(t)
+	conn.Hello(t)
+	h.Established(mark, 5302)
+	go conn.Serve(func(f protocol.Frame) []byte {
+		if f.Type == protocol.FrameClientHeartbeat {
+			return protocol.AppendType(nil, protocol.FrameServerHeartbeat)
+		}
+		return nil // no answers
+	})
+	from := h.PinTo(5302)
+	if _, _, err := testbed.QueryTimeout(h.Addr, from, false, "who.example.", dns.TypeTXT, 10*time.Millisecond); err == nil {
+		t.Fatal("answered")
+	}
+	be := h.B.Backends.Get(5302)
+	testbed.Eventually(t, "query outstanding", func() bool { return be.Outstanding() == 1 })
+	for i := 0; !be.Stats().Stalled; i++ {
+		if i > 20 {
+			t.Fatal("not stalled")
+		}
+		checks := h.B.UDP.StallChecks()
+		h.Advance(placement.StallCheckInterval)
+		testbed.Eventually(t, "stall check", func() bool { return h.B.UDP.StallChecks() > checks })
+	}
+	out, errs, code := balstat(t, h, "-b", "5302")
+	if code != 0 || errs != "" {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	lines := strings.Split(out, "\n")
+	if f := strings.Fields(lines[2]); len(f) < 2 || f[0] != "5302" || f[1] != "stalled" {
+		t.Fatalf("STATE not stalled:\n%s", out)
+	}
+	out, _, _ = balstat(t, h, "-j", "-b", "5302")
+	var got debugapi.BackendsReply
+	if err := json.Unmarshal([]byte(out), &got); err != nil || len(got.Backends) != 1 {
+		t.Fatalf("-j: %v %s", err, out)
+	}
+	b := got.Backends[0]
+	if !b.Stalled || !b.Avoided || b.Stalls != 1 || b.StallSince == nil || b.StallSince.After(h.Clock.Now()) ||
+		b.StalledSeconds != h.Clock.Now().Sub(*b.StallSince).Seconds() {
+		t.Fatalf("backend %+v", b)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
 	"github.com/bbal/bbal/remotes"
@@ -265,7 +266,7 @@ func (c *chaos) memoryFlat(t *testing.T) {
 // newChaos starts the balancer on the real clock with shortened timers
 // and the four backends, and takes the resources' baseline.
 func newChaos(t *testing.T) *chaos {
-	h := servertest.New(t, func(o *server.Options) {
+	h := servertest.NewConfig(t, func(c *server.Config) { c.StallFloor = placement.DefaultStallFloor }, func(o *server.Options) {
 		o.Clock = timeouts.System
 		o.Backends = backend.Config{
 			HeartbeatInterval: chaosHeartbeat, HeartbeatTimeout: chaosHeartbeatTimeout,
@@ -418,8 +419,9 @@ func (c *chaos) disturb(v *victim, action string, hit []*client, t0 time.Time) (
 		v.goBE.Crash()
 	case action == "stop" && v.node != nil:
 		v.node.Stop()
-		// Hung: answered again within the heartbeat timeout.
-		recoverBy = t0.Add(chaosHeartbeat + chaosHeartbeatTimeout + 200*time.Millisecond)
+		// Hung: stalled, and answered again by the backups within 1 s,
+		// well before the heartbeat timeout.
+		recoverBy = t0.Add(time.Second)
 		time.Sleep(2 * time.Second) // how long it hangs
 		v.node.Cont()
 	case action == "stop":

@@ -102,24 +102,24 @@ func (b *held) reply(t testing.TB, f protocol.Frame) {
 	}
 }
 
-// client is a UDP client of the balancer at a pinned address.
-type client struct {
+// stallClient is a UDP client of the balancer at a pinned address.
+type stallClient struct {
 	t    testing.TB
 	conn *net.UDPConn
 	buf  []byte
 }
 
-func newClient(h *harness, from netip.Addr) *client {
+func newStallClient(h *harness, from netip.Addr) *stallClient {
 	h.T.Helper()
 	c, err := net.DialUDP("udp", &net.UDPAddr{IP: from.AsSlice()}, net.UDPAddrFromAddrPort(h.Addr))
 	if err != nil {
 		h.T.Fatal(err)
 	}
 	h.T.Cleanup(func() { c.Close() })
-	return &client{t: h.T, conn: c, buf: make([]byte, 1500)}
+	return &stallClient{t: h.T, conn: c, buf: make([]byte, 1500)}
 }
 
-func (c *client) ask(id uint16) {
+func (c *stallClient) ask(id uint16) {
 	q := new(dns.Msg)
 	q.SetQuestion("who.example.", dns.TypeTXT)
 	q.Id = id
@@ -131,7 +131,7 @@ func (c *client) ask(id uint16) {
 
 // answer reads the next answer and returns its ID and the backend that
 // gave it, failing after 5 s.
-func (c *client) answer() (uint16, string) {
+func (c *stallClient) answer() (uint16, string) {
 	c.t.Helper()
 	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	n, err := c.conn.Read(c.buf)
@@ -158,7 +158,7 @@ func TestStalledBackendIsPassedOver(t *testing.T) {
 	s.StartGo("5301")
 	deaf := s.startHeld("5302")
 	be := s.B.Backends.Get(5302)
-	c := newClient(s.harness, s.PinTo(5302))
+	c := newStallClient(s.harness, s.PinTo(5302))
 	for id := uint16(1); id <= 3; id++ {
 		c.ask(id)
 		deaf.next(t)
@@ -235,11 +235,11 @@ func TestStalledBackendIsPassedOver(t *testing.T) {
 // pinned to 5302 ask ids, each given to 5302 and left unanswered, and
 // steps the clock until 5302 is stalled. It returns the queries 5302
 // holds.
-func (s *stallBed) stallHeld(ids ...uint16) (*held, *client, []protocol.Frame) {
+func (s *stallBed) stallHeld(ids ...uint16) (*held, *stallClient, []protocol.Frame) {
 	s.T.Helper()
 	s.StartGo("5301")
 	b := s.startHeld("5302")
-	c := newClient(s.harness, s.PinTo(5302))
+	c := newStallClient(s.harness, s.PinTo(5302))
 	var fs []protocol.Frame
 	for _, id := range ids {
 		c.ask(id)
@@ -318,7 +318,7 @@ func TestTheFirstAnswerWinsWhicheverComesFirst(t *testing.T) {
 	s := newStallBed(t)
 	late := s.startHeld("5302")
 	backup := s.startHeld("5303")
-	c := newClient(s.harness, s.PinTo(5302))
+	c := newStallClient(s.harness, s.PinTo(5302))
 	c.ask(1)
 	c.ask(2)
 	fs := []protocol.Frame{late.next(t), late.next(t)}
@@ -342,7 +342,7 @@ func TestTheFirstAnswerWinsWhicheverComesFirst(t *testing.T) {
 func TestTheOnlyBackendStalledIsStillSentTo(t *testing.T) {
 	s := newStallBed(t)
 	b := s.startHeld("5302")
-	c := newClient(s.harness, s.PinTo(5302))
+	c := newStallClient(s.harness, s.PinTo(5302))
 	c.ask(1)
 	b.next(t)
 	s.stallOf(5302)
@@ -368,7 +368,7 @@ func TestSlowSteadyBackendsAreNeverStalled(t *testing.T) {
 			s := newStallBed(t)
 			s.StartGo("5301")
 			b := s.startHeld("5302")
-			c := newClient(s.harness, s.PinTo(5302))
+			c := newStallClient(s.harness, s.PinTo(5302))
 			type pending struct {
 				f   protocol.Frame
 				due time.Time
@@ -399,7 +399,7 @@ func TestSlowSteadyBackendsAreNeverStalled(t *testing.T) {
 		s := newStallBed(t)
 		s.StartGo("5301")
 		b := s.startHeld("5302")
-		c := newClient(s.harness, s.PinTo(5302))
+		c := newStallClient(s.harness, s.PinTo(5302))
 		// Answered at once first, for a measured latency.
 		c.ask(0)
 		b.reply(t, b.next(t))
@@ -433,7 +433,7 @@ func TestAStallingBackendFlapsNoFasterThanTheHold(t *testing.T) {
 	s.StartGo("5301")
 	b := s.startHeld("5302")
 	from := s.PinTo(5302)
-	c := newClient(s.harness, from)
+	c := newStallClient(s.harness, from)
 	be := s.B.Backends.Get(5302)
 	start := s.Clock.Now()
 	var held []protocol.Frame
@@ -476,4 +476,66 @@ func TestAStallingBackendFlapsNoFasterThanTheHold(t *testing.T) {
 		}
 	}
 	t.Logf("%d stalls in 20 s", len(stalls))
+}
+
+// TestABackendThatNeverReadsIsStalled: a backend that sends its hello
+// and never reads again is stalled: its queries, in its socket's buffer,
+// are answered by the other backend; flooded until its session takes
+// nothing more, the stall names how long the queue has waited.
+func TestABackendThatNeverReadsIsStalled(t *testing.T) {
+	for _, flood := range []bool{false, true} {
+		t.Run(map[bool]string{false: "queries", true: "flood"}[flood], func(t *testing.T) {
+			s := newStallBed(t)
+			s.StartGo("5301")
+			fake := testbed.NewFake(t, s.Sock("5302"))
+			mark := s.Logs.Mark()
+			s.B.Backends.Scan()
+			fake.Accept(t).Hello(t) // and never reads again
+			s.Established(mark, 5302)
+			be := s.B.Backends.Get(5302)
+			c := newStallClient(s.harness, s.PinTo(5302))
+			n := 3
+			if flood {
+				// 1400-byte queries until the session's socket is full
+				// and the queue holds the rest.
+				big := make([]byte, 1400)
+				for n = 0; be.Stats().QueuedBytes == 0; n++ {
+					if n > 10000 {
+						t.Fatal("the session's socket never filled")
+					}
+					big[0], big[1] = byte(n>>8), byte(n)
+					big[5] = 1 // one question, as far as counts go
+					c.conn.Write(big)
+					testbed.Eventually(t, "queued", func() bool { return be.Stats().UDPFrames == uint64(n+1) })
+				}
+			} else {
+				for id := range uint16(n) {
+					c.ask(id + 1)
+				}
+			}
+			testbed.Eventually(t, "queries outstanding", func() bool { return be.Outstanding() == int64(n) })
+			s.stallOf(5302)
+			rec := s.Logs.Wait(t, "backend stopped answering: stalled", map[string]any{"be_id": 5302, "avoided": true, "withheld": 1})
+			if _, ok := rec["queue_wait_ms"]; ok != flood {
+				t.Fatalf("queue_wait_ms in %v; want it with the flood only", rec)
+			}
+			if !flood {
+				for range 2 {
+					if _, by := c.answer(); by != "5301" {
+						t.Fatalf("answered by %q", by)
+					}
+				}
+			}
+			c.ask(1000)
+			for {
+				// With the flood, 5301's answers to the junk come first.
+				if id, by := c.answer(); id == 1000 {
+					if by != "5301" {
+						t.Fatalf("a new query answered by %q", by)
+					}
+					break
+				}
+			}
+		})
+	}
 }
