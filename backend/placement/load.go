@@ -46,6 +46,7 @@ type Load struct {
 	stalls       atomic.Uint64 // stalls begun
 	stalledNanos atomic.Int64  // time spent in ended stalls
 	stalledSent  atomic.Uint64 // queries sent while stalled, for want of a better backend
+	silenceMax   atomic.Int64  // nanoseconds: the longest silence seen with queries waiting, not stalled
 
 	// The Picker's own, under its lock: smooth weighted round-robin's
 	// credit; samples and unanswered at the last slowness check, and the
@@ -160,6 +161,10 @@ type Figures struct {
 	Stalls      uint64
 	StalledTime time.Duration
 	StalledSent uint64
+	// SilenceMax is the longest the backend was seen to answer nothing
+	// with queries waiting, short of a stall, since the counters were
+	// last reset: what -A must stay above.
+	SilenceMax time.Duration
 }
 
 // Figures returns a snapshot of the Load at now.
@@ -169,6 +174,7 @@ func (l *Load) Figures(now time.Time) Figures {
 		Answered: l.answered.Load(), Unanswered: l.unanswered.Load(), Evicted: l.evicted.Load(), Resent: l.resent.Load(),
 		Stalled: l.Stalled(), Avoided: l.Avoided(), Stalls: l.stalls.Load(),
 		StalledTime: time.Duration(l.stalledNanos.Load()), StalledSent: l.stalledSent.Load(),
+		SilenceMax: time.Duration(l.silenceMax.Load()),
 	}
 	if f.Stalled {
 		f.StallSince = time.Unix(0, l.stallSince.Load())
@@ -186,4 +192,5 @@ func (l *Load) ResetCounters() {
 	l.stalls.Store(0)
 	l.stalledNanos.Store(0)
 	l.stalledSent.Store(0)
+	l.silenceMax.Store(0)
 }

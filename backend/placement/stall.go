@@ -114,6 +114,8 @@ func (s *Stalls[K, B]) Check(now int64) (began []Stall[B]) {
 				l.stalls.Add(1)
 				began = append(began, Stall[B]{Backend: b, Silent: silent, Threshold: thr, Outstanding: out, QueueWait: qw,
 					Again: l.trials > 0})
+			} else if out > 0 && int64(silent) > l.silenceMax.Load() {
+				l.silenceMax.Store(int64(silent))
 			}
 			continue
 		}

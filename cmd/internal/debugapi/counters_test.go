@@ -112,6 +112,7 @@ var jsonMetrics = []jsonMetric{
 	{json: "backend.stalls", metric: "bbal_backend_stalls_total"},
 	{json: "backend.stalled_seconds", metric: "bbal_backend_stalled_seconds_total"},
 	{json: "backend.stalled_sent", metric: "bbal_backend_stalled_sent_total"},
+	{json: "backend.silence_max_seconds", metric: "bbal_backend_silence_max_seconds", gauge: true},
 	{json: "backend.probes.sent", metric: "bbal_backend_probes_sent_total"},
 	{json: "backend.probes.answered", metric: "bbal_backend_probes_answered_total"},
 	{json: "backend.probes.failed", metric: "bbal_backend_probes_failed_total"},

@@ -245,6 +245,7 @@ func (a *api) backendInfo(b *backend.Backend, counts map[backend.ID]remotes.Coun
 		Evicted: st.Evicted, Resent: st.Resent,
 		Stalled: st.Stalled, Avoided: st.Avoided, Stalls: st.Stalls,
 		StalledSeconds: st.StalledTime.Seconds(), StalledSent: st.StalledSent,
+		SilenceMaxSeconds: st.SilenceMax.Seconds(),
 	}
 	if st.Stalled {
 		since := st.StallSince.UTC()

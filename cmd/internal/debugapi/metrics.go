@@ -68,6 +68,7 @@ var (
 	mBackendStalls   = desc("bbal_backend_stalls_total", "Stalls of the backend begun.", "backend")
 	mBackendStallSec = desc("bbal_backend_stalled_seconds_total", "Time the backend spent stalled.", "backend")
 	mBackendStallSnt = desc("bbal_backend_stalled_sent_total", "UDP queries sent to the backend while it was stalled, for want of a better backend.", "backend")
+	mBackendSilence  = desc("bbal_backend_silence_max_seconds", "The longest the backend answered nothing with UDP queries waiting, short of a stall, since the counters were reset (seen every 50 ms): what -A must stay above.", "backend")
 	mBackendQueueFr  = desc("bbal_backend_queue_frames", "Frames queued for the backend, not yet written.", "backend")
 )
 
@@ -213,6 +214,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(mBackendStalls, st.Stalls, id)
 		ch <- prometheus.MustNewConstMetric(mBackendStallSec, prometheus.CounterValue, st.StalledTime.Seconds(), id)
 		counter(mBackendStallSnt, st.StalledSent, id)
+		gauge(mBackendSilence, st.SilenceMax.Seconds(), id)
 		if p := st.Probes; p.Enabled {
 			counter(mBackendProbes, p.Sent, id)
 			counter(mBackendProbeOK, p.Answered, id)

@@ -52,6 +52,10 @@ type Backend struct {
 	Stalls         uint64     `json:"stalls"`
 	StalledSeconds float64    `json:"stalled_seconds"`
 	StalledSent    uint64     `json:"stalled_sent"`
+	// SilenceMaxSeconds is the longest the backend answered nothing
+	// with queries waiting, short of a stall, since the last reset
+	// (seen at the stall checks, every 50 ms): what -A must stay above.
+	SilenceMaxSeconds float64 `json:"silence_max_seconds"`
 	// Probes is there only with health checks by DNS (-H).
 	Probes *Probes `json:"probes,omitempty"`
 }
