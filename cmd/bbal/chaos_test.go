@@ -345,8 +345,16 @@ func (c *chaos) round(t *testing.T, v *victim, action string) {
 	}
 	mark := h.Logs.Mark()
 	faults := faultCounts(h)
+	stalls := h.B.Backends.Get(v.id).Stats().Stalls
 	t0 := time.Now()
 	recoverBy, restart := c.disturb(v, action, hit, t0)
+	if action == "stop" && v.node != nil && len(hit) > 0 {
+		// Its clients were answered within 1 s because it was found
+		// stalled, before the heartbeat timeout faulted it.
+		if st := h.B.Backends.Get(v.id).Stats(); st.Stalls == stalls {
+			t.Fatalf("hung %s not stalled (stalls %d)", v.name, st.Stalls)
+		}
+	}
 	time.Sleep(500 * time.Millisecond) // down for a while
 	if restart {
 		if action == "poison" {

@@ -49,6 +49,9 @@ type config struct {
 	skipNode    bool
 	skipMemory  bool
 	skipFamily  bool
+	// baseline, when set, is another bbal binary (an earlier build),
+	// measured beside bbal in the same run: the before of a change.
+	baseline string
 }
 
 func main() {
@@ -64,6 +67,7 @@ func main() {
 	flag.BoolVar(&c.skipNode, "skip-node", false, "skip the node-mname CPU comparison")
 	flag.BoolVar(&c.skipMemory, "skip-memory", false, "skip the memory run")
 	flag.BoolVar(&c.skipFamily, "skip-families", false, "skip the run on 0.0.0.0 and :: (for a bbal without IPv6)")
+	flag.StringVar(&c.baseline, "baseline", "", "another bbal binary (e.g. an earlier commit's) to measure beside bbal in the same run")
 	flag.Parse()
 	if err := run(c); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -261,6 +265,19 @@ setSecurityPollSuffix("")
 	}
 
 	targets := []target{{"direct", directPort, echo, ""}, {"dnsdist", dnsdistPort, dd, ""}, {"bbal", bbalPort, bb, ""}}
+	if c.baseline != "" {
+		port, _ := freePort()
+		base, err := start("baseline bbal", logs, c.baseline, "-s", sockets, "-b", "127.0.0.1",
+			"-p", strconv.Itoa(port), "-S", filepath.Join(dir, "baseline.sock"), "-l", "warn")
+		if err != nil {
+			return err
+		}
+		defer base.stop()
+		if err := answers(fmt.Sprintf("127.0.0.1:%d", port)); err != nil {
+			return err
+		}
+		targets = append(targets, target{"baseline", port, base, ""})
+	}
 	results := map[string][]sample{}
 	fmt.Printf("bbal benchmark: %d rounds of %v, dnsperf -c %d -q %d, echo backend\n",
 		c.rounds, c.duration, c.clients, c.outstanding)
@@ -295,6 +312,10 @@ setSecurityPollSuffix("")
 		b, d, x := med["bbal/"+proto], med["dnsdist/"+proto], med["direct/"+proto]
 		fmt.Printf("%s: bbal/dnsdist %.2fx   bbal/direct %.2fx   added latency over direct: bbal %+.3f ms, dnsdist %+.3f ms\n",
 			proto, b.qps/d.qps, b.qps/x.qps, float64(b.latency-x.latency)/1e6, float64(d.latency-x.latency)/1e6)
+		if c.baseline != "" {
+			o := med["baseline/"+proto]
+			fmt.Printf("%s: bbal/baseline %.2fx qps, %.2fx CPU per query\n", proto, b.qps/o.qps, b.cpu/o.cpu)
+		}
 	}
 
 	if !c.skipFamily {
@@ -395,30 +416,55 @@ func nodeCPU(c config, dir string, logs *os.File, queries string) error {
 	}); err != nil {
 		return err
 	}
+	bins := []string{filepath.Join(c.bin, "bbal")}
+	if c.baseline != "" {
+		bins = append(bins, c.baseline)
+	}
+	// Each bbal in turn, the baseline's runs between bbal's.
+	per := map[string][]float64{}
+	for r := range max(1, c.rounds) {
+		for i, bin := range bins {
+			name := []string{"bbal", "baseline"}[i]
+			qps, lat, lost, ratio, err := nodeRun(c, dir, logs, queries, sockets, node, bin, fmt.Sprintf("node-%s-%d.sock", name, r))
+			if err != nil {
+				return err
+			}
+			per[name] = append(per[name], ratio)
+			fmt.Printf("  in front of node-mname, %s: %.0f qps, avg latency %.3f ms, lost %d, bbal/node-mname CPU %.1f%%\n",
+				name, qps, float64(lat)/1e6, lost, 100*ratio)
+		}
+	}
+	med := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	fmt.Printf("\nIn front of one node-mname process (UDP, %v, median of %d): CPU per query bbal/node-mname %.1f%%\n",
+		c.duration, len(per["bbal"]), 100*med(per["bbal"]))
+	if c.baseline != "" {
+		fmt.Printf("baseline bbal/node-mname %.1f%%: bbal/baseline %.2fx\n", 100*med(per["baseline"]), med(per["bbal"])/med(per["baseline"]))
+	}
+	return nil
+}
+
+// nodeRun runs dnsperf through the bbal binary bin in front of node,
+// and returns bbal's CPU per query over node-mname's.
+func nodeRun(c config, dir string, logs *os.File, queries, sockets string, node *proc, bin, debugSock string) (qps float64, lat time.Duration, lost int64, ratio float64, err error) {
 	port, _ := freePort()
-	bb, err := start("bbal", logs, filepath.Join(c.bin, "bbal"), "-s", sockets, "-b", "127.0.0.1",
-		"-p", strconv.Itoa(port), "-S", filepath.Join(dir, "node.sock"), "-l", "warn")
+	bb, err := start("bbal", logs, bin, "-s", sockets, "-b", "127.0.0.1",
+		"-p", strconv.Itoa(port), "-S", filepath.Join(dir, debugSock), "-l", "warn")
 	if err != nil {
-		return err
+		return 0, 0, 0, 0, err
 	}
 	defer bb.stop()
 	if err := answers(fmt.Sprintf("127.0.0.1:%d", port)); err != nil {
-		return err
+		return 0, 0, 0, 0, err
 	}
 	b0, _ := cpuSeconds(bb.pid())
 	n0, _ := cpuSeconds(node.pid())
-	qps, lat, lost, done, err := dnsperf(c, "", port, "udp", queries)
+	qps, lat, lost, _, err = dnsperf(c, "", port, "udp", queries)
 	if err != nil {
-		return err
+		return 0, 0, 0, 0, err
 	}
 	b1, _ := cpuSeconds(bb.pid())
 	n1, _ := cpuSeconds(node.pid())
-	per := func(cpu float64) float64 { return cpu / float64(done) * 1e6 }
-	fmt.Printf("\nIn front of one node-mname process (UDP, %v): %.0f qps, avg latency %.3f ms, lost %d\n",
-		c.duration, qps, float64(lat)/1e6, lost)
-	fmt.Printf("CPU per query: bbal %.2f µs, node-mname %.2f µs: bbal/node-mname %.1f%%\n",
-		per(b1-b0), per(n1-n0), 100*(b1-b0)/(n1-n0))
-	return nil
+	return qps, lat, lost, (b1 - b0) / (n1 - n0), nil
 }
 
 // memory fills a fresh bbal's remotes table and reports its RSS per
