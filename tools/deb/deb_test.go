@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/bbal/bbal/tools/testbed"
@@ -274,12 +276,14 @@ func TestInstall(t *testing.T) {
 	verifyUnit(t)
 
 	// An upgrade keeps the operator's options, the user and the unit's
-	// enablement.
+	// enablement, and a running bbal goes on to the new binary.
 	opts := "BBAL_OPTS=\"-s /srv/sockets -b 127.0.0.1\"\n"
 	if err := os.WriteFile("/etc/default/bbal", []byte(opts), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	running := startInstalled(t)
 	dpkg(t, "--install", deb2)
+	running.reload(t)
 	if got := status(t); got != "install ok installed 0~test2" {
 		t.Fatalf("status after upgrade: %q", got)
 	}
@@ -318,6 +322,66 @@ func TestInstall(t *testing.T) {
 	if _, ok := lookup("passwd", "bbal"); !ok {
 		t.Error("the user bbal went at the purge; Debian leaves system users")
 	}
+}
+
+// installed is a bbal started from /usr/sbin/bbal, as the unit starts
+// it, on a port of its own choosing.
+type installed struct {
+	cmd    *exec.Cmd
+	logs   *testbed.Logs
+	debug  string // its debug socket
+	stderr bytes.Buffer
+}
+
+func startInstalled(t *testing.T) *installed {
+	t.Helper()
+	dir := testbed.SocketDir(t)
+	b := &installed{logs: testbed.NewLogs(), debug: filepath.Join(dir, "debug", "bbal.sock")}
+	sockets := filepath.Join(dir, "sockets")
+	os.Mkdir(sockets, 0o755)
+	b.cmd = exec.Command("/usr/sbin/bbal", "-s", sockets, "-b", "127.0.0.1", "-p", "0", "-S", b.debug)
+	b.cmd.Stdout, b.cmd.Stderr = b.logs, &b.stderr
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.cmd.Process.Kill() })
+	b.logs.Wait(t, "debug socket ready", nil)
+	return b
+}
+
+// reload does what systemctl reload does (ExecReload: SIGUSR2) after
+// the upgrade has replaced /usr/sbin/bbal under the running bbal: its
+// successor runs the new file, serves the debug socket, and the old
+// process exits 0.
+func (b *installed) reload(t *testing.T) {
+	t.Helper()
+	old := b.cmd.Process.Pid
+	if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", old)); exe != "/usr/sbin/bbal (deleted)" {
+		t.Errorf("the running bbal's binary after the upgrade: %q, want the replaced /usr/sbin/bbal (deleted)", exe)
+	}
+	if err := b.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	r := b.logs.Wait(t, "serving: took over from the previous process", nil)
+	pid, _ := r["pid"].(float64)
+	next := int(pid)
+	if next == 0 || next == old {
+		t.Fatalf("successor's pid %v (old %d)", r["pid"], old)
+	}
+	successor, _ := os.FindProcess(next)
+	t.Cleanup(func() { successor.Kill() })
+	if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", next)); exe != "/usr/sbin/bbal" {
+		t.Errorf("successor's binary %q, want the new /usr/sbin/bbal", exe)
+	}
+	st, err := b.cmd.Process.Wait()
+	if err != nil || st.ExitCode() != 0 {
+		t.Errorf("old bbal: %v %v\n%s", st, err, b.stderr.String())
+	}
+	if out, err := exec.Command("/usr/sbin/balstat", "-S", b.debug).CombinedOutput(); err != nil {
+		t.Errorf("balstat after the reload: %v\n%s", err, out)
+	}
+	successor.Signal(syscall.SIGTERM)
+	b.logs.Wait(t, "shut down", map[string]any{"pid": next})
 }
 
 // verifyUnit runs systemd-analyze verify on the installed unit, which
