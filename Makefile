@@ -7,7 +7,7 @@ BIN       := bin
 MNAME_DIR := tools/mname-backend
 FUZZTIME  ?= 30s
 
-.PHONY: all build demo test npm-deps vet fuzz bench chaos clean
+.PHONY: all build demo test npm-deps vet fuzz bench chaos deb clean
 
 all: build
 
@@ -64,5 +64,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./backend
 	$(GO) test -run '^$$' -fuzz '^FuzzServfail$$' -fuzztime $(FUZZTIME) ./udpproxy
 
+# The Debian package, $(DIST)/bbal_VERSION_ARCH.deb, with dpkg-deb (see
+# tools/deb/build.sh; DEB_VERSION=X.Y.Z to choose the version).
+DIST ?= dist
+deb:
+	GO=$(GO) tools/deb/build.sh $(DIST)
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)
