@@ -148,6 +148,7 @@ type Proxy struct {
 	total        atomic.Uint64
 	active       atomic.Int64
 	acceptErrors atomic.Uint64
+	accepting    atomic.Bool // between Start and StopAccepting
 	acceptLog    *timeouts.Limiter
 	drops        [numDrops]atomic.Uint64
 	limits       [numLimits]atomic.Uint64
@@ -191,6 +192,7 @@ func (p *Proxy) Addr() net.Addr { return p.lns[0].Addr() }
 
 // Start starts accepting, a goroutine per listener.
 func (p *Proxy) Start() {
+	p.accepting.Store(true)
 	p.sweepT.Set(sweepInterval)
 	for _, ln := range p.lns {
 		p.wg.Add(1)
@@ -202,6 +204,7 @@ func (p *Proxy) Start() {
 // handing over to its successor, which accepts on the same sockets from
 // then on, does this and then waits for its sessions with Wait.
 func (p *Proxy) StopAccepting() {
+	p.accepting.Store(false)
 	for _, ln := range p.lns {
 		ln.Close()
 	}
@@ -227,6 +230,10 @@ func (p *Proxy) Wait(ctx context.Context) bool {
 		return false
 	}
 }
+
+// Serving reports whether the proxy accepts connections: started, and
+// not stopped by StopAccepting or Close.
+func (p *Proxy) Serving() bool { return p.accepting.Load() }
 
 // Listeners returns the listeners, in order: a successor process
 // inherits them.

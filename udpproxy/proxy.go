@@ -113,6 +113,7 @@ type Proxy struct {
 	wg       sync.WaitGroup // the readers
 	once     sync.Once
 	stopping atomic.Bool // StopReading was called
+	closed   atomic.Bool // Close was called
 	started  atomic.Bool // Start was called: queries may have been sent on
 
 	done     chan struct{}  // closed by Close: resendLoop ends
@@ -250,6 +251,10 @@ func (p *Proxy) resendLoop() {
 	}
 }
 
+// Serving reports whether the readers are reading: started, and not
+// stopped by StopReading or Close.
+func (p *Proxy) Serving() bool { return p.started.Load() && !p.stopping.Load() && !p.closed.Load() }
+
 // StopReading stops the readers but keeps the sockets, so that replies
 // to queries already sent on can still go out: a process handing over to
 // its successor, which reads the same sockets from then on, does this.
@@ -274,6 +279,7 @@ func (p *Proxy) Conns() []*net.UDPConn {
 // Close closes the sockets and waits for the readers to stop.
 func (p *Proxy) Close() {
 	p.once.Do(func() {
+		p.closed.Store(true)
 		p.sweepT.Clear()
 		p.stallT.Clear()
 		close(p.done)

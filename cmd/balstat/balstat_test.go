@@ -252,7 +252,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"-r", "nope"}, `bad IP address for -r: "nope"`},
 		{[]string{"-w", "0"}, `bad interval for -w: "0" (want seconds, more than 0)`},
 		{[]string{"-n", "3"}, `-n goes with -w and takes a count`},
-		{[]string{"frobnicate"}, `unknown command "frobnicate" (want disable, drain, enable, weight or reset)`},
+		{[]string{"frobnicate"}, `unknown command "frobnicate" (want disable, drain, enable, weight, reset or health)`},
 		{[]string{"disable"}, `disable takes one backend ID, got 0 arguments`},
 		{[]string{"drain", "1", "2"}, `drain takes one backend ID, got 2 arguments`},
 		{[]string{"disable", "x"}, `bad backend ID "x"`},
@@ -504,5 +504,31 @@ func TestStalledBackendShowsStalled(t *testing.T) {
 	if !b.Stalled || !b.Avoided || b.Stalls != 1 || b.StallSince == nil || b.StallSince.After(h.Clock.Now()) ||
 		b.StalledSeconds != h.Clock.Now().Sub(*b.StallSince).Seconds() {
 		t.Fatalf("backend %+v", b)
+	}
+}
+
+// TestHealth: balstat health exits 0 when bbal is ready, 1 when it is not
+// or cannot be asked, and 2 for a bad minimum.
+func TestHealth(t *testing.T) {
+	h := servertest.New(t, nil)
+	if out, _, code := balstat(t, h, "health"); code != 1 || out != "not ready: 0 of 0 backends ok, want 1\n" {
+		t.Fatalf("no backends: exit %d, %q", code, out)
+	}
+	h.StartGo("5301")
+	if out, _, code := balstat(t, h, "health"); code != 0 || out != "ready: 1 of 1 backends ok\n" {
+		t.Fatalf("one backend: exit %d, %q", code, out)
+	}
+	if out, _, code := balstat(t, h, "health", "2"); code != 1 || out != "not ready: 1 of 1 backends ok, want 2\n" {
+		t.Fatalf("min 2: exit %d, %q", code, out)
+	}
+	for _, bad := range [][]string{{"health", "0"}, {"health", "x"}, {"health", "1", "2"}} {
+		if _, errs, code := balstat(t, h, bad...); code != 2 || errs == "" {
+			t.Errorf("%v: exit %d, %q", bad, code, errs)
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"-S", h.Dir + "/none.sock", "health"}, &out, &errb); code != 1 ||
+		!strings.Contains(errb.String(), "not running") {
+		t.Fatalf("no bbal: exit %d, %q", code, errb.String())
 	}
 }

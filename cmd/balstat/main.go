@@ -5,7 +5,9 @@
 //
 //	balstat [-S PATH] [-j] [-b ID] [-r IP] [-w SECS [-n COUNT]]
 //	balstat [-S PATH] disable|drain|enable ID
+//	balstat [-S PATH] weight ID N
 //	balstat [-S PATH] reset
+//	balstat [-S PATH] health [MIN]
 package main
 
 import (
@@ -28,6 +30,7 @@ const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-w SECS [-n COUNT]
        balstat [-S PATH] disable|drain|enable ID
        balstat [-S PATH] weight ID N
        balstat [-S PATH] reset
+       balstat [-S PATH] health [MIN]
 
   -S PATH   bbal's debug socket (default /var/run/bbal.sock)
   -j        print JSON instead of tables
@@ -42,6 +45,9 @@ const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-w SECS [-n COUNT]
   weight ID N the backend's share of remotes relative to the others'
               (1 to 1000; every backend starts at 1)
   reset       every counter back to zero
+  health [MIN]
+              exit 0 when bbal serves DNS with at least MIN backends ok
+              (default 1), 1 when not (GET /readyz), printing why
 `
 
 func main() {
@@ -127,6 +133,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = watchLoop(ctx, c, o, stdout)
 	case len(rest) == 0:
 		err = show(ctx, c, o, stdout)
+	case rest[0] == "health":
+		return health(ctx, c, rest, stdout, stderr)
 	case rest[0] == "reset":
 		if err = c.ResetCounters(ctx); err == nil {
 			fmt.Fprintln(stdout, "counters reset")
@@ -170,6 +178,15 @@ func checkCommand(args []string) string {
 		if _, err := parseID(args[1]); err != nil {
 			return err.Error()
 		}
+	case "health":
+		if n > 1 {
+			return fmt.Sprintf("health takes at most a minimum of backends, got %d arguments", n)
+		}
+		if n == 1 {
+			if m, err := strconv.Atoi(args[1]); err != nil || m < 1 || m > debugapi.MaxReadyMin {
+				return fmt.Sprintf("bad minimum %q (want 1 to %d)", args[1], debugapi.MaxReadyMin)
+			}
+		}
 	case "weight":
 		if n != 2 {
 			return fmt.Sprintf("weight takes a backend ID and a weight, got %d arguments", n)
@@ -181,9 +198,29 @@ func checkCommand(args []string) string {
 			return fmt.Sprintf("bad weight %q (want 1 to 1000)", args[2])
 		}
 	default:
-		return fmt.Sprintf("unknown command %q (want disable, drain, enable, weight or reset)", cmd)
+		return fmt.Sprintf("unknown command %q (want disable, drain, enable, weight, reset or health)", cmd)
 	}
 	return ""
+}
+
+// health is balstat health [MIN]: 0 when ready, 1 when not or when bbal
+// cannot be asked.
+func health(ctx context.Context, c *debugapi.Client, args []string, stdout, stderr io.Writer) int {
+	min := 0
+	if len(args) > 1 {
+		min, _ = strconv.Atoi(args[1])
+	}
+	h, err := c.Ready(ctx, min)
+	if err != nil {
+		fmt.Fprintf(stderr, "balstat: %v\n", err)
+		return 1
+	}
+	if h.Status != "ready" {
+		fmt.Fprintf(stdout, "%s: %s\n", h.Status, printable(h.Reason))
+		return 1
+	}
+	fmt.Fprintf(stdout, "ready: %d of %d backends ok\n", h.BackendsOK, h.Backends)
+	return 0
 }
 
 func parseID(s string) (uint16, error) {

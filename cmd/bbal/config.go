@@ -55,7 +55,8 @@ const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-
             the environment variable LOG_LEVEL overrides it
   -S PATH   debug socket for balstat (default /var/run/bbal.sock)
   -m ADDR:PORT
-            also serve Prometheus metrics (/metrics only) over TCP here
+            also serve Prometheus metrics and health checks (/metrics,
+            /healthz and /readyz only) over TCP here
   -R MAX    at most MAX remotes (clients) pinned to backends (default
             1000000); more are served by a hash of their address
   -M BITS   pin IPv4 clients by network prefix, e.g. 24 for a /24

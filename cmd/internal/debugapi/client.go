@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -29,6 +30,7 @@ var (
 type APIError struct {
 	Status  int
 	Message string
+	body    []byte // the reply's first 4 KiB
 }
 
 func (e *APIError) Error() string { return e.Message }
@@ -111,7 +113,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values) (*ht
 		if json.Unmarshal(body, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
 		}
-		return nil, &APIError{Status: resp.StatusCode, Message: e.Error}
+		return nil, &APIError{Status: resp.StatusCode, Message: e.Error, body: body}
 	}
 	return resp, nil
 }
@@ -252,4 +254,30 @@ func (c *Client) Remotes(ctx context.Context, f RemoteFilter, fn func(now time.T
 		}
 	}
 	return now, nil
+}
+
+// Ready asks GET /readyz with min (0: the server's default of 1) and
+// returns its answer, ready or not; an error only when there is none.
+func (c *Client) Ready(ctx context.Context, min int) (Health, error) {
+	q := url.Values{}
+	if min > 0 {
+		q.Set("min", strconv.Itoa(min))
+	}
+	resp, err := c.do(ctx, "GET", "/readyz", q)
+	var h Health
+	if err != nil {
+		var ae *APIError
+		if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.body == nil {
+			return h, err
+		}
+		if json.Unmarshal(ae.body, &h) != nil || h.Status == "" {
+			return h, err
+		}
+		return h, nil
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		return h, fmt.Errorf("GET /readyz: bad reply: %w", err)
+	}
+	return h, nil
 }

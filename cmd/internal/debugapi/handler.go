@@ -175,6 +175,9 @@ func newHandler(src Sources, writeTimeout time.Duration) http.Handler {
 	route("GET", "/v1/stats", a.stats)
 	route("POST", "/v1/counters/reset", a.reset)
 	route("GET", "/metrics", a.metrics.ServeHTTP)
+	healthz, readyz := HealthHandlers(src)
+	route("GET", "/healthz", healthz)
+	route("GET", "/readyz", readyz)
 	// The Go profiler, for the owner of the socket (go tool pprof can
 	// read it through curl --unix-socket).
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)

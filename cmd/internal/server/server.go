@@ -424,10 +424,13 @@ func (b *Balancer) startServing(opt Options, ls *listeners) {
 	}
 }
 
-// serveMetrics serves /metrics on ln (-m).
+// serveMetrics serves /metrics, /healthz and /readyz on ln (-m).
 func (b *Balancer) serveMetrics(ln net.Listener, src debugapi.Sources) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", debugapi.MetricsHandler(src))
+	healthz, readyz := debugapi.HealthHandlers(src)
+	mux.HandleFunc("GET /healthz", healthz)
+	mux.HandleFunc("GET /readyz", readyz)
 	b.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
 	go b.metrics.Serve(ln)
