@@ -31,22 +31,33 @@ const (
 	// SnapshotV2 has the IPv6 form of the address (16 bytes) and the
 	// stand-in (4 bytes, 0 for none). WriteSnapshot writes it.
 	SnapshotV2 SnapshotFormat = 2
+	// SnapshotV3 adds to SnapshotV2 the rate limit's state: when the
+	// remote's next query is on schedule (unix nanoseconds) and its
+	// queries over the limit, 8 bytes each.
+	SnapshotV3 SnapshotFormat = 3
 )
 
 const (
 	recordFieldsLen = 2 + 2 + 4 + 4 + 8 + 8 + 8
 	recordV1Len     = 4 + recordFieldsLen
 	recordV2Len     = 16 + 4 + recordFieldsLen
+	recordV3Len     = recordV2Len + 8 + 8
 )
 
 // WriteSnapshot writes a record per remote, in address order and in
-// SnapshotV2, for a successor process to read with ReadSnapshot.
+// SnapshotV3, for a successor process to read with ReadSnapshot.
 func (t *Table) WriteSnapshot(w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
-	var rec [recordV2Len]byte
+	var rec [recordV3Len]byte
 	var werr error
 	t.Walk(context.Background(), netip.Addr{}, func(in Info) bool {
 		putRecordV2(rec[:], in)
+		var next int64
+		if !in.NextQuery.IsZero() {
+			next = in.NextQuery.UnixNano()
+		}
+		binary.LittleEndian.PutUint64(rec[recordV2Len:], uint64(next))
+		binary.LittleEndian.PutUint64(rec[recordV2Len+8:], in.RateLimited)
 		_, werr = bw.Write(rec[:])
 		return werr == nil
 	})
@@ -78,13 +89,15 @@ func putRecordV2(rec []byte, in Info) {
 // ReadSnapshot reads records of format f until the end of r. A record
 // cut short is an error.
 func ReadSnapshot(r io.Reader, f SnapshotFormat) ([]Info, error) {
-	var buf [recordV2Len]byte
+	var buf [recordV3Len]byte
 	var rec []byte
 	switch f {
 	case SnapshotV1:
 		rec = buf[:recordV1Len]
 	case SnapshotV2:
 		rec = buf[:recordV2Len]
+	case SnapshotV3:
+		rec = buf[:recordV3Len]
 	default:
 		return nil, fmt.Errorf("unknown remote format %d", f)
 	}
@@ -104,7 +117,7 @@ func ReadSnapshot(r io.Reader, f SnapshotFormat) ([]Info, error) {
 func decodeRecord(rec []byte, f SnapshotFormat) Info {
 	var in Info
 	var fields []byte
-	if f == SnapshotV2 {
+	if f >= SnapshotV2 {
 		in.Addr = netip.AddrFrom16([16]byte(rec[:16])).Unmap()
 		if s := binary.LittleEndian.Uint32(rec[16:]); s != 0 {
 			in.Standin = protocol.U32ToAddr(s)
@@ -121,6 +134,10 @@ func decodeRecord(rec []byte, f SnapshotFormat) Info {
 	in.UDP = binary.LittleEndian.Uint64(fields[12:])
 	in.TCP = binary.LittleEndian.Uint64(fields[20:])
 	in.Drops = binary.LittleEndian.Uint64(fields[28:])
+	if f == SnapshotV3 {
+		in.NextQuery = unixTime(int64(binary.LittleEndian.Uint64(rec[recordV2Len:])))
+		in.RateLimited = binary.LittleEndian.Uint64(rec[recordV2Len+8:])
+	}
 	return in
 }
 
@@ -166,6 +183,10 @@ func (t *Table) Restore(in Info) {
 	r.udp.Store(in.UDP)
 	r.tcp.Store(in.TCP)
 	r.drops.Store(in.Drops)
+	if !in.NextQuery.IsZero() {
+		r.tat.Store(in.NextQuery.UnixNano())
+	}
+	r.limited.Store(in.RateLimited)
 	t.setPrimary(r, in.Primary)
 	t.setBackup(r, in.Backup)
 	t.tree.ReplaceOrInsert(entry{r.addr, r})

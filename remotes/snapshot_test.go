@@ -17,8 +17,13 @@ import (
 
 // infoString is in with its times in unix seconds, to compare.
 func infoString(in Info) string {
-	return fmt.Sprintf("%v standin=%v primary=%d backup=%d first=%d last=%d udp=%d tcp=%d drops=%d",
-		in.Addr, in.Standin, in.Primary, in.Backup, in.FirstSeen.Unix(), in.LastSeen.Unix(), in.UDP, in.TCP, in.Drops)
+	var next int64
+	if !in.NextQuery.IsZero() {
+		next = in.NextQuery.UnixNano()
+	}
+	return fmt.Sprintf("%v standin=%v primary=%d backup=%d first=%d last=%d udp=%d tcp=%d drops=%d limited=%d next=%d",
+		in.Addr, in.Standin, in.Primary, in.Backup, in.FirstSeen.Unix(), in.LastSeen.Unix(), in.UDP, in.TCP, in.Drops,
+		in.RateLimited, next)
 }
 
 func sameInfos(t *testing.T, got, want []Info) {
@@ -86,11 +91,11 @@ func TestReadSnapshotGoldens(t *testing.T) {
 	}
 }
 
-// A table restored from a snapshot writes it again byte for byte, in
-// the current format: what a successor restores is what it would hand on.
+// A table restored from a snapshot writes the same remotes again, in the
+// current format (format 3, pinned by its golden): what a successor
+// restores is what it would hand on.
 func TestSnapshotRoundTrip(t *testing.T) {
-	golden := readGolden(t, "snapshot-v2.bin")
-	infos, err := ReadSnapshot(bytes.NewReader(golden), SnapshotV2)
+	infos, err := ReadSnapshot(bytes.NewReader(readGolden(t, "snapshot-v2.bin")), SnapshotV2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,9 +107,14 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if err := tab.WriteSnapshot(&out); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(out.Bytes(), golden) {
+	if golden := readGolden(t, "snapshot-v3.bin"); !bytes.Equal(out.Bytes(), golden) {
 		t.Fatalf("wrote\n%x\nwant\n%x", out.Bytes(), golden)
 	}
+	again, err := ReadSnapshot(&out, SnapshotV3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameInfos(t, again, infos)
 
 	// A format-1 snapshot restored and written again is the same
 	// remotes in the current format.
@@ -118,7 +128,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if err := old.WriteSnapshot(&out); err != nil {
 		t.Fatal(err)
 	}
-	again, err := ReadSnapshot(&out, SnapshotV2)
+	again, err = ReadSnapshot(&out, SnapshotV3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,8 +142,9 @@ func TestSnapshotRoundTripLimits(t *testing.T) {
 	want := []Info{
 		{Addr: netip.MustParseAddr("::1"), Standin: netip.MustParseAddr("255.255.255.254"), FirstSeen: at(0), LastSeen: at(0)},
 		{Addr: netip.MustParseAddr("0.0.0.1"), Primary: 65535, Backup: 65534, FirstSeen: at(0), LastSeen: at(1 << 30),
-			UDP: max, TCP: max, Drops: max},
-		{Addr: netip.MustParseAddr("255.255.255.255"), Primary: 1, FirstSeen: at(3), LastSeen: at(4)},
+			UDP: max, TCP: max, Drops: max, RateLimited: max, NextQuery: time.Unix(0, 1<<62)},
+		{Addr: netip.MustParseAddr("255.255.255.255"), Primary: 1, FirstSeen: at(3), LastSeen: at(4),
+			RateLimited: 7, NextQuery: time.Unix(1700000000, 123456789)},
 		{Addr: netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), Standin: netip.MustParseAddr("240.0.0.2"),
 			Primary: 2, FirstSeen: at(9), LastSeen: at(9), UDP: 1},
 	}
@@ -144,10 +155,10 @@ func TestSnapshotRoundTripLimits(t *testing.T) {
 		if err := tab.WriteSnapshot(&out); err != nil {
 			t.Fatal(err)
 		}
-		if out.Len() != n*recordV2Len {
+		if out.Len() != n*recordV3Len {
 			t.Fatalf("%d remotes written in %d bytes", n, out.Len())
 		}
-		got, err := ReadSnapshot(&out, SnapshotV2)
+		got, err := ReadSnapshot(&out, SnapshotV3)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -103,6 +103,12 @@ type Remote struct {
 	udp   atomic.Uint64
 	tcp   atomic.Uint64
 	drops atomic.Uint64
+
+	// The query rate limit's (ratelimit.go): when the next query is on
+	// schedule (unix nanoseconds), and the queries over the limit.
+	tat     atomic.Int64
+	limited atomic.Uint64
+	shared  bool // the record of clients the full table cannot pin
 }
 
 // CountUDP records a datagram from the remote sent on to its backend.
@@ -172,6 +178,7 @@ func New(cfg Config) *Table {
 		logLimit:  timeouts.NewBurstLimiter(clock, remoteLogInterval, remoteLogBurst),
 		fullLog:   timeouts.NewLimiter(clock, 5*time.Second),
 	}
+	t.overflow.shared = true
 	t.rebalanceT = cfg.Timeouts.NewTimeout("remotes rebalance", func() { t.post(t.rebalanceTick) })
 	t.expireT = cfg.Timeouts.NewTimeout("remotes expiry", func() { t.post(t.expireTick) })
 	return t
@@ -376,6 +383,12 @@ type Info struct {
 	Drops     uint64
 	FirstSeen time.Time
 	LastSeen  time.Time
+	// RateLimited counts the UDP queries over the rate limit (-q);
+	// NextQuery is when its next query is on the limit's schedule (the
+	// zero Time when never limited): ahead of now by more than the
+	// burst, the client is over its limit.
+	RateLimited uint64
+	NextQuery   time.Time
 }
 
 // Lookup returns a snapshot of the remote for ip (its network, with
@@ -398,7 +411,17 @@ func (t *Table) info(r *Remote) Info {
 	return Info{
 		Addr: r.addr.Addr(), Standin: standin, Primary: r.primary, Backup: r.backup,
 		UDP: r.udp.Load(), TCP: r.tcp.Load(), Drops: r.drops.Load(),
-		FirstSeen: t.epoch.Add(time.Duration(r.first) * time.Second),
-		LastSeen:  t.epoch.Add(time.Duration(r.last) * time.Second),
+		FirstSeen:   t.epoch.Add(time.Duration(r.first) * time.Second),
+		LastSeen:    t.epoch.Add(time.Duration(r.last) * time.Second),
+		RateLimited: r.limited.Load(),
+		NextQuery:   unixTime(r.tat.Load()),
 	}
+}
+
+// unixTime is the Time of unix nanoseconds ns, the zero Time for 0.
+func unixTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }

@@ -35,11 +35,12 @@ const (
 	DropStandinRange                   // an IPv4 source within the stand-in range
 	DropNoStandin                      // an IPv6 client that could be given no stand-in
 	DropQuarantined                    // a query seen at two backend deaths
+	DropRateLimited                    // the client is over its query rate (-q)
 	numDrops
 )
 
 var dropNames = [numDrops]string{"oversized", "no_backend", "stuck", "down", "bad_source", "runt",
-	"standin_range", "no_standin", "quarantined"}
+	"standin_range", "no_standin", "quarantined", "ratelimited"}
 
 // tableDrops names, for each reason the remotes table gives for serving
 // no client, the drop counted.
@@ -104,11 +105,16 @@ type Proxy struct {
 	quarantineLog  *timeouts.Limiter
 
 	// servfail, when set, answers a query SERVFAIL when no backend is
-	// available instead of dropping it; out is the readers' scratch.
+	// available instead of dropping it; out is the readers' scratch for
+	// the answers bbal gives itself.
 	servfail  bool
 	servfails atomic.Uint64
-	outMu     sync.Mutex
-	out       []byte
+	// rate, when set, limits each client's queries (ratelimit.go).
+	rate    *remotes.Rate
+	slips   atomic.Uint64 // truncated answers given for queries over the limit
+	rateLog *timeouts.Limiter
+	outMu   sync.Mutex
+	out     []byte
 
 	wg       sync.WaitGroup // the readers
 	once     sync.Once
@@ -145,6 +151,7 @@ func New(conns []*net.UDPConn, table *remotes.Table, set *backend.Set, ts *timeo
 		unsolicitedLog: timeouts.NewLimiter(clock, 5*time.Second),
 		suspectLog:     timeouts.NewLimiter(clock, 5*time.Second),
 		quarantineLog:  timeouts.NewLimiter(clock, 5*time.Second),
+		rateLog:        timeouts.NewLimiter(clock, 5*time.Second),
 	}
 	for i, c := range conns {
 		raw, err := c.SyscallConn()
@@ -190,6 +197,16 @@ func (p *Proxy) ServfailWhenDown() {
 	p.servfail = true
 	p.out = make([]byte, 0, protocol.MaxData)
 }
+
+// LimitRate limits each client's UDP queries to rate (-q). Call it
+// before Start.
+func (p *Proxy) LimitRate(rate remotes.Rate) {
+	p.rate = &rate
+	p.out = make([]byte, 0, protocol.MaxData)
+}
+
+// Rate returns the per-client limit, nil for none.
+func (p *Proxy) Rate() *remotes.Rate { return p.rate }
 
 // Replies returns a new batch of replies from backend be to send from the
 // DNS sockets: the backends' Links.Replies.
@@ -365,6 +382,12 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	}
 	rem, id, wire := rt.Remote, rt.Backend, rt.Wire
 	query := buf[protocol.UDPHeaderLen : protocol.UDPHeaderLen+n]
+	if p.rate != nil {
+		if ok, over := rem.Admit(p.rate, now); !ok {
+			p.overRate(l, rem, query, netip.AddrPortFrom(ip, port), o, over)
+			return nil
+		}
+	}
 	key := flightKey(wire, port, uint16(query[0])<<8|uint16(query[1]))
 	if p.quar.holds(key, query, now) {
 		rem.CountDrop()
@@ -573,9 +596,15 @@ func (p *Proxy) logSuspect(be *backend.Backend, table *remotes.Table, key uint64
 func (p *Proxy) drop(r DropReason) { p.drops[r].Add(1) }
 
 func (p *Proxy) answerServfail(l *listener, query []byte, to netip.AddrPort, o *origin) {
+	p.answerSelf(l, query, to, o, servfail, &p.servfails)
+}
+
+// answerSelf sends the answer build makes of query to the client at to
+// from l, the way the query came in (o), counting it in count.
+func (p *Proxy) answerSelf(l *listener, query []byte, to netip.AddrPort, o *origin, build func(q, out []byte) []byte, count *atomic.Uint64) {
 	p.outMu.Lock()
 	defer p.outMu.Unlock()
-	resp := servfail(query, p.out)
+	resp := build(query, p.out)
 	if resp == nil {
 		return
 	}
@@ -586,9 +615,9 @@ func (p *Proxy) answerServfail(l *listener, query []byte, to netip.AddrPort, o *
 	}
 	// Counted before it is sent, so that whoever has the answer sees
 	// it counted; taken back if it cannot be sent.
-	p.servfails.Add(1)
+	count.Add(1)
 	if _, _, err := l.conn.WriteMsgUDPAddrPort(resp, oob, to); err != nil {
-		p.servfails.Add(^uint64(0))
+		count.Add(^uint64(0))
 		p.sendErrors.Add(1)
 		return
 	}
@@ -779,6 +808,7 @@ var counterTable = counter.Table[Proxy, Counts]{
 	{Metric: "bbal_udp_unresent_total", Help: "Queries of a dead backend that could not be sent again.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unresent }, Stat: func(s *Counts) *uint64 { return &s.Unresent }},
 	{Metric: "bbal_udp_withheld_total", Help: "Queries of a dead backend not sent again: suspected of its death.", Field: func(p *Proxy) *atomic.Uint64 { return &p.withheld }, Stat: func(s *Counts) *uint64 { return &s.Withheld }},
 	{Metric: "bbal_udp_replies_redundant_total", Help: "Second answers to queries sent again to another backend (their first stalled or died), dropped: the client had the first.", Field: func(p *Proxy) *atomic.Uint64 { return &p.redundant }, Stat: func(s *Counts) *uint64 { return &s.Redundant }},
+	{Metric: "bbal_udp_ratelimit_slips_total", Help: "Queries over a client's rate limit (-q) answered with an empty truncated answer (TC) instead of dropped.", Field: func(p *Proxy) *atomic.Uint64 { return &p.slips }, Stat: func(s *Counts) *uint64 { return &s.Slips }},
 	{Metric: "bbal_udp_quarantined_total", Help: "Queries seen in flight at two backend deaths, dropped on arrival for 30 s.", Field: func(p *Proxy) *atomic.Uint64 { return &p.quarantined }, Stat: func(s *Counts) *uint64 { return &s.Quarantined }},
 }
 
@@ -827,6 +857,9 @@ type Counts struct {
 	// Redundant counts the second answers of queries sent again, which
 	// are dropped: the client had the first.
 	Redundant uint64 `json:"redundant"`
+	// Slips counts the queries over a client's rate limit answered
+	// truncated (each is also counted in Drops["ratelimited"]).
+	Slips uint64 `json:"ratelimit_slips"`
 }
 
 // Stats returns the proxy's counters.

@@ -39,13 +39,15 @@ type config struct {
 	tcpLife     time.Duration
 	servfail    bool
 	stallFloor  time.Duration
+	rateLimit   *remotes.Rate
 	user        string
 	probe       server.Probe
 }
 
 const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
             [-R MAX] [-M BITS] [-6 PREFIX] [-P POLICY] [-T MAX] [-C MAX]
-            [-I SECS] [-L SECS] [-F] [-A MS] [-u USER] [-H NAME[/TYPE]]
+            [-I SECS] [-L SECS] [-F] [-A MS] [-q QPS[/BURST[/SLIP]]]
+            [-u USER] [-H NAME[/TYPE]]
 
   -s DIR    directory of backend sockets (required)
   -b ADDR   address to listen on, IPv4 or IPv6; give -b again for more
@@ -80,6 +82,11 @@ const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-
             800 ms) is stalled: its clients go to their backups and its
             unanswered queries are sent to them, until it answers again;
             0 turns this off (default 250)
+  -q QPS[/BURST[/SLIP]]
+            limit each client (each -M network) to QPS UDP queries a second,
+            BURST at once (default QPS); of those over it, every SLIP-th
+            is answered truncated, for a retry over TCP, and the rest
+            dropped (default 2; 0: all dropped) (default: no limit)
   -u USER   once the sockets are bound, run as USER and its group (the
             debug socket is handed to USER)
   -H NAME[/TYPE]
@@ -112,6 +119,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	tcpIdle := fs.String("I", secs(tcpproxy.DefaultIdleTimeout), "")
 	tcpLife := fs.String("L", secs(tcpproxy.DefaultMaxLifetime), "")
 	servfail := fs.Bool("F", false, "")
+	rate := fs.String("q", "", "")
 	stall := fs.String("A", strconv.Itoa(int(placement.DefaultStallFloor/time.Millisecond)), "")
 	runAs := fs.String("u", "", "")
 	probe := fs.String("H", "", "")
@@ -197,6 +205,14 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	if err != nil {
 		return config{}, err
 	}
+	var rl *remotes.Rate
+	if given(fs, "q") {
+		r, err := remotes.ParseRate(*rate)
+		if err != nil {
+			return config{}, err
+		}
+		rl = &r
+	}
 	var pr server.Probe
 	if given(fs, "H") {
 		if *probe == "" {
@@ -213,6 +229,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 		tcpLife:     life,
 		servfail:    *servfail,
 		stallFloor:  stallFloor,
+		rateLimit:   rl,
 		user:        *runAs,
 		probe:       pr,
 		maxRemotes:  *maxRemotes,

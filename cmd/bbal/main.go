@@ -81,6 +81,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		TCPMaxLifetime:   cfg.tcpLife,
 		ServfailWhenDown: cfg.servfail,
 		StallFloor:       cfg.stallFloor,
+		RateLimit:        cfg.rateLimit,
 		Probe:            cfg.probe,
 		User:             cfg.user,
 		Inherited:        inherited,

@@ -52,6 +52,7 @@ var jsonMetrics = []jsonMetric{
 	{json: "udp.withheld", metric: "bbal_udp_withheld_total"},
 	{json: "udp.quarantined", metric: "bbal_udp_quarantined_total"},
 	{json: "udp.redundant", metric: "bbal_udp_replies_redundant_total"},
+	{json: "udp.ratelimit_slips", metric: "bbal_udp_ratelimit_slips_total"},
 	{json: "tcp.active", metric: "bbal_tcp_connections_active", gauge: true},
 	{json: "tcp.total", metric: "bbal_tcp_connections_total"},
 	{json: "tcp.accept_errors", metric: "bbal_tcp_accept_errors_total"},

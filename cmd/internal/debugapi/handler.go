@@ -381,7 +381,7 @@ func (a *api) reset(w http.ResponseWriter, r *http.Request) {
 	}{true})
 }
 
-func (a *api) remoteInfo(in remotes.Info) Remote {
+func (a *api) remoteInfo(in remotes.Info, now time.Time) Remote {
 	var standin string
 	if in.Standin.IsValid() {
 		standin = in.Standin.String()
@@ -391,16 +391,26 @@ func (a *api) remoteInfo(in remotes.Info) Remote {
 		IP:      in.Addr.String(), Backend: uint16(in.Primary), Backup: uint16(in.Backup),
 		UDP: in.UDP, TCP: in.TCP, Drops: in.Drops,
 		FirstSeen: in.FirstSeen.UTC(), LastSeen: in.LastSeen.UTC(),
+		RateLimited: in.RateLimited, Limited: a.src.UDP.Rate().Over(in.NextQuery, now),
 	}
 }
 
 // remotes streams the table as {"now": ..., "remotes": [...]}, a chunk at
 // a time, never holding more than a chunk of it in memory.
 func (a *api) remotes(w http.ResponseWriter, r *http.Request) {
-	if !checkQuery(w, r, "backend", "ip") {
+	if !checkQuery(w, r, "backend", "ip", "limited") {
 		return
 	}
 	q := r.URL.Query()
+	var limited bool
+	switch v := q.Get("limited"); v {
+	case "", "0":
+	case "1":
+		limited = true
+	default:
+		fail(w, http.StatusBadRequest, "bad limited %q (want 1 for only the clients over their rate limit)", v)
+		return
+	}
 	var only backend.ID
 	if v := q.Get("backend"); v != "" {
 		id, err := strconv.ParseUint(v, 10, 16)
@@ -428,18 +438,23 @@ func (a *api) remotes(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	rc.SetWriteDeadline(time.Now().Add(a.writeTimeout))
 	bw := bufio.NewWriterSize(w, 32<<10)
-	now, _ := json.Marshal(a.now())
+	at := a.now()
+	now, _ := json.Marshal(at)
 	fmt.Fprintf(bw, "{\"now\":%s,\"remotes\":[", now)
 	n := 0
 	emit := func(in remotes.Info) bool {
 		if only != 0 && in.Primary != only && in.Backup != only {
 			return true
 		}
+		ri := a.remoteInfo(in, at)
+		if limited && !ri.Limited {
+			return true
+		}
 		if n > 0 {
 			bw.WriteByte(',')
 		}
 		bw.WriteString("\n")
-		j, _ := json.Marshal(a.remoteInfo(in))
+		j, _ := json.Marshal(ri)
 		bw.Write(j)
 		n++
 		if bw.Buffered() > 16<<10 {
@@ -488,6 +503,9 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 		out.Listen = append(out.Listen, l.String())
 	}
 	out.Standins = a.src.Table.Standins().String()
+	if r := a.src.UDP.Rate(); r != nil {
+		out.RateLimit = r.String()
+	}
 	out.NoStandin = a.src.Table.NoStandin()
 	us := a.src.UDP.Stats()
 	out.UDP = us.Counts

@@ -87,6 +87,10 @@ type Remote struct {
 	Drops     uint64    `json:"drops"`
 	FirstSeen time.Time `json:"first_seen"`
 	LastSeen  time.Time `json:"last_seen"`
+	// RateLimited counts its UDP queries over the rate limit (-q);
+	// Limited: it is over it now.
+	RateLimited uint64 `json:"ratelimited"`
+	Limited     bool   `json:"limited"`
 }
 
 // RemotesReply is GET /v1/remotes; the server streams it.
@@ -122,6 +126,9 @@ type Stats struct {
 	// could be given none.
 	Standins  string `json:"standins"`
 	NoStandin uint64 `json:"no_standin"`
+	// RateLimit is the per-client limit, QPS/BURST/SLIP as -q takes
+	// it; "" for none.
+	RateLimit string `json:"rate_limit,omitempty"`
 	// UDP is the UDP proxy's plain counts (packets_in, servfails,
 	// resent and the rest), by the names udpproxy.Counts gives them.
 	UDP udpproxy.Counts `json:"udp"`

@@ -67,7 +67,7 @@ type State struct {
 // writeState writes the state: a JSON line with the backends, then a
 // record per remote until the end of the stream.
 func (b *Balancer) writeState(w io.Writer) error {
-	st := State{Backends: b.Backends.Save(), RemoteFormat: remotes.SnapshotV2}
+	st := State{Backends: b.Backends.Save(), RemoteFormat: remotes.SnapshotV3}
 	if err := json.NewEncoder(w).Encode(st); err != nil { // one write
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/netip"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -110,9 +111,9 @@ func TestRestoreGoldenStates(t *testing.T) {
 	}
 }
 
-// writeState writes what the format-2 writer wrote before its codec
-// moved to package remotes, byte for byte; and a state read and
-// restored is written again the same.
+// writeState writes a state read from the format-2 writer's golden, and
+// restored, in format 3 (the rate limit's state added), and reading that
+// gives back the same state; format 3 itself is pinned by its golden.
 func TestWriteStateAsBefore(t *testing.T) {
 	golden := readStateFile(t, "state-v2.bin")
 	st, err := ReadState(bytes.NewReader(golden))
@@ -128,8 +129,16 @@ func TestWriteStateAsBefore(t *testing.T) {
 	if err := b.writeState(&out); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(out.Bytes(), golden) {
-		t.Fatalf("wrote\n%q\nwant\n%q", out.Bytes(), golden)
+	if want := readStateFile(t, "state-v3.bin"); !bytes.Equal(out.Bytes(), want) {
+		t.Fatalf("wrote\n%q\nwant\n%q", out.Bytes(), want)
+	}
+	again, err := ReadState(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.RemoteFormat != remotes.SnapshotV3 || !reflect.DeepEqual(again.Backends, st.Backends) ||
+		!reflect.DeepEqual(again.remotes, st.remotes) {
+		t.Fatalf("read back %+v, want %+v", again, st)
 	}
 }
 
@@ -141,7 +150,7 @@ func TestReadStateErrors(t *testing.T) {
 	}{
 		{"no header", `{"backends":[]}`, "state header: EOF"},
 		{"bad header", "{\n", "state header: unexpected end of JSON input"},
-		{"unknown format", `{"backends":[],"remote_format":3}` + "\n", "state: unknown remote format 3"},
+		{"unknown format", `{"backends":[],"remote_format":4}` + "\n", "state: unknown remote format 4"},
 		{"record cut short", string(v1[:len(v1)-3]), "state: remote 4: unexpected EOF"},
 		{"record cut short in the first", string(header) + "x", "state: remote 0: unexpected EOF"},
 	} {

@@ -73,6 +73,9 @@ type Config struct {
 	// ServfailWhenDown answers UDP queries SERVFAIL when no backend is
 	// available, instead of dropping them.
 	ServfailWhenDown bool
+	// RateLimit, when set, limits each client's UDP queries (-q): one
+	// over it is dropped, or answered truncated at the slip.
+	RateLimit *remotes.Rate
 	// StallFloor is the least threshold of stall detection (-A; see
 	// placement.Stalls): a backend that answers none of its queries for
 	// that long, or longer as its usual answer time says, is passed over
@@ -338,6 +341,9 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 		b.UDP.ServfailWhenDown()
 	}
 	b.UDP.DetectStalls(cfg.StallFloor, opt.StallHold)
+	if cfg.RateLimit != nil {
+		b.UDP.LimitRate(*cfg.RateLimit)
+	}
 
 	b.TCP = tcpproxy.New(ls.tcp, tcpproxy.Config{
 		Table: b.Table, Backends: b.Backends, Timeouts: b.Timeouts, Log: log, OKTimeout: opt.OKTimeout,
