@@ -93,6 +93,7 @@ func (r *Remote) Admit(rate *Rate, now int64) (ok bool, over uint64) {
 	for {
 		tat := r.tat.Load()
 		if tat-now > rate.slack {
+			r.overAt.Store(now)
 			return false, r.limited.Add(1)
 		}
 		if r.tat.CompareAndSwap(tat, max(tat, now)+rate.interval) {
@@ -101,13 +102,13 @@ func (r *Remote) Admit(rate *Rate, now int64) (ok bool, over uint64) {
 	}
 }
 
-// Limited reports whether r's next query at now would be over rate.
-func (r *Remote) Limited(rate *Rate, now int64) bool {
-	return rate != nil && !r.shared && r.tat.Load()-now > rate.slack
-}
+// LimitedFor is how long after a query over the limit a remote is shown
+// limited.
+const LimitedFor = time.Second
 
-// Over reports whether a client whose next query is on schedule at next
-// (Info.NextQuery) is over rate at now.
-func (r *Rate) Over(next, now time.Time) bool {
-	return r != nil && !next.IsZero() && next.UnixNano()-now.UnixNano() > r.slack
+// Limited reports whether r had a query over the limit within LimitedFor
+// of now.
+func (r *Remote) Limited(now int64) bool {
+	at := r.overAt.Load()
+	return at != 0 && now-at < int64(LimitedFor)
 }

@@ -108,7 +108,8 @@ type Remote struct {
 	// schedule (unix nanoseconds), and the queries over the limit.
 	tat     atomic.Int64
 	limited atomic.Uint64
-	shared  bool // the record of clients the full table cannot pin
+	overAt  atomic.Int64 // unix nanoseconds: the last query over the limit
+	shared  bool         // the record of clients the full table cannot pin
 }
 
 // CountUDP records a datagram from the remote sent on to its backend.
@@ -383,11 +384,12 @@ type Info struct {
 	Drops     uint64
 	FirstSeen time.Time
 	LastSeen  time.Time
-	// RateLimited counts the UDP queries over the rate limit (-q);
-	// NextQuery is when its next query is on the limit's schedule (the
-	// zero Time when never limited): ahead of now by more than the
-	// burst, the client is over its limit.
+	// RateLimited counts the UDP queries over the rate limit (-q), the
+	// last at LastLimited (the zero Time for none); NextQuery is when
+	// its next query is on the limit's schedule (the zero Time when
+	// never counted).
 	RateLimited uint64
+	LastLimited time.Time
 	NextQuery   time.Time
 }
 
@@ -414,6 +416,7 @@ func (t *Table) info(r *Remote) Info {
 		FirstSeen:   t.epoch.Add(time.Duration(r.first) * time.Second),
 		LastSeen:    t.epoch.Add(time.Duration(r.last) * time.Second),
 		RateLimited: r.limited.Load(),
+		LastLimited: unixTime(r.overAt.Load()),
 		NextQuery:   unixTime(r.tat.Load()),
 	}
 }

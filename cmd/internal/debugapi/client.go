@@ -281,3 +281,19 @@ func (c *Client) Ready(ctx context.Context, min int) (Health, error) {
 	}
 	return h, nil
 }
+
+// Raw sends method path (with its query) and returns the status and
+// body, whatever the status: for scripts and tests.
+func (c *Client) Raw(ctx context.Context, method, path string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://bbal"+path, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	return resp.StatusCode, body, err
+}

@@ -391,7 +391,7 @@ func (a *api) remoteInfo(in remotes.Info, now time.Time) Remote {
 		IP:      in.Addr.String(), Backend: uint16(in.Primary), Backup: uint16(in.Backup),
 		UDP: in.UDP, TCP: in.TCP, Drops: in.Drops,
 		FirstSeen: in.FirstSeen.UTC(), LastSeen: in.LastSeen.UTC(),
-		RateLimited: in.RateLimited, Limited: a.src.UDP.Rate().Over(in.NextQuery, now),
+		RateLimited: in.RateLimited, Limited: !in.LastLimited.IsZero() && now.Sub(in.LastLimited) < remotes.LimitedFor,
 	}
 }
 

@@ -88,7 +88,7 @@ type Remote struct {
 	FirstSeen time.Time `json:"first_seen"`
 	LastSeen  time.Time `json:"last_seen"`
 	// RateLimited counts its UDP queries over the rate limit (-q);
-	// Limited: it is over it now.
+	// Limited: one was within the last second.
 	RateLimited uint64 `json:"ratelimited"`
 	Limited     bool   `json:"limited"`
 }
