@@ -84,9 +84,10 @@ const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-
             0 turns this off (default 250)
   -q QPS[/BURST[/SLIP]]
             limit each client (each -M network) to QPS UDP queries a second,
-            BURST at once (default QPS); of those over it, every SLIP-th
-            is answered truncated, for a retry over TCP, and the rest
-            dropped (default 2; 0: all dropped) (default: no limit)
+            BURST at once (QPS when not given); of those over it, every
+            SLIP-th is answered truncated, for a retry over TCP, and the
+            rest dropped (2 when not given; 0: all dropped)
+            (default: no limit)
   -u USER   once the sockets are bound, run as USER and its group (the
             debug socket is handed to USER)
   -H NAME[/TYPE]
