@@ -1,13 +1,16 @@
 package udpproxy
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
 )
 
 // FuzzServfail checks that any datagram either gets no answer or a
-// well-formed SERVFAIL for the question it asked.
+// well-formed SERVFAIL (and truncated answer) for the question it asked,
+// and that the top talkers' question reader takes it without reading
+// out of bounds, agreeing with miekg/dns where both read a name.
 func FuzzServfail(f *testing.F) {
 	q := new(dns.Msg)
 	q.SetQuestion("fuzz.example.", dns.TypeTXT)
@@ -17,6 +20,22 @@ func FuzzServfail(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(append(append([]byte{}, wire[:12]...), 0xc0, 0x0c))
 	f.Fuzz(func(t *testing.T, query []byte) {
+		var name [maxNameLen]byte
+		if n, qtype, ok := questionName(query, name[:]); ok {
+			var m dns.Msg
+			if m.Unpack(query) == nil && len(m.Question) > 0 && !m.Response {
+				if got, want := presentName(name[:n]), dns.CanonicalName(m.Question[0].Name); qtype != m.Question[0].Qtype ||
+					!strings.ContainsRune(got, '\\') && got != want {
+					t.Fatalf("question %q %d, miekg/dns %q %d", got, qtype, want, m.Question[0].Qtype)
+				}
+			}
+		}
+		if tc := truncated(query, nil); tc != nil {
+			var r dns.Msg
+			if err := r.Unpack(tc); err != nil || !r.Truncated || r.Rcode != dns.RcodeSuccess {
+				t.Fatalf("bad truncated answer %v %v", err, &r)
+			}
+		}
 		out := servfail(query, nil)
 		if out == nil {
 			return

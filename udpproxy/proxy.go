@@ -63,6 +63,10 @@ type listener struct {
 	// pktinfo: bound to a wildcard address, the socket is told each
 	// query's destination, and each reply is sent from it.
 	pktinfo bool
+	// sampler picks the datagrams the top talkers sample: a xorshift
+	// generator, so that no periodic pattern of traffic escapes it; its
+	// reader's own.
+	sampler uint32
 }
 
 // MaxListeners bounds the sockets of one proxy.
@@ -97,6 +101,9 @@ type Proxy struct {
 	quar        quarantine
 	redundant   atomic.Uint64 // second answers to queries sent again, dropped
 	owed        owed
+	top         *top          // the top talkers (top.go)
+	sampled     atomic.Uint64 // datagrams sampled for them
+	unparsed    atomic.Uint64 // of those, questions that could not be read
 
 	oversizeLog    *timeouts.Limiter
 	sendLog        *timeouts.Limiter
@@ -144,7 +151,7 @@ func New(conns []*net.UDPConn, table *remotes.Table, set *backend.Set, ts *timeo
 		return nil, fmt.Errorf("%d UDP sockets (want 1 to %d)", len(conns), MaxListeners)
 	}
 	clock := ts.Clock()
-	p := &Proxy{clock: clock, ts: ts, log: log, flights: newFlights(),
+	p := &Proxy{clock: clock, ts: ts, log: log, flights: newFlights(), top: newTop(),
 		table: table, backends: set, done: make(chan struct{}), stallCheck: make(chan struct{}, 1),
 		oversizeLog:    timeouts.NewLimiter(clock, 5*time.Second),
 		sendLog:        timeouts.NewLimiter(clock, 5*time.Second),
@@ -159,7 +166,8 @@ func New(conns []*net.UDPConn, table *remotes.Table, set *backend.Set, ts *timeo
 			return nil, err
 		}
 		addr := c.LocalAddr().(*net.UDPAddr).AddrPort()
-		l := &listener{idx: uint8(i), conn: c, raw: raw, addr: addr, v6: addr.Addr().Is6() && !addr.Addr().Is4In6()}
+		l := &listener{idx: uint8(i), conn: c, raw: raw, addr: addr, v6: addr.Addr().Is6() && !addr.Addr().Is4In6(),
+			sampler: 0x9e3779b9 ^ uint32(i)}
 		if addr.Addr().IsUnspecified() {
 			var serr error
 			raw.Control(func(fd uintptr) {
@@ -382,6 +390,12 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	}
 	rem, id, wire := rt.Remote, rt.Backend, rt.Wire
 	query := buf[protocol.UDPHeaderLen : protocol.UDPHeaderLen+n]
+	if l.sampleNext() {
+		p.sampled.Add(1)
+		if !p.top.sample(ip, query, now) {
+			p.unparsed.Add(1)
+		}
+	}
 	if p.rate != nil {
 		if ok, over := rem.Admit(p.rate, now); !ok {
 			p.overRate(l, rem, query, netip.AddrPortFrom(ip, port), o, over)
@@ -809,6 +823,8 @@ var counterTable = counter.Table[Proxy, Counts]{
 	{Metric: "bbal_udp_withheld_total", Help: "Queries of a dead backend not sent again: suspected of its death.", Field: func(p *Proxy) *atomic.Uint64 { return &p.withheld }, Stat: func(s *Counts) *uint64 { return &s.Withheld }},
 	{Metric: "bbal_udp_replies_redundant_total", Help: "Second answers to queries sent again to another backend (their first stalled or died), dropped: the client had the first.", Field: func(p *Proxy) *atomic.Uint64 { return &p.redundant }, Stat: func(s *Counts) *uint64 { return &s.Redundant }},
 	{Metric: "bbal_udp_ratelimit_slips_total", Help: "Queries over a client's rate limit (-q) answered with an empty truncated answer (TC) instead of dropped.", Field: func(p *Proxy) *atomic.Uint64 { return &p.slips }, Stat: func(s *Counts) *uint64 { return &s.Slips }},
+	{Metric: "bbal_udp_sampled_total", Help: "Datagrams sampled (one in 64) for the top talkers.", Field: func(p *Proxy) *atomic.Uint64 { return &p.sampled }, Stat: func(s *Counts) *uint64 { return &s.Sampled }},
+	{Metric: "bbal_udp_sampled_unparsed_total", Help: "Datagrams sampled for the top talkers whose question could not be read (relayed all the same).", Field: func(p *Proxy) *atomic.Uint64 { return &p.unparsed }, Stat: func(s *Counts) *uint64 { return &s.Unparsed }},
 	{Metric: "bbal_udp_quarantined_total", Help: "Queries seen in flight at two backend deaths, dropped on arrival for 30 s.", Field: func(p *Proxy) *atomic.Uint64 { return &p.quarantined }, Stat: func(s *Counts) *uint64 { return &s.Quarantined }},
 }
 
@@ -860,6 +876,11 @@ type Counts struct {
 	// Slips counts the queries over a client's rate limit answered
 	// truncated (each is also counted in Drops["ratelimited"]).
 	Slips uint64 `json:"ratelimit_slips"`
+	// Sampled counts the datagrams sampled for the top talkers (one in
+	// SampleEvery), Unparsed those of them whose question could not be
+	// read: they are relayed all the same.
+	Sampled  uint64 `json:"sampled"`
+	Unparsed uint64 `json:"sampled_unparsed"`
 }
 
 // Stats returns the proxy's counters.

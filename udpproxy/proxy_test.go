@@ -200,6 +200,19 @@ func TestDropsAreCountedByReason(t *testing.T) {
 		seen["quarantined"] = true
 	})
 
+	t.Run("ratelimited: a client over its limit", func(t *testing.T) {
+		b := newBed(t, zerolog.Nop())
+		b.p.LimitRate(remotes.NewRate(1, 2, 0)) // two at once, no slip
+		for range 3 {
+			b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		}
+		wantDrops(t, b.p, map[string]uint64{"ratelimited": 1, "stuck": 0})
+		if info, _ := b.table.Lookup(ip); info.UDP != 2 || info.Drops != 1 || info.RateLimited != 1 {
+			t.Fatalf("remote %+v, want 2 sent on and 1 over the limit", info)
+		}
+		seen["ratelimited"] = true
+	})
+
 	for r := range numDrops {
 		if !seen[r.String()] {
 			t.Errorf("drop reason %s not exercised", r)

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -252,7 +253,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"-r", "nope"}, `bad IP address for -r: "nope"`},
 		{[]string{"-w", "0"}, `bad interval for -w: "0" (want seconds, more than 0)`},
 		{[]string{"-n", "3"}, `-n goes with -w and takes a count`},
-		{[]string{"frobnicate"}, `unknown command "frobnicate" (want disable, drain, enable, weight, reset or health)`},
+		{[]string{"frobnicate"}, `unknown command "frobnicate" (want disable, drain, enable, weight, reset, health or top)`},
 		{[]string{"disable"}, `disable takes one backend ID, got 0 arguments`},
 		{[]string{"drain", "1", "2"}, `drain takes one backend ID, got 2 arguments`},
 		{[]string{"disable", "x"}, `bad backend ID "x"`},
@@ -530,5 +531,52 @@ func TestHealth(t *testing.T) {
 	if code := run(context.Background(), []string{"-S", h.Dir + "/none.sock", "health"}, &out, &errb); code != 1 ||
 		!strings.Contains(errb.String(), "not running") {
 		t.Fatalf("no bbal: exit %d, %q", code, errb.String())
+	}
+}
+
+// TestTop: balstat top names the busiest client and question first, as
+// a table and with -j (before or after the command), and -w refreshes.
+func TestTop(t *testing.T) {
+	h := servertest.New(t, nil)
+	h.StartGo("5301")
+	heavy, light := testbed.Loopback(700), testbed.Loopback(701)
+	for i := range 2000 {
+		from, name := heavy, "Heavy.Example."
+		if i%4 == 0 {
+			from, name = light, "light.example."
+		}
+		if _, _, err := testbed.QueryTimeout(h.Addr, from, false, name, dns.TypeA, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.Advance(5 * time.Second) // the window whole
+	out, errs, code := balstat(t, h, "top")
+	if code != 0 || errs != "" {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	lines := strings.Split(out, "\n")
+	if len(lines) < 8 || !strings.HasPrefix(lines[2], heavy.String()+" ") || !strings.Contains(out, "\nTOP QUESTIONS\n") {
+		t.Fatalf("top:\n%s", out)
+	}
+	i := slices.Index(lines, "TOP QUESTIONS")
+	if f := strings.Fields(lines[i+2]); len(f) != 3 || f[1] != "A" || f[2] != "heavy.example." {
+		t.Fatalf("first question %q in\n%s", lines[i+2], out)
+	}
+	for _, args := range [][]string{{"top", "-j"}, {"-j", "top"}} {
+		out, _, code := balstat(t, h, args...)
+		var got debugapi.TopReply
+		if err := json.Unmarshal([]byte(out), &got); code != 0 || err != nil || len(got.Clients) != 2 ||
+			got.Clients[0].IP != heavy.String() || got.Clients[0].Backend != 5301 || got.Names[0].Name != "heavy.example." {
+			t.Fatalf("%v: exit %d, %v\n%s", args, code, err, out)
+		}
+	}
+	out, _, code = balstat(t, h, "top", "-w", "0.01", "-n", "2")
+	if code != 0 || strings.Count(out, "TOP CLIENTS") != 2 || strings.Count(out, "\x1b[H\x1b[2J") != 2 {
+		t.Fatalf("-w: exit %d\n%q", code, out)
+	}
+	for _, bad := range [][]string{{"top", "x"}, {"top", "-w", "0"}, {"top", "-n", "2"}} {
+		if _, errs, code := balstat(t, h, bad...); code != 2 || errs == "" {
+			t.Errorf("%v: exit %d, %q", bad, code, errs)
+		}
 	}
 }

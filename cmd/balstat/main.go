@@ -8,6 +8,7 @@
 //	balstat [-S PATH] weight ID N
 //	balstat [-S PATH] reset
 //	balstat [-S PATH] health [MIN]
+//	balstat [-S PATH] top [-w SECS [-n COUNT]] [-j]
 package main
 
 import (
@@ -31,6 +32,7 @@ const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-w SECS [-n COUNT]
        balstat [-S PATH] weight ID N
        balstat [-S PATH] reset
        balstat [-S PATH] health [MIN]
+       balstat [-S PATH] top [-w SECS [-n COUNT]] [-j]
 
   -S PATH   bbal's debug socket (default /var/run/bbal.sock)
   -j        print JSON instead of tables
@@ -45,6 +47,8 @@ const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-w SECS [-n COUNT]
   weight ID N the backend's share of remotes relative to the others'
               (1 to 1000; every backend starts at 1)
   reset       every counter back to zero
+  top         the busiest clients (with their backend and rate limit)
+              and questions, sampled; -w refreshes, -j prints JSON
   health [MIN]
               exit 0 when bbal serves DNS with at least MIN backends ok
               (default 1), 1 when not (GET /readyz), printing why
@@ -123,6 +127,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if msg := checkCommand(rest); msg != "" {
 			return usageErr("%s", msg)
 		}
+		if rest[0] == "top" {
+			o, _ = topOptions(o, rest[1:])
+		}
 	}
 
 	c := debugapi.NewClient(o.socket)
@@ -133,6 +140,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = watchLoop(ctx, c, o, stdout)
 	case len(rest) == 0:
 		err = show(ctx, c, o, stdout)
+	case rest[0] == "top":
+		err = topLoop(ctx, c, o, stdout)
 	case rest[0] == "health":
 		return health(ctx, c, rest, stdout, stderr)
 	case rest[0] == "reset":
@@ -178,6 +187,10 @@ func checkCommand(args []string) string {
 		if _, err := parseID(args[1]); err != nil {
 			return err.Error()
 		}
+	case "top":
+		if _, err := topOptions(options{}, args[1:]); err != nil {
+			return err.Error()
+		}
 	case "health":
 		if n > 1 {
 			return fmt.Sprintf("health takes at most a minimum of backends, got %d arguments", n)
@@ -198,7 +211,7 @@ func checkCommand(args []string) string {
 			return fmt.Sprintf("bad weight %q (want 1 to 1000)", args[2])
 		}
 	default:
-		return fmt.Sprintf("unknown command %q (want disable, drain, enable, weight, reset or health)", cmd)
+		return fmt.Sprintf("unknown command %q (want disable, drain, enable, weight, reset, health or top)", cmd)
 	}
 	return ""
 }

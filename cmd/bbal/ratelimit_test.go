@@ -25,7 +25,8 @@ import (
 // clients on the same backend ask 10 a second each. They lose nothing;
 // the flood reaches the backend at the limit (and its burst), within
 // 10%; of the rest, every second query is answered with an empty
-// truncated answer, the others dropped and counted.
+// truncated answer, the others dropped and counted. The top talkers
+// name the flood, and its name, first.
 func TestAFloodingClientIsHeldToItsLimit(t *testing.T) {
 	const limit, burst = 100, 100
 	rate := remotes.NewRate(limit, burst, remotes.DefaultSlip)
@@ -39,9 +40,9 @@ func TestAFloodingClientIsHeldToItsLimit(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
-	query := func(id uint16) []byte {
+	query := func(id uint16, name string) []byte {
 		q := new(dns.Msg)
-		q.SetQuestion("who.example.", dns.TypeTXT)
+		q.SetQuestion(name, dns.TypeTXT)
 		q.Id = id
 		wire, _ := q.Pack()
 		return wire
@@ -63,7 +64,7 @@ func TestAFloodingClientIsHeldToItsLimit(t *testing.T) {
 			err = r.Unpack(buf[:n])
 			mu.Lock()
 			switch {
-			case err != nil || len(r.Question) != 1 || r.Question[0].Name != "who.example.":
+			case err != nil || len(r.Question) != 1 || r.Question[0].Name != "Flood.Example.":
 				badSeen++
 			case r.Truncated && r.Rcode == dns.RcodeSuccess && len(r.Answer) == 0:
 				truncatedSeen++
@@ -83,12 +84,12 @@ func TestAFloodingClientIsHeldToItsLimit(t *testing.T) {
 	for step := range steps {
 		for range 10 {
 			floodSent++
-			flood.Write(query(uint16(floodSent)))
+			flood.Write(query(uint16(floodSent), "Flood.Example."))
 		}
 		for i, c := range normals {
 			if step%10 == i {
 				normalSent++
-				c.Write(query(uint16(step)))
+				c.Write(query(uint16(step), "who.example."))
 			}
 		}
 		testbed.Eventually(t, "the step's queries read", func() bool {
@@ -112,6 +113,22 @@ func TestAFloodingClientIsHeldToItsLimit(t *testing.T) {
 	if err := json.Unmarshal(out, &limited); err != nil || len(limited.Remotes) != 1 || limited.Remotes[0].IP != flooder.String() ||
 		!limited.Remotes[0].Limited || limited.Remotes[0].RateLimited == 0 {
 		t.Fatalf("limited remotes %s", out)
+	}
+
+	// The top talkers: the flood first among clients, its name first
+	// among questions, in lower case; its rate is what it sent.
+	c := debugapi.NewClient(h.DebugSocket)
+	defer c.Close()
+	top, err := c.Top(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(top.Clients) == 0 || top.Clients[0].IP != flooder.String() || !top.Clients[0].Limited || top.Clients[0].Backend != 5301 ||
+		len(top.Names) == 0 || top.Names[0].Name != "flood.example." || top.Names[0].Type != "TXT" {
+		t.Fatalf("top %+v", top)
+	}
+	if q := top.Clients[0].QPS; q < 700 || q > 1300 {
+		t.Fatalf("the flood's estimated rate %v, want about 1000", q)
 	}
 
 	for i, c := range normals {

@@ -297,3 +297,9 @@ func (c *Client) Raw(ctx context.Context, method, path string) (int, []byte, err
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	return resp.StatusCode, body, err
 }
+
+// Top returns the busiest clients and questions.
+func (c *Client) Top(ctx context.Context) (TopReply, error) {
+	var out TopReply
+	return out, c.getJSON(ctx, "GET", "/v1/top", &out)
+}

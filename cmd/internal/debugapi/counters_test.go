@@ -53,6 +53,8 @@ var jsonMetrics = []jsonMetric{
 	{json: "udp.quarantined", metric: "bbal_udp_quarantined_total"},
 	{json: "udp.redundant", metric: "bbal_udp_replies_redundant_total"},
 	{json: "udp.ratelimit_slips", metric: "bbal_udp_ratelimit_slips_total"},
+	{json: "udp.sampled", metric: "bbal_udp_sampled_total"},
+	{json: "udp.sampled_unparsed", metric: "bbal_udp_sampled_unparsed_total"},
 	{json: "tcp.active", metric: "bbal_tcp_connections_active", gauge: true},
 	{json: "tcp.total", metric: "bbal_tcp_connections_total"},
 	{json: "tcp.accept_errors", metric: "bbal_tcp_accept_errors_total"},

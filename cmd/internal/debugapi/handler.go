@@ -173,6 +173,7 @@ func newHandler(src Sources, writeTimeout time.Duration) http.Handler {
 	route("GET", "/v1/remotes", a.remotes)
 	route("GET", "/v1/timeouts", a.timeouts)
 	route("GET", "/v1/stats", a.stats)
+	route("GET", "/v1/top", a.top)
 	route("POST", "/v1/counters/reset", a.reset)
 	route("GET", "/metrics", a.metrics.ServeHTTP)
 	healthz, readyz := HealthHandlers(src)
