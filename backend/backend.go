@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"errors"
+	"golang.org/x/sys/unix"
 	"io/fs"
 	"net"
 	"os"
@@ -221,6 +222,19 @@ func (b *Backend) Eligible() bool { return b.Available() && !b.load.Avoided() }
 // Available reports whether the backend may be given new remotes but for
 // a stall: ok and enabled.
 func (b *Backend) Available() bool { return b.ok.Load() && Admin(b.admin.Load()) == AdminEnabled }
+
+// Unread returns the bytes the backend has sent on its standing session
+// that bbal has not read yet (the socket's receive queue): a backend with
+// answers waiting there is answering, whatever bbal has seen of them.
+func (b *Backend) Unread() int {
+	s := b.cur.Load()
+	if s == nil {
+		return 0
+	}
+	n := 0
+	s.raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	return n
+}
 
 // QueueWait returns how long, at now (unix nanoseconds), the session has
 // not taken what is queued for it: 0 while it keeps reading.

@@ -23,8 +23,10 @@ type Backend[K ~uint16] interface {
 	Available() bool
 	Eligible() bool
 	// QueueWait is how long, at now (unix nanoseconds), its session
-	// has taken nothing of what is queued for it.
+	// has taken nothing of what is queued for it; Unread, the bytes it
+	// has sent that are not read yet.
 	QueueWait(now int64) time.Duration
+	Unread() int
 	Load() *Load
 	Logger() *zerolog.Logger // with the backend's be_id and be_path
 }

@@ -32,8 +32,9 @@ type fake struct {
 	admin int
 	load  Load
 	log   zerolog.Logger
-	// queueWait is what QueueWait reports.
+	// queueWait and unread are what QueueWait and Unread report.
 	queueWait time.Duration
+	unread    int
 }
 
 func (f *fake) ID() ID          { return f.id }
@@ -43,6 +44,7 @@ func (f *fake) Eligible() bool  { return f.Available() && !f.load.Avoided() }
 func (f *fake) QueueWait(int64) time.Duration {
 	return f.queueWait
 }
+func (f *fake) Unread() int             { return f.unread }
 func (f *fake) Load() *Load             { return &f.load }
 func (f *fake) Logger() *zerolog.Logger { return &f.log }
 func (f *fake) SetAdmin(a int)          { f.admin = a }

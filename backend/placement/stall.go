@@ -50,7 +50,13 @@ type Stalls[K ~uint16, B Backend[K]] struct {
 	cfg        StallConfig
 	backends   Backends[K, B]
 	nowhereLog *timeouts.Limiter
+	last       int64 // the last check's time
 }
+
+// lateCheck: a check this much later than the one before it finds bbal
+// itself starved of CPU (or paused), its view of the answers behind: it
+// begins no stall.
+const lateCheck = 3 * StallCheckInterval
 
 // NewStalls returns the stall detector of backends.
 func NewStalls[K ~uint16, B Backend[K]](backends Backends[K, B], cfg StallConfig) *Stalls[K, B] {
@@ -78,7 +84,9 @@ type Stall[B any] struct {
 }
 
 // Check looks at every backend at now (unix nanoseconds): it marks
-// stalled those that stopped answering and returns them, ends the
+// stalled those that stopped answering (not when bbal itself ran late,
+// nor while the backend's answers wait unread in its socket) and returns
+// them, ends the
 // stalls of those that answer again (at least the hold after the stall
 // began) or are due a trial, and has placement avoid the stalled ones
 // while some available backend is not stalled.
@@ -86,6 +94,8 @@ func (s *Stalls[K, B]) Check(now int64) (began []Stall[B]) {
 	if !s.Enabled() {
 		return nil
 	}
+	late := s.last != 0 && now-s.last > int64(lateCheck)
+	s.last = now
 	list := s.backends.All()
 	for _, b := range list {
 		l := b.Load()
@@ -108,7 +118,9 @@ func (s *Stalls[K, B]) Check(now int64) (began []Stall[B]) {
 				l.trials = 0 // answered since its trial began
 			}
 			silent := time.Duration(now - max(last, l.quietAt))
-			if out > 0 && silent > thr || qw > thr {
+			// Silent with queries waiting, and nothing of the backend's
+			// waiting to be read: bbal has not merely fallen behind.
+			if !late && (out > 0 && silent > thr && b.Unread() == 0 || qw > thr) {
 				l.stallSince.Store(now)
 				l.stalled.Store(true)
 				l.stalls.Add(1)

@@ -16,6 +16,16 @@ func newStallSet(t *testing.T) (*testSet, *Stalls[ID, *fake], *testbed.Logs) {
 	return s, st, logs
 }
 
+// checkEvery checks st every StallCheckInterval from from to to (unix
+// nanoseconds), as the UDP proxy's timer does, and returns to.
+func checkEvery(st *Stalls[ID, *fake], from, to int64) int64 {
+	for now := from; now < to; now += int64(StallCheckInterval) {
+		st.Check(now)
+	}
+	st.Check(to)
+	return to
+}
+
 func TestStallThresholdFollowsTheBackendsLatency(t *testing.T) {
 	s, st, _ := newStallSet(t)
 	l := &s.Get(1).load
@@ -76,8 +86,7 @@ func TestStalledBackendsAreUsedWhenNoneIsBetter(t *testing.T) {
 	one, two := s.Get(1), s.Get(2)
 	one.load.QueriesSent(1)
 	two.load.QueriesSent(1)
-	st.Check(1)
-	st.Check(1 + int64(MaxStallThreshold) + 1)
+	checkEvery(st, 1, 1+int64(MaxStallThreshold)+1)
 	if !one.load.Stalled() || !two.load.Stalled() || one.load.Avoided() || two.load.Avoided() {
 		t.Fatalf("stalled %v %v, avoided %v %v", one.load.Stalled(), two.load.Stalled(), one.load.Avoided(), two.load.Avoided())
 	}
@@ -118,5 +127,29 @@ func TestStallDetectionOff(t *testing.T) {
 	st.Check(1)
 	if got := st.Check(int64(time.Hour)); len(got) != 0 || s.Get(1).load.Stalled() {
 		t.Fatal("stalled with detection off")
+	}
+}
+
+// TestNoStallWhileBbalIsBehind: a check that comes late (bbal starved of
+// CPU) begins no stall, nor does one while the backend's answers wait
+// unread in its socket; once bbal is on time and they are read, it does.
+func TestNoStallWhileBbalIsBehind(t *testing.T) {
+	s, st, _ := newStallSet(t)
+	b := s.Get(1)
+	b.load.QueriesSent(2)
+	b.load.QueriesAnswered(1, 1, time.Millisecond) // threshold: the floor; one outstanding
+	st.Check(int64(time.Second))
+	// Late: 2 s since the last check.
+	if got := st.Check(int64(3 * time.Second)); len(got) != 0 {
+		t.Fatalf("a late check began a stall: %+v", got)
+	}
+	b.unread = 100
+	if got := checkEvery(st, int64(3*time.Second), int64(4*time.Second)); b.load.Stalled() {
+		t.Fatalf("stalled with its answers unread: %v", got)
+	}
+	b.unread = 0
+	st.Check(int64(4*time.Second) + int64(StallCheckInterval))
+	if !b.load.Stalled() {
+		t.Fatal("not stalled, on time and nothing unread")
 	}
 }

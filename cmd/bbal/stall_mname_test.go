@@ -31,6 +31,8 @@ type steady struct {
 	asks int
 	last time.Time // the last answer
 	gap  time.Duration
+	// gapEnd is when the longest gap ended.
+	gapEnd time.Time
 }
 
 const (
@@ -65,8 +67,8 @@ func (c *steady) run(t *testing.T, to netip.AddrPort, stop <-chan struct{}) {
 			c.mu.Lock()
 			if _, ok := c.sent[r.Id]; ok {
 				delete(c.sent, r.Id)
-				if !c.last.IsZero() {
-					c.gap = max(c.gap, now.Sub(c.last))
+				if !c.last.IsZero() && now.Sub(c.last) > c.gap {
+					c.gap, c.gapEnd = now.Sub(c.last), now
 				}
 				c.last = now
 			}
@@ -149,10 +151,19 @@ func failOne(t *testing.T, hurt func(*mnameBed), after time.Duration) (mine, oth
 }
 
 func worst(cs []*steady) (gap time.Duration, lost, asks int) {
-	for _, c := range cs {
-		gap, lost, asks = max(gap, c.gap), lost+c.lost, asks+c.asks
-	}
+	gap, _, lost, asks = worstAt(cs)
 	return gap, lost, asks
+}
+
+// worstAt is worst, with when the longest gap ended.
+func worstAt(cs []*steady) (gap time.Duration, end time.Time, lost, asks int) {
+	for _, c := range cs {
+		if c.gap > gap {
+			gap, end = c.gap, c.gapEnd
+		}
+		lost, asks = lost+c.lost, asks+c.asks
+	}
+	return gap, end, lost, asks
 }
 
 // TestAStoppedNodeMnameCostsItsClientsUnderASecond: node-mname stopped
@@ -161,17 +172,19 @@ func worst(cs []*steady) (gap time.Duration, lost, asks int) {
 // queries go unanswered, the other backend's clients lose nothing, and
 // the stopped backend has its clients back after it answers again.
 func TestAStoppedNodeMnameCostsItsClientsUnderASecond(t *testing.T) {
-	var stalledAt time.Time
+	var stalledAt, stoppedAt time.Time
 	mine, others, m := failOne(t, func(m *mnameBed) {
+		stoppedAt = time.Now()
 		m.n1.Stop()
 		testbed.Eventually(t, "5301 stalled", func() bool { return m.B.Backends.Get(5301).Stats().Stalled })
 		stalledAt = time.Now()
 		time.Sleep(8*time.Second - time.Since(stalledAt)) // stopped for 8 s, in real time
 		m.n1.Cont()
 	}, 3*time.Second)
-	gap, lost, asks := worst(mine)
+	gap, end, lost, asks := worstAt(mine)
 	ogap, olost, oasks := worst(others)
 	st := m.B.Backends.Get(5301).Stats()
+	t.Logf("the longest gap ended %v after the stop (stalled after %v)", end.Sub(stoppedAt), stalledAt.Sub(stoppedAt))
 	us := m.B.UDP.Stats()
 	t.Logf("stopped backend's clients: %d queries, %d unanswered, longest gap %v; others: %d queries, %d unanswered, longest gap %v",
 		asks, lost, gap, oasks, olost, ogap)
