@@ -7,7 +7,7 @@ BIN       := bin
 MNAME_DIR := tools/mname-backend
 FUZZTIME  ?= 30s
 
-.PHONY: all build demo test npm-deps vet fuzz bench chaos deb clean
+.PHONY: all build demo test npm-deps vet fuzz bench chaos deb scale-test clean
 
 all: build
 
@@ -39,6 +39,14 @@ vet:
 # The whole suite, with the race detector.
 test: npm-deps vet
 	$(GO) test -race -count=1 ./...
+
+# The scale-out test alone (tools/scale; make test runs it too): three
+# bbal hosts behind a BIRD router by BGP and ECMP, each announced by
+# ExaBGP's healthcheck while its /readyz says ready, in network
+# namespaces. Needs root and the Debian packages bird2, exabgp, curl and
+# iproute2; skipped without them.
+scale-test:
+	$(GO) test -count=1 -v -run '^TestScaleOut$$' ./tools/scale
 
 # bbal against dnsdist and the direct path (needs the Debian packages
 # dnsperf and dnsdist); see BENCHMARKS.md. Not part of make test.
