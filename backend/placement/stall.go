@@ -23,7 +23,9 @@ const (
 	StallFactor       = 8
 	// DefaultStallHold is the least time a backend stays stalled: it
 	// ends when the backend has answered again, at least this long after
-	// the stall began.
+	// the stall began, and has caught up: its answers to the queries it
+	// held (which went elsewhere) have stopped coming for a threshold,
+	// so that its clients do not come home to wait behind its backlog.
 	DefaultStallHold = time.Second
 	// StallCheckInterval is how often the UDP proxy checks.
 	StallCheckInterval = 50 * time.Millisecond
@@ -135,10 +137,13 @@ func (s *Stalls[K, B]) Check(now int64) (began []Stall[B]) {
 		// one before it was older than the threshold.
 		since := l.stallSince.Load()
 		switch {
-		case last >= since && now-since >= int64(s.cfg.Hold) && qw <= thr:
+		case last >= since && now-since >= int64(s.cfg.Hold) && now-last >= int64(thr) && qw <= thr:
+			// It answered since the stall began, and its answers to
+			// the queries it held have stopped coming: caught up.
 			l.trials = 0
 			s.end(b, now, "answering again")
-		case now-since >= int64(s.cfg.Hold)<<min(l.trials, maxTrialShift):
+		case last < since && now-since >= int64(s.cfg.Hold)<<min(l.trials, maxTrialShift):
+			// Nothing answered since the stall began: a trial.
 			l.trials++
 			l.trialAt, l.quietAt = now, now
 			s.end(b, now, "trial")

@@ -153,3 +153,37 @@ func TestNoStallWhileBbalIsBehind(t *testing.T) {
 		t.Fatal("not stalled, on time and nothing unread")
 	}
 }
+
+// TestAStallEndsOnceTheBacklogIsAnswered: a woken backend answering the
+// backlog of queries it held stays stalled while those answers keep
+// coming, so that its clients do not come home to wait behind them, and
+// is taken back a threshold after the last.
+func TestAStallEndsOnceTheBacklogIsAnswered(t *testing.T) {
+	s, st, _ := newStallSet(t)
+	b := s.Get(1)
+	b.load.QueriesSent(2)
+	b.load.QueriesAnswered(1, 1, time.Millisecond) // threshold: the floor; one outstanding
+	now := checkEvery(st, int64(time.Second), int64(time.Second+DefaultStallFloor)+2*int64(StallCheckInterval))
+	if !b.load.Stalled() {
+		t.Fatal("not stalled")
+	}
+	// It answers its backlog for 2 s, well past the hold.
+	for end := now + int64(2*time.Second); now < end; now += int64(StallCheckInterval) {
+		b.load.Replied(now)
+		st.Check(now)
+		if !b.load.Stalled() {
+			t.Fatalf("taken back while answering its backlog, %v into the stall", time.Duration(now-b.load.stallSince.Load()))
+		}
+	}
+	last := now - int64(StallCheckInterval)
+	for ; now-last < int64(DefaultStallFloor); now += int64(StallCheckInterval) {
+		st.Check(now)
+		if !b.load.Stalled() {
+			t.Fatalf("taken back %v after its last answer", time.Duration(now-last))
+		}
+	}
+	st.Check(now)
+	if b.load.Stalled() {
+		t.Fatal("still stalled, caught up")
+	}
+}
