@@ -52,6 +52,9 @@ type config struct {
 	// baseline, when set, is another bbal binary (an earlier build),
 	// measured beside bbal in the same run: the before of a change.
 	baseline string
+	// rateLimit adds a bbal with -q set so high that nothing is over
+	// it: the limit's cost per query.
+	rateLimit bool
 }
 
 func main() {
@@ -67,6 +70,7 @@ func main() {
 	flag.BoolVar(&c.skipNode, "skip-node", false, "skip the node-mname CPU comparison")
 	flag.BoolVar(&c.skipMemory, "skip-memory", false, "skip the memory run")
 	flag.BoolVar(&c.skipFamily, "skip-families", false, "skip the run on 0.0.0.0 and :: (for a bbal without IPv6)")
+	flag.BoolVar(&c.rateLimit, "ratelimit", false, "also measure a bbal with -q set high (nothing over it), for the rate limit's cost per query")
 	flag.StringVar(&c.baseline, "baseline", "", "another bbal binary (e.g. an earlier commit's) to measure beside bbal in the same run")
 	flag.Parse()
 	if err := run(c); err != nil {
@@ -265,6 +269,19 @@ setSecurityPollSuffix("")
 	}
 
 	targets := []target{{"direct", directPort, echo, ""}, {"dnsdist", dnsdistPort, dd, ""}, {"bbal", bbalPort, bb, ""}}
+	if c.rateLimit {
+		port, _ := freePort()
+		rl, err := start("rate-limited bbal", logs, filepath.Join(c.bin, "bbal"), "-s", sockets, "-b", "127.0.0.1",
+			"-p", strconv.Itoa(port), "-S", filepath.Join(dir, "ratelimit.sock"), "-l", "warn", "-q", "10000000/10000000")
+		if err != nil {
+			return err
+		}
+		defer rl.stop()
+		if err := answers(fmt.Sprintf("127.0.0.1:%d", port)); err != nil {
+			return err
+		}
+		targets = append(targets, target{"bbal-q", port, rl, ""})
+	}
 	if c.baseline != "" {
 		port, _ := freePort()
 		base, err := start("baseline bbal", logs, c.baseline, "-s", sockets, "-b", "127.0.0.1",
@@ -312,6 +329,10 @@ setSecurityPollSuffix("")
 		b, d, x := med["bbal/"+proto], med["dnsdist/"+proto], med["direct/"+proto]
 		fmt.Printf("%s: bbal/dnsdist %.2fx   bbal/direct %.2fx   added latency over direct: bbal %+.3f ms, dnsdist %+.3f ms\n",
 			proto, b.qps/d.qps, b.qps/x.qps, float64(b.latency-x.latency)/1e6, float64(d.latency-x.latency)/1e6)
+		if c.rateLimit {
+			o := med["bbal-q/"+proto]
+			fmt.Printf("%s: bbal -q/bbal %.2fx qps, %.2fx CPU per query (%+.3f µs)\n", proto, o.qps/b.qps, o.cpu/b.cpu, (o.cpu-b.cpu)*10)
+		}
 		if c.baseline != "" {
 			o := med["baseline/"+proto]
 			fmt.Printf("%s: bbal/baseline %.2fx qps, %.2fx CPU per query\n", proto, b.qps/o.qps, b.cpu/o.cpu)
