@@ -272,7 +272,7 @@ setSecurityPollSuffix("")
 	if c.rateLimit {
 		port, _ := freePort()
 		rl, err := start("rate-limited bbal", logs, filepath.Join(c.bin, "bbal"), "-s", sockets, "-b", "127.0.0.1",
-			"-p", strconv.Itoa(port), "-S", filepath.Join(dir, "ratelimit.sock"), "-l", "warn", "-q", "10000000/10000000")
+			"-p", strconv.Itoa(port), "-S", filepath.Join(dir, "ratelimit.sock"), "-l", "warn", "-q", "10000000/1000000")
 		if err != nil {
 			return err
 		}
