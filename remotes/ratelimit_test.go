@@ -88,3 +88,15 @@ func TestAdmitAllocatesNothing(t *testing.T) {
 		t.Fatalf("%v allocations", a)
 	}
 }
+
+// BenchmarkAdmit is the rate limit's cost per query on the packet path.
+func BenchmarkAdmit(b *testing.B) {
+	rate := NewRate(1e7, 1<<20, 2)
+	var r Remote
+	now := int64(0)
+	b.ReportAllocs()
+	for b.Loop() {
+		now += 50
+		r.Admit(&rate, now)
+	}
+}
