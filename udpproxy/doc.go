@@ -63,6 +63,26 @@
 // never asked must not leave bbal's DNS port. No lock is held on the
 // reply path when the table is asked.
 //
+// # Stalls, second answers
+//
+// Every [placement.StallCheckInterval] a timer posts to resendLoop, which
+// runs the stall check ([placement.Stalls]; stall.go) and sends the
+// unanswered queries of each backend newly stalled, and avoided, to the
+// backends their clients use now, as for a backend that died of a query
+// (the suspect withheld, none for a backend stalled again after a trial).
+// A query so sent is owed two answers: the first goes to its client, and
+// the other backend is recorded (owed.go, bounded) so that its answer is
+// dropped and counted redundant.
+//
+// # Rate limits and top talkers
+//
+// With [Proxy.LimitRate] (-q), each client's queries are admitted by the
+// rate in its remote's record ([remotes.Remote.Admit]); one over it is
+// dropped ("ratelimited"), and every Slip-th answered truncated by bbal
+// itself (ratelimit.go). One datagram in [SampleEvery], at random, is
+// sampled into bounded summaries of the busiest clients and questions
+// ([Proxy.Top]; top.go).
+//
 // # Drops
 //
 // A datagram is dropped, and counted by reason, when it is longer than
@@ -72,8 +92,8 @@
 // an IPv4 address within the stand-in range ("standin_range") or an IPv6
 // client that could be given no stand-in ("no_standin"), or when the
 // backend's queue is full ("stuck") or the backend went down between the
-// choice and the send ("down"), or when it is quarantined
-// ("quarantined", above). The reader never waits on a backend. With
+// choice and the send ("down"), when it is quarantined ("quarantined",
+// above), or when its client is over its rate limit ("ratelimited"). The reader never waits on a backend. With
 // [Proxy.ServfailWhenDown], a query that finds no backend is answered
 // SERVFAIL (its header and question, no records) instead of only dropped.
 //

@@ -49,6 +49,22 @@
 // measured is given another chance after four checks. Under
 // PolicyRoundRobin nothing is checked.
 //
+// # Stalls
+//
+// [Stalls] finds the backends that stop answering while their sessions
+// stay up (a Node process whose event loop is blocked): queries
+// outstanding and none answered for the backend's threshold (8 times its
+// answer time, from the floor, -A, to [MaxStallThreshold]), or its queue
+// not taken for as long. A stalled backend is avoided (not Eligible, not
+// Serving: its clients use their backups) while another is available,
+// and taken back once it has answered again and caught up, at least
+// [DefaultStallHold] after the stall began; one that answers nothing is
+// tried again after the hold, doubled up to eight times. No stall is
+// begun by a check that came late (bbal starved), or while the backend's
+// answers wait unread in its socket. The UDP proxy, which owns the
+// queries in flight, runs the check every [StallCheckInterval] on one
+// goroutine, and re-sends a stalled backend's queries.
+//
 // # Concurrency
 //
 // A Picker is safe for concurrent use. Pick reads the backends' state
