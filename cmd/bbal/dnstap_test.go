@@ -114,6 +114,7 @@ func TestDnstapCollectorReadsTheStream(t *testing.T) {
 		want := askNames(t, h)
 		deadline := time.Now().Add(10 * time.Second)
 		for !sameMessages(parseQuiet(t, out.String()), want) {
+			flushTap(h)
 			if time.Now().After(deadline) {
 				t.Fatalf("collector showed\n%s\nwant %v; its stderr: %s", out.String(), want, errOut.String())
 			}
@@ -129,8 +130,11 @@ func TestDnstapCollectorReadsTheStream(t *testing.T) {
 		h := servertest.NewConfig(t, func(c *server.Config) { c.Dnstap = dnstap.Target{Network: "file", Addr: file} }, nil)
 		h.StartGo("5301")
 		want := askNames(t, h)
-		testbed.Eventually(t, "messages written", func() bool { return h.B.Dnstap.Stats().Sent == uint64(len(want)) })
-		h.B.Close() // flushes and ends the stream
+		testbed.Eventually(t, "messages written", func() bool {
+			flushTap(h)
+			return h.B.Dnstap.Stats().Sent == uint64(len(want))
+		})
+		h.B.Close() // ends the stream
 		out, err := exec.Command(bin, "-r", file).Output()
 		if err != nil {
 			t.Fatalf("dnstap -r: %v", err)
@@ -158,7 +162,7 @@ func TestDnstapCollectorReadsTheStream(t *testing.T) {
 // completes the handshake and then reads nothing.
 type collector struct {
 	t       *testing.T
-	ln      *net.UnixListener
+	ln      net.Listener
 	stalled bool
 	msgs    chan *dt.Dnstap
 	done    chan struct{}
@@ -168,7 +172,13 @@ type collector struct {
 
 func newCollector(t *testing.T, path string, stalled bool) *collector {
 	t.Helper()
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	return listenCollector(t, "unix", path, stalled)
+}
+
+// listenCollector is newCollector on network ("unix", "tcp") and addr.
+func listenCollector(t *testing.T, network, addr string, stalled bool) *collector {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,24 +240,38 @@ func (c *collector) Close() {
 	<-c.done
 }
 
-// next returns the next message, failing after 10 s.
-func (c *collector) next(t *testing.T) *dt.Dnstap {
+// next returns the next message, moving h's clock to flush bbal's
+// stream whenever it waits to, failing after 10 s.
+func (c *collector) next(t *testing.T, h *servertest.Harness) *dt.Dnstap {
 	t.Helper()
-	select {
-	case m := <-c.msgs:
-		return m
-	case <-time.After(10 * time.Second):
-		t.Fatal("no dnstap message within 10 s")
-		return nil
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case m := <-c.msgs:
+			return m
+		case <-time.After(time.Millisecond):
+			flushTap(h)
+		}
+	}
+	t.Fatal("no dnstap message within 10 s")
+	return nil
+}
+
+// flushTap moves h's clock to the dnstap stream's flush, if one is due.
+func flushTap(h *servertest.Harness) {
+	for _, e := range h.B.Timeouts.List() {
+		if e.Name == "dnstap flush" {
+			h.Advance(e.Due.Sub(h.Clock.Now()))
+		}
 	}
 }
 
 // expect checks that the next two messages are from's query and its
 // response (self: made by bbal).
-func (c *collector) expect(t *testing.T, from netip.Addr, self bool) {
+func (c *collector) expect(t *testing.T, h *servertest.Harness, from netip.Addr, self bool) {
 	t.Helper()
 	for _, typ := range []dt.Message_Type{dt.Message_CLIENT_QUERY, dt.Message_CLIENT_RESPONSE} {
-		m := c.next(t)
+		m := c.next(t, h)
 		msg := m.GetMessage()
 		if got := msg.GetType(); got != typ {
 			t.Fatalf("message type %v, want %v", got, typ)
@@ -282,14 +306,26 @@ func TestDnstapSelfAnswersAndIPv6(t *testing.T) {
 	if err != nil || r.Rcode != dns.RcodeServerFailure {
 		t.Fatalf("no backend: %v %v, want SERVFAIL", r, err)
 	}
-	c.expect(t, from, true)
+	c.expect(t, h, from, true)
 
 	h.StartGo("5301")
 	v6 := netip.AddrPortFrom(netip.MustParseAddr("::1"), h.B.Addrs()[1].Port())
 	if _, _, err := testbed.Query(v6, netip.MustParseAddr("::1"), false, "who.example.", dns.TypeTXT); err != nil {
 		t.Fatal(err)
 	}
-	c.expect(t, netip.MustParseAddr("::1"), false)
+	c.expect(t, h, netip.MustParseAddr("::1"), false)
+}
+
+// TestDnstapTCP streams to a collector's TCP address.
+func TestDnstapTCP(t *testing.T) {
+	c := listenCollector(t, "tcp", "127.0.0.1:0", false)
+	h := servertest.NewConfig(t, func(cfg *server.Config) {
+		cfg.Dnstap = dnstap.Target{Network: "tcp", Addr: c.ln.Addr().String()}
+	}, nil)
+	h.StartGo("5301")
+	from := testbed.Loopback(25)
+	h.Who(from, false)
+	c.expect(t, h, from, false)
 }
 
 // TestDnstapStalledCollector floods bbal while its collector reads
@@ -380,14 +416,20 @@ func TestDnstapReconnects(t *testing.T) {
 	h.StartGo("5301")
 	from := testbed.Loopback(40)
 	h.Who(from, false)
-	c.expect(t, from, false)
+	c.expect(t, h, from, false)
 
 	c.Close()
 	mark := h.Logs.Mark()
 	// The first write after the loss fails; what comes meanwhile is
 	// dropped.
 	h.Who(from, false)
-	h.Logs.WaitAfter(t, mark, "dnstap collector lost; dropping messages until it is back", nil)
+	lost := "dnstap collector lost; dropping messages until it is back"
+	for deadline := time.Now().Add(10 * time.Second); h.Logs.CountAfter(mark, lost, nil) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the loss was not logged")
+		}
+		flushTap(h)
+	}
 	due := h.TimerDue("dnstap reconnect")
 	if due != dnstap.FirstRetry {
 		t.Fatalf("reconnect in %v, want %v", due, dnstap.FirstRetry)
@@ -406,7 +448,7 @@ func TestDnstapReconnects(t *testing.T) {
 	h.Advance(due)
 	h.Logs.WaitAfter(t, mark, "dnstap stream reconnected", nil)
 	h.Who(from, false)
-	c.expect(t, from, false)
+	c.expect(t, h, from, false)
 	if st := h.B.Dnstap.Stats(); st.Reconnects != 1 || st.ConnErrors != 1 {
 		t.Fatalf("counts %+v, want 1 reconnect and 1 failed", st)
 	}

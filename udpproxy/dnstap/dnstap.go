@@ -38,6 +38,10 @@ const (
 	WriteTimeout = 2 * time.Second
 	// dialTimeout bounds a TCP connect.
 	dialTimeout = 2 * time.Second
+	// FlushDelay is how long a message may wait in the stream's
+	// buffer: one write to the collector per FlushDelay, or per 64 KiB,
+	// rather than one per message.
+	FlushDelay = time.Millisecond
 	// FirstRetry is the delay of the first reconnect after a loss;
 	// each failure doubles it, up to MaxRetry.
 	FirstRetry = 100 * time.Millisecond
@@ -102,6 +106,8 @@ type Writer struct {
 	free     chan *slot
 	queue    chan *slot
 	retry    chan struct{} // the reconnect timer's posts to writeLoop
+	flush    chan struct{} // the flush timer's
+	flushT   *timeouts.Timeout
 	done     chan struct{}
 	retryT   *timeouts.Timeout
 	lostLog  *timeouts.Limiter
@@ -127,9 +133,10 @@ func Open(cfg Config) (*Writer, error) {
 	clock := cfg.Timeouts.Clock()
 	w := &Writer{cfg: cfg, log: cfg.Log.With().Str("component", "dnstap").Str("target", cfg.Target.String()).Logger(),
 		free: make(chan *slot, cfg.QueueLen), queue: make(chan *slot, cfg.QueueLen),
-		retry: make(chan struct{}, 1), done: make(chan struct{}),
+		retry: make(chan struct{}, 1), flush: make(chan struct{}, 1), done: make(chan struct{}),
 		lostLog: timeouts.NewLimiter(clock, 5*time.Second), failLog: timeouts.NewLimiter(clock, 5*time.Second)}
-	w.retryT = cfg.Timeouts.NewTimeout("dnstap reconnect", w.retryTick)
+	w.retryT = cfg.Timeouts.NewTimeout("dnstap reconnect", func() { post(w.retry) })
+	w.flushT = cfg.Timeouts.NewTimeout("dnstap flush", func() { post(w.flush) })
 	st, err := w.open()
 	if err != nil {
 		return nil, fmt.Errorf("dnstap %v: %w", cfg.Target, err)
@@ -237,10 +244,10 @@ func (w *Writer) setCloser(c io.Closer) bool {
 	return true
 }
 
-// retryTick is the reconnect timer's callback: it only posts.
-func (w *Writer) retryTick() {
+// post is a timer's callback: it only tells writeLoop.
+func post(c chan<- struct{}) {
 	select {
-	case w.retry <- struct{}{}:
+	case c <- struct{}{}:
 	default:
 	}
 }
@@ -253,10 +260,28 @@ func (w *Writer) writeLoop(st *stream) {
 	var enc encoder
 	enc.init(w.cfg.Identity, w.cfg.Version)
 	delay := FirstRetry
+	pending := uint64(0) // messages in st.bw since its last flush
+	// flush writes st.bw to the collector, counting its messages sent;
+	// or else lost, with the stream.
+	flush := func() bool {
+		if err := st.bw.Flush(); err != nil {
+			w.gone.Add(pending)
+			pending = 0
+			w.lost(st, err)
+			st = nil
+			if !w.stopping() {
+				w.retryT.Set(delay)
+			}
+			return false
+		}
+		w.sent.Add(pending)
+		pending = 0
+		return true
+	}
 	for {
 		select {
 		case <-w.done:
-			if st != nil && w.cfg.Target.Network == "file" && st.bw.Flush() == nil {
+			if st != nil && w.cfg.Target.Network == "file" && flush() {
 				st.fw.Close() // the stream's STOP
 			}
 			return
@@ -266,6 +291,9 @@ func (w *Writer) writeLoop(st *stream) {
 			}
 			var err error
 			if st, err = w.open(); err != nil {
+				if w.stopping() {
+					return
+				}
 				w.connErrs.Add(1)
 				delay = min(2*delay, MaxRetry)
 				if ok, held := w.failLog.Allow(); ok {
@@ -277,6 +305,10 @@ func (w *Writer) writeLoop(st *stream) {
 			delay = FirstRetry
 			w.reconns.Add(1)
 			w.log.Info().Msg("dnstap stream reconnected")
+		case <-w.flush:
+			if st != nil && pending > 0 {
+				flush()
+			}
 		case s := <-w.queue:
 			if st == nil {
 				w.gone.Add(1)
@@ -285,21 +317,14 @@ func (w *Writer) writeLoop(st *stream) {
 			}
 			b := enc.encode(s)
 			w.free <- s
-			_, err := st.bw.Write(b)
-			if err == nil && len(w.queue) == 0 {
-				err = st.bw.Flush()
-			}
-			if err != nil {
-				w.lost(st, err)
-				st = nil
-				if w.stopping() {
-					return
-				}
-				w.retryT.Set(delay)
+			if st.bw.Available() < len(b) && !flush() {
+				w.gone.Add(1)
 				continue
 			}
-			// Counted when written, or flushed with those after it.
-			w.sent.Add(1)
+			st.bw.Write(b) // it fits: no write to the collector, and no error
+			if pending++; pending == 1 {
+				w.flushT.Set(FlushDelay)
+			}
 		}
 	}
 }
@@ -311,10 +336,8 @@ func (w *Writer) stopping() bool {
 	return w.closed
 }
 
-// lost closes a stream that failed, counting the message that failed
-// with it.
+// lost closes a stream that failed.
 func (w *Writer) lost(st *stream, err error) {
-	w.gone.Add(1)
 	st.closer.Close()
 	w.setCloser(nil)
 	if errors.Is(err, net.ErrClosed) {
@@ -330,6 +353,7 @@ func (w *Writer) lost(st *stream, err error) {
 func (w *Writer) Close() {
 	w.once.Do(func() {
 		w.retryT.Clear()
+		w.flushT.Clear()
 		w.mu.Lock()
 		w.closed = true
 		c := w.closer
@@ -427,7 +451,7 @@ func putAddr(b []byte, a netip.Addr) []byte {
 
 // Counts are the writer's plain counts, as the debug API shows them.
 type Counts struct {
-	Sent        uint64 `json:"sent"`                 // messages written to the collector
+	Sent        uint64 `json:"sent"`                 // messages written to the collector (counted at each flush)
 	QueueFull   uint64 `json:"dropped_queue_full"`   // dropped for want of a free slot
 	NoCollector uint64 `json:"dropped_no_collector"` // dropped while the stream was lost
 	Reconnects  uint64 `json:"reconnects"`           // streams opened again after a loss

@@ -262,6 +262,7 @@ func TestEveryCounterHasAMetricAndResets(t *testing.T) {
 		return st.PacketsOut == st.PacketsIn
 	})
 	testbed.Eventually(t, "dnstap messages written", func() bool {
+		h.Advance(dnstap.FlushDelay) // to the stream's flush
 		st := h.B.UDP.Stats()
 		return h.B.Dnstap.Stats().Sent == st.PacketsIn+st.PacketsOut
 	})
