@@ -349,7 +349,23 @@ func TestDnstapStalledCollector(t *testing.T) {
 		return ms.HeapAlloc
 	}
 	before := heap()
+	// The writer's drains go on through the flood, on the fake clock:
+	// it writes until the collector's socket is full, and is stuck.
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+				flushTap(h)
+			}
+		}
+	}()
 	answered := flood(t, h.Addr, from, n)
+	close(stop)
+	<-stopped
 	if answered != n {
 		t.Fatalf("%d of %d queries answered", answered, n)
 	}
@@ -435,10 +451,13 @@ func TestDnstapReconnects(t *testing.T) {
 		t.Fatalf("reconnect in %v, want %v", due, dnstap.FirstRetry)
 	}
 	h.Who(from, false)
-	testbed.Eventually(t, "drops counted", func() bool { return h.B.Dnstap.Stats().NoCollector >= 3 })
+	testbed.Eventually(t, "drops counted", func() bool {
+		flushTap(h)
+		return h.B.Dnstap.Stats().NoCollector >= 3
+	})
 
 	// Not back yet: the attempt fails, and the next is later.
-	h.Advance(due)
+	h.Advance(h.TimerDue("dnstap reconnect"))
 	h.Logs.WaitAfter(t, mark, "dnstap reconnect failed", nil)
 	if due = h.TimerDue("dnstap reconnect"); due != 2*dnstap.FirstRetry {
 		t.Fatalf("second reconnect in %v, want %v", due, 2*dnstap.FirstRetry)

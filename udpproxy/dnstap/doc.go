@@ -16,11 +16,13 @@
 // A [Writer] is a [github.com/bbal/bbal/udpproxy.Tap]. Its Query and Response copy the
 // message, addresses and time into a free slot of fixed size (a pool of
 // QueueLen slots, taken and given back through channels) and queue it
-// for the writer goroutine (writeLoop), which encodes it into its
-// buffer and gives the slot back; the buffer is written to the
-// collector FlushDelay (1 ms, the timer "dnstap flush") after its first
-// message, or when 64 KiB are in it, so that a busy bbal makes one
-// system call for many messages. They never wait and allocate nothing: with no
+// for the writer goroutine (writeLoop). While messages come, the
+// writer takes them every FlushDelay (1 ms, the timer "dnstap flush"):
+// it encodes each into its buffer, gives the slot back and writes the
+// buffer to the collector, in one system call per 64 KiB. An idle
+// writer is woken by the next message. So the packet path wakes no
+// goroutine per message, and a busy bbal writes many messages at once.
+// Query and Response never wait and allocate nothing: with no
 // free slot (the collector reads too slowly, or writeLoop is stuck on a
 // full socket) the message is dropped and counted ("queue_full"). The
 // memory is the slots, made at Open: QueueLen × 1.6 KB.
