@@ -110,7 +110,9 @@ type Writer struct {
 	retry    chan struct{} // the reconnect timer's posts to writeLoop
 	flush    chan struct{} // the flush timer's
 	wake     chan struct{} // put's, when the writer is idle
-	idle     atomic.Bool   // nothing queued at the last drain: the next put wakes the writer
+	hurry    chan struct{} // put's, when the queue is half full
+	half     int
+	idle     atomic.Bool // nothing queued at the last drain: the next put wakes the writer
 	flushT   *timeouts.Timeout
 	done     chan struct{}
 	retryT   *timeouts.Timeout
@@ -137,7 +139,7 @@ func Open(cfg Config) (*Writer, error) {
 	clock := cfg.Timeouts.Clock()
 	w := &Writer{cfg: cfg, log: cfg.Log.With().Str("component", "dnstap").Str("target", cfg.Target.String()).Logger(),
 		free: make(chan *slot, cfg.QueueLen), queue: make(chan *slot, cfg.QueueLen),
-		retry: make(chan struct{}, 1), flush: make(chan struct{}, 1), wake: make(chan struct{}, 1), done: make(chan struct{}),
+		retry: make(chan struct{}, 1), flush: make(chan struct{}, 1), wake: make(chan struct{}, 1), hurry: make(chan struct{}, 1), half: cfg.QueueLen / 2, done: make(chan struct{}),
 		lostLog: timeouts.NewLimiter(clock, 5*time.Second), failLog: timeouts.NewLimiter(clock, 5*time.Second)}
 	w.retryT = cfg.Timeouts.NewTimeout("dnstap reconnect", func() { post(w.retry) })
 	w.flushT = cfg.Timeouts.NewTimeout("dnstap flush", func() { post(w.flush) })
@@ -179,6 +181,8 @@ func (w *Writer) put(resp, self bool, client, local netip.AddrPort, msg []byte, 
 	w.queue <- s // never blocks: it holds every slot
 	if w.idle.Load() && w.idle.CompareAndSwap(true, false) {
 		post(w.wake)
+	} else if len(w.queue) >= w.half {
+		post(w.hurry) // a full channel costs no lock
 	}
 }
 
@@ -260,9 +264,10 @@ func post(c chan<- struct{}) {
 	}
 }
 
-// writeLoop is the goroutine that owns the stream: it writes each
-// queued message, flushing when the queue is empty, and reconnects
-// when the stream is lost.
+// writeLoop is the goroutine that owns the stream: it drains the queue
+// every FlushDelay while messages come (at once when it is half full),
+// writing them to the collector, and reconnects when the stream is
+// lost.
 func (w *Writer) writeLoop(st *stream) {
 	defer w.wg.Done()
 	var enc encoder
@@ -285,6 +290,34 @@ func (w *Writer) writeLoop(st *stream) {
 		w.sent.Add(pending)
 		pending = 0
 		return true
+	}
+	// write puts one message in st.bw, flushing first if it is full.
+	write := func(s *slot) {
+		if st == nil {
+			w.gone.Add(1)
+			w.free <- s
+			return
+		}
+		b := enc.encode(s)
+		w.free <- s
+		if st.bw.Available() < len(b) && !flush() {
+			w.gone.Add(1)
+			return
+		}
+		st.bw.Write(b) // it fits: no write to the collector, and no error
+		pending++
+	}
+	// drain writes what is queued and flushes it.
+	drain := func() {
+		n := 0
+		for len(w.queue) > 0 {
+			write(<-w.queue) // only writeLoop receives: it does not block
+			n++
+		}
+		if st != nil && pending > 0 {
+			flush()
+		}
+		w.rest(n)
 	}
 	for {
 		select {
@@ -316,33 +349,9 @@ func (w *Writer) writeLoop(st *stream) {
 		case <-w.wake:
 			w.flushT.Set(FlushDelay)
 		case <-w.flush:
-			n := 0
-		drain:
-			for {
-				select {
-				case s := <-w.queue:
-					n++
-					if st == nil {
-						w.gone.Add(1)
-						w.free <- s
-						continue
-					}
-					b := enc.encode(s)
-					w.free <- s
-					if st.bw.Available() < len(b) && !flush() {
-						w.gone.Add(1)
-						continue
-					}
-					st.bw.Write(b) // it fits: no write to the collector, and no error
-					pending++
-				default:
-					break drain
-				}
-			}
-			if st != nil && pending > 0 {
-				flush()
-			}
-			w.rest(n)
+			drain()
+		case <-w.hurry:
+			drain()
 		}
 	}
 }

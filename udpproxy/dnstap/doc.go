@@ -13,12 +13,12 @@
 //
 // # Queue
 //
-// A [Writer] is a [github.com/bbal/bbal/udpproxy.Tap]. Its Query and Response copy the
-// message, addresses and time into a free slot of fixed size (a pool of
-// QueueLen slots, taken and given back through channels) and queue it
-// for the writer goroutine (writeLoop). While messages come, the
-// writer takes them every FlushDelay (1 ms, the timer "dnstap flush"):
-// it encodes each into its buffer, gives the slot back and writes the
+// A [Writer] is a [github.com/bbal/bbal/udpproxy.Tap]. Its Query and
+// Response copy the message, addresses and time into a free slot of
+// fixed size (a pool of QueueLen slots, taken and given back through
+// channels) and queue it for the writer goroutine (writeLoop). While messages come, the
+// writer takes them every FlushDelay (1 ms, the timer "dnstap flush"),
+// or at once when the queue is half full: it encodes each into its buffer, gives the slot back and writes the
 // buffer to the collector, in one system call per 64 KiB. An idle
 // writer is woken by the next message. So the packet path wakes no
 // goroutine per message, and a busy bbal writes many messages at once.
