@@ -108,7 +108,15 @@ func TestDnstapCollectorReadsTheStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		testbed.Eventually(t, "the collector's socket", func() bool { _, err := os.Stat(sock); return err == nil })
+		// Listening, not only bound: a connection is taken (and
+		// dropped again; the collector logs that on stderr).
+		testbed.Eventually(t, "the collector listening", func() bool {
+			c, err := net.Dial("unix", sock)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		})
 		h := servertest.NewConfig(t, func(c *server.Config) { c.Dnstap = dnstap.Target{Network: "unix", Addr: sock} }, nil)
 		h.StartGo("5301")
 		want := askNames(t, h)
