@@ -322,8 +322,15 @@ func (w *Writer) writeLoop(st *stream) {
 	for {
 		select {
 		case <-w.done:
-			if st != nil && w.cfg.Target.Network == "file" && flush() {
-				st.fw.Close() // the stream's STOP
+			// A file takes what is queued, and the stream's end
+			// (STOP); a collector's socket is closed already.
+			if st != nil && w.cfg.Target.Network == "file" {
+				for len(w.queue) > 0 {
+					write(<-w.queue)
+				}
+				if st != nil && flush() {
+					st.fw.Close()
+				}
 			}
 			return
 		case <-w.retry:
@@ -389,8 +396,10 @@ func (w *Writer) lost(st *stream, err error) {
 	}
 }
 
-// Close stops the writer: the stream is flushed and closed, without
-// waiting on a collector that takes nothing.
+// Close stops the writer. A file is written what was queued, and the
+// stream's end; a collector's socket is closed at once (what was queued
+// for it, at most FlushDelay's messages, is lost), so that Close never
+// waits on a collector that takes nothing.
 func (w *Writer) Close() {
 	w.once.Do(func() {
 		w.retryT.Clear()
