@@ -59,28 +59,9 @@ func TestMain(m *testing.M) {
 type demo struct {
 	cmd    *exec.Cmd
 	port   int
-	stdout *lockedBuffer
-	stderr *lockedBuffer
+	stdout *testbed.Output
+	stderr *testbed.Output
 	dir    string // its temporary directory, once it has said it
-}
-
-// lockedBuffer collects a process's output for the test to read while
-// the process runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // freePort returns a port free for UDP and TCP on 127.0.0.1 just now.
@@ -112,7 +93,7 @@ func startDemo(t *testing.T, port int) *demo {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &demo{port: port, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}}
+	d := &demo{port: port, stdout: &testbed.Output{}, stderr: &testbed.Output{}}
 	d.cmd = exec.Command("sh", "-c", "tools/demo.sh; exit $?")
 	d.cmd.Dir = ".."
 	d.cmd.Env = append(os.Environ(), "DEMO_PORT="+strconv.Itoa(port), "DEMO_BIN="+bin)
@@ -137,7 +118,7 @@ func startDemo(t *testing.T, port int) *demo {
 }
 
 // pipe returns the write end of a pipe whose read end is copied to b.
-func (d *demo) pipe(t *testing.T, b *lockedBuffer) *os.File {
+func (d *demo) pipe(t *testing.T, b *testbed.Output) *os.File {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {

@@ -15,7 +15,12 @@ import (
 // frame queued and written to the backend's socket, one write per 64
 // datagrams as the reader does.
 func BenchmarkDatagramToBackend(b *testing.B) {
-	bed := newBed(b, zerolog.New(io.Discard).Level(zerolog.InfoLevel))
+	benchDatagrams(b, newBed(b, zerolog.New(io.Discard).Level(zerolog.InfoLevel)))
+}
+
+// benchDatagrams measures datagrams handled on bed, one write to the
+// backend per 64.
+func benchDatagrams(b *testing.B, bed *bed) {
 	buf := make([]byte, slotLen)
 	ip := netip.MustParseAddr("127.0.0.9")
 	var o origin

@@ -97,6 +97,15 @@
 // [Proxy.ServfailWhenDown], a query that finds no backend is answered
 // SERVFAIL (its header and question, no records) instead of only dropped.
 //
+// # Tap
+//
+// With [Proxy.SetTap] (-D: package
+// [github.com/bbal/bbal/udpproxy/dnstap]), the proxy tells a [Tap] of
+// each query it takes (sent to a backend, or answered by bbal itself)
+// and of each response it sends, with the client's own address (not its
+// stand-in) and the address the query came to. Without one, the packet
+// path pays a nil check.
+//
 // # Counters
 //
 // The proxy's plain counts (datagrams and bytes in and out, send errors,

@@ -137,6 +137,8 @@ type Proxy struct {
 	stallT      *timeouts.Timeout
 	stallCheck  chan struct{} // stallTick's posts to resendLoop
 	stallChecks atomic.Uint64 // checks done
+
+	tap Tap // tap.go: nil, none
 }
 
 // New returns a proxy on conns (at least one, at most MaxListeners),
@@ -436,6 +438,9 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		return nil
 	}
 	rem.CountUDP()
+	if p.tap != nil {
+		p.tap.Query(netip.AddrPortFrom(ip, port), l.local(o), query, now)
+	}
 	return be
 }
 
@@ -637,6 +642,11 @@ func (p *Proxy) answerSelf(l *listener, query []byte, to netip.AddrPort, o *orig
 	}
 	p.packetsOut.Add(1)
 	p.bytesOut.Add(uint64(len(resp)))
+	if p.tap != nil {
+		now := p.clock.Now().UnixNano()
+		p.tap.Query(to, l.local(o), query, now)
+		p.tap.Response(to, l.local(o), resp, now, true)
+	}
 }
 
 func (p *Proxy) warnOversized(ip netip.Addr, n int) {
@@ -749,6 +759,9 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 		q.flush()
 	}
 	q.add(data, netip.AddrPortFrom(client, to.Port()), o)
+	if p.tap != nil {
+		p.tap.Response(netip.AddrPortFrom(client, to.Port()), l.local(o), data, b.now, false)
+	}
 }
 
 // refuse drops an answer for client:port, which matches no query on

@@ -19,6 +19,7 @@ import (
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/tcpproxy"
+	"github.com/bbal/bbal/udpproxy/dnstap"
 )
 
 // config is the command line, checked.
@@ -42,12 +43,13 @@ type config struct {
 	rateLimit   *remotes.Rate
 	user        string
 	probe       server.Probe
+	dnstap      dnstap.Target
 }
 
 const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
             [-R MAX] [-M BITS] [-6 PREFIX] [-P POLICY] [-T MAX] [-C MAX]
             [-I SECS] [-L SECS] [-F] [-A MS] [-q QPS[/BURST[/SLIP]]]
-            [-u USER] [-H NAME[/TYPE]]
+            [-u USER] [-H NAME[/TYPE]] [-D unix:PATH|file:PATH|tcp:ADDR:PORT]
 
   -s DIR    directory of backend sockets (required)
   -b ADDR   address to listen on, IPv4 or IPv6; give -b again for more
@@ -95,6 +97,10 @@ const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-
             when none is given, e.g. example.com/SOA) every 5 s from
             240.0.0.1; a backend that answers none for 15 s is faulted
             (default: heartbeats only)
+  -D unix:PATH|file:PATH|tcp:ADDR:PORT
+            log each UDP client query and response in dnstap (Frame
+            Streams) to a collector's socket or to a file; a slow or lost
+            collector costs dropped (counted) messages, never answers
 `
 
 // errHelp asks for the usage text and a successful exit.
@@ -124,6 +130,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	stall := fs.String("A", strconv.Itoa(int(placement.DefaultStallFloor/time.Millisecond)), "")
 	runAs := fs.String("u", "", "")
 	probe := fs.String("H", "", "")
+	tap := fs.String("D", "", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return config{}, errHelp
@@ -223,7 +230,14 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 			return config{}, fmt.Errorf("-H: %w", err)
 		}
 	}
+	var dt dnstap.Target
+	if given(fs, "D") {
+		if dt, err = dnstap.ParseTarget(*tap); err != nil {
+			return config{}, err
+		}
+	}
 	return config{
+		dnstap:      dt,
 		tcpMax:      *tcpMax,
 		tcpPerIP:    *tcpPerIP,
 		tcpIdle:     idle,

@@ -83,6 +83,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		StallFloor:       cfg.stallFloor,
 		RateLimit:        cfg.rateLimit,
 		Probe:            cfg.probe,
+		Dnstap:           cfg.dnstap,
 		User:             cfg.user,
 		Inherited:        inherited,
 	}, server.Options{LogDrops: logOut}, log)

@@ -55,6 +55,9 @@ type config struct {
 	// rateLimit adds a bbal with -q set so high that nothing is over
 	// it: the limit's cost per query.
 	rateLimit bool
+	// dnstap adds a bbal with -D to a reading collector to the
+	// rotation, beside bbal without it.
+	dnstap bool
 }
 
 func main() {
@@ -72,6 +75,7 @@ func main() {
 	flag.BoolVar(&c.skipFamily, "skip-families", false, "skip the run on 0.0.0.0 and :: (for a bbal without IPv6)")
 	flag.BoolVar(&c.rateLimit, "ratelimit", false, "also measure a bbal with -q set high (nothing over it), for the rate limit's cost per query")
 	flag.StringVar(&c.baseline, "baseline", "", "another bbal binary (e.g. an earlier commit's) to measure beside bbal in the same run")
+	flag.BoolVar(&c.dnstap, "dnstap", false, "also measure a bbal with -D (dnstap) to a reading collector beside bbal without it")
 	flag.Parse()
 	if err := run(c); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -295,6 +299,17 @@ setSecurityPollSuffix("")
 		}
 		targets = append(targets, target{"baseline", port, base, ""})
 	}
+	var tap *tapCollector
+	var tapDebug string
+	if c.dnstap {
+		t, tc, debug, err := startTapped(c, dir, sockets, logs)
+		if err != nil {
+			return err
+		}
+		defer t.proc.stop()
+		defer tc.close()
+		targets, tap, tapDebug = append(targets, t), tc, debug
+	}
 	results := map[string][]sample{}
 	fmt.Printf("bbal benchmark: %d rounds of %v, dnsperf -c %d -q %d, echo backend\n",
 		c.rounds, c.duration, c.clients, c.outstanding)
@@ -337,6 +352,9 @@ setSecurityPollSuffix("")
 			o := med["baseline/"+proto]
 			fmt.Printf("%s: bbal/baseline %.2fx qps, %.2fx CPU per query\n", proto, b.qps/o.qps, b.cpu/o.cpu)
 		}
+	}
+	if c.dnstap {
+		tapReport(med["bbal -D/udp"], med["bbal/udp"], tap, tapDebug)
 	}
 
 	if !c.skipFamily {
@@ -541,6 +559,11 @@ func memory(c config, dir string, logs *os.File) error {
 // stats is the part of bbal's /v1/stats the benchmark reads.
 type stats struct {
 	Remotes int `json:"remotes"`
+	Dnstap  struct {
+		Sent        int64 `json:"sent"`
+		QueueFull   int64 `json:"dropped_queue_full"`
+		NoCollector int64 `json:"dropped_no_collector"`
+	} `json:"dnstap"`
 }
 
 func bbalStats(sock string) (stats, error) {

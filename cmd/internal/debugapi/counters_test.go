@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/netip"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
 	"github.com/bbal/bbal/tools/testbed"
+	"github.com/bbal/bbal/udpproxy/dnstap"
 )
 
 // jsonMetric says which metric carries a number of the JSON of /v1/stats
@@ -80,6 +82,11 @@ var jsonMetrics = []jsonMetric{
 	{json: "debug.conns", metric: "bbal_debug_connections", gauge: true, derived: true},
 	{json: "debug.evicted", metric: "bbal_debug_connections_evicted_total"},
 	{json: "debug.refused", metric: "bbal_debug_connections_refused_total"},
+	{json: "dnstap.sent", metric: "bbal_dnstap_sent_total"},
+	{json: "dnstap.dropped_queue_full", metric: "bbal_dnstap_dropped_total", labels: map[string]string{"reason": "queue_full"}},
+	{json: "dnstap.dropped_no_collector", metric: "bbal_dnstap_dropped_total", labels: map[string]string{"reason": "no_collector"}},
+	{json: "dnstap.reconnects", metric: "bbal_dnstap_reconnects_total"},
+	{json: "dnstap.reconnect_errors", metric: "bbal_dnstap_reconnect_errors_total"},
 
 	{json: "backend.id", metric: "bbal_backend_info", gauge: true, derived: true}, // the label
 	{json: "backend.remotes", metric: "bbal_backend_remotes", gauge: true},
@@ -231,6 +238,7 @@ func TestEveryCounterHasAMetricAndResets(t *testing.T) {
 	h := servertest.NewConfig(t, func(c *server.Config) {
 		c.Probe = server.Probe{Name: "example.com.", Type: 1}
 		c.Standins = netip.MustParsePrefix("198.18.0.0/30")
+		c.Dnstap = dnstap.Target{Network: "file", Addr: filepath.Join(t.TempDir(), "tap")}
 	}, func(o *server.Options) {
 		logOut = server.NewLog(io.Discard, nil, zerolog.InfoLevel, time.Now)
 		o.LogDrops = logOut
@@ -255,6 +263,11 @@ func TestEveryCounterHasAMetricAndResets(t *testing.T) {
 	testbed.Eventually(t, "replies counted", func() bool {
 		st := h.B.UDP.Stats()
 		return st.PacketsOut == st.PacketsIn
+	})
+	testbed.Eventually(t, "dnstap messages written", func() bool {
+		h.Advance(dnstap.FlushDelay) // to the stream's flush
+		st := h.B.UDP.Stats()
+		return h.B.Dnstap.Stats().Sent == st.PacketsIn+st.PacketsOut
 	})
 
 	before, ids := snapshot(t, h.DebugSocket)
@@ -287,7 +300,7 @@ func TestEveryCounterHasAMetricAndResets(t *testing.T) {
 
 	// The traffic moved these, so that the reset has something to undo.
 	for _, p := range []string{"no_standin", "udp.packets_in", "udp.bytes_out", "tcp.total", "discovery.events",
-		"discovery.watch_scans", "backend[5301].udp_frames", "backend[5301].outbound_udp", "backend[5301].tcp_total",
+		"discovery.watch_scans", "dnstap.sent", "backend[5301].udp_frames", "backend[5301].outbound_udp", "backend[5301].tcp_total",
 		"backend[5301].connect_attempts", "backend[5301].heartbeats", "backend[5301].answered",
 		"backend[5301].probes.sent", "backend[5301].probes.answered"} {
 		if before[p] == 0 {

@@ -26,6 +26,7 @@ import (
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/udpproxy"
+	"github.com/bbal/bbal/udpproxy/dnstap"
 )
 
 // Sources are the parts of a running balancer the API reads and steers.
@@ -42,6 +43,8 @@ type Sources struct {
 	// Debug is the debug socket's server, for its counters in the
 	// metrics served elsewhere (-m); Serve sets it for its own.
 	Debug *Server
+	// Dnstap is the dnstap writer (-D); nil, none: its counts are 0.
+	Dnstap *dnstap.Writer
 }
 
 // Limits bound what one client of the debug socket may take.
@@ -374,6 +377,7 @@ func (a *api) reset(w http.ResponseWriter, r *http.Request) {
 	if a.src.Debug != nil {
 		a.src.Debug.ResetCounters()
 	}
+	a.src.Dnstap.ResetCounters()
 	a.mu.Unlock()
 	peer, _ := PeerOf(r.Context())
 	a.src.Log.Info().Int("uid", peer.UID).Int("pid", peer.PID).Msg("counters reset by operator")
@@ -527,6 +531,7 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	if a.src.Debug != nil {
 		out.Debug = a.src.Debug.Stats()
 	}
+	out.Dnstap = a.src.Dnstap.Stats()
 	out.Goroutines = runtime.NumGoroutine()
 	out.RSSBytes = rss()
 	if a.src.LogDrops != nil {

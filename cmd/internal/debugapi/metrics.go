@@ -13,6 +13,7 @@ import (
 	"github.com/bbal/bbal/backend/counter"
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/udpproxy"
+	"github.com/bbal/bbal/udpproxy/dnstap"
 )
 
 // The metrics. They are read from the balancer's own counters at scrape
@@ -77,6 +78,7 @@ var (
 	udpCounters     = counterMetrics(udpproxy.Counters())
 	tcpCounters     = counterMetrics(tcpproxy.Counters())
 	backendCounters = counterMetrics(backend.Counters(), "backend")
+	dnstapCounters  = counterMetrics(dnstap.Counters())
 )
 
 // counterMetric is the metric of one count of a table.
@@ -168,6 +170,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(mIgnored, float64(ds.Ignored))
 	counter(mForgotten, ds.Forgotten)
 	counter(mDownsLost, ds.DownsLost)
+	dc := c.src.Dnstap.Stats()
+	for _, m := range dnstapCounters {
+		counter(m.desc, m.Value(&dc), m.labelValues()...)
+	}
 	if c.src.LogDrops != nil {
 		ld := c.src.LogDrops.Drops()
 		counter(mLogDropped, ld.Full, "full")

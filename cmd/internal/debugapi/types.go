@@ -6,6 +6,7 @@ import (
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/udpproxy"
+	"github.com/bbal/bbal/udpproxy/dnstap"
 )
 
 // DefaultSocket is the debug socket's path when -S is not given.
@@ -159,6 +160,10 @@ type Stats struct {
 	// Debug is the debug socket's connections: open now, idle ones
 	// evicted for a new one, new ones refused because all were busy.
 	Debug ConnStats `json:"debug"`
+	// Dnstap is the dnstap stream's counts (-D; all 0 without it):
+	// messages sent, dropped for a full queue or a lost collector, and
+	// reconnects.
+	Dnstap dnstap.Counts `json:"dnstap"`
 }
 
 // LogDrops are the log records lost: dropped while the log's buffer was

@@ -49,6 +49,7 @@ import (
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/udpproxy"
+	"github.com/bbal/bbal/udpproxy/dnstap"
 )
 
 // Config is what the command line sets.
@@ -89,6 +90,9 @@ type Config struct {
 	// the debug socket is handed to that user and the process drops to
 	// its uid and primary group before any backend is connected.
 	User string
+	// Dnstap, when its Network is set, is where each UDP client query
+	// and response is logged in dnstap (-D).
+	Dnstap dnstap.Target
 	// Inherited, when set, holds the sockets and state handed over by
 	// the previous process (see Handover); nothing is bound, and the
 	// caller starts serving with Serve.
@@ -125,6 +129,7 @@ type Balancer struct {
 	Table    *remotes.Table
 	UDP      *udpproxy.Proxy
 	TCP      *tcpproxy.Proxy
+	Dnstap   *dnstap.Writer // nil without -D
 
 	cfg        Config
 	debug      *debugapi.Server
@@ -331,11 +336,28 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 	b.Table = remotes.New(rc)
 
 	var err error
+	if cfg.Dnstap.Network != "" {
+		host, _ := os.Hostname()
+		b.Dnstap, err = dnstap.Open(dnstap.Config{Target: cfg.Dnstap, Identity: host, Version: "bbal " + debugapi.Version(),
+			Timeouts: b.Timeouts, Log: log})
+		if err != nil {
+			cancel()
+			b.timersDone.Wait()
+			ls.fail(err).Msg("dnstap output cannot be opened")
+			return nil, err
+		}
+	}
 	if b.UDP, err = udpproxy.New(ls.udp, b.Table, b.Backends, b.Timeouts, log); err != nil {
+		if b.Dnstap != nil {
+			b.Dnstap.Close()
+		}
 		cancel()
 		b.timersDone.Wait()
 		ls.fail(err).Msg("UDP socket")
 		return nil, err
+	}
+	if b.Dnstap != nil {
+		b.UDP.SetTap(b.Dnstap)
 	}
 	if cfg.ServfailWhenDown {
 		b.UDP.ServfailWhenDown()
@@ -415,7 +437,7 @@ func (b *Balancer) startServing(opt Options, ls *listeners) {
 	src := debugapi.Sources{
 		Backends: b.Backends, Table: b.Table, UDP: b.UDP, TCP: b.TCP,
 		Timeouts: b.Timeouts, Clock: b.Clock, Started: b.Started, Log: b.Log,
-		LogDrops: opt.LogDrops,
+		LogDrops: opt.LogDrops, Dnstap: b.Dnstap,
 	}
 	if ls.debug != nil {
 		b.debug = debugapi.Serve(ls.debug, src, opt.DebugLimits)
@@ -479,6 +501,9 @@ func (b *Balancer) Close() {
 	b.UDP.Close()
 	b.TCP.Close()
 	b.Backends.Close()
+	if b.Dnstap != nil {
+		b.Dnstap.Close() // after the backends: no reply is told of it any more
+	}
 	b.Table.Close()
 	b.stopTimers()
 	b.timersDone.Wait()

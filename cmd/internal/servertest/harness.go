@@ -113,7 +113,13 @@ func (h *Harness) StartGo(names ...string) {
 // due, waiting for it to be armed.
 func (h *Harness) ReconnectDue(id int) time.Duration {
 	h.T.Helper()
-	name := "backend " + strconv.Itoa(id) + " reconnect"
+	return h.TimerDue("backend " + strconv.Itoa(id) + " reconnect")
+}
+
+// TimerDue returns how long until the timer name is due, waiting for it
+// to be armed.
+func (h *Harness) TimerDue(name string) time.Duration {
+	h.T.Helper()
 	var due time.Time
 	testbed.Eventually(h.T, name+" armed", func() bool {
 		for _, e := range h.B.Timeouts.List() {
