@@ -23,6 +23,7 @@ import (
 
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
+	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/tools/testbed"
 	"github.com/bbal/bbal/udpproxy/dnstap"
 )
@@ -518,5 +519,34 @@ func TestDnstapBadTargets(t *testing.T) {
 				t.Fatal("debug socket left behind")
 			}
 		})
+	}
+}
+
+// TestDnstapLogsTheRateLimitsSlips: a query over the rate limit that
+// bbal answers truncated is logged, query and bbal's own response; one
+// dropped is not logged.
+func TestDnstapLogsTheRateLimitsSlips(t *testing.T) {
+	sock := filepath.Join(testbed.SocketDir(t), "tap.sock")
+	c := newCollector(t, sock, false)
+	rate := remotes.NewRate(1, 1, 2) // one a second; every second one over answered truncated
+	h := servertest.NewConfig(t, func(cfg *server.Config) {
+		cfg.Dnstap = dnstap.Target{Network: "unix", Addr: sock}
+		cfg.RateLimit = &rate
+	}, nil)
+	h.StartGo("5301")
+	from := testbed.Loopback(21)
+	if _, _, err := testbed.Query(h.Addr, from, false, "who.example.", dns.TypeTXT); err != nil {
+		t.Fatal(err)
+	}
+	c.expect(t, h, from, false) // within the limit: the backend's answer
+	// Over it: the first dropped (not logged), the second slipped.
+	testbed.QueryTimeout(h.Addr, from, false, "who.example.", dns.TypeTXT, 50*time.Millisecond)
+	r, _, err := testbed.Query(h.Addr, from, false, "who.example.", dns.TypeTXT)
+	if err != nil || !r.Truncated {
+		t.Fatalf("slip: %v %v, want a truncated answer", r, err)
+	}
+	c.expect(t, h, from, true)
+	if st := h.B.UDP.Stats(); st.Slips != 1 || st.Drops["ratelimited"] != 2 {
+		t.Fatalf("slips %d, over the limit %d", st.Slips, st.Drops["ratelimited"])
 	}
 }
