@@ -1,8 +1,12 @@
 package remotes
 
 import (
+	"bytes"
+	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/bbal/bbal/backend"
 )
 
 func TestParseRate(t *testing.T) {
@@ -98,5 +102,36 @@ func BenchmarkAdmit(b *testing.B) {
 	for b.Loop() {
 		now += 50
 		r.Admit(&rate, now)
+	}
+}
+
+// TestTheLimitSurvivesARestart: a client over its limit is still over it
+// in the table a successor restores from the snapshot, and its count of
+// queries over the limit goes on.
+func TestTheLimitSurvivesARestart(t *testing.T) {
+	rate := NewRate(10, 2, 0)
+	old, clock, _ := newTable(t, newFake(1))
+	client := netip.MustParseAddr("192.0.2.7")
+	now := clock.Now().UnixNano()
+	rem := old.Route(client).Remote
+	for range 5 {
+		rem.Admit(&rate, now)
+	}
+	var snap bytes.Buffer
+	if err := old.WriteSnapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	infos, err := ReadSnapshot(&snap, SnapshotV3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, _, _ := newTable(t, newFake(1))
+	next.RestoreSnapshot(infos, func(backend.ID) bool { return true })
+	again := next.Route(client).Remote
+	if ok, over := again.Admit(&rate, now); ok || over != 4 {
+		t.Fatalf("after the restart: admitted %v, over the limit %d; want refused, the 4th", ok, over)
+	}
+	if ok, _ := again.Admit(&rate, now+int64(time.Second)); !ok {
+		t.Fatal("refused a second later")
 	}
 }
