@@ -26,6 +26,7 @@ import (
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
 	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/tools/testbed"
 )
 
@@ -258,7 +259,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"drain", "1", "2"}, `drain takes one backend ID, got 2 arguments`},
 		{[]string{"disable", "x"}, `bad backend ID "x"`},
 		{[]string{"reset", "now"}, `reset takes no arguments, got ["now"]`},
-		{[]string{"-q"}, `flag provided but not defined: -q`},
+		{[]string{"-x"}, `flag provided but not defined: -x`},
 		{[]string{"weight", "5301"}, `weight takes a backend ID and a weight, got 1 arguments`},
 		{[]string{"weight", "5301", "0"}, `bad weight "0" (want 1 to 1000)`},
 		{[]string{"weight", "5301", "1001"}, `bad weight "1001" (want 1 to 1000)`},
@@ -578,5 +579,24 @@ func TestTop(t *testing.T) {
 		if _, errs, code := balstat(t, h, bad...); code != 2 || errs == "" {
 			t.Errorf("%v: exit %d, %q", bad, code, errs)
 		}
+	}
+}
+
+// TestLimitedRemotes: balstat -q lists only the clients over their rate
+// limit.
+func TestLimitedRemotes(t *testing.T) {
+	rate := remotes.NewRate(1, 1, 0)
+	h := servertest.NewConfig(t, func(c *server.Config) { c.RateLimit = &rate }, nil)
+	h.StartGo("5301")
+	calm, busy := testbed.Loopback(800), testbed.Loopback(801)
+	h.Who(calm, false)
+	h.Who(busy, false)
+	if _, _, err := testbed.QueryTimeout(h.Addr, busy, false, "who.example.", dns.TypeTXT, 50*time.Millisecond); err == nil {
+		t.Fatal("a query over the limit answered")
+	}
+	testbed.Eventually(t, "over the limit", func() bool { in, _ := h.B.Table.Lookup(busy); return in.RateLimited == 1 })
+	out, errs, code := balstat(t, h, "-q")
+	if code != 0 || errs != "" || !strings.Contains(out, busy.String()) || strings.Contains(out, calm.String()) {
+		t.Fatalf("exit %d %s:\n%s", code, errs, out)
 	}
 }

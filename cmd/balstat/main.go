@@ -3,7 +3,7 @@
 // control actions (disable, drain, enable a backend; reset the counters).
 // It reads bbal's debug socket.
 //
-//	balstat [-S PATH] [-j] [-b ID] [-r IP] [-w SECS [-n COUNT]]
+//	balstat [-S PATH] [-j] [-b ID] [-r IP] [-q] [-w SECS [-n COUNT]]
 //	balstat [-S PATH] disable|drain|enable ID
 //	balstat [-S PATH] weight ID N
 //	balstat [-S PATH] reset
@@ -27,7 +27,7 @@ import (
 	"github.com/bbal/bbal/cmd/internal/debugapi"
 )
 
-const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-w SECS [-n COUNT]]
+const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-q] [-w SECS [-n COUNT]]
        balstat [-S PATH] disable|drain|enable ID
        balstat [-S PATH] weight ID N
        balstat [-S PATH] reset
@@ -38,6 +38,7 @@ const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-w SECS [-n COUNT]
   -j        print JSON instead of tables
   -b ID     only this backend, and its remotes
   -r IP     only this remote (IPv4 or IPv6)
+  -q        only the remotes over their rate limit (bbal -q) in the last second
   -w SECS   refresh every SECS seconds, with per-backend query rates
   -n COUNT  with -w, stop after COUNT refreshes
 
@@ -69,6 +70,7 @@ type options struct {
 	ip      string
 	watch   time.Duration
 	count   int
+	limited bool
 }
 
 // run is balstat from the command line to the exit status: 0, 1 for an
@@ -82,6 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.json, "j", false, "")
 	fs.StringVar(&backendID, "b", "", "")
 	fs.StringVar(&o.ip, "r", "", "")
+	fs.BoolVar(&o.limited, "q", false, "")
 	fs.StringVar(&watch, "w", "", "")
 	fs.IntVar(&o.count, "n", 0, "")
 	// A bad command line gets what is wrong, and where help is.

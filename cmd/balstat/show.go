@@ -60,7 +60,7 @@ func showJSON(ctx context.Context, c *debugapi.Client, o options, bs debugapi.Ba
 	list, _ := json.MarshalIndent(bs.Backends, "", "  ")
 	fmt.Fprintf(w, "{\n\"now\": %s,\n\"backends\": %s,\n\"remotes\": [", now, list)
 	n := 0
-	_, err := c.Remotes(ctx, debugapi.RemoteFilter{Backend: o.backend, IP: o.ip}, func(_ time.Time, r debugapi.Remote) error {
+	_, err := c.Remotes(ctx, debugapi.RemoteFilter{Backend: o.backend, IP: o.ip, Limited: o.limited}, func(_ time.Time, r debugapi.Remote) error {
 		if n > 0 {
 			w.WriteByte(',')
 		}
@@ -143,7 +143,7 @@ func printRemotes(ctx context.Context, c *debugapi.Client, o options, w io.Write
 	fmt.Fprintln(w, "REMOTE PEERS")
 	const row = "%-15s  %-15s  %-7s  %-6s  %-8s  %-8s  %-6s  %s\n"
 	fmt.Fprintf(w, row, "REMOTE IP", "STAND-IN", "BACKEND", "BACKUP", "UDP", "TCP", "DROPS", "LAST SEEN")
-	_, err := c.Remotes(ctx, debugapi.RemoteFilter{Backend: o.backend, IP: o.ip}, func(now time.Time, r debugapi.Remote) error {
+	_, err := c.Remotes(ctx, debugapi.RemoteFilter{Backend: o.backend, IP: o.ip, Limited: o.limited}, func(now time.Time, r debugapi.Remote) error {
 		standin := r.Standin
 		if standin == "" {
 			standin = "-"

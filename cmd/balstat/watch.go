@@ -41,7 +41,7 @@ func watchLoop(ctx context.Context, c *debugapi.Client, o options, out io.Writer
 		fmt.Fprintf(&screen, "balstat: %s, every %v; %s\n\n", o.socket, o.watch, bs.Now.Local().Format(time.TimeOnly))
 		printBackends(&screen, bs.Backends, rates)
 		fmt.Fprintln(&screen)
-		if o.backend != 0 || o.ip != "" {
+		if o.backend != 0 || o.ip != "" || o.limited {
 			if err := printRemotes(ctx, c, o, &screen); err != nil {
 				return err
 			}

@@ -196,6 +196,7 @@ func (c *Client) ResetCounters(ctx context.Context) error {
 type RemoteFilter struct {
 	Backend uint16
 	IP      string
+	Limited bool // only the remotes over their rate limit
 }
 
 // Remotes streams the remotes table to fn, in address order, with the
@@ -208,6 +209,9 @@ func (c *Client) Remotes(ctx context.Context, f RemoteFilter, fn func(now time.T
 	}
 	if f.IP != "" {
 		q.Set("ip", f.IP)
+	}
+	if f.Limited {
+		q.Set("limited", "1")
 	}
 	resp, err := c.do(ctx, "GET", "/v1/remotes", q)
 	if err != nil {
