@@ -106,9 +106,8 @@ func (r *Remote) Admit(rate *Rate, now int64) (ok bool, over uint64) {
 // limited.
 const LimitedFor = time.Second
 
-// Limited reports whether r had a query over the limit within LimitedFor
-// of now.
-func (r *Remote) Limited(now int64) bool {
-	at := r.overAt.Load()
-	return at != 0 && now-at < int64(LimitedFor)
+// Limited reports whether the remote had a query over the limit within
+// LimitedFor of now.
+func (in Info) Limited(now time.Time) bool {
+	return !in.LastLimited.IsZero() && now.Sub(in.LastLimited) < LimitedFor
 }

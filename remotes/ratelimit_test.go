@@ -49,7 +49,8 @@ func TestAdmitKeepsTheRateAndTheBurst(t *testing.T) {
 			t.Fatalf("query over the burst: admitted %v, number %d", ok, over)
 		}
 	}
-	if !r.Limited(now) || r.Limited(now+int64(LimitedFor)) {
+	in := Info{LastLimited: time.Unix(0, r.overAt.Load())}
+	if !in.Limited(time.Unix(0, now)) || in.Limited(time.Unix(0, now+int64(LimitedFor))) {
 		t.Fatal("not shown limited for LimitedFor")
 	}
 	// 100 ms on, one more; 1 s on, the burst again.

@@ -125,8 +125,7 @@ type Proxy struct {
 
 	wg       sync.WaitGroup // the readers
 	once     sync.Once
-	stopping atomic.Bool // StopReading was called
-	closed   atomic.Bool // Close was called
+	stopping atomic.Bool // StopReading or Close was called
 	started  atomic.Bool // Start was called: queries may have been sent on
 
 	done     chan struct{}  // closed by Close: resendLoop ends
@@ -280,7 +279,7 @@ func (p *Proxy) resendLoop() {
 
 // Serving reports whether the readers are reading: started, and not
 // stopped by StopReading or Close.
-func (p *Proxy) Serving() bool { return p.started.Load() && !p.stopping.Load() && !p.closed.Load() }
+func (p *Proxy) Serving() bool { return p.started.Load() && !p.stopping.Load() }
 
 // StopReading stops the readers but keeps the sockets, so that replies
 // to queries already sent on can still go out: a process handing over to
@@ -306,7 +305,7 @@ func (p *Proxy) Conns() []*net.UDPConn {
 // Close closes the sockets and waits for the readers to stop.
 func (p *Proxy) Close() {
 	p.once.Do(func() {
-		p.closed.Store(true)
+		p.stopping.Store(true)
 		p.sweepT.Clear()
 		p.stallT.Clear()
 		close(p.done)
@@ -693,10 +692,11 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 	}
 	var o *origin
 	var key uint64
-	if len(data) >= 2 {
+	hasID := len(data) >= 2
+	if hasID {
 		key = flightKey(wire, to.Port(), uint16(data[0])<<8|uint16(data[1]))
 	}
-	if len(data) >= 2 && p.flights.take(key, &b.a) {
+	if hasID && p.flights.take(key, &b.a) {
 		o = &b.a.origin
 		rtt := time.Duration(max(b.now-b.a.sent, 0))
 		if second := b.a.be; b.a.other != 0 {
@@ -729,7 +729,7 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 		return
 	}
 	if o == nil {
-		if len(data) >= 2 && p.owed.take(key, b.be.ID(), b.now) {
+		if hasID && p.owed.take(key, b.be.ID(), b.now) {
 			// The second answer of a query sent again: its client
 			// has the first.
 			p.redundant.Add(1)

@@ -169,33 +169,17 @@ func questionName(query, name []byte) (int, uint16, bool) {
 	if len(query) < protocol.DNSHeaderLen || binary.BigEndian.Uint16(query[4:]) == 0 {
 		return 0, 0, false
 	}
-	i, n := protocol.DNSHeaderLen, 0
-	for {
-		if i >= len(query) {
-			return 0, 0, false
-		}
-		l := int(query[i])
-		if l&0xc0 != 0 || n+1+l > maxNameLen || i+1+l > len(query) {
-			return 0, 0, false
-		}
-		name[n] = byte(l)
-		for j := range l {
-			c := query[i+1+j]
-			if 'A' <= c && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			name[n+1+j] = c
-		}
-		n += 1 + l
-		i += 1 + l
-		if l == 0 {
-			break
-		}
-	}
-	if i+4 > len(query) { // QTYPE, QCLASS
+	end, ok := nameEnd(query, protocol.DNSHeaderLen)
+	if !ok || end+4 > len(query) { // QTYPE, QCLASS
 		return 0, 0, false
 	}
-	return n, binary.BigEndian.Uint16(query[i:]), true
+	n := copy(name, query[protocol.DNSHeaderLen:end])
+	for i, c := range name[:n] {
+		if 'A' <= c && c <= 'Z' {
+			name[i] = c + 'a' - 'A' // length bytes are below 64: never letters
+		}
+	}
+	return n, binary.BigEndian.Uint16(query[end:]), true
 }
 
 // Talker is one of the busiest clients: its estimated queries a second

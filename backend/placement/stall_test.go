@@ -26,6 +26,13 @@ func checkEvery(st *Stalls[ID, *fake], from, to int64) int64 {
 	return to
 }
 
+// oneOutstanding gives b one query outstanding and one answer at 1 ms:
+// its threshold is the floor.
+func oneOutstanding(b *fake) {
+	b.load.QueriesSent(2)
+	b.load.QueriesAnswered(1, 1, time.Millisecond)
+}
+
 func TestStallThresholdFollowsTheBackendsLatency(t *testing.T) {
 	s, st, _ := newStallSet(t)
 	l := &s.Get(1).load
@@ -136,8 +143,7 @@ func TestStallDetectionOff(t *testing.T) {
 func TestNoStallWhileBbalIsBehind(t *testing.T) {
 	s, st, _ := newStallSet(t)
 	b := s.Get(1)
-	b.load.QueriesSent(2)
-	b.load.QueriesAnswered(1, 1, time.Millisecond) // threshold: the floor; one outstanding
+	oneOutstanding(b)
 	st.Check(int64(time.Second))
 	// Late: 2 s since the last check.
 	if got := st.Check(int64(3 * time.Second)); len(got) != 0 {
@@ -161,8 +167,7 @@ func TestNoStallWhileBbalIsBehind(t *testing.T) {
 func TestAStallEndsOnceTheBacklogIsAnswered(t *testing.T) {
 	s, st, _ := newStallSet(t)
 	b := s.Get(1)
-	b.load.QueriesSent(2)
-	b.load.QueriesAnswered(1, 1, time.Millisecond) // threshold: the floor; one outstanding
+	oneOutstanding(b)
 	now := checkEvery(st, int64(time.Second), int64(time.Second+DefaultStallFloor)+2*int64(StallCheckInterval))
 	if !b.load.Stalled() {
 		t.Fatal("not stalled")

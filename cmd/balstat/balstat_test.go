@@ -485,9 +485,7 @@ func TestStalledBackendShowsStalled(t *testing.T) {
 		if i > 20 {
 			t.Fatal("not stalled")
 		}
-		checks := h.B.UDP.StallChecks()
-		h.Advance(placement.StallCheckInterval)
-		testbed.Eventually(t, "stall check", func() bool { return h.B.UDP.StallChecks() > checks })
+		h.StallStep()
 	}
 	out, errs, code := balstat(t, h, "-b", "5302")
 	if code != 0 || errs != "" {

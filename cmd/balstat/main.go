@@ -114,15 +114,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		o.ip = a.Unmap().String()
 	}
-	if watch != "" {
-		secs, err := strconv.ParseFloat(watch, 64)
-		if err != nil || secs <= 0 || secs > 86400 {
-			return usageErr("bad interval for -w: %q (want seconds, more than 0)", watch)
-		}
-		o.watch = time.Duration(secs * float64(time.Second))
-	}
-	if o.count < 0 || o.count > 0 && o.watch == 0 {
-		return usageErr("-n goes with -w and takes a count")
+	var err error
+	if o.watch, err = parseWatch(watch, o.count); err != nil {
+		return usageErr("%v", err)
 	}
 
 	rest := fs.Args()
@@ -137,7 +131,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	c := debugapi.NewClient(o.socket)
 	defer c.Close()
-	var err error
 	switch {
 	case len(rest) == 0 && o.watch > 0:
 		err = watchLoop(ctx, c, o, stdout)
@@ -237,6 +230,23 @@ func health(ctx context.Context, c *debugapi.Client, args []string, stdout, stde
 	}
 	fmt.Fprintf(stdout, "ready: %d of %d backends ok\n", h.BackendsOK, h.Backends)
 	return 0
+}
+
+// parseWatch parses -w's interval (none for "") and checks -n's count
+// against it.
+func parseWatch(watch string, count int) (time.Duration, error) {
+	var d time.Duration
+	if watch != "" {
+		secs, err := strconv.ParseFloat(watch, 64)
+		if err != nil || secs <= 0 || secs > 86400 {
+			return 0, fmt.Errorf("bad interval for -w: %q (want seconds, more than 0)", watch)
+		}
+		d = time.Duration(secs * float64(time.Second))
+	}
+	if count < 0 || count > 0 && d == 0 {
+		return 0, errors.New("-n goes with -w and takes a count")
+	}
+	return d, nil
 }
 
 func parseID(s string) (uint16, error) {

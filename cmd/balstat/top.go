@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -31,11 +30,11 @@ func topOptions(o options, args []string) (options, error) {
 		return o, fmt.Errorf("top takes -w SECS, -n COUNT and -j, got %q", fs.Args())
 	}
 	if watch != "" {
-		secs, err := strconv.ParseFloat(watch, 64)
-		if err != nil || secs <= 0 || secs > 86400 {
-			return o, fmt.Errorf("bad interval for -w: %q (want seconds, more than 0)", watch)
+		w, err := parseWatch(watch, 0)
+		if err != nil {
+			return o, err
 		}
-		o.watch = time.Duration(secs * float64(time.Second))
+		o.watch = w
 	}
 	if o.count < 0 || o.count > 0 && o.watch == 0 {
 		return o, errors.New("-n goes with -w and takes a count")

@@ -20,13 +20,13 @@ import (
 )
 
 // The stall tests run on the fake clock: the clock moves in steps of the
-// stall check's interval, each waiting for the check it makes due.
+// stall check's interval, each waiting for the check it makes due
+// (Harness.StallStep).
 
 // stallBed is a harness with stall detection on; its tests start Go
 // backends and held backends, whose answers the test gives.
 type stallBed struct {
 	*harness
-	checks uint64 // stall checks seen done
 }
 
 func newStallBed(t *testing.T) *stallBed {
@@ -35,21 +35,11 @@ func newStallBed(t *testing.T) *stallBed {
 	return &stallBed{harness: h}
 }
 
-// step moves the clock by one stall check interval and waits for the
-// check it makes due.
-func (s *stallBed) step() {
-	s.T.Helper()
-	s.Advance(placement.StallCheckInterval)
-	want := s.checks + 1
-	testbed.Eventually(s.T, "stall check", func() bool { return s.B.UDP.StallChecks() >= want })
-	s.checks = s.B.UDP.StallChecks()
-}
-
 // stepFor steps the clock by d.
 func (s *stallBed) stepFor(d time.Duration) {
 	s.T.Helper()
 	for range d / placement.StallCheckInterval {
-		s.step()
+		s.StallStep()
 	}
 }
 
@@ -170,8 +160,8 @@ func TestStalledBackendIsPassedOver(t *testing.T) {
 	if be.Stats().Stalled {
 		t.Fatal("stalled before the threshold")
 	}
-	s.step()
-	s.step()
+	s.StallStep()
+	s.StallStep()
 	st := be.Stats()
 	if !st.Stalled || !st.Avoided || st.Stalls != 1 || st.StallSince.IsZero() || st.StallSince.After(s.Clock.Now()) {
 		t.Fatalf("stalled %v, avoided %v, stalls %d, since %v", st.Stalled, st.Avoided, st.Stalls, st.StallSince)
@@ -201,12 +191,12 @@ func TestStalledBackendIsPassedOver(t *testing.T) {
 		hold *= placement.DefaultStallHold
 		mark := s.Logs.Mark()
 		for s.Clock.Now().Before(stallStart.Add(hold - placement.StallCheckInterval)) {
-			s.step()
+			s.StallStep()
 		}
 		if !be.Stats().Stalled {
 			t.Fatalf("trial %d before the hold of %v", i+1, hold)
 		}
-		s.step()
+		s.StallStep()
 		if be.Stats().Stalled {
 			t.Fatalf("no trial %d after %v", i+1, hold)
 		}
@@ -220,7 +210,7 @@ func TestStalledBackendIsPassedOver(t *testing.T) {
 		deaf.next(t) // home again
 		deaf.next(t)
 		for !be.Stats().Stalled {
-			s.step()
+			s.StallStep()
 		}
 		s.Logs.WaitAfter(t, mark, "backend stopped answering: stalled", map[string]any{"be_id": 5302, "again": true, "resent": 2, "withheld": 0})
 		stallStart = s.Clock.Now()
@@ -256,7 +246,7 @@ func (s *stallBed) stallOf(id int) {
 	s.T.Helper()
 	be := s.B.Backends.Get(backend.ID(id))
 	for range placement.MaxStallThreshold/placement.StallCheckInterval + 3 {
-		s.step()
+		s.StallStep()
 		if be.Stats().Stalled {
 			return
 		}
@@ -298,9 +288,9 @@ func TestAnswersAfterAStallReachTheClientOnce(t *testing.T) {
 		if !be.Stats().Stalled {
 			t.Fatalf("stall ended after %v, before the hold", s.Clock.Now().Sub(stallAt))
 		}
-		s.step()
+		s.StallStep()
 	}
-	s.step()
+	s.StallStep()
 	if be.Stats().Stalled {
 		t.Fatal("still stalled after the hold, answering again")
 	}
@@ -382,7 +372,7 @@ func TestSlowSteadyBackendsAreNeverStalled(t *testing.T) {
 			for i := range int(time.Minute / placement.StallCheckInterval) {
 				c.ask(uint16(i))
 				waiting = append(waiting, pending{b.next(t), s.Clock.Now().Add(lat)})
-				s.step()
+				s.StallStep()
 				for len(waiting) > 0 && !waiting[0].due.After(s.Clock.Now()) {
 					b.reply(t, waiting[0].f)
 					waiting = waiting[1:]
@@ -416,7 +406,7 @@ func TestSlowSteadyBackendsAreNeverStalled(t *testing.T) {
 		}
 		// 20 answers a check interval: 400 in a second.
 		for len(fs) > 0 {
-			s.step()
+			s.StallStep()
 			for _, f := range fs[:20] {
 				b.reply(t, f)
 				c.answer()
@@ -466,7 +456,7 @@ func TestAStallingBackendFlapsNoFasterThanTheHold(t *testing.T) {
 			}
 			held = held[:0]
 		}
-		s.step()
+		s.StallStep()
 		if st := be.Stats().Stalled; st != wasStalled {
 			wasStalled = st
 			if st {

@@ -396,7 +396,7 @@ func (a *api) remoteInfo(in remotes.Info, now time.Time) Remote {
 		IP:      in.Addr.String(), Backend: uint16(in.Primary), Backup: uint16(in.Backup),
 		UDP: in.UDP, TCP: in.TCP, Drops: in.Drops,
 		FirstSeen: in.FirstSeen.UTC(), LastSeen: in.LastSeen.UTC(),
-		RateLimited: in.RateLimited, Limited: !in.LastLimited.IsZero() && now.Sub(in.LastLimited) < remotes.LimitedFor,
+		RateLimited: in.RateLimited, Limited: in.Limited(now),
 	}
 }
 

@@ -55,7 +55,7 @@ func (a *api) top(w http.ResponseWriter, r *http.Request) {
 		tc := TopClient{IP: c.IP.String(), QPS: c.QPS, QPSError: c.Error}
 		if in, ok := a.src.Table.Lookup(c.IP); ok {
 			tc.Backend, tc.Backup, tc.Drops, tc.RateLimited = uint16(in.Primary), uint16(in.Backup), in.Drops, in.RateLimited
-			tc.Limited = a.remoteInfo(in, now).Limited
+			tc.Limited = in.Limited(now)
 		}
 		out.Clients = append(out.Clients, tc)
 	}

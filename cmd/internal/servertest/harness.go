@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/backend/placement"
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/tools/testbed"
@@ -73,6 +74,15 @@ func (h *Harness) Sock(name string) string { return filepath.Join(h.Dir, name) }
 
 // Advance moves the fake clock.
 func (h *Harness) Advance(d time.Duration) { h.Clock.Advance(d) }
+
+// StallStep moves the fake clock by one stall check interval and waits
+// for the check it makes due.
+func (h *Harness) StallStep() {
+	h.T.Helper()
+	before := h.B.UDP.StallChecks()
+	h.Advance(placement.StallCheckInterval)
+	testbed.Eventually(h.T, "stall check", func() bool { return h.B.UDP.StallChecks() > before })
+}
 
 // Who asks which backend answers the client at from, failing the test
 // (with the end of the log) when there is no answer.
