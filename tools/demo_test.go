@@ -62,6 +62,36 @@ type demo struct {
 	stdout *testbed.Output
 	stderr *testbed.Output
 	dir    string // its temporary directory, once it has said it
+
+	waitOnce sync.Once
+	waited   chan struct{} // closed once the script's parent has exited
+}
+
+// wait waits, once whoever asks, for the script's parent to exit.
+func (d *demo) wait() {
+	d.waitOnce.Do(func() {
+		d.cmd.Wait()
+		close(d.waited)
+	})
+	<-d.waited
+}
+
+// waitFor waits up to limit for the script's parent to exit, failing
+// with what the demo wrote when it does not.
+func (d *demo) waitFor(t *testing.T, limit time.Duration, what string) {
+	t.Helper()
+	go d.wait()
+	select {
+	case <-d.waited:
+	case <-time.After(limit):
+		t.Fatalf("%s\nstderr:\n%s\nlast of stdout:\n%s", what, d.stderr.String(), tail(d.stdout.String(), 20))
+	}
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // freePort returns a port free for UDP and TCP on 127.0.0.1 just now.
@@ -93,7 +123,7 @@ func startDemo(t *testing.T, port int) *demo {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &demo{port: port, stdout: &testbed.Output{}, stderr: &testbed.Output{}}
+	d := &demo{port: port, stdout: &testbed.Output{}, stderr: &testbed.Output{}, waited: make(chan struct{})}
 	d.cmd = exec.Command("sh", "-c", "tools/demo.sh; exit $?")
 	d.cmd.Dir = ".."
 	d.cmd.Env = append(os.Environ(), "DEMO_PORT="+strconv.Itoa(port), "DEMO_BIN="+bin)
@@ -106,7 +136,7 @@ func startDemo(t *testing.T, port int) *demo {
 	}
 	t.Cleanup(func() {
 		syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-		d.cmd.Wait()
+		d.wait()
 		if d.dir != "" {
 			for _, pid := range processesWith(d.dir) {
 				syscall.Kill(pid, syscall.SIGKILL)
@@ -212,13 +242,7 @@ func TestDemo(t *testing.T) {
 
 	// Ctrl-C: the terminal sends SIGINT to the foreground process group.
 	syscall.Kill(-d.cmd.Process.Pid, syscall.SIGINT)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the demo did not stop on Ctrl-C")
-	}
+	d.waitFor(t, 20*time.Second, "the demo did not stop on Ctrl-C")
 	d.checkGone(t)
 	recs := records(t, d.stdout.String())
 	if len(recs) == 0 || recs[len(recs)-1]["msg"] != "shut down" {
@@ -242,13 +266,7 @@ func TestDemoPortInUse(t *testing.T) {
 	defer busy.Close()
 	port := busy.LocalAddr().(*net.UDPAddr).Port
 	d := startDemo(t, port)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the demo did not exit with its port in use")
-	}
+	d.waitFor(t, 20*time.Second, "the demo did not exit with its port in use")
 	if code := d.cmd.ProcessState.ExitCode(); code != 1 {
 		t.Errorf("exit %d, want 1", code)
 	}
@@ -276,7 +294,7 @@ func TestDemoStopsWithItsParent(t *testing.T) {
 		t.Fatalf("%d processes mention %s, want bbal and two backends", n, d.dir)
 	}
 	d.cmd.Process.Signal(syscall.SIGKILL) // the parent shell alone
-	d.cmd.Wait()
+	d.wait()
 	d.checkGone(t)
 	// The script itself is gone too (it removes the directory last,
 	// then exits).
