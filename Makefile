@@ -79,6 +79,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecoder$$' -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./backend
 	$(GO) test -run '^$$' -fuzz '^FuzzServfail$$' -fuzztime $(FUZZTIME) ./udpproxy
+	$(GO) test -run '^$$' -fuzz '^FuzzAnswer$$' -fuzztime $(FUZZTIME) ./udpproxy/cache
 
 # The Debian package, $(DIST)/bbal_VERSION_ARCH.deb, with dpkg-deb (see
 # tools/deb/build.sh; DEB_VERSION=X.Y.Z to choose the version).
