@@ -145,6 +145,11 @@ type Backend struct {
 	quiet      atomic.Bool
 	held       int64
 	tried      bool // connect has run; owned by run
+
+	// epoch is the epoch of the backend's data (see Epoch); up is set
+	// by run at its first session.
+	epoch atomic.Uint32
+	up    bool
 }
 
 type eventKind uint8
@@ -194,9 +199,17 @@ func newBackend(s *Set, id ID, path string) *Backend {
 	b.hbWaitT = ts.NewTimeout(name+"heartbeat reply", func() { b.post(event{kind: evHeartbeatLate}) })
 	b.reconnectT = ts.NewTimeout(name+"reconnect", func() { b.post(event{kind: evReconnect}) })
 	b.initProbe(name)
+	b.epoch.Store(s.epochs.Add(1))
 	b.setState(StateConnecting)
 	return b
 }
+
+// Epoch returns the epoch of the backend's data: unique among the
+// Set's backends, and new each time the backend's session is
+// established after its first (it came back from a fault or removal,
+// and what it serves may have changed). An answer cache keeps each
+// backend's answers under its epoch.
+func (b *Backend) Epoch() uint32 { return b.epoch.Load() }
 
 // ID returns the backend's ID.
 func (b *Backend) ID() ID { return b.id }
@@ -526,6 +539,10 @@ func (b *Backend) established() {
 	b.hbSendT.Set(b.set.cfg.HeartbeatInterval)
 	b.q.open()
 	b.startProbes()
+	if b.up {
+		b.epoch.Store(b.set.epochs.Add(1))
+	}
+	b.up = true
 	b.setState(StateOK)
 	b.log.Info().Msg("backend socket established")
 }

@@ -196,6 +196,7 @@ type Set struct {
 
 	ignored   atomic.Int64  // len(notes), for Discovery
 	forgotten atomic.Uint64 // backends forgotten
+	epochs    atomic.Uint32 // the last epoch given (see Backend.Epoch)
 
 	// list is every backend in ID order, replaced (never modified) when
 	// one is added, so the packet path reads it without a lock.

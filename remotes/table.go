@@ -208,6 +208,9 @@ type Routing struct {
 	// Backend is the backend to use; 0 when no backend is ok, or when
 	// the client is dropped.
 	Backend backend.ID
+	// Primary is the client's primary backend, though it be down: 0
+	// for none (a client the full table cannot record has none).
+	Primary backend.ID
 	// Drop is why the client is not served; NotDropped when it is.
 	Drop DropReason
 }
@@ -269,8 +272,9 @@ func (t *Table) route(ip netip.Addr, now uint32) Routing {
 	}
 	r.last = now
 	id := t.assign(r)
+	primary := r.primary
 	t.mu.Unlock()
-	return Routing{Remote: r, Backend: id, Wire: wire}
+	return Routing{Remote: r, Backend: id, Primary: primary, Wire: wire}
 }
 
 // dropped is the Routing of a client not served for reason why.

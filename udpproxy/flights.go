@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/bbal/bbal/backend"
+	"github.com/bbal/bbal/udpproxy/cache"
 )
 
 // Queries in flight: every query sent on to a backend is remembered,
@@ -64,6 +65,9 @@ type flightInfo struct {
 	// backend's was sent to it first (see Proxy.resend).
 	seq   uint32
 	local [16]byte // the query's destination address (IPv4-mapped for IPv4)
+	// ck is the query's answer cache key; its Hash is 0 when there is
+	// no cache, or the query cannot use it.
+	ck cache.Key
 }
 
 // bucket is flightWays queries in flight, under its own lock. The lock,
@@ -120,8 +124,8 @@ type placed struct {
 	evicted   bool
 }
 
-// put records a query sent to be at now.
-func (t *flights) put(key uint64, be backend.ID, o *origin, query []byte, now int64) (p placed) {
+// put records a query sent to be at now, with its answer cache key ck.
+func (t *flights) put(key uint64, be backend.ID, o *origin, query []byte, ck cache.Key, now int64) (p placed) {
 	b, mu := t.bucket(key)
 	mu.Lock()
 	way := -1
@@ -161,6 +165,7 @@ func (t *flights) put(key uint64, be backend.ID, o *origin, query []byte, now in
 	b.keys[way], b.sent[way] = key, now
 	in.be, in.lis, in.resent, in.ifindex, in.local = be, o.lis, false, o.ifindex, o.local
 	in.dup, in.copies = false, 1
+	in.ck = ck
 	in.seq = t.seq.Add(1)
 	in.qlen = 0
 	if len(query) <= keepLen {
@@ -182,6 +187,7 @@ type answered struct {
 	// other, for a query sent again: the backend besides be that was
 	// sent it, whose answer would come second (0 for none).
 	other backend.ID
+	ck    cache.Key // the query's answer cache key
 }
 
 // take finds the query key answers and takes one copy of it, forgetting
@@ -195,7 +201,7 @@ func (t *flights) take(key uint64, out *answered) bool {
 			in := &b.info[j]
 			out.lis, out.ifindex, out.local = in.lis, in.ifindex, in.local
 			out.be, out.sent, out.measure = in.be, b.sent[j], !in.resent && !in.dup
-			out.other = 0
+			out.other, out.ck = 0, in.ck
 			if in.resent {
 				out.other = in.from
 			}

@@ -20,6 +20,7 @@ import (
 	"github.com/bbal/bbal/protocol"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"
+	"github.com/bbal/bbal/udpproxy/cache"
 )
 
 // Drop reasons.
@@ -67,6 +68,11 @@ type listener struct {
 	// generator, so that no periodic pattern of traffic escapes it; its
 	// reader's own.
 	sampler uint32
+	// cached is the reader's queue of answers from the cache, sent at
+	// the end of each batch; tapQuery its copy of a query so answered,
+	// for the tap.
+	cached   *sendQueue
+	tapQuery [protocol.MaxData]byte
 }
 
 // MaxListeners bounds the sockets of one proxy.
@@ -138,6 +144,12 @@ type Proxy struct {
 	stallChecks atomic.Uint64 // checks done
 
 	tap Tap // tap.go: nil, none
+
+	// The answer cache (cache.go): nil cache, none.
+	cache      *cache.Cache
+	cacheT     *timeouts.Timeout
+	cacheSweep chan struct{} // cacheTick's posts to cacheLoop
+	staleLog   *timeouts.Limiter
 }
 
 // New returns a proxy on conns (at least one, at most MaxListeners),
@@ -183,6 +195,7 @@ func New(conns []*net.UDPConn, table *remotes.Table, set *backend.Set, ts *timeo
 			}
 			l.pktinfo = true
 		}
+		l.cached = newSendQueue(p, l)
 		p.ls = append(p.ls, l)
 		if fam := family(l.v6); p.first[fam] == nil {
 			p.first[fam] = l
@@ -252,6 +265,11 @@ func (p *Proxy) Start() {
 	}
 	p.resendWG.Add(1)
 	go p.resendLoop()
+	if p.cache != nil {
+		p.cacheT.Set(CacheSweepInterval)
+		p.resendWG.Add(1)
+		go p.cacheLoop()
+	}
 	for _, l := range p.ls {
 		p.wg.Add(1)
 		go p.readLoop(l)
@@ -308,6 +326,9 @@ func (p *Proxy) Close() {
 		p.stopping.Store(true)
 		p.sweepT.Clear()
 		p.stallT.Clear()
+		if p.cacheT != nil {
+			p.cacheT.Clear()
+		}
 		close(p.done)
 		for _, l := range p.ls {
 			l.conn.Close()
@@ -341,13 +362,17 @@ func (p *Proxy) readLoop(l *listener) {
 				sent[j]++
 			}
 		}
-		// One write per backend for the whole batch.
+		// One write per backend for the whole batch, and one for the
+		// answers from the cache.
 		for i, be := range touched {
 			countSent(be, sent[i])
 			be.Flush(now)
 			touched[i], sent[i] = nil, 0
 		}
 		touched = touched[:0]
+		if l.cached.n > 0 {
+			l.cached.flush()
+		}
 	})
 	for {
 		err := r.run(l.raw)
@@ -410,6 +435,11 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		return nil
 	}
 	be := p.backends.Get(id)
+	from := netip.AddrPortFrom(ip, port)
+	ck := p.cacheKey(query)
+	if ck.Hash != 0 && p.fromCache(l, buf[protocol.UDPHeaderLen:], n, &ck, be, rt.Primary, from, o, now) {
+		return nil
+	}
 	if be == nil {
 		rem.CountDrop()
 		p.drop(DropNoBackend)
@@ -419,7 +449,7 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		return nil
 	}
 	// On record before it is sent, so that its answer finds it.
-	if pl := p.flights.put(key, id, o, query, now); pl.dup {
+	if pl := p.flights.put(key, id, o, query, ck, now); pl.dup {
 		p.duplicates.Add(1)
 	} else {
 		p.forget(pl.displaced, pl.copies, pl.evicted)
@@ -428,6 +458,9 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	if !be.SendUDP(buf[:protocol.UDPHeaderLen+n], now) {
 		var a answered
 		p.flights.take(key, &a)
+		if ck.Hash != 0 && p.serveStale(l, buf[protocol.UDPHeaderLen:], n, &ck, be, from, o, now) {
+			return nil
+		}
 		rem.CountDrop()
 		if be.OK() {
 			p.drop(DropStuck)
@@ -706,6 +739,7 @@ func (b *sendBatch) Add(data []byte, to netip.AddrPort) {
 			}
 			p.owed.add(key, second, b.now)
 		}
+		p.keep(&b.a.ck, b.be, data, b.now)
 		if b.a.be == b.be.ID() {
 			// Counted, and the latency averaged, per batch.
 			b.answered++

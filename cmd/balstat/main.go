@@ -9,6 +9,7 @@
 //	balstat [-S PATH] reset
 //	balstat [-S PATH] health [MIN]
 //	balstat [-S PATH] top [-w SECS [-n COUNT]] [-j]
+//	balstat [-S PATH] cache [-j] | cache flush [NAME]
 package main
 
 import (
@@ -33,6 +34,8 @@ const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-q] [-w SECS [-n C
        balstat [-S PATH] reset
        balstat [-S PATH] health [MIN]
        balstat [-S PATH] top [-w SECS [-n COUNT]] [-j]
+       balstat [-S PATH] [-j] cache
+       balstat [-S PATH] cache flush [NAME]
 
   -S PATH   bbal's debug socket (default /var/run/bbal.sock)
   -j        print JSON instead of tables
@@ -53,6 +56,10 @@ const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-q] [-w SECS [-n C
   health [MIN]
               exit 0 when bbal serves DNS with at least MIN backends ok
               (default 1), 1 when not (GET /readyz), printing why
+  cache       the answer cache (bbal -c): entries, bytes, hit ratio,
+              stale answers served
+  cache flush [NAME]
+              empty the answer cache, or only NAME's answers (every type)
 `
 
 func main() {
@@ -140,6 +147,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = topLoop(ctx, c, o, stdout)
 	case rest[0] == "health":
 		return health(ctx, c, rest, stdout, stderr)
+	case rest[0] == "cache":
+		err = cacheCommand(ctx, c, o, rest[1:], stdout)
 	case rest[0] == "reset":
 		if err = c.ResetCounters(ctx); err == nil {
 			fmt.Fprintln(stdout, "counters reset")
@@ -206,8 +215,12 @@ func checkCommand(args []string) string {
 		if w, err := strconv.Atoi(args[2]); err != nil || w < 1 || w > 1000 {
 			return fmt.Sprintf("bad weight %q (want 1 to 1000)", args[2])
 		}
+	case "cache":
+		if n > 0 && args[1] != "flush" || n > 2 {
+			return fmt.Sprintf("cache takes nothing, or flush and at most a name, got %q", args[1:])
+		}
 	default:
-		return fmt.Sprintf("unknown command %q (want disable, drain, enable, weight, reset, health or top)", cmd)
+		return fmt.Sprintf("unknown command %q (want disable, drain, enable, weight, reset, health, top or cache)", cmd)
 	}
 	return ""
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/tcpproxy"
+	"github.com/bbal/bbal/udpproxy/cache"
 	"github.com/bbal/bbal/udpproxy/dnstap"
 )
 
@@ -44,12 +45,14 @@ type config struct {
 	user        string
 	probe       server.Probe
 	dnstap      dnstap.Target
+	cache       *cache.Config
 }
 
 const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
             [-R MAX] [-M BITS] [-6 PREFIX] [-P POLICY] [-T MAX] [-C MAX]
             [-I SECS] [-L SECS] [-F] [-A MS] [-q QPS[/BURST[/SLIP]]]
             [-u USER] [-H NAME[/TYPE]] [-D unix:PATH|file:PATH|tcp:ADDR:PORT]
+            [-c ENTRIES[/MAXTTL]] [-x SECS]
 
   -s DIR    directory of backend sockets (required)
   -b ADDR   address to listen on, IPv4 or IPv6; give -b again for more
@@ -101,6 +104,15 @@ const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-
             log each UDP client query and response in dnstap (Frame
             Streams) to a collector's socket or to a file; a slow or lost
             collector costs dropped (counted) messages, never answers
+  -c ENTRIES[/MAXTTL]
+            answer repeated UDP queries from a cache of ENTRIES answers
+            (8 to 4194304; 512 bytes of answers each), each kept for its
+            TTL, at most MAXTTL seconds (3600 when not given); only with
+            backends whose answers do not depend on the client's address
+            (default: no cache)
+  -x SECS   with -c, answer from an expired entry, up to SECS after it
+            expired, a query whose backend cannot take it (serve-stale;
+            0: never) (default 86400)
 `
 
 // errHelp asks for the usage text and a successful exit.
@@ -131,6 +143,8 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	runAs := fs.String("u", "", "")
 	probe := fs.String("H", "", "")
 	tap := fs.String("D", "", "")
+	cacheSize := fs.String("c", "", "")
+	stale := fs.String("x", strconv.Itoa(cache.DefaultStale), "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return config{}, errHelp
@@ -236,7 +250,16 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 			return config{}, err
 		}
 	}
+	var cc *cache.Config
+	if given(fs, "c") {
+		if cc, err = parseCache(*cacheSize, *stale); err != nil {
+			return config{}, err
+		}
+	} else if given(fs, "x") {
+		return config{}, errors.New("-x needs -c: serve-stale answers from the answer cache")
+	}
 	return config{
+		cache:       cc,
 		dnstap:      dt,
 		tcpMax:      *tcpMax,
 		tcpPerIP:    *tcpPerIP,
@@ -350,6 +373,34 @@ func parseStallFloor(v string) (time.Duration, error) {
 		return 0, fmt.Errorf("invalid -A %q (want milliseconds, 10 to %d, or 0 for no stall detection)", v, maxMS)
 	}
 	return d, nil
+}
+
+// maxStale bounds -x: a week.
+const maxStale = 7 * 86400
+
+// parseCache parses -c ENTRIES[/MAXTTL] and -x SECS.
+func parseCache(v, stale string) (*cache.Config, error) {
+	bad := fmt.Errorf("invalid -c %q (want ENTRIES, %d to %d, and optionally /MAXTTL, seconds from 1 to %d)",
+		v, cache.MinEntries, cache.MaxEntries, maxStale)
+	entries, ttl, hasTTL := strings.Cut(v, "/")
+	n, err := strconv.Atoi(entries)
+	if err != nil || n < cache.MinEntries || n > cache.MaxEntries {
+		return nil, bad
+	}
+	c := cache.Config{Entries: n, MaxTTL: cache.DefaultMaxTTL}
+	if hasTTL {
+		t, err := strconv.ParseUint(ttl, 10, 32)
+		if err != nil || t < 1 || t > maxStale {
+			return nil, bad
+		}
+		c.MaxTTL = uint32(t)
+	}
+	x, err := strconv.ParseUint(stale, 10, 32)
+	if err != nil || x > maxStale {
+		return nil, fmt.Errorf("invalid -x %q (want seconds, 0 to %d)", stale, maxStale)
+	}
+	c.Stale = uint32(x)
+	return &c, nil
 }
 
 // within reports whether path is in the directory dir or below it, after

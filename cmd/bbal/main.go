@@ -82,6 +82,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		ServfailWhenDown: cfg.servfail,
 		StallFloor:       cfg.stallFloor,
 		RateLimit:        cfg.rateLimit,
+		Cache:            cfg.cache,
 		Probe:            cfg.probe,
 		Dnstap:           cfg.dnstap,
 		User:             cfg.user,

@@ -535,13 +535,22 @@ var counterTable = counter.Table[Cache, Counts]{
 // metrics.
 func Counters() []Counter { return append([]Counter(nil), counterTable...) }
 
-// Stats returns a snapshot of the cache.
+// Stats returns a snapshot of the cache: all 0 for a nil one (no
+// cache).
 func (c *Cache) Stats() Stats {
+	if c == nil {
+		return Stats{}
+	}
 	s := Stats{Entries: c.entries.Load(), Bytes: c.bytes.Load(), Capacity: c.cfg.Entries,
 		CapacityBytes: len(c.sets) * arenaLen, MaxTTL: c.cfg.MaxTTL, StaleLimit: c.cfg.Stale}
 	counterTable.Load(c, &s.Counts)
 	return s
 }
 
-// ResetCounters sets the cache's counts back to zero.
-func (c *Cache) ResetCounters() { counterTable.Reset(c) }
+// ResetCounters sets the cache's counts back to zero; nil does
+// nothing.
+func (c *Cache) ResetCounters() {
+	if c != nil {
+		counterTable.Reset(c)
+	}
+}

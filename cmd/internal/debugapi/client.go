@@ -307,3 +307,20 @@ func (c *Client) Top(ctx context.Context) (TopReply, error) {
 	var out TopReply
 	return out, c.getJSON(ctx, "GET", "/v1/top", &out)
 }
+
+// Cache returns the answer cache's figures.
+func (c *Client) Cache(ctx context.Context) (CacheReply, error) {
+	var out CacheReply
+	return out, c.getJSON(ctx, "GET", "/v1/cache", &out)
+}
+
+// FlushCache flushes the answer cache, or only name's entries when name
+// is not "".
+func (c *Client) FlushCache(ctx context.Context, name string) (FlushReply, error) {
+	var out FlushReply
+	path := "/v1/cache/flush"
+	if name != "" {
+		path += "?name=" + url.QueryEscape(name)
+	}
+	return out, c.getJSON(ctx, "POST", path, &out)
+}

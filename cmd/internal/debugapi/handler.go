@@ -177,6 +177,8 @@ func newHandler(src Sources, writeTimeout time.Duration) http.Handler {
 	route("GET", "/v1/timeouts", a.timeouts)
 	route("GET", "/v1/stats", a.stats)
 	route("GET", "/v1/top", a.top)
+	route("GET", "/v1/cache", a.cacheStats)
+	route("POST", "/v1/cache/flush", a.cacheFlush)
 	route("POST", "/v1/counters/reset", a.reset)
 	route("GET", "/metrics", a.metrics.ServeHTTP)
 	healthz, readyz := HealthHandlers(src)
@@ -378,6 +380,7 @@ func (a *api) reset(w http.ResponseWriter, r *http.Request) {
 		a.src.Debug.ResetCounters()
 	}
 	a.src.Dnstap.ResetCounters()
+	a.src.UDP.Cache().ResetCounters()
 	a.mu.Unlock()
 	peer, _ := PeerOf(r.Context())
 	a.src.Log.Info().Int("uid", peer.UID).Int("pid", peer.PID).Msg("counters reset by operator")

@@ -13,6 +13,7 @@ import (
 	"github.com/bbal/bbal/backend/counter"
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/udpproxy"
+	"github.com/bbal/bbal/udpproxy/cache"
 	"github.com/bbal/bbal/udpproxy/dnstap"
 )
 
@@ -71,6 +72,9 @@ var (
 	mBackendStallSnt = desc("bbal_backend_stalled_sent_total", "UDP queries sent to the backend while it was stalled, for want of a better backend.", "backend")
 	mBackendSilence  = desc("bbal_backend_silence_max_seconds", "The longest the backend answered nothing with UDP queries waiting, short of a stall, since the counters were reset (seen every 50 ms): what -A must stay above.", "backend")
 	mBackendQueueFr  = desc("bbal_backend_queue_frames", "Frames queued for the backend, not yet written.", "backend")
+	mCacheEntries    = desc("bbal_cache_entries", "Answers in the answer cache (-c).")
+	mCacheBytes      = desc("bbal_cache_bytes", "Bytes of the answers in the answer cache (and their records' TTL offsets).")
+	mCacheCapacity   = desc("bbal_cache_capacity_entries", "Answers the answer cache can hold (-c; 0 without it).")
 )
 
 // The metrics of the plain counts come from their packages' tables.
@@ -79,6 +83,7 @@ var (
 	tcpCounters     = counterMetrics(tcpproxy.Counters())
 	backendCounters = counterMetrics(backend.Counters(), "backend")
 	dnstapCounters  = counterMetrics(dnstap.Counters())
+	cacheCounters   = counterMetrics(cache.Counters())
 )
 
 // counterMetric is the metric of one count of a table.
@@ -174,6 +179,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for _, m := range dnstapCounters {
 		counter(m.desc, m.Value(&dc), m.labelValues()...)
 	}
+	cs := c.src.UDP.Cache().Stats()
+	for _, m := range cacheCounters {
+		counter(m.desc, m.Value(&cs.Counts), m.labelValues()...)
+	}
+	gauge(mCacheEntries, float64(cs.Entries))
+	gauge(mCacheBytes, float64(cs.Bytes))
+	gauge(mCacheCapacity, float64(cs.Capacity))
 	if c.src.LogDrops != nil {
 		ld := c.src.LogDrops.Drops()
 		counter(mLogDropped, ld.Full, "full")

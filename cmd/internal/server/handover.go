@@ -11,10 +11,12 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/remotes"
+	"github.com/bbal/bbal/udpproxy/cache"
 )
 
 // A zero-downtime restart (SIGUSR2) hands the listening sockets and the
@@ -25,7 +27,8 @@ import (
 //     TCP listener, the debug and metrics listeners, a state pipe and a
 //     ready pipe as inherited descriptors, named in InheritEnv.
 //  2. It writes its state on the state pipe: the backends (ID, socket
-//     path, admin setting, whether up) and every remote.
+//     path, admin setting, whether up) and every remote; and with an
+//     answer cache (-c), the cache's entries on a cache pipe.
 //  3. The new process restores the backends with their IDs and the
 //     remotes with their assignments, connects to the backends, waits
 //     until those that were up are up again, starts reading and
@@ -48,6 +51,10 @@ type Inherited struct {
 	TCP     []*net.TCPListener // likewise
 	Debug   *net.UnixListener  // nil when there is no debug socket
 	Metrics net.Listener       // nil without -m
+	// Cache is the cache pipe, nil when the old process had no answer
+	// cache; the new process reads it (CacheRestoreTime at most) into
+	// its own, if it has one.
+	Cache *os.File
 	State   *State
 	ready   *os.File
 }
@@ -120,6 +127,10 @@ func Inherit() (*Inherited, error) {
 		if err != nil || fd < 3 {
 			return nil, fmt.Errorf("%s: bad descriptor in %q", InheritEnv, item)
 		}
+		if name == "cache" {
+			// Non-blocking, so that its read can have a deadline.
+			syscall.SetNonblock(fd, true)
+		}
 		f := os.NewFile(uintptr(fd), name)
 		switch name {
 		case "udp":
@@ -152,6 +163,8 @@ func Inherit() (*Inherited, error) {
 			in.State = st
 		case "ready":
 			in.ready = f
+		case "cache":
+			in.Cache = f
 		default:
 			return nil, fmt.Errorf("%s: unknown descriptor %q", InheritEnv, name)
 		}
@@ -236,6 +249,20 @@ func (b *Balancer) Handover(args []string, drain time.Duration) error {
 		}
 		add("metrics", f)
 	}
+	var cacheW *os.File
+	if c := b.UDP.Cache(); c != nil {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		add("cache", r)
+		cacheW = w
+		defer func() {
+			if cacheW != nil {
+				cacheW.Close()
+			}
+		}()
+	}
 	stateR, stateW, err := os.Pipe()
 	if err != nil {
 		return err
@@ -275,6 +302,17 @@ func (b *Balancer) Handover(args []string, drain time.Duration) error {
 		b.writeState(stateW)
 		stateW.Close()
 	}()
+	if cacheW != nil {
+		w := cacheW
+		cacheW = nil
+		go func() {
+			// Ends when written, or when the successor closes its
+			// end (at its deadline, or when it exits).
+			c := b.UDP.Cache()
+			c.WriteSnapshot(w, b.Clock.Now().UnixNano(), c.Config().Entries)
+			w.Close()
+		}()
+	}
 
 	ready := make(chan error, 1)
 	go func() {
@@ -317,6 +355,36 @@ func (b *Balancer) Handover(args []string, drain time.Duration) error {
 	time.Sleep(lateReplies) // replies to queries already sent on
 	proc.Release()
 	return nil
+}
+
+// CacheRestoreTime bounds a new process's read of the old one's answer
+// cache: what has not come by then is left, and the new process goes on
+// to serve.
+const CacheRestoreTime = 5 * time.Second
+
+// restoreCache reads the old process's answer cache from f into this
+// one's, each entry in its backend's partition here (the backends were
+// restored first), and closes f.
+func (b *Balancer) restoreCache(f *os.File) {
+	defer f.Close()
+	c := b.UDP.Cache()
+	if c == nil {
+		b.Log.Info().Msg("the previous process's answer cache is not taken over: this one has none (-c)")
+		return
+	}
+	f.SetReadDeadline(time.Now().Add(CacheRestoreTime))
+	n, err := c.ReadSnapshot(f, func(id uint16) (cache.Partition, bool) {
+		be := b.Backends.Get(backend.ID(id))
+		if be == nil {
+			return cache.Partition{}, false
+		}
+		return cache.Partition{Backend: id, Epoch: be.Epoch()}, true
+	}, b.Clock.Now().UnixNano())
+	if err != nil {
+		b.Log.Warn().Err(err).Int("entries", n).Msg("took over part of the previous process's answer cache")
+		return
+	}
+	b.Log.Info().Int("entries", n).Msg("took over the previous process's answer cache")
 }
 
 // lateReplies is how long a process that has handed over keeps its

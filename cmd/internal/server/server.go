@@ -49,6 +49,7 @@ import (
 	"github.com/bbal/bbal/tcpproxy"
 	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/udpproxy"
+	"github.com/bbal/bbal/udpproxy/cache"
 	"github.com/bbal/bbal/udpproxy/dnstap"
 )
 
@@ -90,6 +91,8 @@ type Config struct {
 	// the debug socket is handed to that user and the process drops to
 	// its uid and primary group before any backend is connected.
 	User string
+	// Cache, when set, is the answer cache's configuration (-c, -x).
+	Cache *cache.Config
 	// Dnstap, when its Network is set, is where each UDP client query
 	// and response is logged in dnstap (-D).
 	Dnstap dnstap.Target
@@ -366,6 +369,13 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 	if cfg.RateLimit != nil {
 		b.UDP.LimitRate(*cfg.RateLimit)
 	}
+	if cfg.Cache != nil {
+		c := cache.New(*cfg.Cache)
+		b.UDP.SetCache(c)
+		cc := c.Stats()
+		log.Info().Int("entries", cc.Capacity).Int("bytes", cc.CapacityBytes).Uint32("max_ttl", cc.MaxTTL).
+			Uint32("stale_limit", cc.StaleLimit).Msg("answer cache on")
+	}
 
 	b.TCP = tcpproxy.New(ls.tcp, tcpproxy.Config{
 		Table: b.Table, Backends: b.Backends, Timeouts: b.Timeouts, Log: log, OKTimeout: opt.OKTimeout,
@@ -379,6 +389,10 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 			ls.fail(err).Msg("failed to take over the previous process's state")
 			return nil, err
 		}
+	}
+	if in := cfg.Inherited; in != nil && in.Cache != nil {
+		b.restoreCache(in.Cache)
+		in.Cache = nil
 	}
 	return b, nil
 }
