@@ -30,8 +30,48 @@ var log = bunyan.createLogger({
 });
 var server = mname.createServer({ log: log });
 
+/*
+ * Names under cache.test have TTLs, for the answer cache's tests: TXT
+ * queries get "backend=NAME" and "served=N" (the queries this process
+ * has answered so far, so that an answer from the cache shows an old N)
+ * with TTL 60; big.cache.test gets 20 records of 20 bytes more, about
+ * 1000 bytes in all: too many for 512 bytes, not for EDNS's 1232; nx*.cache.test is NXDOMAIN, with an SOA of TTL
+ * 300 and minimum 5.
+ */
+var served = 0;
+
+function answerCacheTest(query, qname) {
+	var lname = qname.toLowerCase().replace(/\.$/, '');
+	if (lname.indexOf('nx') === 0) {
+		query.setError('nxdomain');
+		query.addAuthority('cache.test', new mname.SOARecord(
+		    'ns.cache.test', { admin: 'admin.cache.test', serial: 1,
+		    refresh: 60, retry: 60, expire: 600, ttl: 5 }), 300);
+		return;
+	}
+	if (query.type() !== 'TXT') {
+		query.setError('nxdomain');
+		return;
+	}
+	query.addAnswer(qname, new mname.TXTRecord('backend=' + name), 60);
+	query.addAnswer(qname, new mname.TXTRecord('served=' + served), 60);
+	if (lname === 'big.cache.test') {
+		for (var i = 0; i < 20; i++) {
+			query.addAnswer(qname, new mname.TXTRecord('padding-' + i +
+			    '-0123456789'), 60);
+		}
+	}
+}
+
 server.on('query', function (query, done) {
 	var qname = query.name();
+	served++;
+	if (/(^|\.)cache\.test\.?$/i.test(qname)) {
+		answerCacheTest(query, qname);
+		query.respond();
+		done();
+		return;
+	}
 	switch (query.type()) {
 	case 'TXT':
 		query.addAnswer(qname, new mname.TXTRecord('client=' +
