@@ -19,6 +19,7 @@ import (
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/cmd/internal/servertest"
 	"github.com/bbal/bbal/tools/testbed"
+	"github.com/bbal/bbal/udpproxy"
 	"github.com/bbal/bbal/udpproxy/cache"
 )
 
@@ -258,6 +259,9 @@ func TestCacheServesStaleWhenEveryBackendIsDead(t *testing.T) {
 	testbed.StartMname(t, c.Sock("5301"), "n1b")
 	c.Clock.Advance(time.Minute) // the reconnect back-off
 	c.Established(mark, 5301)
+	// The sweep takes n1's old answers out; n2's stay for serving stale.
+	c.Clock.Advance(udpproxy.CacheSweepInterval)
+	testbed.Eventually(t, "n1's old entries swept", func() bool { return c.stats().Entries == 1 })
 	m, _ := c.ask(clients[0], "svc.cache.test.", dns.TypeTXT, 0, 2*time.Second)
 	if got, ttl := txt(m); got["backend"] != "n1b" || ttl != 60 {
 		t.Fatalf("after n1 came back: %v TTL %d, want n1b's fresh answer", got, ttl)

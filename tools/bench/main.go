@@ -13,7 +13,9 @@
 //
 // Then, for bbal only: a run from 1,000 distinct client addresses; a run
 // in front of one real node-mname process, comparing CPU time per query;
-// and a memory run that fills the remotes table with 1,000,000 clients.
+// the answer cache (-c) in front of node-mname against node-mname asked
+// directly; and a memory run that fills the remotes table with
+// 1,000,000 clients.
 package main
 
 import (
@@ -58,6 +60,10 @@ type config struct {
 	// dnstap adds a bbal with -D to a reading collector to the
 	// rotation, beside bbal without it.
 	dnstap bool
+	// skipCache skips the answer cache's runs; names is their
+	// workload's distinct names.
+	skipCache bool
+	names     int
 }
 
 func main() {
@@ -76,6 +82,8 @@ func main() {
 	flag.BoolVar(&c.rateLimit, "ratelimit", false, "also measure a bbal with -q set high (nothing over it), for the rate limit's cost per query")
 	flag.StringVar(&c.baseline, "baseline", "", "another bbal binary (e.g. an earlier commit's) to measure beside bbal in the same run")
 	flag.BoolVar(&c.dnstap, "dnstap", false, "also measure a bbal with -D (dnstap) to a reading collector beside bbal without it")
+	flag.BoolVar(&c.skipCache, "skip-cache", false, "skip the answer cache's runs (bbal -c)")
+	flag.IntVar(&c.names, "names", 5000, "distinct names in the answer cache's run in front of node-mname")
 	flag.Parse()
 	if err := run(c); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -299,6 +307,16 @@ setSecurityPollSuffix("")
 		}
 		targets = append(targets, target{"baseline", port, base, ""})
 	}
+	if !c.skipCache {
+		// The miss path: every query looked up, its answer read and
+		// not kept.
+		cached, port, err := startCached(c, logs, sockets, filepath.Join(dir, "miss.sock"))
+		if err != nil {
+			return err
+		}
+		defer cached.stop()
+		targets = append(targets, target{"bbal-c", port, cached, ""})
+	}
 	var tap *tapCollector
 	var tapDebug string
 	if c.dnstap {
@@ -348,6 +366,10 @@ setSecurityPollSuffix("")
 			o := med["bbal-q/"+proto]
 			fmt.Printf("%s: bbal -q/bbal %.2fx qps, %.2fx CPU per query (%+.3f µs)\n", proto, o.qps/b.qps, o.cpu/b.cpu, (o.cpu-b.cpu)*10)
 		}
+		if !c.skipCache {
+			o := med["bbal-c/"+proto]
+			fmt.Printf("%s: bbal -c (every query a miss)/bbal %.2fx qps, %.2fx CPU per query (%+.3f µs)\n", proto, o.qps/b.qps, o.cpu/b.cpu, (o.cpu-b.cpu)*10)
+		}
 		if c.baseline != "" {
 			o := med["baseline/"+proto]
 			fmt.Printf("%s: bbal/baseline %.2fx qps, %.2fx CPU per query\n", proto, b.qps/o.qps, b.cpu/o.cpu)
@@ -367,6 +389,11 @@ setSecurityPollSuffix("")
 	}
 	if !c.skipNode {
 		if err := nodeCPU(c, dir, logs, queries); err != nil {
+			return err
+		}
+	}
+	if !c.skipCache {
+		if err := cacheRuns(c, dir, logs, med["bbal/udp"]); err != nil {
 			return err
 		}
 	}

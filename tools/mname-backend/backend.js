@@ -3,7 +3,10 @@
  * built on the real mname library, reached only through
  * server.listenBalancer(), as in Binder.
  *
- *     node backend.js SOCKET_PATH NAME
+ *     node backend.js SOCKET_PATH NAME [UDP_PORT]
+ *
+ * With UDP_PORT it also serves DNS over UDP on 127.0.0.1:UDP_PORT, so
+ * that a benchmark can ask it directly, without a balancer.
  *
  * TXT queries are answered with "client=ADDR:PORT" (the client address the
  * balancer reported), "backend=NAME" and "proto=udp|tcp"; A queries with
@@ -18,6 +21,7 @@ var mname = require('mname');
 
 var sockPath = process.argv[2];
 var name = process.argv[3] || 'mname';
+var udpPort = process.argv[4] ? parseInt(process.argv[4], 10) : 0;
 if (!sockPath) {
 	console.error('usage: node backend.js SOCKET_PATH NAME');
 	process.exit(2);
@@ -101,7 +105,14 @@ function unlinkSocket() {
 
 unlinkSocket();
 server.listenBalancer({ path: sockPath }, function () {
-	console.log('ready');
+	if (!udpPort) {
+		console.log('ready');
+		return;
+	}
+	server.listenUdp({ port: udpPort, address: '127.0.0.1',
+	    family: 'udp4' }, function () {
+		console.log('ready');
+	});
 });
 
 process.on('SIGTERM', function () {

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -118,4 +119,36 @@ func BenchmarkHitRatio(b *testing.B) {
 			b.ReportMetric(lruRatio, "lru-hit-ratio")
 		})
 	}
+}
+
+// BenchmarkBytesPerEntry fills a cache of 100,000 entries with answers
+// of about 100 bytes and reports the heap it takes per entry: the
+// records and the arenas, made as the sets fill.
+func BenchmarkBytesPerEntry(b *testing.B) {
+	const entries = 100000
+	qs := make([][]byte, entries)
+	as := make([][]byte, entries)
+	for i := range qs {
+		name := fmt.Sprintf("svc-%d.binder.example.com.", i)
+		qs[i] = query(b, name, dns.TypeA, 1, 0)
+		as[i] = reply(b, qs[i], dns.RcodeSuccess, []string{name + " 60 IN A 10.0.0.1", name + " 60 IN A 10.0.0.2"}, nil)
+	}
+	var perEntry, kept float64
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		c := New(Config{Entries: entries})
+		for i := range qs {
+			k, _ := c.KeyOf(qs[i])
+			c.Put(&k, p1, as[i], 0)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perEntry = float64(after.HeapAlloc-before.HeapAlloc) / entries
+		kept = float64(c.Stats().Entries) / entries
+		runtime.KeepAlive(c)
+	}
+	b.ReportMetric(perEntry, "bytes/entry")
+	b.ReportMetric(kept, "kept")
 }

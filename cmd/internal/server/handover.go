@@ -55,8 +55,8 @@ type Inherited struct {
 	// cache; the new process reads it (CacheRestoreTime at most) into
 	// its own, if it has one.
 	Cache *os.File
-	State   *State
-	ready   *os.File
+	State *State
+	ready *os.File
 }
 
 // State is the old process's state. On the state pipe it is a JSON line
