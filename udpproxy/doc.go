@@ -83,6 +83,23 @@
 // sampled into bounded summaries of the busiest clients and questions
 // ([Proxy.Top]; top.go).
 //
+// # Answer cache
+//
+// With [Proxy.SetCache] (-c: package
+// [github.com/bbal/bbal/udpproxy/cache]), the reader looks each query up
+// in its backend's partition of the cache (cache.go) before it is sent
+// on: a hit is written over the query in the reader's own buffer and
+// sent, with the batch's other hits, in one sendmmsg at the end of the
+// batch, never touching the backend. When the client's backend cannot
+// take the query (none is available, it is stalled, or its queue is
+// full), an entry expired within the stale limit is served instead
+// (serve-stale), from the backend's partition, or without one the
+// client's primary's. A query that misses carries its key in its record
+// in flight, and its answer is offered to the cache from the reply
+// path. A timer has a goroutine of its own (cacheLoop) sweep the cache
+// every CacheSweepInterval of entries past their stale limit and of
+// backends' old epochs ([backend.Backend.Epoch]).
+//
 // # Drops
 //
 // A datagram is dropped, and counted by reason, when it is longer than
@@ -124,8 +141,9 @@
 // are handed at their Start ([Proxy.Replies]) and the Down events it
 // consumes.
 //
-// One goroutine (readLoop) reads each socket, and one (resendLoop)
-// consumes the backends' Down events. Each reply batch belongs to one
+// One goroutine (readLoop) reads each socket, one (resendLoop)
+// consumes the backends' Down events, and with a cache one (cacheLoop)
+// sweeps it. Each reply batch belongs to one
 // session reader; any number of them send concurrently. Close stops the
 // readers and resendLoop and waits for them.
 package udpproxy

@@ -34,6 +34,13 @@ type bed struct {
 // table's Config first.
 func newBed(t testing.TB, log zerolog.Logger, tableOpts ...func(*remotes.Config)) *bed {
 	t.Helper()
+	return newBedWith(t, log, nil, tableOpts...)
+}
+
+// newBedWith is newBed with setup, when not nil, called on the proxy
+// before it starts.
+func newBedWith(t testing.TB, log zerolog.Logger, setup func(*Proxy), tableOpts ...func(*remotes.Config)) *bed {
+	t.Helper()
 	dir := testbed.SocketDir(t)
 	fake := testbed.NewFake(t, filepath.Join(dir, "5301"))
 	ts := testbed.RunTimeouts(t, timeouts.New(timeouts.System))
@@ -58,6 +65,9 @@ func newBed(t testing.TB, log zerolog.Logger, tableOpts ...func(*remotes.Config)
 	c.Hello(t)
 	testbed.Eventually(t, "backend ok", func() bool { return set.Get(5301).OK() })
 	go io.Copy(io.Discard, c)
+	if setup != nil {
+		setup(p)
+	}
 	p.Start()
 	t.Cleanup(func() {
 		p.Close()

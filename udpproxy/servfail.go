@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 
 	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/udpproxy/cache"
 )
 
 // maxNameLen is the longest domain name in wire format (RFC 1035).
@@ -29,7 +30,7 @@ func selfAnswer(query, out []byte, tc bool) []byte {
 	switch binary.BigEndian.Uint16(query[4:]) {
 	case 0:
 	case 1:
-		i, ok := nameEnd(query, protocol.DNSHeaderLen)
+		i, ok := cache.NameEnd(query, protocol.DNSHeaderLen)
 		if !ok {
 			return nil
 		}
@@ -49,27 +50,4 @@ func selfAnswer(query, out []byte, tc bool) []byte {
 	}
 	clear(out[6:12]) // no answer, authority or additional records
 	return out
-}
-
-// nameEnd returns where the name at msg[i:] ends, after its root label:
-// false for one that runs past msg, is longer than maxNameLen, or holds a
-// pointer or a label type no query uses.
-func nameEnd(msg []byte, i int) (int, bool) {
-	start := i
-	for {
-		if i >= len(msg) {
-			return 0, false
-		}
-		l := int(msg[i])
-		if l&0xc0 != 0 {
-			return 0, false
-		}
-		i += 1 + l
-		if l == 0 {
-			return i, true
-		}
-		if i-start >= maxNameLen { // no room left for the root label
-			return 0, false
-		}
-	}
 }

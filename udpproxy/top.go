@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/bbal/bbal/protocol"
+	"github.com/bbal/bbal/udpproxy/cache"
 )
 
 // Top talkers: one datagram in SampleEvery (at random) of those routed to a client
@@ -169,7 +170,7 @@ func questionName(query, name []byte) (int, uint16, bool) {
 	if len(query) < protocol.DNSHeaderLen || binary.BigEndian.Uint16(query[4:]) == 0 {
 		return 0, 0, false
 	}
-	end, ok := nameEnd(query, protocol.DNSHeaderLen)
+	end, ok := cache.NameEnd(query, protocol.DNSHeaderLen)
 	if !ok || end+4 > len(query) { // QTYPE, QCLASS
 		return 0, 0, false
 	}

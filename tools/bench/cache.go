@@ -1,11 +1,7 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -53,17 +49,8 @@ type cacheStats struct {
 }
 
 func bbalCache(sock string) (cacheStats, error) {
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
-	defer hc.CloseIdleConnections()
 	var st cacheStats
-	resp, err := hc.Get("http://bbal/v1/cache")
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return st, debugGet(sock, "/v1/cache", &st)
 }
 
 // cacheRuns runs bbal -c in front of one node-mname process and reports

@@ -594,15 +594,21 @@ type stats struct {
 }
 
 func bbalStats(sock string) (stats, error) {
+	var st stats
+	return st, debugGet(sock, "/v1/stats", &st)
+}
+
+// debugGet reads the JSON reply to GET path on bbal's debug socket sock
+// into out.
+func debugGet(sock, path string, out any) error {
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
 	defer hc.CloseIdleConnections()
-	var st stats
-	resp, err := hc.Get("http://bbal/v1/stats")
+	resp, err := hc.Get("http://bbal" + path)
 	if err != nil {
-		return st, err
+		return err
 	}
 	defer resp.Body.Close()
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return json.NewDecoder(resp.Body).Decode(out)
 }

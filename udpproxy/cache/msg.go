@@ -86,10 +86,21 @@ var lower = func() (t [256]byte) {
 }()
 
 // questionEnd returns where the question at msg[12:] ends (after QTYPE
-// and QCLASS): false for a name that runs past msg, is longer than
-// maxNameLen or holds a pointer.
+// and QCLASS): false for a name that NameEnd refuses, or no room for
+// the type and class.
 func questionEnd(msg []byte) (int, bool) {
-	i := headerLen
+	i, ok := NameEnd(msg, headerLen)
+	if !ok || i+4 > len(msg) {
+		return 0, false
+	}
+	return i + 4, true
+}
+
+// NameEnd returns where the name at msg[i:] ends, after its root label:
+// false for one that runs past msg, is longer than 255 bytes (RFC
+// 1035), or holds a pointer or a label type no query uses.
+func NameEnd(msg []byte, i int) (int, bool) {
+	start := i
 	for {
 		if i >= len(msg) {
 			return 0, false
@@ -100,16 +111,12 @@ func questionEnd(msg []byte) (int, bool) {
 		}
 		i += 1 + l
 		if l == 0 {
-			break
+			return i, true
 		}
-		if i-headerLen >= maxNameLen {
+		if i-start >= maxNameLen { // no room left for the root label
 			return 0, false
 		}
 	}
-	if i+4 > len(msg) {
-		return 0, false
-	}
-	return i + 4, true
 }
 
 // hashQuestion hashes the question msg[12:qend] with its name in lower
