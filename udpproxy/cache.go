@@ -30,8 +30,9 @@ func (p *Proxy) SetCache(c *cache.Cache) {
 // Cache returns the answer cache, nil for none.
 func (p *Proxy) Cache() *cache.Cache { return p.cache }
 
-// partition is be's share of the cache.
-func partition(be *backend.Backend) cache.Partition {
+// CachePartition is be's share of the cache: its ID and its data's
+// epoch now.
+func CachePartition(be *backend.Backend) cache.Partition {
 	return cache.Partition{Backend: uint16(be.ID()), Epoch: be.Epoch()}
 }
 
@@ -62,7 +63,7 @@ func (p *Proxy) fromCache(l *listener, data []byte, n int, k *cache.Key, be *bac
 	if p.tap != nil {
 		copy(l.tapQuery[:], data[:n])
 	}
-	m, r := p.cache.Get(data, k, partition(be), now)
+	m, r := p.cache.Get(data, k, CachePartition(be), now)
 	switch {
 	case r == cache.Hit:
 		p.sendCached(l, data[:m], l.tapQuery[:n], from, o, now)
@@ -80,7 +81,7 @@ func (p *Proxy) serveStale(l *listener, data []byte, n int, k *cache.Key, be *ba
 	if p.tap != nil {
 		copy(l.tapQuery[:], data[:n])
 	}
-	m := p.cache.GetStale(data, k, partition(be), now)
+	m := p.cache.GetStale(data, k, CachePartition(be), now)
 	if m == 0 {
 		return false
 	}
@@ -108,16 +109,13 @@ func (p *Proxy) sendCached(l *listener, resp, query []byte, to netip.AddrPort, o
 // keep puts data, be's answer to a query whose key was k, in the cache.
 func (p *Proxy) keep(k *cache.Key, be *backend.Backend, data []byte, now int64) {
 	if p.cache != nil && k.Hash != 0 {
-		p.cache.Put(k, partition(be), data, now)
+		p.cache.Put(k, CachePartition(be), data, now)
 	}
 }
 
 // cacheTick is the sweep's timer: it posts to cacheLoop.
 func (p *Proxy) cacheTick() {
-	select {
-	case p.cacheSweep <- struct{}{}:
-	default:
-	}
+	post(p.cacheSweep)
 	p.cacheT.Again(CacheSweepInterval)
 }
 
@@ -134,7 +132,7 @@ func (p *Proxy) cacheLoop() {
 		case <-p.cacheSweep:
 			p.cache.Sweep(p.clock.Now().UnixNano(), func(pt cache.Partition) bool {
 				be := p.backends.Get(backend.ID(pt.Backend))
-				return be != nil && be.Epoch() == pt.Epoch
+				return be != nil && CachePartition(be) == pt
 			})
 		}
 	}

@@ -19,11 +19,18 @@ func (p *Proxy) DetectStalls(floor, hold time.Duration) {
 // stallTick is the stall check's timer: it posts to resendLoop, which
 // checks.
 func (p *Proxy) stallTick() {
+	post(p.stallCheck)
+	p.stallT.Again(placement.StallCheckInterval)
+}
+
+// post tells a goroutine waiting on ch, a channel of one, that its work
+// is due, without waiting: a timer's callback must not block, and one
+// post waiting is as good as two.
+func post(ch chan struct{}) {
 	select {
-	case p.stallCheck <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
-	p.stallT.Again(placement.StallCheckInterval)
 }
 
 // checkStalls is resendLoop's stall check: each backend found stalled

@@ -58,14 +58,9 @@ func bbalCache(sock string) (cacheStats, error) {
 // bbal without -c in front of the echo backend (the main rotation's
 // median).
 func cacheRuns(c config, dir string, logs *os.File, plain sample) error {
-	script := filepath.Join(c.mnameDir, "backend.js")
-	if _, err := os.Stat(filepath.Join(c.mnameDir, "node_modules", "mname")); err != nil {
-		return fmt.Errorf("node-mname missing: run make npm-deps (or -skip-cache)")
-	}
 	sockets := filepath.Join(dir, "cache")
-	os.Mkdir(sockets, 0o755)
 	udp, _ := freePort()
-	node, err := start("node-mname", logs, "node", script, filepath.Join(sockets, "5301"), "n1", strconv.Itoa(udp))
+	node, err := startMname(c, logs, sockets, "-skip-cache", strconv.Itoa(udp))
 	if err != nil {
 		return err
 	}

@@ -465,23 +465,12 @@ func manyClients(c config, port int, debugSock string) error {
 // nodeCPU runs bbal in front of one node-mname process and compares their
 // CPU time per query.
 func nodeCPU(c config, dir string, logs *os.File, queries string) error {
-	script := filepath.Join(c.mnameDir, "backend.js")
-	if _, err := os.Stat(filepath.Join(c.mnameDir, "node_modules", "mname")); err != nil {
-		return fmt.Errorf("node-mname missing: run make npm-deps (or -skip-node)")
-	}
 	sockets := filepath.Join(dir, "node")
-	os.Mkdir(sockets, 0o755)
-	node, err := start("node-mname", logs, "node", script, filepath.Join(sockets, "5301"), "n1")
+	node, err := startMname(c, logs, sockets, "-skip-node")
 	if err != nil {
 		return err
 	}
 	defer node.stop()
-	if err := waitFor("node-mname socket", func() bool {
-		_, err := os.Stat(filepath.Join(sockets, "5301"))
-		return err == nil
-	}); err != nil {
-		return err
-	}
 	bins := []string{filepath.Join(c.bin, "bbal")}
 	if c.baseline != "" {
 		bins = append(bins, c.baseline)
@@ -507,6 +496,28 @@ func nodeCPU(c config, dir string, logs *os.File, queries string) error {
 		fmt.Printf("baseline bbal/node-mname %.1f%%: bbal/baseline %.2fx\n", 100*med(per["baseline"]), med(per["bbal"])/med(per["baseline"]))
 	}
 	return nil
+}
+
+// startMname starts one node-mname process, n1, on the socket 5301 of
+// the directory sockets (made here), and waits for the socket; more
+// are its backend.js arguments after the name. skip names the flag
+// that leaves the run out, for the error when node-mname is missing.
+func startMname(c config, logs *os.File, sockets, skip string, more ...string) (*proc, error) {
+	if _, err := os.Stat(filepath.Join(c.mnameDir, "node_modules", "mname")); err != nil {
+		return nil, fmt.Errorf("node-mname missing: run make npm-deps (or %s)", skip)
+	}
+	os.Mkdir(sockets, 0o755)
+	sock := filepath.Join(sockets, "5301")
+	args := append([]string{"node", filepath.Join(c.mnameDir, "backend.js"), sock, "n1"}, more...)
+	node, err := start("node-mname", logs, args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitFor("node-mname socket", func() bool { _, err := os.Stat(sock); return err == nil }); err != nil {
+		node.stop()
+		return nil, err
+	}
+	return node, nil
 }
 
 // nodeRun runs dnsperf through the bbal binary bin in front of node,

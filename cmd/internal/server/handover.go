@@ -16,6 +16,7 @@ import (
 
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/remotes"
+	"github.com/bbal/bbal/udpproxy"
 	"github.com/bbal/bbal/udpproxy/cache"
 )
 
@@ -378,7 +379,7 @@ func (b *Balancer) restoreCache(f *os.File) {
 		if be == nil {
 			return cache.Partition{}, false
 		}
-		return cache.Partition{Backend: id, Epoch: be.Epoch()}, true
+		return udpproxy.CachePartition(be), true
 	}, b.Clock.Now().UnixNano())
 	if err != nil {
 		b.Log.Warn().Err(err).Int("entries", n).Msg("took over part of the previous process's answer cache")
