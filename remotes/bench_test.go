@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -76,4 +77,34 @@ func BenchmarkScanPause1M(b *testing.B) {
 		}
 		b.ReportMetric(float64(tab.MaxPause().Microseconds()), "max-pause-µs")
 	}
+}
+
+// BenchmarkRouteParallel is BenchmarkRoute1M from several readers at
+// once (run it with -cpu 1,2,...): each goroutine looks up its own share
+// of the known remotes, in random order, as readers of one address do.
+func BenchmarkRouteParallel(b *testing.B) {
+	const n = 1_000_000
+	tab, _, _ := newTable(b, newFake(1, 2))
+	tab.log = tab.log.Level(100)
+	addrs := make([]netip.Addr, n)
+	for i := range addrs {
+		addrs[i] = a4(0x0a000000 + uint32(i)*7)
+		tab.Route(addrs[i])
+	}
+	rand.Shuffle(n, func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
+	var seed atomic.Uint64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(seed.Add(1) * 104729 % n)
+		for pb.Next() {
+			if tab.Route(addrs[i]).Backend == 0 {
+				b.Error("no backend")
+				return
+			}
+			if i++; i == n {
+				i = 0
+			}
+		}
+	})
 }

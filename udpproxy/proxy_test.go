@@ -41,13 +41,29 @@ func newBed(t testing.TB, log zerolog.Logger, tableOpts ...func(*remotes.Config)
 // before it starts.
 func newBedWith(t testing.TB, log zerolog.Logger, setup func(*Proxy), tableOpts ...func(*remotes.Config)) *bed {
 	t.Helper()
+	return newBedOf(t, log, 1, setup, tableOpts...)
+}
+
+// newBedSockets is newBed with n sockets on one address, as -r n binds
+// them.
+func newBedSockets(t testing.TB, log zerolog.Logger, n int) *bed {
+	t.Helper()
+	return newBedOf(t, log, n, nil)
+}
+
+func newBedOf(t testing.TB, log zerolog.Logger, n int, setup func(*Proxy), tableOpts ...func(*remotes.Config)) *bed {
+	t.Helper()
 	dir := testbed.SocketDir(t)
 	fake := testbed.NewFake(t, filepath.Join(dir, "5301"))
 	ts := testbed.RunTimeouts(t, timeouts.New(timeouts.System))
 
-	uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
+	conns := make([]*net.UDPConn, n)
+	for i := range conns {
+		uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = uc
 	}
 	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts})
 	picker := placement.New[backend.ID, *backend.Backend](set, placement.Config{Log: log, Clock: ts.Clock()})
@@ -56,7 +72,7 @@ func newBedWith(t testing.TB, log zerolog.Logger, setup func(*Proxy), tableOpts 
 		f(&tcfg)
 	}
 	table := remotes.New(tcfg)
-	p, err := New([]*net.UDPConn{uc}, table, set, ts, log)
+	p, err := New(conns, table, set, ts, log)
 	if err != nil {
 		t.Fatal(err)
 	}
