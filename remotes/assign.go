@@ -2,9 +2,30 @@ package remotes
 
 import "github.com/bbal/bbal/backend"
 
-// assign applies the assignment rules of the package comment. t.mu is
-// held.
+// assign applies the assignment rules of the package comment. r's
+// shard's lock is held; a remote served by its ok primary, or by its ok
+// backup while the primary is down, is served without the counts' lock,
+// which the rest takes.
 func (t *Table) assign(r *Remote) backend.ID {
+	if r.primary != 0 {
+		ok, gone := t.cfg.Backends.Status(r.primary)
+		switch {
+		case ok && r.backup == 0:
+			return r.primary
+		case !ok && !gone && r.backup != 0:
+			if ok, _ := t.cfg.Backends.Status(r.backup); ok {
+				return r.backup
+			}
+		}
+	}
+	t.cmu.Lock()
+	defer t.cmu.Unlock()
+	return t.reassign(r)
+}
+
+// reassign is assign's part that changes assignments: r's shard's lock
+// and the counts' are held.
+func (t *Table) reassign(r *Remote) backend.ID {
 	b := t.cfg.Picker
 	if r.primary != 0 {
 		ok, gone := t.cfg.Backends.Status(r.primary)
@@ -48,7 +69,7 @@ func (t *Table) assign(r *Remote) backend.ID {
 }
 
 // The per-backend counts change only here, with the assignment they
-// count. t.mu is held.
+// count. The remote's shard's lock and the counts' lock are held.
 
 func (t *Table) setPrimary(r *Remote, id backend.ID) {
 	move(t.primaries, r.primary, id)
@@ -85,8 +106,8 @@ type Counts struct {
 
 // Counts returns the assignment counts of every backend that has any.
 func (t *Table) Counts() map[backend.ID]Counts {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	t.cmu.Lock()
+	defer t.cmu.Unlock()
 	out := make(map[backend.ID]Counts, len(t.primaries))
 	for id, n := range t.primaries {
 		c := out[id]

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bbal/bbal/backend"
 )
 
 // BenchmarkRoute1M looks up known remotes in a table of 10^6, in random
@@ -84,7 +86,8 @@ func BenchmarkScanPause1M(b *testing.B) {
 // of the known remotes, in random order, as readers of one address do.
 func BenchmarkRouteParallel(b *testing.B) {
 	const n = 1_000_000
-	tab, _, _ := newTable(b, newFake(1, 2))
+	f := newFake(1, 2)
+	tab, _, _ := newTableConfig(b, Config{Picker: f, Backends: steadyBackends{}})
 	tab.log = tab.log.Level(100)
 	addrs := make([]netip.Addr, n)
 	for i := range addrs {
@@ -107,4 +110,13 @@ func BenchmarkRouteParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// steadyBackends are backends 1 and 2, both ok for good, read without a
+// lock as backend.Set's states are: the fake's lock would be the one
+// every reader shares.
+type steadyBackends struct{}
+
+func (steadyBackends) Status(id backend.ID) (ok, gone bool) {
+	return id == 1 || id == 2, id != 1 && id != 2
 }

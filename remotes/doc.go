@@ -12,8 +12,8 @@
 //
 // # Table
 //
-// A [Table] is a B-tree of *[Remote] ordered by address, guarded by one
-// mutex. [Table.Route] finds or creates the remote for a packet's source
+// A [Table] is 64 B-trees of *[Remote] ordered by address (shards, by a
+// hash of the address), each guarded by its own mutex. [Table.Route] finds or creates the remote for a packet's source
 // and returns a [Routing]: the remote, the backend to use, the address
 // the backend is told, and, for a client not served, why
 // ([DropStandinRange], [DropNoStandin]), which the proxies count as
@@ -32,23 +32,29 @@
 //     and the reverse map;
 //   - assign.go: the assignment rules and the per-backend counts
 //     ([Table.Counts]);
-//   - maintain.go: the table's goroutine, rebalancing and expiry, and
-//     the one chunked walk of the tree that they, [Table.ResetCounters]
-//     and [Table.Walk] share;
+//   - maintain.go: the table's goroutine, rebalancing and expiry, the
+//     one chunked scan of the shards that they and [Table.ResetCounters]
+//     share, and [Table.Walk], which merges the shards' orders;
 //   - snapshot.go: snapshots and restoring remotes ([Table.Restore]).
 //
 // # Concurrency
 //
-// The table's mutex guards the tree, every remote's assignment, times
-// and stand-in, and the per-backend counts. The stand-ins have their own
-// read-write lock over the reverse map (stand-in to client), which the
-// reply path reads ([Table.Client]) without the table's. The order is
-// the table's mutex first, then the stand-ins' lock: a stand-in is
-// given, restored or freed only with the table's mutex held, and the
-// stand-ins' lock is never held while the table's is taken. Routing an
-// IPv4 client takes the table's mutex once and no other lock (the test
-// for the stand-in range is arithmetic on the fixed range); an IPv6
-// client new to the table also takes the stand-ins' lock, within it.
+// Several readers route at once (one per socket of a listen address),
+// so nothing on the path of a known client's packet is shared by all of
+// them: routing takes the lock of the client's shard alone. A shard's
+// mutex guards its tree and its remotes' assignments, times and
+// stand-ins. The per-backend counts have their own mutex, taken within
+// a shard's to change an assignment (a new client, a backup, a return
+// home) and alone to read the counts; a client served by its ok primary
+// does not take it. The stand-ins have their own read-write lock over
+// the reverse map (stand-in to client), which the reply path reads
+// ([Table.Client]) without any other. The order is a shard's mutex,
+// then the counts', then the stand-ins': a stand-in is given, restored
+// or freed only with its remote's shard locked, and no lock is taken
+// while a later one in that order is held. Maintenance scans the shards
+// one after another, a chunk of a shard per hold of its lock; the
+// ordered listing ([Table.Walk]) merges the shards, copying a few of a
+// shard's remotes per hold.
 //
 // # Assignment
 //

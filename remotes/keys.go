@@ -3,6 +3,9 @@ package remotes
 import (
 	"encoding/binary"
 	"net/netip"
+	"sync"
+
+	"github.com/google/btree"
 
 	"github.com/bbal/bbal/protocol"
 )
@@ -38,9 +41,7 @@ type entry struct {
 	r    *Remote
 }
 
-func lessEntry(a, b entry) bool {
-	return a.addr.hi < b.addr.hi || a.addr.hi == b.addr.hi && a.addr.lo < b.addr.lo
-}
+func lessEntry(a, b entry) bool { return a.addr.less(b.addr) }
 
 func key(ip netip.Addr) entry { return entry{addr: keyOf(ip)} }
 
@@ -63,3 +64,26 @@ func hash(k uint32) uint32 {
 	k ^= k >> 16
 	return k
 }
+
+// The table has shardCount shards: enough that the readers of many
+// cores seldom meet on one lock.
+const (
+	shardBits  = 6
+	shardCount = 1 << shardBits
+)
+
+// shard is a part of the table: the remotes whose address hashes to it,
+// in a B-tree under its own lock, on cache lines of its own.
+type shard struct {
+	mu   sync.Mutex
+	tree *btree.BTreeG[entry]
+	_    [128 - 16]byte
+}
+
+// shard returns the shard of the remote with key k.
+func (t *Table) shard(k addrKey) *shard {
+	h := (k.hi ^ k.lo) * 0x9e3779b97f4a7c15
+	return &t.shards[h>>(64-shardBits)]
+}
+
+func (k addrKey) less(o addrKey) bool { return k.hi < o.hi || k.hi == o.hi && k.lo < o.lo }

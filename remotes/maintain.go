@@ -9,11 +9,14 @@ import (
 	"github.com/bbal/bbal/backend"
 )
 
-// scanChunk is how many remotes a walk of the table (a maintenance scan,
-// or Walk) handles per hold of the lock, so that a walk of a large table
-// never stalls the packet path for long (the longest hold of a scan is
-// measured: MaxPause).
-const scanChunk = 1024
+// scanChunk is how many remotes a maintenance scan handles per hold of a
+// shard's lock, so that a scan of a large table never stalls the packet
+// path for long (the longest hold is measured: MaxPause); mergeChunk is
+// how many an ordered walk (Walk) copies from a shard per hold.
+const (
+	scanChunk  = 1024
+	mergeChunk = 64
+)
 
 func (t *Table) post(f func()) {
 	select {
@@ -77,9 +80,9 @@ func (t *Table) Rebalance() int {
 	cleared := 0
 	slow := t.cfg.Picker.CheckSlow()
 	for _, id := range slow {
-		t.mu.Lock()
+		t.cmu.Lock()
 		n := t.primaries[id] / 2
-		t.mu.Unlock()
+		t.cmu.Unlock()
 		cleared += t.shed(id, n, "rebalancing away from slow backend")
 	}
 	ok := slices.DeleteFunc(t.cfg.Picker.EligibleIDs(), func(id backend.ID) bool { return slices.Contains(slow, id) })
@@ -90,7 +93,7 @@ func (t *Table) Rebalance() int {
 	// equal weights, this is the original's spread.
 	weights := make([]int, len(ok))
 	total, sumW := 0, 0
-	t.mu.Lock()
+	t.cmu.Lock()
 	for i, id := range ok {
 		weights[i] = max(t.cfg.Picker.Weight(id), 1)
 		total += t.primaries[id]
@@ -106,7 +109,7 @@ func (t *Table) Rebalance() int {
 		}
 	}
 	maxID, maxN, minN := ok[maxI], t.primaries[ok[maxI]], t.primaries[ok[minI]]
-	t.mu.Unlock()
+	t.cmu.Unlock()
 	spread := maxN - minN
 	if slices.ContainsFunc(weights, func(w int) bool { return w != weights[0] }) {
 		// Weighted: how far the fullest is over its share.
@@ -133,7 +136,9 @@ func (t *Table) shed(id backend.ID, n int, msg string) int {
 			if l := t.remoteLog(r); l != nil {
 				l.Uint16("be_id", uint16(id)).Msg(msg)
 			}
+			t.cmu.Lock()
 			t.reset(r)
+			t.cmu.Unlock()
 			cleared++
 		}
 		return cleared >= n
@@ -152,76 +157,65 @@ func (t *Table) Expire() int {
 			stale = append(stale, r)
 		}
 		return false
-	}, func() {
-		// At the end of each chunk, still under the lock: the tree
-		// may not change while it is being walked.
+	}, func(s *shard) {
+		// At the end of each chunk, still under the shard's lock: its
+		// tree may not change while it is being walked.
+		t.cmu.Lock()
+		for _, r := range stale {
+			t.reset(r)
+		}
+		t.cmu.Unlock()
 		for _, r := range stale {
 			if l := t.remoteLog(r); l != nil {
 				l.Msg("expiring remote entry")
 			}
-			t.reset(r)
 			t.standins.drop(r)
-			t.tree.Delete(entry{addr: r.addr})
+			s.tree.Delete(entry{addr: r.addr})
 		}
+		t.n.Add(-int64(len(stale)))
 		expired += len(stale)
 		stale = stale[:0]
 	})
 	return expired
 }
 
-// A walk visits the remotes in address order from the key from, a chunk
-// of scanChunk remotes per hold of the lock, so that a walk of a large
-// table never stalls the packet path for long: under the lock, visit
-// for each remote of the chunk and then endChunk (if not nil); after the
-// lock is released, between (if not nil). The walk ends when visit
-// returns true (stop) or between returns false (no more), or at the last
-// remote. A maintenance walk's holds of the lock are measured
-// (MaxPause).
-type walk struct {
-	from        addrKey
-	visit       func(*Remote) (stop bool)
-	endChunk    func()
-	between     func() (more bool)
-	maintenance bool
-}
-
-// walk runs w over the table.
-func (t *Table) walk(w walk) {
-	next, more := w.from, true
-	for more {
-		t.mu.Lock()
-		start := time.Now()
-		more = false
-		n := 0
-		stopped := false
-		t.tree.AscendGreaterOrEqual(entry{addr: next}, func(e entry) bool {
-			if n == scanChunk {
-				more, next = true, e.addr
-				return false
+// scan visits every remote, shard by shard, a chunk of scanChunk remotes
+// per hold of a shard's lock, so that a scan of a large table never
+// stalls the packet path for long: under the lock, visit for each remote
+// of the chunk and then endChunk (if not nil) with the shard. The scan
+// ends when visit returns true (stop), or at the last remote. The holds
+// are measured (MaxPause).
+func (t *Table) scan(visit func(*Remote) (stop bool), endChunk func(*shard)) {
+	for i := range t.shards {
+		s := &t.shards[i]
+		next, more := addrKey{}, true
+		for more {
+			s.mu.Lock()
+			start := time.Now()
+			more = false
+			n, stopped := 0, false
+			s.tree.AscendGreaterOrEqual(entry{addr: next}, func(e entry) bool {
+				if n == scanChunk {
+					more, next = true, e.addr
+					return false
+				}
+				n++
+				if visit(e.r) {
+					stopped = true
+					return false
+				}
+				return true
+			})
+			if endChunk != nil {
+				endChunk(s)
 			}
-			n++
-			if w.visit(e.r) {
-				stopped = true
-				return false
-			}
-			return true
-		})
-		if w.endChunk != nil {
-			w.endChunk()
-		}
-		if w.maintenance {
 			t.notePause(time.Since(start))
-		}
-		t.mu.Unlock()
-		if stopped || w.between != nil && !w.between() {
-			return
+			s.mu.Unlock()
+			if stopped {
+				return
+			}
 		}
 	}
-}
-
-// scan is a maintenance walk of every remote.
-func (t *Table) scan(visit func(*Remote) (stop bool), endChunk func()) {
-	t.walk(walk{visit: visit, endChunk: endChunk, maintenance: true})
 }
 
 func (t *Table) notePause(d time.Duration) {
@@ -250,31 +244,82 @@ func (t *Table) ResetCounters() {
 	t.standins.refused.Store(0)
 }
 
-// Walk calls fn for each remote in address order (that of their IPv6 forms),
-// from the address from onwards (all of them when from is the zero
-// Addr), holding the lock for at most a chunk of remotes at a time so
-// that a long walk does not stall the packet path: a chunk's remotes are
-// copied under the lock and handed to fn after it is released. fn must
-// not call the table.
+// Walk calls fn for each remote in address order (that of their IPv6
+// forms), from the address from onwards (all of them when from is the
+// zero Addr), merging the shards' orders: it copies up to mergeChunk
+// remotes of a shard per hold of its lock, and hands them to fn after
+// the lock is released, so that a long walk does not stall the packet
+// path. fn must not call the table.
 func (t *Table) Walk(ctx context.Context, from netip.Addr, fn func(Info) bool) {
 	if ctx.Err() != nil {
 		return
 	}
-	buf := make([]Info, 0, scanChunk)
-	t.walk(walk{
-		from: keyOf(from),
-		visit: func(r *Remote) bool {
-			buf = append(buf, t.info(r))
-			return false
-		},
-		between: func() bool {
-			for _, in := range buf {
-				if !fn(in) {
-					return false
+	var cur [shardCount]cursor
+	start := keyOf(from)
+	if !from.IsValid() {
+		start = addrKey{}
+	}
+	for i := range cur {
+		cur[i] = cursor{s: &t.shards[i], next: start, more: true}
+		t.fill(&cur[i])
+	}
+	for {
+		min := -1
+		for i := range cur {
+			c := &cur[i]
+			if len(c.buf) == 0 && c.more {
+				if ctx.Err() != nil {
+					return
 				}
+				t.fill(c)
 			}
-			buf = buf[:0]
-			return ctx.Err() == nil
-		},
+			if len(c.buf) > 0 && (min < 0 || c.buf[0].key.less(cur[min].buf[0].key)) {
+				min = i
+			}
+		}
+		if min < 0 {
+			return
+		}
+		c := &cur[min]
+		in := c.buf[0].Info
+		c.buf = c.buf[1:]
+		if !fn(in) {
+			return
+		}
+	}
+}
+
+// cursor is a shard's place in an ordered walk: the remotes copied and
+// not yet handed on, and the key to copy from next.
+type cursor struct {
+	s     *shard
+	buf   []keyedInfo // the copied remotes not yet handed on
+	store []keyedInfo // buf's memory
+	next  addrKey
+	more  bool
+}
+
+type keyedInfo struct {
+	key addrKey
+	Info
+}
+
+// fill copies up to mergeChunk remotes from c's shard, from c.next on.
+func (t *Table) fill(c *cursor) {
+	if c.store == nil {
+		c.store = make([]keyedInfo, 0, mergeChunk)
+	}
+	buf := c.store[:0]
+	c.more = false
+	c.s.mu.Lock()
+	c.s.tree.AscendGreaterOrEqual(entry{addr: c.next}, func(e entry) bool {
+		if len(buf) == mergeChunk {
+			c.more, c.next = true, e.addr
+			return false
+		}
+		buf = append(buf, keyedInfo{e.addr, t.info(e.r)})
+		return true
 	})
+	c.s.mu.Unlock()
+	c.buf = buf
 }

@@ -171,9 +171,13 @@ func (t *Table) Restore(in Info) {
 	if k.Is4() {
 		k = t.network(k)
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if !k.IsValid() || t.tree.Has(key(k)) || t.tree.Len() >= t.cfg.MaxRemotes {
+	if !k.IsValid() {
+		return
+	}
+	sh := t.shard(keyOf(k))
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.tree.Has(key(k)) || t.Len() >= t.cfg.MaxRemotes {
 		return
 	}
 	r := &Remote{addr: keyOf(k), first: sec(in.FirstSeen), last: sec(in.LastSeen)}
@@ -187,9 +191,12 @@ func (t *Table) Restore(in Info) {
 		r.tat.Store(in.NextQuery.UnixNano())
 	}
 	r.limited.Store(in.RateLimited)
+	t.cmu.Lock()
 	t.setPrimary(r, in.Primary)
 	t.setBackup(r, in.Backup)
-	t.tree.ReplaceOrInsert(entry{r.addr, r})
+	t.cmu.Unlock()
+	sh.tree.ReplaceOrInsert(entry{r.addr, r})
+	t.n.Add(1)
 }
 
 // restoreStandin gives r (an IPv6 remote) the stand-in it had, if that

@@ -130,15 +130,21 @@ type Table struct {
 	clock timeouts.Clock
 	epoch time.Time
 
-	mu        sync.Mutex
-	tree      *btree.BTreeG[entry]
+	// The remotes, in shards by a hash of their address (see the
+	// package comment's Concurrency); n counts them all.
+	shards [shardCount]shard
+	n      atomic.Int64
+
+	// cmu guards the per-backend counts, and is taken within a shard's
+	// lock to change an assignment.
+	cmu       sync.Mutex
 	primaries map[backend.ID]int // remotes per primary backend
 	backups   map[backend.ID]int // remotes per backup backend
 
 	mask     uint32 // applied to an IPv4 address to make its key
 	overflow Remote // counts for clients served without a record
 	unpinned atomic.Uint64
-	maxPause atomic.Int64 // nanoseconds, the longest hold of mu by a scan
+	maxPause atomic.Int64 // nanoseconds, the longest hold of a shard's lock by a scan
 	logLimit *timeouts.Limiter
 	fullLog  *timeouts.Limiter
 
@@ -169,7 +175,6 @@ func New(cfg Config) *Table {
 		log:       cfg.Log,
 		clock:     clock,
 		epoch:     clock.Now(),
-		tree:      btree.NewG(64, lessEntry),
 		primaries: map[backend.ID]int{},
 		backups:   map[backend.ID]int{},
 		kick:      make(chan func(), 2),
@@ -180,6 +185,9 @@ func New(cfg Config) *Table {
 		fullLog:   timeouts.NewLimiter(clock, 5*time.Second),
 	}
 	t.overflow.shared = true
+	for i := range t.shards {
+		t.shards[i].tree = btree.NewG(64, lessEntry)
+	}
 	t.rebalanceT = cfg.Timeouts.NewTimeout("remotes rebalance", func() { t.post(t.rebalanceTick) })
 	t.expireT = cfg.Timeouts.NewTimeout("remotes expiry", func() { t.post(t.expireTick) })
 	return t
@@ -234,9 +242,10 @@ func (t *Table) RouteAt(ip netip.Addr, now int64) Routing {
 	return t.route(ip, uint32(max(now-t.epoch.UnixNano(), 0)/int64(time.Second)))
 }
 
-// route takes the table's lock once, and for an IPv6 client new to the
-// table the stand-ins' lock within it (see the package comment's
-// Concurrency).
+// route takes the lock of the client's shard once; for a client new to
+// the table or to be given a backend the counts' lock within it, and for
+// an IPv6 client new to the table the stand-ins' lock within that (see
+// the package comment's Concurrency).
 func (t *Table) route(ip netip.Addr, now uint32) Routing {
 	ip = ip.Unmap()
 	k, wire := ip, uint32(0)
@@ -248,21 +257,24 @@ func (t *Table) route(ip netip.Addr, now uint32) Routing {
 		k = t.network(ip)
 	}
 	ek := key(k)
-	t.mu.Lock()
-	e, found := t.tree.Get(ek)
+	s := t.shard(ek.addr)
+	s.mu.Lock()
+	e, found := s.tree.Get(ek)
 	r := e.r
 	if !found {
-		if t.tree.Len() >= t.cfg.MaxRemotes {
-			t.mu.Unlock()
+		// A bound that concurrent new clients may pass by one each.
+		if t.n.Load() >= int64(t.cfg.MaxRemotes) {
+			s.mu.Unlock()
 			return t.unpinnedRoute(wire)
 		}
 		r = &Remote{addr: ek.addr, first: now}
 		if wire == 0 && !t.standins.give(r) {
-			t.mu.Unlock()
+			s.mu.Unlock()
 			return t.dropped(DropNoStandin)
 		}
 		ek.r = r
-		t.tree.ReplaceOrInsert(ek)
+		s.tree.ReplaceOrInsert(ek)
+		t.n.Add(1)
 		if l := t.remoteLog(r); l != nil {
 			l.Msg("new remote peer")
 		}
@@ -273,7 +285,7 @@ func (t *Table) route(ip netip.Addr, now uint32) Routing {
 	r.last = now
 	id := t.assign(r)
 	primary := r.primary
-	t.mu.Unlock()
+	s.mu.Unlock()
 	return Routing{Remote: r, Backend: id, Primary: primary, Wire: wire}
 }
 
@@ -322,21 +334,21 @@ func (t *Table) Client(ip uint32) (netip.Addr, bool) {
 // not. It allocates nothing; the UDP proxy asks it of an answer that
 // matches no query in flight, which only a client that asked may have.
 func (t *Table) Known(ip netip.Addr) bool {
-	t.mu.Lock()
-	_, ok := t.get(ip)
-	t.mu.Unlock()
+	k := t.keyOf(ip)
+	s := t.shard(k.addr)
+	s.mu.Lock()
+	_, ok := s.tree.Get(k)
+	s.mu.Unlock()
 	return ok
 }
 
-// get returns the remote for ip (its network, with PrefixBits); t.mu is
-// held.
-func (t *Table) get(ip netip.Addr) (*Remote, bool) {
+// keyOf returns the tree's key for ip: its network, with PrefixBits.
+func (t *Table) keyOf(ip netip.Addr) entry {
 	ip = ip.Unmap()
 	if ip.Is4() {
 		ip = t.network(ip)
 	}
-	e, ok := t.tree.Get(key(ip))
-	return e.r, ok
+	return key(ip)
 }
 
 // NoStandin returns the number of datagrams and connections from IPv6
@@ -371,11 +383,7 @@ func (t *Table) Unpinned() uint64 { return t.unpinned.Load() }
 func (t *Table) MaxRemotes() int { return t.cfg.MaxRemotes }
 
 // Len returns the number of remotes.
-func (t *Table) Len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.tree.Len()
-}
+func (t *Table) Len() int { return int(t.n.Load()) }
 
 // Info is a snapshot of one remote.
 type Info struct {
@@ -400,13 +408,15 @@ type Info struct {
 // Lookup returns a snapshot of the remote for ip (its network, with
 // PrefixBits).
 func (t *Table) Lookup(ip netip.Addr) (Info, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	r, ok := t.get(ip)
+	k := t.keyOf(ip)
+	s := t.shard(k.addr)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.tree.Get(k)
 	if !ok {
 		return Info{}, false
 	}
-	return t.info(r), true
+	return t.info(e.r), true
 }
 
 func (t *Table) info(r *Remote) Info {

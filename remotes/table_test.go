@@ -279,7 +279,8 @@ func TestWalkInAddressOrderInChunks(t *testing.T) {
 	for _, n := range []int{3000, 9, 10, 100, 2, 255, 256} {
 		tab.Route(ip(n))
 	}
-	for n := range 3000 {
+	// Enough that every shard's part is copied in several chunks.
+	for n := range 10000 {
 		tab.Route(a4(0x0a000000 + uint32(n)))
 	}
 	// IPv6 remotes after every IPv4 one.
@@ -294,11 +295,18 @@ func TestWalkInAddressOrderInChunks(t *testing.T) {
 	// In the order of the addresses' IPv6 forms: ::1, then IPv4, then
 	// the others.
 	by16 := func(a, b netip.Addr) int { x, y := a.As16(), b.As16(); return bytes.Compare(x[:], y[:]) }
-	if len(got) != 3010 || !slices.IsSortedFunc(got, by16) || got[0].String() != "::1" || !got[1].Is4() {
+	if len(got) != 10010 || !slices.IsSortedFunc(got, by16) || got[0].String() != "::1" || !got[1].Is4() {
 		t.Fatalf("walked %d remotes, sorted %v, first %v", len(got), slices.IsSortedFunc(got, by16), got[:2])
 	}
+	// From an address on: the next ones in order, until fn says stop.
 	n := 0
-	tab.Walk(context.Background(), a4(0x0a000000+2500), func(Info) bool { n++; return n < 100 })
+	tab.Walk(context.Background(), a4(0x0a000000+2500), func(in Info) bool {
+		if want := a4(0x0a000000 + 2500 + uint32(n)); in.Addr != want {
+			t.Fatalf("walk from 10.0.9.196: remote %d is %v, want %v", n, in.Addr, want)
+		}
+		n++
+		return n < 100
+	})
 	if n != 100 {
 		t.Fatalf("walk did not stop: %d", n)
 	}
@@ -440,7 +448,7 @@ func TestScansHoldTheLockAChunkAtATime(t *testing.T) {
 		tab.Route(a4(uint32(i)))
 	}
 	holds := 0
-	tab.scan(func(*Remote) bool { return false }, func() { holds++ })
+	tab.scan(func(*Remote) bool { return false }, func(*shard) { holds++ })
 	if holds < n/scanChunk {
 		t.Fatalf("%d holds of the lock for %d remotes", holds, n)
 	}
@@ -619,5 +627,70 @@ func TestRestoreKeepsStandins(t *testing.T) {
 	next.Restore(in)
 	if got, ok := next.Lookup(in.Addr); !ok || !next.InStandins(protocol.AddrToU32(got.Standin)) {
 		t.Fatalf("restored %+v with a stand-in out of range", got)
+	}
+}
+
+// Readers of several sockets route at once: a client whose queries
+// arrive on different readers gets one primary from all of them, every
+// new client is recorded once, and the per-backend counts add up to the
+// table, while a listing, and then rebalancing, run beside them.
+func TestRouteFromManyReadersAtOnce(t *testing.T) {
+	f := newFake(1, 2, 3)
+	tab, _, _ := newTable(t, f)
+	const readers, clients = 4, 5000
+	route := func(side func()) [][]backend.ID {
+		got := make([][]backend.ID, readers)
+		var wg sync.WaitGroup
+		for g := range readers {
+			got[g] = make([]backend.ID, clients)
+			wg.Go(func() {
+				for i := range clients {
+					// Each reader starts at a different client.
+					n := (i + g*clients/readers) % clients
+					got[g][n] = tab.Route(a4(0x0a000000 + uint32(n))).Backend
+				}
+			})
+		}
+		wg.Go(side)
+		wg.Wait()
+		return got
+	}
+	got := route(func() {
+		for range 20 {
+			tab.Walk(context.Background(), netip.Addr{}, func(Info) bool { return true })
+		}
+	})
+	for n := range clients {
+		for g := range readers {
+			if got[g][n] == 0 || got[g][n] != got[0][n] {
+				t.Fatalf("client %d: reader %d routed it to %d, reader 0 to %d", n, g, got[g][n], got[0][n])
+			}
+		}
+	}
+	route(func() {
+		for range 20 {
+			f.set(3, false)
+			tab.Rebalance()
+			f.set(3, true)
+			tab.Rebalance()
+		}
+	})
+	if tab.Len() != clients {
+		t.Fatalf("%d remotes, want %d", tab.Len(), clients)
+	}
+	primaries, backups := 0, 0
+	for _, c := range tab.Counts() {
+		primaries += c.Primary
+		backups += c.Backup
+	}
+	n := 0
+	tab.Walk(context.Background(), netip.Addr{}, func(in Info) bool {
+		if in.Primary != 0 {
+			n++
+		}
+		return true
+	})
+	if primaries != n || backups > n {
+		t.Fatalf("counts say %d primaries and %d backups; %d remotes have a primary", primaries, backups, n)
 	}
 }
