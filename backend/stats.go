@@ -92,20 +92,20 @@ const dropsHelp = "Datagrams for the backend dropped: stuck (queue full), down (
 // Backend.Stats, Backend.ResetCounters and, through Counters, the
 // metrics. The packet path updates the fields directly.
 var counterTable = counter.Table[counters, Counts]{
-	{Metric: "bbal_backend_udp_frames_total", Help: "INBOUND_UDP frames queued to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.udpFrames }, Stat: func(s *Counts) *uint64 { return &s.UDPFrames }},
-	{Metric: "bbal_backend_udp_bytes_total", Help: "DNS bytes in INBOUND_UDP frames queued to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.udpBytes }, Stat: func(s *Counts) *uint64 { return &s.UDPBytes }},
-	{Metric: "bbal_backend_outbound_udp_total", Help: "OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundUDP }, Stat: func(s *Counts) *uint64 { return &s.OutboundUDP }},
-	{Metric: "bbal_backend_outbound_bytes_total", Help: "DNS bytes in OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundBytes }, Stat: func(s *Counts) *uint64 { return &s.OutboundBytes }},
-	{Metric: "bbal_backend_outbound_errors_total", Help: "OUTBOUND_UDP frames that could not be sent on.", Field: func(c *counters) *atomic.Uint64 { return &c.outboundErrors }, Stat: func(s *Counts) *uint64 { return &s.OutboundErrors }},
-	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "stuck", Field: func(c *counters) *atomic.Uint64 { return &c.stuckDrops }, Stat: func(s *Counts) *uint64 { return &s.StuckDrops }},
-	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "down", Field: func(c *counters) *atomic.Uint64 { return &c.downDrops }, Stat: func(s *Counts) *uint64 { return &s.DownDrops }},
-	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "discarded", Field: func(c *counters) *atomic.Uint64 { return &c.discarded }, Stat: func(s *Counts) *uint64 { return &s.Discarded }},
-	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "expired", Field: func(c *counters) *atomic.Uint64 { return &c.expired }, Stat: func(s *Counts) *uint64 { return &s.Expired }},
-	{Metric: "bbal_backend_tcp_sessions_total", Help: "TCP proxy sessions opened to the backend.", Field: func(c *counters) *atomic.Uint64 { return &c.tcpTotal }, Stat: func(s *Counts) *uint64 { return &s.TCPTotal }},
-	{Metric: "bbal_backend_tcp_errors_total", Help: "TCP proxy sessions that could not connect.", Field: func(c *counters) *atomic.Uint64 { return &c.tcpErrors }, Stat: func(s *Counts) *uint64 { return &s.TCPErrors }},
-	{Metric: "bbal_backend_connect_attempts_total", Help: "Standing session connection attempts.", Field: func(c *counters) *atomic.Uint64 { return &c.connectAttempts }, Stat: func(s *Counts) *uint64 { return &s.ConnectAttempts }},
-	{Metric: "bbal_backend_connect_errors_total", Help: "Standing session connection attempts that failed.", Field: func(c *counters) *atomic.Uint64 { return &c.connectErrors }, Stat: func(s *Counts) *uint64 { return &s.ConnectErrors }},
-	{Metric: "bbal_backend_heartbeats_total", Help: "Heartbeat replies received.", Field: func(c *counters) *atomic.Uint64 { return &c.heartbeats }, Stat: func(s *Counts) *uint64 { return &s.Heartbeats }},
+	{Metric: "bbal_backend_udp_frames_total", Help: "INBOUND_UDP frames queued to the backend.", Field: func(c *counters) counter.Value { return &c.udpFrames }, Stat: func(s *Counts) *uint64 { return &s.UDPFrames }},
+	{Metric: "bbal_backend_udp_bytes_total", Help: "DNS bytes in INBOUND_UDP frames queued to the backend.", Field: func(c *counters) counter.Value { return &c.udpBytes }, Stat: func(s *Counts) *uint64 { return &s.UDPBytes }},
+	{Metric: "bbal_backend_outbound_udp_total", Help: "OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) counter.Value { return &c.outboundUDP }, Stat: func(s *Counts) *uint64 { return &s.OutboundUDP }},
+	{Metric: "bbal_backend_outbound_bytes_total", Help: "DNS bytes in OUTBOUND_UDP frames received from the backend.", Field: func(c *counters) counter.Value { return &c.outboundBytes }, Stat: func(s *Counts) *uint64 { return &s.OutboundBytes }},
+	{Metric: "bbal_backend_outbound_errors_total", Help: "OUTBOUND_UDP frames that could not be sent on.", Field: func(c *counters) counter.Value { return &c.outboundErrors }, Stat: func(s *Counts) *uint64 { return &s.OutboundErrors }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "stuck", Field: func(c *counters) counter.Value { return &c.stuckDrops }, Stat: func(s *Counts) *uint64 { return &s.StuckDrops }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "down", Field: func(c *counters) counter.Value { return &c.downDrops }, Stat: func(s *Counts) *uint64 { return &s.DownDrops }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "discarded", Field: func(c *counters) counter.Value { return &c.discarded }, Stat: func(s *Counts) *uint64 { return &s.Discarded }},
+	{Metric: "bbal_backend_drops_total", Help: dropsHelp, Reason: "expired", Field: func(c *counters) counter.Value { return &c.expired }, Stat: func(s *Counts) *uint64 { return &s.Expired }},
+	{Metric: "bbal_backend_tcp_sessions_total", Help: "TCP proxy sessions opened to the backend.", Field: func(c *counters) counter.Value { return &c.tcpTotal }, Stat: func(s *Counts) *uint64 { return &s.TCPTotal }},
+	{Metric: "bbal_backend_tcp_errors_total", Help: "TCP proxy sessions that could not connect.", Field: func(c *counters) counter.Value { return &c.tcpErrors }, Stat: func(s *Counts) *uint64 { return &s.TCPErrors }},
+	{Metric: "bbal_backend_connect_attempts_total", Help: "Standing session connection attempts.", Field: func(c *counters) counter.Value { return &c.connectAttempts }, Stat: func(s *Counts) *uint64 { return &s.ConnectAttempts }},
+	{Metric: "bbal_backend_connect_errors_total", Help: "Standing session connection attempts that failed.", Field: func(c *counters) counter.Value { return &c.connectErrors }, Stat: func(s *Counts) *uint64 { return &s.ConnectErrors }},
+	{Metric: "bbal_backend_heartbeats_total", Help: "Heartbeat replies received.", Field: func(c *counters) counter.Value { return &c.heartbeats }, Stat: func(s *Counts) *uint64 { return &s.Heartbeats }},
 }
 
 // Counters returns the table of a backend's plain counts, for the

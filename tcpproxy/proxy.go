@@ -669,8 +669,8 @@ type Counter = counter.Counter[Proxy, Counts]
 // Stats, ResetCounters and, through Counters, the metrics. The
 // connection path updates the fields directly.
 var counterTable = counter.Table[Proxy, Counts]{
-	{Metric: "bbal_tcp_connections_total", Help: "Client TCP connections accepted.", Field: func(p *Proxy) *atomic.Uint64 { return &p.total }, Stat: func(s *Counts) *uint64 { return &s.Total }},
-	{Metric: "bbal_tcp_accept_errors_total", Help: "Failed accepts on the DNS TCP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.acceptErrors }, Stat: func(s *Counts) *uint64 { return &s.AcceptErrors }},
+	{Metric: "bbal_tcp_connections_total", Help: "Client TCP connections accepted.", Field: func(p *Proxy) counter.Value { return &p.total }, Stat: func(s *Counts) *uint64 { return &s.Total }},
+	{Metric: "bbal_tcp_accept_errors_total", Help: "Failed accepts on the DNS TCP socket.", Field: func(p *Proxy) counter.Value { return &p.acceptErrors }, Stat: func(s *Counts) *uint64 { return &s.AcceptErrors }},
 }
 
 // Counters returns the table of the proxy's plain counts, for the

@@ -2,7 +2,6 @@ package udpproxy
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/bbal/bbal/backend"
@@ -62,8 +61,10 @@ type flightInfo struct {
 	qlen    uint8      // bytes of query kept; 0 if it was too long
 	ifindex uint32
 	// seq orders the queries as they were sent on: which of a dead
-	// backend's was sent to it first (see Proxy.resend).
-	seq   uint32
+	// backend's was sent to it first (see Proxy.resend). Each reader
+	// gives its own, in its time order (listener.nextSeq): no count is
+	// shared by the readers.
+	seq   int64
 	local [16]byte // the query's destination address (IPv4-mapped for IPv4)
 	// ck is the query's answer cache key; its Hash is 0 when there is
 	// no cache, or the query cannot use it.
@@ -94,19 +95,22 @@ func flightKey(wire uint32, port uint16, id uint16) uint64 {
 	return uint64(wire)<<32 | uint64(port)<<16 | uint64(id)
 }
 
-const flightBuckets = flightSlots / flightWays
+const (
+	flightBuckets    = flightSlots / flightWays
+	flightBucketBits = 12 // log2(flightBuckets)
+)
 
 type flights struct {
 	buckets [flightBuckets]bucket
-	seq     atomic.Uint32
 }
 
 func newFlights() *flights { return new(flights) }
 
-// bucket returns key's bucket and its lock.
+// bucket returns key's bucket and its lock: the top bits of the key's
+// Fibonacci hash, which every bit of the key moves (the low bits of the
+// product would not see a client address's high bits).
 func (t *flights) bucket(key uint64) (*bucket, *sync.Mutex) {
-	h := (key * 0x9e3779b97f4a7c15) >> 32
-	b := &t.buckets[h%flightBuckets]
+	b := &t.buckets[(key*0x9e3779b97f4a7c15)>>(64-flightBucketBits)]
 	return b, &b.mu
 }
 
@@ -124,8 +128,9 @@ type placed struct {
 	evicted   bool
 }
 
-// put records a query sent to be at now, with its answer cache key ck.
-func (t *flights) put(key uint64, be backend.ID, o *origin, query []byte, ck cache.Key, now int64) (p placed) {
+// put records a query sent to be at now, with its answer cache key ck,
+// as the seq-th sent on.
+func (t *flights) put(key uint64, be backend.ID, o *origin, query []byte, ck cache.Key, now, seq int64) (p placed) {
 	b, mu := t.bucket(key)
 	mu.Lock()
 	way := -1
@@ -166,7 +171,7 @@ func (t *flights) put(key uint64, be backend.ID, o *origin, query []byte, ck cac
 	in.be, in.lis, in.resent, in.ifindex, in.local = be, o.lis, false, o.ifindex, o.local
 	in.dup, in.copies = false, 1
 	in.ck = ck
-	in.seq = t.seq.Add(1)
+	in.seq = seq
 	in.qlen = 0
 	if len(query) <= keepLen {
 		in.qlen = uint8(len(query))

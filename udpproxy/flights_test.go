@@ -13,7 +13,7 @@ func TestFlightsMatchAnswersToQueries(t *testing.T) {
 	o := &origin{lis: 1, ifindex: 7, local: [16]byte{15: 9}}
 	now := int64(time.Hour)
 	key := flightKey(0x7f000001, 5353, 42)
-	if pl := ft.put(key, 5301, o, []byte("query"), cache.Key{}, now); pl != (placed{}) {
+	if pl := ft.put(key, 5301, o, []byte("query"), cache.Key{}, now, now); pl != (placed{}) {
 		t.Fatalf("put in an empty table: %+v", pl)
 	}
 	var a answered
@@ -35,8 +35,8 @@ func TestFlightsBounded(t *testing.T) {
 	// The same query again, for another backend, displaces itself; it
 	// is not an eviction.
 	key := flightKey(1, 2, 3)
-	ft.put(key, 5301, o, nil, cache.Key{}, now)
-	if pl := ft.put(key, 5302, o, nil, cache.Key{}, now+1); pl != (placed{displaced: 5301, copies: 1}) {
+	ft.put(key, 5301, o, nil, cache.Key{}, now, now)
+	if pl := ft.put(key, 5302, o, nil, cache.Key{}, now+1, now+1); pl != (placed{displaced: 5301, copies: 1}) {
 		t.Fatalf("repeat: %+v", pl)
 	}
 	// Fill every way of key's bucket: the next query there evicts the
@@ -49,15 +49,15 @@ func TestFlightsBounded(t *testing.T) {
 		}
 	}
 	for i, k := range same[:flightWays-1] {
-		ft.put(k, backend.ID(6000+i), o, nil, cache.Key{}, now+2+int64(i))
+		ft.put(k, backend.ID(6000+i), o, nil, cache.Key{}, now+2+int64(i), now+2+int64(i))
 	}
-	if pl := ft.put(same[flightWays-1], 7000, o, nil, cache.Key{}, now+10); pl != (placed{displaced: 5302, copies: 1, evicted: true}) {
+	if pl := ft.put(same[flightWays-1], 7000, o, nil, cache.Key{}, now+10, now+10); pl != (placed{displaced: 5302, copies: 1, evicted: true}) {
 		t.Fatalf("full bucket: %+v; want the oldest, 5302, evicted", pl)
 	}
 	// A query past FlightAge makes room without an eviction, and sweep
 	// forgets the rest.
 	later := now + int64(FlightAge) + 100
-	if pl := ft.put(key, 5303, o, nil, cache.Key{}, later); pl.displaced == 0 || pl.evicted || pl.dup {
+	if pl := ft.put(key, 5303, o, nil, cache.Key{}, later, later); pl.displaced == 0 || pl.evicted || pl.dup {
 		t.Fatalf("stale way: %+v", pl)
 	}
 	var gone []backend.ID
@@ -76,11 +76,11 @@ func TestFlightsCountCopiesOfAQuery(t *testing.T) {
 	first := &origin{lis: 1, ifindex: 3, local: [16]byte{15: 2}}
 	now := int64(time.Hour)
 	key := flightKey(0x7f000001, 5353, 42)
-	ft.put(key, 5301, first, nil, cache.Key{}, now)
+	ft.put(key, 5301, first, nil, cache.Key{}, now, now)
 	// A retransmit, from the same port with the same ID, to the same
 	// backend: a copy on the record, not a new query.
 	for i := range 4 {
-		if pl := ft.put(key, 5301, &origin{}, nil, cache.Key{}, now+int64(i+1)); pl != (placed{dup: true}) {
+		if pl := ft.put(key, 5301, &origin{}, nil, cache.Key{}, now+int64(i+1), now+int64(i+1)); pl != (placed{dup: true}) {
 			t.Fatalf("copy %d: %+v", i+2, pl)
 		}
 	}
@@ -96,9 +96,9 @@ func TestFlightsCountCopiesOfAQuery(t *testing.T) {
 		t.Fatal("a sixth answer matched five copies")
 	}
 	// Copies not answered are swept, counted.
-	ft.put(key, 5301, first, nil, cache.Key{}, now)
-	ft.put(key, 5301, first, nil, cache.Key{}, now+1)
-	ft.put(key, 5301, first, nil, cache.Key{}, now+2)
+	ft.put(key, 5301, first, nil, cache.Key{}, now, now)
+	ft.put(key, 5301, first, nil, cache.Key{}, now+1, now+1)
+	ft.put(key, 5301, first, nil, cache.Key{}, now+2, now+2)
 	ft.take(key, &a)
 	swept := 0
 	ft.sweep(now+2+int64(FlightAge)+1, func(id backend.ID, copies int) { swept += copies })
@@ -107,14 +107,14 @@ func TestFlightsCountCopiesOfAQuery(t *testing.T) {
 	}
 	// A copy past FlightAge of the latest is a new query; one beyond
 	// maxCopies starts the record over.
-	ft.put(key, 5301, first, nil, cache.Key{}, now)
-	if pl := ft.put(key, 5301, first, nil, cache.Key{}, now+int64(FlightAge)+1); pl != (placed{displaced: 5301, copies: 1}) {
+	ft.put(key, 5301, first, nil, cache.Key{}, now, now)
+	if pl := ft.put(key, 5301, first, nil, cache.Key{}, now+int64(FlightAge)+1, now+int64(FlightAge)+1); pl != (placed{displaced: 5301, copies: 1}) {
 		t.Fatalf("stale copy: %+v", pl)
 	}
 	for range maxCopies - 1 {
-		ft.put(key, 5301, first, nil, cache.Key{}, now+int64(FlightAge)+1)
+		ft.put(key, 5301, first, nil, cache.Key{}, now+int64(FlightAge)+1, now+int64(FlightAge)+1)
 	}
-	if pl := ft.put(key, 5301, first, nil, cache.Key{}, now+int64(FlightAge)+1); pl != (placed{displaced: 5301, copies: maxCopies}) {
+	if pl := ft.put(key, 5301, first, nil, cache.Key{}, now+int64(FlightAge)+1, now+int64(FlightAge)+1); pl != (placed{displaced: 5301, copies: maxCopies}) {
 		t.Fatalf("copy beyond maxCopies: %+v", pl)
 	}
 }
@@ -124,9 +124,9 @@ func TestFlightsKeepQueriesForResending(t *testing.T) {
 	o := &origin{}
 	now := int64(time.Hour)
 	long := make([]byte, keepLen+1)
-	ft.put(flightKey(1, 1, 1), 5301, o, []byte("short"), cache.Key{}, now)
-	ft.put(flightKey(1, 1, 2), 5301, o, long, cache.Key{}, now)
-	ft.put(flightKey(1, 1, 3), 5302, o, []byte("other"), cache.Key{}, now)
+	ft.put(flightKey(1, 1, 1), 5301, o, []byte("short"), cache.Key{}, now, now)
+	ft.put(flightKey(1, 1, 2), 5301, o, long, cache.Key{}, now, now)
+	ft.put(flightKey(1, 1, 3), 5302, o, []byte("other"), cache.Key{}, now, now)
 	got := map[uint64]string{}
 	ft.each(5301, now, func(key uint64, _ int64, f *flightInfo, query []byte) {
 		got[key] = string(query)
@@ -144,5 +144,23 @@ func TestFlightsKeepQueriesForResending(t *testing.T) {
 	ft.each(5302, now+int64(FlightAge)+1, func(uint64, int64, *flightInfo, []byte) { n++ })
 	if n != 0 {
 		t.Fatalf("%d stale queries offered for resending", n)
+	}
+}
+
+// Clients that differ only in their address's high bits, asking from
+// one port with one ID (as many stubs behind NATs do), spread over the
+// buckets rather than all sharing one.
+func TestFlightBucketsSpreadHighAddressBits(t *testing.T) {
+	if 1<<flightBucketBits != flightBuckets {
+		t.Fatalf("flightBucketBits %d for %d buckets", flightBucketBits, flightBuckets)
+	}
+	ft := newFlights()
+	seen := map[*bucket]bool{}
+	for hi := range uint32(256) {
+		b, _ := ft.bucket(flightKey(hi<<24|0x000005, 5353, 1))
+		seen[b] = true
+	}
+	if len(seen) < 200 {
+		t.Fatalf("256 clients in %d buckets", len(seen))
 	}
 }

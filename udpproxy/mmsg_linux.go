@@ -284,9 +284,9 @@ func (q *sendQueue) flush() (failed int) {
 			continue
 		}
 		for i := q.sent; i < q.sent+q.m; i++ {
-			p.bytesOut.Add(uint64(q.iovs[i].Len))
+			p.bytesOut.Add(int(q.l.idx), uint64(q.iovs[i].Len))
 		}
-		p.packetsOut.Add(uint64(q.m))
+		p.packetsOut.Add(int(q.l.idx), uint64(q.m))
 		q.sent += q.m
 	}
 	for i := range q.n {

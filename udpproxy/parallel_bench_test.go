@@ -28,7 +28,7 @@ func BenchmarkFlightsParallel(b *testing.B) {
 		now := int64(1)
 		for pb.Next() {
 			key := flightKey(0x0a000000|g<<16|i&0xff, 5353, uint16(i>>8))
-			t.put(key, 1, &o, query, cache.Key{}, now)
+			t.put(key, 1, &o, query, cache.Key{}, now, now)
 			if !t.take(key, &a) {
 				b.Error("not found")
 				return

@@ -73,6 +73,19 @@ type listener struct {
 	// for the tap.
 	cached   *sendQueue
 	tapQuery [protocol.MaxData]byte
+	// out is the reader's scratch for the answers bbal gives itself
+	// (-F, -q), made when either is set.
+	out []byte
+	// seq orders the queries the reader sends on (flightInfo.seq).
+	seq int64
+}
+
+// nextSeq returns the order of a query sent on at now: after the
+// reader's last, and, across readers, as near their time order as the
+// clock read once per batch can say.
+func (l *listener) nextSeq(now int64) int64 {
+	l.seq = max(l.seq+1, now)
+	return l.seq
 }
 
 // MaxListeners bounds the sockets of one proxy.
@@ -90,12 +103,14 @@ type Proxy struct {
 	sweepT   *timeouts.Timeout
 	log      zerolog.Logger
 
-	packetsIn   atomic.Uint64
-	bytesIn     atomic.Uint64
-	packetsOut  atomic.Uint64
-	bytesOut    atomic.Uint64
+	// Counted by every datagram, each reader to a stripe of its own
+	// (that of its socket's number).
+	packetsIn   counter.Striped
+	bytesIn     counter.Striped
+	packetsOut  counter.Striped
+	bytesOut    counter.Striped
+	drops       [numDrops]counter.Striped
 	sendErrors  atomic.Uint64
-	drops       [numDrops]atomic.Uint64
 	unmatched   atomic.Uint64 // replies to no query on record, sent to a known client
 	unsolicited atomic.Uint64 // replies to no query on record for a client not known, dropped
 	lostReplies atomic.Uint64 // replies to a stand-in of no client, or to a family with no listener
@@ -118,16 +133,13 @@ type Proxy struct {
 	quarantineLog  *timeouts.Limiter
 
 	// servfail, when set, answers a query SERVFAIL when no backend is
-	// available instead of dropping it; out is the readers' scratch for
-	// the answers bbal gives itself.
+	// available instead of dropping it.
 	servfail  bool
 	servfails atomic.Uint64
 	// rate, when set, limits each client's queries (ratelimit.go).
 	rate    *remotes.Rate
 	slips   atomic.Uint64 // truncated answers given for queries over the limit
 	rateLog *timeouts.Limiter
-	outMu   sync.Mutex
-	out     []byte
 
 	wg       sync.WaitGroup // the readers
 	once     sync.Once
@@ -217,14 +229,24 @@ func family(v6 bool) int {
 // query that finds no backend available. Call it before Start.
 func (p *Proxy) ServfailWhenDown() {
 	p.servfail = true
-	p.out = make([]byte, 0, protocol.MaxData)
+	p.makeScratch()
+}
+
+// makeScratch gives each reader its scratch for the answers bbal gives
+// itself.
+func (p *Proxy) makeScratch() {
+	for _, l := range p.ls {
+		if l.out == nil {
+			l.out = make([]byte, 0, protocol.MaxData)
+		}
+	}
 }
 
 // LimitRate limits each client's UDP queries to rate (-q). Call it
 // before Start.
 func (p *Proxy) LimitRate(rate remotes.Rate) {
 	p.rate = &rate
-	p.out = make([]byte, 0, protocol.MaxData)
+	p.makeScratch()
 }
 
 // Rate returns the per-client limit, nil for none.
@@ -389,19 +411,19 @@ func (p *Proxy) readLoop(l *listener) {
 // source was unusable), read on l at buf[UDPHeaderLen:] at now, having
 // come in as o says, and returns the backend it was queued for.
 func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint16, o *origin, now int64) *backend.Backend {
-	p.packetsIn.Add(1)
-	p.bytesIn.Add(uint64(n))
+	p.packetsIn.Add(int(l.idx), 1)
+	p.bytesIn.Add(int(l.idx), uint64(n))
 	switch {
 	case !ip.IsValid():
-		p.drop(DropBadSource)
+		p.drop(l, DropBadSource)
 		return nil
 	case n < protocol.DNSHeaderLen:
-		p.drop(DropRunt)
+		p.drop(l, DropRunt)
 		return nil
 	case n > protocol.MaxData:
 		// Refused before it can create a remote: a flood of these
 		// from spoofed sources must not fill the table.
-		p.drop(DropOversized)
+		p.drop(l, DropOversized)
 		p.warnOversized(ip, n)
 		return nil
 	}
@@ -411,7 +433,7 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	}
 	rt := p.table.RouteAt(ip, now)
 	if rt.Drop != remotes.NotDropped {
-		p.drop(tableDrops[rt.Drop])
+		p.drop(l, tableDrops[rt.Drop])
 		return nil
 	}
 	rem, id, wire := rt.Remote, rt.Backend, rt.Wire
@@ -431,7 +453,7 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	key := flightKey(wire, port, uint16(query[0])<<8|uint16(query[1]))
 	if p.quar.holds(key, query, now) {
 		rem.CountDrop()
-		p.drop(DropQuarantined)
+		p.drop(l, DropQuarantined)
 		return nil
 	}
 	be := p.backends.Get(id)
@@ -442,14 +464,14 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 	}
 	if be == nil {
 		rem.CountDrop()
-		p.drop(DropNoBackend)
+		p.drop(l, DropNoBackend)
 		if p.servfail {
 			p.answerServfail(l, query, netip.AddrPortFrom(ip, port), o)
 		}
 		return nil
 	}
 	// On record before it is sent, so that its answer finds it.
-	if pl := p.flights.put(key, id, o, query, ck, now); pl.dup {
+	if pl := p.flights.put(key, id, o, query, ck, now, l.nextSeq(now)); pl.dup {
 		p.duplicates.Add(1)
 	} else {
 		p.forget(pl.displaced, pl.copies, pl.evicted)
@@ -463,9 +485,9 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		}
 		rem.CountDrop()
 		if be.OK() {
-			p.drop(DropStuck)
+			p.drop(l, DropStuck)
 		} else {
-			p.drop(DropDown)
+			p.drop(l, DropDown)
 		}
 		return nil
 	}
@@ -547,10 +569,10 @@ func (p *Proxy) moveQueries(be *backend.Backend, why backend.Fault, mode resendM
 	now := p.clock.Now().UnixNano()
 	wedged := mode == resendDeath && why.Faulted && (why.Reason == backend.ReasonHeartbeatTimeout ||
 		why.Reason == backend.ReasonProbeTimeout || why.Reason == backend.ReasonTCPOKTimeout)
-	first, found, age := uint32(0), false, int64(0)
+	first, found, age := int64(0), false, int64(0)
 	if !why.Answer.Known && !wedged && mode != resendStallAgain {
 		p.flights.each(be.ID(), now, func(_ uint64, sent int64, f *flightInfo, _ []byte) {
-			if !found || int32(f.seq-first) < 0 {
+			if !found || f.seq < first {
 				first, found, age = f.seq, true, now-sent
 			}
 		})
@@ -644,7 +666,8 @@ func (p *Proxy) logSuspect(be *backend.Backend, table *remotes.Table, key uint64
 	}
 }
 
-func (p *Proxy) drop(r DropReason) { p.drops[r].Add(1) }
+// drop counts a datagram read on l dropped for r.
+func (p *Proxy) drop(l *listener, r DropReason) { p.drops[r].Add(int(l.idx), 1) }
 
 func (p *Proxy) answerServfail(l *listener, query []byte, to netip.AddrPort, o *origin) {
 	p.answerSelf(l, query, to, o, servfail, &p.servfails)
@@ -653,9 +676,7 @@ func (p *Proxy) answerServfail(l *listener, query []byte, to netip.AddrPort, o *
 // answerSelf sends the answer build makes of query to the client at to
 // from l, the way the query came in (o), counting it in count.
 func (p *Proxy) answerSelf(l *listener, query []byte, to netip.AddrPort, o *origin, build func(q, out []byte) []byte, count *atomic.Uint64) {
-	p.outMu.Lock()
-	defer p.outMu.Unlock()
-	resp := build(query, p.out)
+	resp := build(query, l.out)
 	if resp == nil {
 		return
 	}
@@ -672,8 +693,8 @@ func (p *Proxy) answerSelf(l *listener, query []byte, to netip.AddrPort, o *orig
 		p.sendErrors.Add(1)
 		return
 	}
-	p.packetsOut.Add(1)
-	p.bytesOut.Add(uint64(len(resp)))
+	p.packetsOut.Add(int(l.idx), 1)
+	p.bytesOut.Add(int(l.idx), uint64(len(resp)))
 	if p.tap != nil {
 		now := p.clock.Now().UnixNano()
 		p.tap.Query(to, l.local(o), query, now)
@@ -855,24 +876,24 @@ type Counter = counter.Counter[Proxy, Counts]
 // Stats, ResetCounters and, through Counters, the metrics. The packet
 // path updates the fields directly.
 var counterTable = counter.Table[Proxy, Counts]{
-	{Metric: "bbal_udp_received_packets_total", Help: "Datagrams read from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.packetsIn }, Stat: func(s *Counts) *uint64 { return &s.PacketsIn }},
-	{Metric: "bbal_udp_received_bytes_total", Help: "Bytes of datagrams read from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.bytesIn }, Stat: func(s *Counts) *uint64 { return &s.BytesIn }},
-	{Metric: "bbal_udp_sent_packets_total", Help: "Replies sent from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.packetsOut }, Stat: func(s *Counts) *uint64 { return &s.PacketsOut }},
-	{Metric: "bbal_udp_sent_bytes_total", Help: "Bytes of replies sent from the DNS UDP socket.", Field: func(p *Proxy) *atomic.Uint64 { return &p.bytesOut }, Stat: func(s *Counts) *uint64 { return &s.BytesOut }},
-	{Metric: "bbal_udp_send_errors_total", Help: "Replies that could not be sent.", Field: func(p *Proxy) *atomic.Uint64 { return &p.sendErrors }, Stat: func(s *Counts) *uint64 { return &s.SendErrors }},
-	{Metric: "bbal_udp_servfail_total", Help: "Queries answered SERVFAIL for want of a backend (-F).", Field: func(p *Proxy) *atomic.Uint64 { return &p.servfails }, Stat: func(s *Counts) *uint64 { return &s.Servfails }},
-	{Metric: "bbal_udp_replies_unmatched_total", Help: "Replies to no query on record (later than 1 s) for a known client, sent.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unmatched }, Stat: func(s *Counts) *uint64 { return &s.Unmatched }},
-	{Metric: "bbal_udp_replies_unsolicited_total", Help: "Replies to no query on record for a client not in the remotes table, dropped.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unsolicited }, Stat: func(s *Counts) *uint64 { return &s.Unsolicited }},
-	{Metric: "bbal_udp_replies_lost_total", Help: "Replies that could not be sent: to a stand-in of no client, or to a family not listened on.", Field: func(p *Proxy) *atomic.Uint64 { return &p.lostReplies }, Stat: func(s *Counts) *uint64 { return &s.LostReplies }},
-	{Metric: "bbal_udp_duplicates_total", Help: "Queries with the ID and client port of one in flight (retransmits), answered the way the first came in.", Field: func(p *Proxy) *atomic.Uint64 { return &p.duplicates }, Stat: func(s *Counts) *uint64 { return &s.Duplicates }},
-	{Metric: "bbal_udp_resent_total", Help: "Queries sent again to another backend after theirs died unanswering.", Field: func(p *Proxy) *atomic.Uint64 { return &p.resent }, Stat: func(s *Counts) *uint64 { return &s.Resent }},
-	{Metric: "bbal_udp_unresent_total", Help: "Queries of a dead backend that could not be sent again.", Field: func(p *Proxy) *atomic.Uint64 { return &p.unresent }, Stat: func(s *Counts) *uint64 { return &s.Unresent }},
-	{Metric: "bbal_udp_withheld_total", Help: "Queries of a dead backend not sent again: suspected of its death.", Field: func(p *Proxy) *atomic.Uint64 { return &p.withheld }, Stat: func(s *Counts) *uint64 { return &s.Withheld }},
-	{Metric: "bbal_udp_replies_redundant_total", Help: "Second answers to queries sent again to another backend (their first stalled or died), dropped: the client had the first.", Field: func(p *Proxy) *atomic.Uint64 { return &p.redundant }, Stat: func(s *Counts) *uint64 { return &s.Redundant }},
-	{Metric: "bbal_udp_ratelimit_slips_total", Help: "Queries over a client's rate limit (-q) answered with an empty truncated answer (TC) instead of dropped.", Field: func(p *Proxy) *atomic.Uint64 { return &p.slips }, Stat: func(s *Counts) *uint64 { return &s.Slips }},
-	{Metric: "bbal_udp_sampled_total", Help: "Datagrams sampled (one in 64) for the top talkers.", Field: func(p *Proxy) *atomic.Uint64 { return &p.sampled }, Stat: func(s *Counts) *uint64 { return &s.Sampled }},
-	{Metric: "bbal_udp_sampled_unparsed_total", Help: "Datagrams sampled for the top talkers whose question could not be read (relayed all the same).", Field: func(p *Proxy) *atomic.Uint64 { return &p.unparsed }, Stat: func(s *Counts) *uint64 { return &s.Unparsed }},
-	{Metric: "bbal_udp_quarantined_total", Help: "Queries seen in flight at two backend deaths, dropped on arrival for 30 s.", Field: func(p *Proxy) *atomic.Uint64 { return &p.quarantined }, Stat: func(s *Counts) *uint64 { return &s.Quarantined }},
+	{Metric: "bbal_udp_received_packets_total", Help: "Datagrams read from the DNS UDP socket.", Field: func(p *Proxy) counter.Value { return &p.packetsIn }, Stat: func(s *Counts) *uint64 { return &s.PacketsIn }},
+	{Metric: "bbal_udp_received_bytes_total", Help: "Bytes of datagrams read from the DNS UDP socket.", Field: func(p *Proxy) counter.Value { return &p.bytesIn }, Stat: func(s *Counts) *uint64 { return &s.BytesIn }},
+	{Metric: "bbal_udp_sent_packets_total", Help: "Replies sent from the DNS UDP socket.", Field: func(p *Proxy) counter.Value { return &p.packetsOut }, Stat: func(s *Counts) *uint64 { return &s.PacketsOut }},
+	{Metric: "bbal_udp_sent_bytes_total", Help: "Bytes of replies sent from the DNS UDP socket.", Field: func(p *Proxy) counter.Value { return &p.bytesOut }, Stat: func(s *Counts) *uint64 { return &s.BytesOut }},
+	{Metric: "bbal_udp_send_errors_total", Help: "Replies that could not be sent.", Field: func(p *Proxy) counter.Value { return &p.sendErrors }, Stat: func(s *Counts) *uint64 { return &s.SendErrors }},
+	{Metric: "bbal_udp_servfail_total", Help: "Queries answered SERVFAIL for want of a backend (-F).", Field: func(p *Proxy) counter.Value { return &p.servfails }, Stat: func(s *Counts) *uint64 { return &s.Servfails }},
+	{Metric: "bbal_udp_replies_unmatched_total", Help: "Replies to no query on record (later than 1 s) for a known client, sent.", Field: func(p *Proxy) counter.Value { return &p.unmatched }, Stat: func(s *Counts) *uint64 { return &s.Unmatched }},
+	{Metric: "bbal_udp_replies_unsolicited_total", Help: "Replies to no query on record for a client not in the remotes table, dropped.", Field: func(p *Proxy) counter.Value { return &p.unsolicited }, Stat: func(s *Counts) *uint64 { return &s.Unsolicited }},
+	{Metric: "bbal_udp_replies_lost_total", Help: "Replies that could not be sent: to a stand-in of no client, or to a family not listened on.", Field: func(p *Proxy) counter.Value { return &p.lostReplies }, Stat: func(s *Counts) *uint64 { return &s.LostReplies }},
+	{Metric: "bbal_udp_duplicates_total", Help: "Queries with the ID and client port of one in flight (retransmits), answered the way the first came in.", Field: func(p *Proxy) counter.Value { return &p.duplicates }, Stat: func(s *Counts) *uint64 { return &s.Duplicates }},
+	{Metric: "bbal_udp_resent_total", Help: "Queries sent again to another backend after theirs died unanswering.", Field: func(p *Proxy) counter.Value { return &p.resent }, Stat: func(s *Counts) *uint64 { return &s.Resent }},
+	{Metric: "bbal_udp_unresent_total", Help: "Queries of a dead backend that could not be sent again.", Field: func(p *Proxy) counter.Value { return &p.unresent }, Stat: func(s *Counts) *uint64 { return &s.Unresent }},
+	{Metric: "bbal_udp_withheld_total", Help: "Queries of a dead backend not sent again: suspected of its death.", Field: func(p *Proxy) counter.Value { return &p.withheld }, Stat: func(s *Counts) *uint64 { return &s.Withheld }},
+	{Metric: "bbal_udp_replies_redundant_total", Help: "Second answers to queries sent again to another backend (their first stalled or died), dropped: the client had the first.", Field: func(p *Proxy) counter.Value { return &p.redundant }, Stat: func(s *Counts) *uint64 { return &s.Redundant }},
+	{Metric: "bbal_udp_ratelimit_slips_total", Help: "Queries over a client's rate limit (-q) answered with an empty truncated answer (TC) instead of dropped.", Field: func(p *Proxy) counter.Value { return &p.slips }, Stat: func(s *Counts) *uint64 { return &s.Slips }},
+	{Metric: "bbal_udp_sampled_total", Help: "Datagrams sampled (one in 64) for the top talkers.", Field: func(p *Proxy) counter.Value { return &p.sampled }, Stat: func(s *Counts) *uint64 { return &s.Sampled }},
+	{Metric: "bbal_udp_sampled_unparsed_total", Help: "Datagrams sampled for the top talkers whose question could not be read (relayed all the same).", Field: func(p *Proxy) counter.Value { return &p.unparsed }, Stat: func(s *Counts) *uint64 { return &s.Unparsed }},
+	{Metric: "bbal_udp_quarantined_total", Help: "Queries seen in flight at two backend deaths, dropped on arrival for 30 s.", Field: func(p *Proxy) counter.Value { return &p.quarantined }, Stat: func(s *Counts) *uint64 { return &s.Quarantined }},
 }
 
 // Counters returns the table of the proxy's plain counts, for the

@@ -13,7 +13,7 @@ import (
 // per 5 s.
 func (p *Proxy) overRate(l *listener, rem *remotes.Remote, query []byte, from netip.AddrPort, o *origin, over uint64) {
 	rem.CountDrop()
-	p.drop(DropRateLimited)
+	p.drop(l, DropRateLimited)
 	if slip := uint64(p.rate.Slip); slip > 0 && over%slip == 0 {
 		p.answerSelf(l, query, from, o, truncated, &p.slips)
 	}

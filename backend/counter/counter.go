@@ -20,8 +20,15 @@ type Counter[O, S any] struct {
 	// Reason is the metric's reason label, for counts that share one
 	// metric; "" for none.
 	Reason string
-	Field  func(*O) *atomic.Uint64
+	Field  func(*O) Value
 	Stat   func(*S) *uint64
+}
+
+// Value is where a count lives: an *atomic.Uint64, or a *Striped for
+// one that several goroutines add to on a hot path.
+type Value interface {
+	Load() uint64
+	Store(uint64)
 }
 
 // Value returns the count's value in s.
@@ -44,11 +51,39 @@ func (t Table[O, S]) Reset(o *O) {
 	}
 }
 
-// Fields returns where the counts of o live, in the table's order.
-func (t Table[O, S]) Fields(o *O) []*atomic.Uint64 {
-	out := make([]*atomic.Uint64, len(t))
-	for i, c := range t {
-		out[i] = c.Field(o)
+// Stripes is the number of a Striped count's stripes.
+const Stripes = 64
+
+// Striped is a count that several goroutines add to at once, each to a
+// stripe of its own on a cache line of its own (a UDP reader to that of
+// its socket's number), so that they do not contend for one line; it is
+// summed when read.
+type Striped struct {
+	s [Stripes]struct {
+		n atomic.Uint64
+		_ [56]byte
 	}
-	return out
+}
+
+// Add adds n to stripe i (taken modulo Stripes).
+func (c *Striped) Add(i int, n uint64) { c.s[i%Stripes].n.Add(n) }
+
+// Load returns the sum of the stripes.
+func (c *Striped) Load() uint64 {
+	var sum uint64
+	for i := range c.s {
+		sum += c.s[i].n.Load()
+	}
+	return sum
+}
+
+// Stripe returns stripe i's part of the count.
+func (c *Striped) Stripe(i int) uint64 { return c.s[i%Stripes].n.Load() }
+
+// Store sets the count to v (v in the first stripe, the others 0).
+func (c *Striped) Store(v uint64) {
+	for i := range c.s {
+		c.s[i].n.Store(0)
+	}
+	c.s[0].n.Store(v)
 }

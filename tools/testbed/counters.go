@@ -11,15 +11,15 @@ import (
 )
 
 // CheckCounterTable checks a package's table of counters against their
-// owner O, a struct, and its snapshot S: every atomic.Uint64 field of O
-// is in the table once, and each entry has a field of S and a metric
+// owner O, a struct, and its snapshot S: every atomic.Uint64 and
+// counter.Striped field of O is in the table once, and each entry has a field of S and a metric
 // (name and reason) of its own, and a help text. notCounts names the
 // atomic.Uint64 fields of O that are no count (an ID allocator).
 func CheckCounterTable[O, S any](t testing.TB, table counter.Table[O, S], notCounts ...string) {
 	t.Helper()
 	var o O
 	var s S
-	fields := map[*atomic.Uint64]bool{}
+	fields := map[counter.Value]bool{}
 	stats := map[*uint64]bool{}
 	metrics := map[[2]string]bool{}
 	for _, c := range table {
@@ -33,7 +33,16 @@ func CheckCounterTable[O, S any](t testing.TB, table counter.Table[O, S], notCou
 	for i := range v.NumField() {
 		f := v.Field(i)
 		name := v.Type().Field(i).Name
-		if f.Type() == reflect.TypeFor[atomic.Uint64]() && !slices.Contains(notCounts, name) && !fields[(*atomic.Uint64)(unsafe.Pointer(f.UnsafeAddr()))] {
+		var addr counter.Value
+		switch f.Type() {
+		case reflect.TypeFor[atomic.Uint64]():
+			addr = (*atomic.Uint64)(unsafe.Pointer(f.UnsafeAddr()))
+		case reflect.TypeFor[counter.Striped]():
+			addr = (*counter.Striped)(unsafe.Pointer(f.UnsafeAddr()))
+		default:
+			continue
+		}
+		if !slices.Contains(notCounts, name) && !fields[addr] {
 			t.Errorf("%s.%s is not in the table of counters", v.Type().Name(), name)
 		}
 	}

@@ -107,9 +107,11 @@ type Cache struct {
 	entries atomic.Int64
 	bytes   atomic.Int64
 
-	hits     atomic.Uint64
-	stale    atomic.Uint64
-	misses   atomic.Uint64
+	// Counted by every lookup, from every reader: in stripes by the
+	// key's hash, so that readers seldom share one.
+	hits     counter.Striped
+	stale    counter.Striped
+	misses   counter.Striped
 	bypassed atomic.Uint64
 	inserted atomic.Uint64
 	rejected atomic.Uint64
@@ -156,7 +158,7 @@ func (c *Cache) Get(buf []byte, k *Key, p Partition, now int64) (int, Result) {
 	j := s.find(k, p, buf)
 	if j < 0 {
 		s.mu.Unlock()
-		c.misses.Add(1)
+		c.misses.Add(stripe(k), 1)
 		return 0, Miss
 	}
 	w := &s.w[j]
@@ -167,12 +169,12 @@ func (c *Cache) Get(buf []byte, k *Key, p Partition, now int64) (int, Result) {
 			r = Expired
 		}
 		s.mu.Unlock()
-		c.misses.Add(1)
+		c.misses.Add(stripe(k), 1)
 		return 0, r
 	}
 	n := s.serve(j, buf, uint32(age/int64(time.Second)), false)
 	s.mu.Unlock()
-	c.hits.Add(1)
+	c.hits.Add(stripe(k), 1)
 	return n, Hit
 }
 
@@ -194,12 +196,15 @@ func (c *Cache) GetStale(buf []byte, k *Key, p Partition, now int64) int {
 		return 0
 	}
 	if age < int64(w.ttl)*int64(time.Second) {
-		c.hits.Add(1)
+		c.hits.Add(stripe(k), 1)
 		return s.serve(j, buf, uint32(age/int64(time.Second)), false)
 	}
-	c.stale.Add(1)
+	c.stale.Add(stripe(k), 1)
 	return s.serve(j, buf, 0, true)
 }
+
+// stripe is k's stripe of the lookup counts.
+func stripe(k *Key) int { return int(k.Hash & (counter.Stripes - 1)) }
 
 // find returns the way that holds k's answer in partition p, query
 // being a message with k's question; -1 if none does.
@@ -520,15 +525,15 @@ type Counts struct {
 type Counter = counter.Counter[Cache, Counts]
 
 var counterTable = counter.Table[Cache, Counts]{
-	{Metric: "bbal_cache_hits_total", Help: "UDP queries answered from the answer cache (-c), stale ones included.", Field: func(c *Cache) *atomic.Uint64 { return &c.hits }, Stat: func(s *Counts) *uint64 { return &s.Hits }},
-	{Metric: "bbal_cache_stale_total", Help: "UDP queries answered stale from the answer cache: their backend could not take them.", Field: func(c *Cache) *atomic.Uint64 { return &c.stale }, Stat: func(s *Counts) *uint64 { return &s.Stale }},
-	{Metric: "bbal_cache_misses_total", Help: "UDP queries looked up in the answer cache and not answered from it.", Field: func(c *Cache) *atomic.Uint64 { return &c.misses }, Stat: func(s *Counts) *uint64 { return &s.Misses }},
-	{Metric: "bbal_cache_bypassed_total", Help: "UDP queries that cannot use the answer cache (not one plain question, or EDNS options).", Field: func(c *Cache) *atomic.Uint64 { return &c.bypassed }, Stat: func(s *Counts) *uint64 { return &s.Bypassed }},
-	{Metric: "bbal_cache_inserted_total", Help: "Answers kept in the answer cache.", Field: func(c *Cache) *atomic.Uint64 { return &c.inserted }, Stat: func(s *Counts) *uint64 { return &s.Inserted }},
-	{Metric: "bbal_cache_rejected_total", Help: "Answers to cacheable queries not kept (truncated, an error, TTL 0, malformed, and the like).", Field: func(c *Cache) *atomic.Uint64 { return &c.rejected }, Stat: func(s *Counts) *uint64 { return &s.Rejected }},
-	{Metric: "bbal_cache_evictions_total", Help: "Unexpired answers put out of the answer cache for room.", Field: func(c *Cache) *atomic.Uint64 { return &c.evicted }, Stat: func(s *Counts) *uint64 { return &s.Evicted }},
-	{Metric: "bbal_cache_expired_total", Help: "Answers put out of the answer cache past their stale limit.", Field: func(c *Cache) *atomic.Uint64 { return &c.expired }, Stat: func(s *Counts) *uint64 { return &s.Expired }},
-	{Metric: "bbal_cache_flushed_total", Help: "Answers flushed from the answer cache by the operator.", Field: func(c *Cache) *atomic.Uint64 { return &c.flushed }, Stat: func(s *Counts) *uint64 { return &s.Flushed }},
+	{Metric: "bbal_cache_hits_total", Help: "UDP queries answered from the answer cache (-c), stale ones included.", Field: func(c *Cache) counter.Value { return &c.hits }, Stat: func(s *Counts) *uint64 { return &s.Hits }},
+	{Metric: "bbal_cache_stale_total", Help: "UDP queries answered stale from the answer cache: their backend could not take them.", Field: func(c *Cache) counter.Value { return &c.stale }, Stat: func(s *Counts) *uint64 { return &s.Stale }},
+	{Metric: "bbal_cache_misses_total", Help: "UDP queries looked up in the answer cache and not answered from it.", Field: func(c *Cache) counter.Value { return &c.misses }, Stat: func(s *Counts) *uint64 { return &s.Misses }},
+	{Metric: "bbal_cache_bypassed_total", Help: "UDP queries that cannot use the answer cache (not one plain question, or EDNS options).", Field: func(c *Cache) counter.Value { return &c.bypassed }, Stat: func(s *Counts) *uint64 { return &s.Bypassed }},
+	{Metric: "bbal_cache_inserted_total", Help: "Answers kept in the answer cache.", Field: func(c *Cache) counter.Value { return &c.inserted }, Stat: func(s *Counts) *uint64 { return &s.Inserted }},
+	{Metric: "bbal_cache_rejected_total", Help: "Answers to cacheable queries not kept (truncated, an error, TTL 0, malformed, and the like).", Field: func(c *Cache) counter.Value { return &c.rejected }, Stat: func(s *Counts) *uint64 { return &s.Rejected }},
+	{Metric: "bbal_cache_evictions_total", Help: "Unexpired answers put out of the answer cache for room.", Field: func(c *Cache) counter.Value { return &c.evicted }, Stat: func(s *Counts) *uint64 { return &s.Evicted }},
+	{Metric: "bbal_cache_expired_total", Help: "Answers put out of the answer cache past their stale limit.", Field: func(c *Cache) counter.Value { return &c.expired }, Stat: func(s *Counts) *uint64 { return &s.Expired }},
+	{Metric: "bbal_cache_flushed_total", Help: "Answers flushed from the answer cache by the operator.", Field: func(c *Cache) counter.Value { return &c.flushed }, Stat: func(s *Counts) *uint64 { return &s.Flushed }},
 }
 
 // Counters returns the table of the cache's plain counts, for the

@@ -524,11 +524,11 @@ type Counts struct {
 type Counter = counter.Counter[Writer, Counts]
 
 var counterTable = counter.Table[Writer, Counts]{
-	{Metric: "bbal_dnstap_sent_total", Help: "dnstap messages written to the collector (-D).", Field: func(w *Writer) *atomic.Uint64 { return &w.sent }, Stat: func(s *Counts) *uint64 { return &s.Sent }},
-	{Metric: "bbal_dnstap_dropped_total", Help: "dnstap messages dropped: queue_full (the collector too slow), no_collector (its stream lost).", Reason: "queue_full", Field: func(w *Writer) *atomic.Uint64 { return &w.full }, Stat: func(s *Counts) *uint64 { return &s.QueueFull }},
-	{Metric: "bbal_dnstap_dropped_total", Help: "dnstap messages dropped: queue_full (the collector too slow), no_collector (its stream lost).", Reason: "no_collector", Field: func(w *Writer) *atomic.Uint64 { return &w.gone }, Stat: func(s *Counts) *uint64 { return &s.NoCollector }},
-	{Metric: "bbal_dnstap_reconnects_total", Help: "dnstap streams opened again after the collector was lost.", Field: func(w *Writer) *atomic.Uint64 { return &w.reconns }, Stat: func(s *Counts) *uint64 { return &s.Reconnects }},
-	{Metric: "bbal_dnstap_reconnect_errors_total", Help: "dnstap reconnects that failed (retried with back-off).", Field: func(w *Writer) *atomic.Uint64 { return &w.connErrs }, Stat: func(s *Counts) *uint64 { return &s.ConnErrors }},
+	{Metric: "bbal_dnstap_sent_total", Help: "dnstap messages written to the collector (-D).", Field: func(w *Writer) counter.Value { return &w.sent }, Stat: func(s *Counts) *uint64 { return &s.Sent }},
+	{Metric: "bbal_dnstap_dropped_total", Help: "dnstap messages dropped: queue_full (the collector too slow), no_collector (its stream lost).", Reason: "queue_full", Field: func(w *Writer) counter.Value { return &w.full }, Stat: func(s *Counts) *uint64 { return &s.QueueFull }},
+	{Metric: "bbal_dnstap_dropped_total", Help: "dnstap messages dropped: queue_full (the collector too slow), no_collector (its stream lost).", Reason: "no_collector", Field: func(w *Writer) counter.Value { return &w.gone }, Stat: func(s *Counts) *uint64 { return &s.NoCollector }},
+	{Metric: "bbal_dnstap_reconnects_total", Help: "dnstap streams opened again after the collector was lost.", Field: func(w *Writer) counter.Value { return &w.reconns }, Stat: func(s *Counts) *uint64 { return &s.Reconnects }},
+	{Metric: "bbal_dnstap_reconnect_errors_total", Help: "dnstap reconnects that failed (retried with back-off).", Field: func(w *Writer) counter.Value { return &w.connErrs }, Stat: func(s *Counts) *uint64 { return &s.ConnErrors }},
 }
 
 // Counters returns the table of the writer's counts, for the metrics.
