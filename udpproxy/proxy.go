@@ -64,6 +64,9 @@ type listener struct {
 	// pktinfo: bound to a wildcard address, the socket is told each
 	// query's destination, and each reply is sent from it.
 	pktinfo bool
+	// retired: inherited beyond this process's readers (Retire); still
+	// read, but given no new datagrams, and not handed on.
+	retired bool
 	// sampler picks the datagrams the top talkers sample: a xorshift
 	// generator, so that no periodic pattern of traffic escapes it; its
 	// reader's own.
@@ -88,8 +91,11 @@ func (l *listener) nextSeq(now int64) int64 {
 	return l.seq
 }
 
-// MaxListeners bounds the sockets of one proxy.
-const MaxListeners = 64
+// MaxListeners bounds the sockets of one proxy (a query's record keeps
+// its socket's number in a byte); each has a stripe of the counts.
+const MaxListeners = 256
+
+var _ [counter.Stripes - MaxListeners]struct{} // a stripe per socket
 
 // Proxy is the UDP half of the balancer.
 type Proxy struct {
@@ -268,11 +274,41 @@ func (p *Proxy) sendFailed(err error, to netip.AddrPort) {
 // Addr returns the first socket's local address.
 func (p *Proxy) Addr() netip.AddrPort { return p.ls[0].addr }
 
-// Addrs returns every socket's local address, in order.
+// Addrs returns the sockets' local addresses, each once, in order.
 func (p *Proxy) Addrs() []netip.AddrPort {
-	out := make([]netip.AddrPort, len(p.ls))
+	var out []netip.AddrPort
+	for _, l := range p.ls {
+		if !slices.Contains(out, l.addr) {
+			out = append(out, l.addr)
+		}
+	}
+	return out
+}
+
+// Retire marks socket c, one of the proxy's, as one this process
+// inherited beyond its readers, which SteerByID gives no new datagrams:
+// its reader still reads what it holds, its replies still leave from
+// it, but it is not handed on (Conns). Call it before Start.
+func (p *Proxy) Retire(c *net.UDPConn) {
+	for _, l := range p.ls {
+		if l.conn == c {
+			l.retired = true
+		}
+	}
+}
+
+// Reader is one socket's reader, as the debug API shows it.
+type Reader struct {
+	Addr      netip.AddrPort
+	Datagrams uint64 // read from the socket
+	Retired   bool   // see Retire
+}
+
+// Readers returns the sockets' readers, in order.
+func (p *Proxy) Readers() []Reader {
+	out := make([]Reader, len(p.ls))
 	for i, l := range p.ls {
-		out[i] = l.addr
+		out[i] = Reader{Addr: l.addr, Datagrams: p.packetsIn.Stripe(int(l.idx)), Retired: l.retired}
 	}
 	return out
 }
@@ -332,12 +368,14 @@ func (p *Proxy) StopReading() {
 	p.wg.Wait()
 }
 
-// Conns returns the sockets, in order: a successor process inherits
-// them.
+// Conns returns the sockets, in order, but the retired: a successor
+// process inherits them.
 func (p *Proxy) Conns() []*net.UDPConn {
-	out := make([]*net.UDPConn, len(p.ls))
-	for i, l := range p.ls {
-		out[i] = l.conn
+	var out []*net.UDPConn
+	for _, l := range p.ls {
+		if !l.retired {
+			out = append(out, l.conn)
+		}
 	}
 	return out
 }

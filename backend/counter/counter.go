@@ -51,8 +51,9 @@ func (t Table[O, S]) Reset(o *O) {
 	}
 }
 
-// Stripes is the number of a Striped count's stripes.
-const Stripes = 64
+// Stripes is the number of a Striped count's stripes: as many as the UDP
+// proxy has sockets at most, so that each reader's part is its own.
+const Stripes = 256
 
 // Striped is a count that several goroutines add to at once, each to a
 // stripe of its own on a cache line of its own (a UDP reader to that of

@@ -254,7 +254,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"-r", "nope"}, `bad IP address for -r: "nope"`},
 		{[]string{"-w", "0"}, `bad interval for -w: "0" (want seconds, more than 0)`},
 		{[]string{"-n", "3"}, `-n goes with -w and takes a count`},
-		{[]string{"frobnicate"}, `unknown command "frobnicate" (want disable, drain, enable, weight, reset, health, top or cache)`},
+		{[]string{"frobnicate"}, `unknown command "frobnicate" (want disable, drain, enable, weight, reset, health, top, cache or readers)`},
 		{[]string{"disable"}, `disable takes one backend ID, got 0 arguments`},
 		{[]string{"drain", "1", "2"}, `drain takes one backend ID, got 2 arguments`},
 		{[]string{"disable", "x"}, `bad backend ID "x"`},

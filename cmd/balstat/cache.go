@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -34,9 +33,7 @@ func cacheCommand(ctx context.Context, c *debugapi.Client, o options, args []str
 		return err
 	}
 	if o.json {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(s)
+		return printJSON(out, s)
 	}
 	if !s.Enabled {
 		fmt.Fprintln(out, "no answer cache (bbal runs without -c)")

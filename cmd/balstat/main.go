@@ -10,10 +10,12 @@
 //	balstat [-S PATH] health [MIN]
 //	balstat [-S PATH] top [-w SECS [-n COUNT]] [-j]
 //	balstat [-S PATH] cache [-j] | cache flush [NAME]
+//	balstat [-S PATH] [-j] readers
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -36,6 +38,7 @@ const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-q] [-w SECS [-n C
        balstat [-S PATH] top [-w SECS [-n COUNT]] [-j]
        balstat [-S PATH] [-j] cache
        balstat [-S PATH] cache flush [NAME]
+       balstat [-S PATH] [-j] readers
 
   -S PATH   bbal's debug socket (default /var/run/bbal.sock)
   -j        print JSON instead of tables
@@ -60,6 +63,8 @@ const usage = `usage: balstat [-S PATH] [-j] [-b ID] [-r IP] [-q] [-w SECS [-n C
               stale answers served
   cache flush [NAME]
               empty the answer cache, or only NAME's answers (every type)
+  readers     the UDP readers of each listen address (bbal -r), with the
+              datagrams each has read and its share of its address's
 `
 
 func main() {
@@ -149,6 +154,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return health(ctx, c, rest, stdout, stderr)
 	case rest[0] == "cache":
 		err = cacheCommand(ctx, c, o, rest[1:], stdout)
+	case rest[0] == "readers":
+		err = readersCommand(ctx, c, o, stdout)
 	case rest[0] == "reset":
 		if err = c.ResetCounters(ctx); err == nil {
 			fmt.Fprintln(stdout, "counters reset")
@@ -181,9 +188,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func checkCommand(args []string) string {
 	cmd, n := args[0], len(args)-1
 	switch cmd {
-	case "reset":
+	case "reset", "readers":
 		if n != 0 {
-			return fmt.Sprintf("reset takes no arguments, got %q", args[1:])
+			return fmt.Sprintf("%s takes no arguments, got %q", cmd, args[1:])
 		}
 	case "disable", "drain", "enable":
 		if n != 1 {
@@ -220,7 +227,7 @@ func checkCommand(args []string) string {
 			return fmt.Sprintf("cache takes nothing, or flush and at most a name, got %q", args[1:])
 		}
 	default:
-		return fmt.Sprintf("unknown command %q (want disable, drain, enable, weight, reset, health, top or cache)", cmd)
+		return fmt.Sprintf("unknown command %q (want disable, drain, enable, weight, reset, health, top, cache or readers)", cmd)
 	}
 	return ""
 }
@@ -268,4 +275,11 @@ func parseID(s string) (uint16, error) {
 		return 0, fmt.Errorf("bad backend ID %q", s)
 	}
 	return uint16(id), nil
+}
+
+// printJSON writes v to out as indented JSON, as -j prints.
+func printJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

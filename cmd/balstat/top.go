@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -62,9 +61,7 @@ func topLoop(ctx context.Context, c *debugapi.Client, o options, out io.Writer) 
 			fmt.Fprintf(&screen, "balstat top: %s, every %v; %s\n\n", o.socket, o.watch, t.Now.Local().Format(time.TimeOnly))
 		}
 		if o.json {
-			enc := json.NewEncoder(&screen)
-			enc.SetIndent("", "  ")
-			enc.Encode(t)
+			printJSON(&screen, t)
 		} else {
 			printTop(&screen, t)
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/bbal/bbal/cmd/internal/server"
 	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/tcpproxy"
+	"github.com/bbal/bbal/udpproxy"
 	"github.com/bbal/bbal/udpproxy/cache"
 	"github.com/bbal/bbal/udpproxy/dnstap"
 )
@@ -28,6 +30,7 @@ type config struct {
 	socketDir   string
 	listen      []netip.Addr
 	port        uint16
+	readers     int
 	standins    netip.Prefix
 	policy      placement.Policy
 	level       zerolog.Level
@@ -48,7 +51,7 @@ type config struct {
 	cache       *cache.Config
 }
 
-const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
+const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-r N] [-l LEVEL] [-S PATH] [-m ADDR:PORT]
             [-R MAX] [-M BITS] [-6 PREFIX] [-P POLICY] [-T MAX] [-C MAX]
             [-I SECS] [-L SECS] [-F] [-A MS] [-q QPS[/BURST[/SLIP]]]
             [-u USER] [-H NAME[/TYPE]] [-D unix:PATH|file:PATH|tcp:ADDR:PORT]
@@ -58,6 +61,10 @@ const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-l LEVEL] [-S PATH] [-
   -b ADDR   address to listen on, IPv4 or IPv6; give -b again for more
             (e.g. -b 0.0.0.0 -b ::) (default 0.0.0.0)
   -p PORT   UDP and TCP port to listen on (default 53; 0 picks a free one)
+  -r N      UDP readers per listen address, 1 to 64: each a socket of its
+            own (SO_REUSEPORT) read on a core of its own (default: one
+            per usable CPU, as the process's CPU affinity and cgroup
+            limit allow)
   -l LEVEL  log level: trace, debug, info, warn, error, fatal (default info);
             the environment variable LOG_LEVEL overrides it
   -S PATH   debug socket for balstat (default /var/run/bbal.sock)
@@ -128,6 +135,7 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	standins := fs.String("6", "", "")
 	policy := fs.String("P", "rr", "")
 	port := fs.String("p", "53", "")
+	readers := fs.String("r", "", "")
 	level := fs.String("l", "info", "")
 	debug := fs.String("S", debugapi.DefaultSocket, "")
 	metrics := fs.String("m", "", "")
@@ -182,6 +190,16 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 	p, err := strconv.ParseUint(*port, 10, 16)
 	if err != nil {
 		return config{}, fmt.Errorf("invalid port for -p: %q (want 0 to 65535)", *port)
+	}
+	nr := defaultReaders()
+	if given(fs, "r") {
+		if nr, err = parseReaders(*readers); err != nil {
+			return config{}, err
+		}
+	}
+	if len(addrs)*nr > udpproxy.MaxListeners {
+		return config{}, fmt.Errorf("-r %d readers for each of %d listen addresses is %d UDP sockets (want at most %d)",
+			nr, len(addrs), len(addrs)*nr, udpproxy.MaxListeners)
 	}
 	lvl, err := server.ParseLevel(*level)
 	if err != nil {
@@ -275,12 +293,29 @@ func parseArgs(args []string, getenv func(string) string) (config, error) {
 		socketDir:   *dir,
 		listen:      addrs,
 		port:        uint16(p),
+		readers:     nr,
 		standins:    sp,
 		policy:      pol,
 		level:       lvl,
 		debugSocket: *debug,
 		metricsAddr: *metrics,
 	}, nil
+}
+
+// maxReaders bounds -r: past a reader per core, more only cost.
+const maxReaders = 64
+
+// defaultReaders is one reader per CPU the process may use: GOMAXPROCS,
+// which the Go runtime sets from the CPU affinity and the cgroup's CPU
+// limit.
+func defaultReaders() int { return min(runtime.GOMAXPROCS(0), maxReaders) }
+
+func parseReaders(v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > maxReaders {
+		return 0, fmt.Errorf("invalid -r %q (want 1 to %d UDP readers per listen address)", v, maxReaders)
+	}
+	return n, nil
 }
 
 // given reports whether the flag name was on the command line.

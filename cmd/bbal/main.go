@@ -68,6 +68,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, si
 		SocketDir:   cfg.socketDir,
 		Listen:      cfg.listen,
 		Port:        cfg.port,
+		Readers:     cfg.readers,
 		Standins:    cfg.standins,
 		Policy:      cfg.policy,
 		DebugSocket: cfg.debugSocket,

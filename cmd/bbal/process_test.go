@@ -91,6 +91,11 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"-s", dir, "-m", "9100"}, "", `bbal: invalid address for -m: "9100" (want ADDR:PORT)`},
 		{[]string{"-s", dir, "-R", "0"}, "", `bbal: invalid -R 0 (want at least 1)`},
 		{[]string{"-s", dir, "-M", "33"}, "", `bbal: invalid -M 33 (want 1 to 32)`},
+		{[]string{"-s", dir, "-r", "0"}, "", `bbal: invalid -r "0" (want 1 to 64 UDP readers per listen address)`},
+		{[]string{"-s", dir, "-r", "65"}, "", `bbal: invalid -r "65" (want 1 to 64 UDP readers per listen address)`},
+		{[]string{"-s", dir, "-r", "two"}, "", `bbal: invalid -r "two" (want 1 to 64 UDP readers per listen address)`},
+		{[]string{"-s", dir, "-r", "64", "-b", "127.0.0.1", "-b", "127.0.0.2", "-b", "127.0.0.3", "-b", "127.0.0.4", "-b", "127.0.0.5"}, "",
+			`bbal: -r 64 readers for each of 5 listen addresses is 320 UDP sockets (want at most 256)`},
 		{[]string{"-s", dir, "-T", "0"}, "", `bbal: invalid -T 0 (want at least 1)`},
 		{[]string{"-s", dir, "-H", ""}, "", `bbal: -H needs a name, e.g. -H example.com/SOA (leave -H out for no health checks)`},
 		{[]string{"-s", dir, "-6", "10.0.0.0/8"}, "", `bbal: -6 10.0.0.0/8 may hold real clients' addresses, whose queries would be dropped; use a range within 240.0.0.0/4, 198.18.0.0/15 or a documentation block, or write -6 10.0.0.0/8,force to use it anyway`},
@@ -617,9 +622,9 @@ func TestZeroDowntimeRestart(t *testing.T) {
 	testbed.StartGo(t, filepath.Join(dir, "5301"), "one")
 	testbed.StartGo(t, filepath.Join(dir, "5302"), "two")
 	debug := filepath.Join(testbed.SocketDir(t), "debug.sock")
-	// Two addresses: both sockets are handed over, and an IPv6 client
-	// keeps its stand-in.
-	p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-b", "::1", "-p", "0", "-S", debug)
+	// Two addresses of two readers each: all four sockets are handed
+	// over, and an IPv6 client keeps its stand-in.
+	p := startProcess(t, nil, "-s", dir, "-b", "127.0.0.1", "-b", "::1", "-p", "0", "-S", debug, "-r", "2")
 	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5301})
 	p.logs.Wait(t, "backend socket established", map[string]any{"be_id": 5302})
 	addr := listenAddr(t, p)
@@ -710,6 +715,9 @@ func TestZeroDowntimeRestart(t *testing.T) {
 	st, err := c.Stats(context.Background())
 	if err != nil || st.Remotes < 24 {
 		t.Fatalf("new process's stats: %+v, %v", st, err)
+	}
+	if len(st.Readers) != 4 || st.Readers[1].Datagrams == 0 || st.Readers[1].Retired || st.Readers[3].Address != addr6.String() {
+		t.Fatalf("new process's readers: %+v, want two reading for each address", st.Readers)
 	}
 	syscall.Kill(newPid, syscall.SIGTERM)
 	testbed.Eventually(t, "new process gone", func() bool { return syscall.Kill(newPid, 0) != nil })

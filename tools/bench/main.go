@@ -11,8 +11,10 @@
 // loopback only. dnsperf drives each path in turn, UDP then TCP, the
 // order rotating between rounds.
 //
-// Then, for bbal only: a run from 1,000 distinct client addresses; a run
-// in front of one real node-mname process, comparing CPU time per query;
+// bbal runs twice in the rotation: with its default readers (one per
+// CPU) and with one (-r 1). Then, for bbal only: a run from 1,000
+// distinct client addresses, with each; a run in front of one real
+// node-mname process, comparing CPU time per query (with each);
 // the answer cache (-c) in front of node-mname against node-mname asked
 // directly; and a memory run that fills the remotes table with
 // 1,000,000 clients.
@@ -280,7 +282,21 @@ setSecurityPollSuffix("")
 		}
 	}
 
-	targets := []target{{"direct", directPort, echo, ""}, {"dnsdist", dnsdistPort, dd, ""}, {"bbal", bbalPort, bb, ""}}
+	// bbal with one reader, beside bbal with its default (one per CPU).
+	r1Port, _ := freePort()
+	r1Debug := filepath.Join(dir, "r1.sock")
+	r1, err := start("bbal -r 1", logs, filepath.Join(c.bin, "bbal"), "-s", sockets, "-b", "127.0.0.1",
+		"-p", strconv.Itoa(r1Port), "-S", r1Debug, "-l", "warn", "-r", "1")
+	if err != nil {
+		return err
+	}
+	defer r1.stop()
+	if err := answers(fmt.Sprintf("127.0.0.1:%d", r1Port)); err != nil {
+		return err
+	}
+
+	targets := []target{{"direct", directPort, echo, ""}, {"dnsdist", dnsdistPort, dd, ""}, {"bbal", bbalPort, bb, ""},
+		{"bbal-r1", r1Port, r1, ""}}
 	if c.rateLimit {
 		port, _ := freePort()
 		rl, err := start("rate-limited bbal", logs, filepath.Join(c.bin, "bbal"), "-s", sockets, "-b", "127.0.0.1",
@@ -329,8 +345,12 @@ setSecurityPollSuffix("")
 		targets, tap, tapDebug = append(targets, t), tc, debug
 	}
 	results := map[string][]sample{}
-	fmt.Printf("bbal benchmark: %d rounds of %v, dnsperf -c %d -q %d, echo backend\n",
-		c.rounds, c.duration, c.clients, c.outstanding)
+	readers := 0
+	if st, err := bbalStats(debugSock); err == nil {
+		readers = len(st.Readers)
+	}
+	fmt.Printf("bbal benchmark: %d rounds of %v, dnsperf -c %d -q %d, echo backend; bbal has %d readers (the default), bbal-r1 one\n",
+		c.rounds, c.duration, c.clients, c.outstanding, readers)
 	for r := range c.rounds {
 		for _, proto := range []string{"udp", "tcp"} {
 			for i := range targets {
@@ -362,6 +382,9 @@ setSecurityPollSuffix("")
 		b, d, x := med["bbal/"+proto], med["dnsdist/"+proto], med["direct/"+proto]
 		fmt.Printf("%s: bbal/dnsdist %.2fx   bbal/direct %.2fx   added latency over direct: bbal %+.3f ms, dnsdist %+.3f ms\n",
 			proto, b.qps/d.qps, b.qps/x.qps, float64(b.latency-x.latency)/1e6, float64(d.latency-x.latency)/1e6)
+		if o := med["bbal-r1/"+proto]; proto == "udp" {
+			fmt.Printf("%s: bbal (%d readers)/bbal -r 1 %.2fx qps, %.2fx CPU per query\n", proto, readers, b.qps/o.qps, b.cpu/o.cpu)
+		}
 		if c.rateLimit {
 			o := med["bbal-q/"+proto]
 			fmt.Printf("%s: bbal -q/bbal %.2fx qps, %.2fx CPU per query (%+.3f µs)\n", proto, o.qps/b.qps, o.cpu/b.cpu, (o.cpu-b.cpu)*10)
@@ -384,8 +407,15 @@ setSecurityPollSuffix("")
 			return err
 		}
 	}
-	if err := manyClients(c, bbalPort, debugSock); err != nil {
-		return err
+	fmt.Printf("\nMany clients: %d source addresses, %d outstanding, %v\n", c.many, c.clients*c.outstanding, c.duration)
+	for _, t := range []struct {
+		name  string
+		port  int
+		debug string
+	}{{"bbal", bbalPort, debugSock}, {"bbal -r 1", r1Port, r1Debug}} {
+		if err := manyClients(c, t.name, t.port, t.debug); err != nil {
+			return err
+		}
 	}
 	if !c.skipNode {
 		if err := nodeCPU(c, dir, logs, queries); err != nil {
@@ -439,8 +469,8 @@ func families(c config, dir, sockets string, logs *os.File, queries string, base
 	return nil
 }
 
-// manyClients drives bbal from c.many distinct client addresses.
-func manyClients(c config, port int, debugSock string) error {
+// manyClients drives bbal (name) from c.many distinct client addresses.
+func manyClients(c config, name string, port int, debugSock string) error {
 	g := loadgen{
 		target:  netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)),
 		sources: sourceRange(netip.MustParseAddr("127.1.0.1"), c.many),
@@ -456,9 +486,8 @@ func manyClients(c config, port int, debugSock string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("\nMany clients: %d source addresses, %d outstanding, %v\n", c.many, g.window, c.duration)
-	fmt.Printf("bbal: %.0f qps, avg latency %.3f ms, p99 %.3f ms, lost %d of %d; bbal holds %d remotes\n",
-		r.QPS(), float64(r.AvgLatency)/1e6, float64(r.P99Latency)/1e6, r.Lost(), r.Sent, st.Remotes)
+	fmt.Printf("%-9s: %.0f qps, avg latency %.3f ms, p99 %.3f ms, lost %d of %d; bbal holds %d remotes\n",
+		name, r.QPS(), float64(r.AvgLatency)/1e6, float64(r.P99Latency)/1e6, r.Lost(), r.Sent, st.Remotes)
 	return nil
 }
 
@@ -471,27 +500,32 @@ func nodeCPU(c config, dir string, logs *os.File, queries string) error {
 		return err
 	}
 	defer node.stop()
-	bins := []string{filepath.Join(c.bin, "bbal")}
-	if c.baseline != "" {
-		bins = append(bins, c.baseline)
+	// The default readers and one reader: at node-mname's own rate, a
+	// moderate load for bbal, more readers must not cost more.
+	type variant struct {
+		name, bin string
+		args      []string
 	}
-	// Each bbal in turn, the baseline's runs between bbal's.
+	variants := []variant{{"bbal", filepath.Join(c.bin, "bbal"), nil}, {"bbal-r1", filepath.Join(c.bin, "bbal"), []string{"-r", "1"}}}
+	if c.baseline != "" {
+		variants = append(variants, variant{"baseline", c.baseline, nil})
+	}
+	// Each in turn, the others' runs between bbal's.
 	per := map[string][]float64{}
 	for r := range max(1, c.rounds) {
-		for i, bin := range bins {
-			name := []string{"bbal", "baseline"}[i]
-			qps, lat, lost, ratio, err := nodeRun(c, dir, logs, queries, sockets, node, bin, fmt.Sprintf("node-%s-%d.sock", name, r))
+		for _, v := range variants {
+			qps, lat, lost, ratio, err := nodeRun(c, dir, logs, queries, sockets, node, v.bin, fmt.Sprintf("node-%s-%d.sock", v.name, r), v.args...)
 			if err != nil {
 				return err
 			}
-			per[name] = append(per[name], ratio)
+			per[v.name] = append(per[v.name], ratio)
 			fmt.Printf("  in front of node-mname, %s: %.0f qps, avg latency %.3f ms, lost %d, bbal/node-mname CPU %.1f%%\n",
-				name, qps, float64(lat)/1e6, lost, 100*ratio)
+				v.name, qps, float64(lat)/1e6, lost, 100*ratio)
 		}
 	}
 	med := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
-	fmt.Printf("\nIn front of one node-mname process (UDP, %v, median of %d): CPU per query bbal/node-mname %.1f%%\n",
-		c.duration, len(per["bbal"]), 100*med(per["bbal"]))
+	fmt.Printf("\nIn front of one node-mname process (UDP, %v, median of %d): CPU per query bbal/node-mname %.1f%%, bbal -r 1/node-mname %.1f%%: default/-r 1 %.2fx\n",
+		c.duration, len(per["bbal"]), 100*med(per["bbal"]), 100*med(per["bbal-r1"]), med(per["bbal"])/med(per["bbal-r1"]))
 	if c.baseline != "" {
 		fmt.Printf("baseline bbal/node-mname %.1f%%: bbal/baseline %.2fx\n", 100*med(per["baseline"]), med(per["bbal"])/med(per["baseline"]))
 	}
@@ -522,10 +556,10 @@ func startMname(c config, logs *os.File, sockets, skip string, more ...string) (
 
 // nodeRun runs dnsperf through the bbal binary bin in front of node,
 // and returns bbal's CPU per query over node-mname's.
-func nodeRun(c config, dir string, logs *os.File, queries, sockets string, node *proc, bin, debugSock string) (qps float64, lat time.Duration, lost int64, ratio float64, err error) {
+func nodeRun(c config, dir string, logs *os.File, queries, sockets string, node *proc, bin, debugSock string, more ...string) (qps float64, lat time.Duration, lost int64, ratio float64, err error) {
 	port, _ := freePort()
-	bb, err := start("bbal", logs, bin, "-s", sockets, "-b", "127.0.0.1",
-		"-p", strconv.Itoa(port), "-S", filepath.Join(dir, debugSock), "-l", "warn")
+	args := append([]string{bin, "-s", sockets, "-b", "127.0.0.1", "-p", strconv.Itoa(port), "-S", filepath.Join(dir, debugSock), "-l", "warn"}, more...)
+	bb, err := start("bbal", logs, args...)
 	if err != nil {
 		return 0, 0, 0, 0, err
 	}
@@ -597,7 +631,11 @@ func memory(c config, dir string, logs *os.File) error {
 // stats is the part of bbal's /v1/stats the benchmark reads.
 type stats struct {
 	Remotes int `json:"remotes"`
-	Dnstap  struct {
+	Readers []struct {
+		Datagrams uint64  `json:"datagrams"`
+		Share     float64 `json:"share"`
+	} `json:"readers"`
+	Dnstap struct {
 		Sent        int64 `json:"sent"`
 		QueueFull   int64 `json:"dropped_queue_full"`
 		NoCollector int64 `json:"dropped_no_collector"`

@@ -88,7 +88,10 @@ var jsonMetrics = []jsonMetric{
 	{json: "dnstap.reconnects", metric: "bbal_dnstap_reconnects_total"},
 	{json: "dnstap.reconnect_errors", metric: "bbal_dnstap_reconnect_errors_total"},
 
-	{json: "backend.id", metric: "bbal_backend_info", gauge: true, derived: true}, // the label
+	{json: "reader.reader", metric: "bbal_udp_reader_received_packets_total", derived: true}, // the label
+	{json: "reader.datagrams", metric: "bbal_udp_reader_received_packets_total"},
+	{json: "reader.share", metric: "bbal_udp_reader_received_packets_total", gauge: true, derived: true}, // a ratio of them
+	{json: "backend.id", metric: "bbal_backend_info", gauge: true, derived: true},                        // the label
 	{json: "backend.remotes", metric: "bbal_backend_remotes", gauge: true},
 	{json: "backend.backup_remotes", metric: "bbal_backend_backup_remotes", gauge: true},
 	{json: "backend.udp_frames", metric: "bbal_backend_udp_frames_total"},
@@ -144,8 +147,15 @@ func numbers(prefix string, v any, out map[string]float64, ids map[string]string
 			numbers(p, e, out, ids)
 		}
 	case []any:
-		for _, e := range v {
+		for i, e := range v {
 			b, _ := e.(map[string]any)
+			if prefix == "readers" {
+				// Labelled by address and number.
+				p := "reader[" + strconv.Itoa(i) + "]"
+				ids[p] = b["address"].(string) + " " + strconv.FormatFloat(b["reader"].(float64), 'f', -1, 64)
+				numbers(p, e, out, ids)
+				continue
+			}
 			id, _ := b["id"].(float64)
 			p := "backend[" + strconv.FormatFloat(id, 'f', -1, 64) + "]"
 			ids[p] = strconv.FormatFloat(id, 'f', -1, 64)
@@ -161,6 +171,10 @@ func lookupMetric(path string, ids map[string]string) (jsonMetric, map[string]st
 	if i := strings.Index(path, "]"); strings.HasPrefix(path, "backend[") && i > 0 {
 		labels["backend"] = ids[path[:i+1]]
 		generic = "backend" + path[i+1:]
+	}
+	if i := strings.Index(path, "]"); strings.HasPrefix(path, "reader[") && i > 0 {
+		labels["address"], labels["reader"], _ = strings.Cut(ids[path[:i+1]], " ")
+		generic = "reader" + path[i+1:]
 	}
 	for _, m := range jsonMetrics {
 		key, ok := matchPath(m.json, generic)

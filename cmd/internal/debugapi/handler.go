@@ -510,6 +510,7 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 	for _, l := range a.src.UDP.Addrs() {
 		out.Listen = append(out.Listen, l.String())
 	}
+	out.Readers = readers(a.src.UDP.Readers())
 	out.Standins = a.src.Table.Standins().String()
 	if r := a.src.UDP.Rate(); r != nil {
 		out.RateLimit = r.String()
@@ -541,6 +542,24 @@ func (a *api) stats(w http.ResponseWriter, r *http.Request) {
 		out.LogDropped = a.src.LogDrops.Drops()
 	}
 	a.reply(w, out)
+}
+
+// readers returns the readers as GET /v1/stats shows them, each with its
+// share of its address's datagrams.
+func readers(rs []udpproxy.Reader) []Reader {
+	total, number := map[netip.AddrPort]uint64{}, map[netip.AddrPort]int{}
+	for _, r := range rs {
+		total[r.Addr] += r.Datagrams
+	}
+	out := make([]Reader, len(rs))
+	for i, r := range rs {
+		out[i] = Reader{Address: r.Addr.String(), Number: number[r.Addr], Datagrams: r.Datagrams, Retired: r.Retired}
+		number[r.Addr]++
+		if t := total[r.Addr]; t > 0 {
+			out[i].Share = float64(r.Datagrams) / float64(t)
+		}
+	}
+	return out
 }
 
 // rss returns the process's resident set size, from /proc.

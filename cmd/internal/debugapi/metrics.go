@@ -75,6 +75,7 @@ var (
 	mCacheEntries    = desc("bbal_cache_entries", "Answers in the answer cache (-c).")
 	mCacheBytes      = desc("bbal_cache_bytes", "Bytes of the answers in the answer cache (and their records' TTL offsets).")
 	mCacheCapacity   = desc("bbal_cache_capacity_entries", "Answers the answer cache can hold (-c; 0 without it).")
+	mReaderPackets   = desc("bbal_udp_reader_received_packets_total", "Datagrams read by each UDP reader (-r per listen address): reader is its number among its address's.", "address", "reader")
 )
 
 // The metrics of the plain counts come from their packages' tables.
@@ -151,6 +152,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for r, n := range us.Drops {
 		counter(mDrops, n, "udp", r)
+	}
+	for _, r := range readers(c.src.UDP.Readers()) {
+		counter(mReaderPackets, r.Datagrams, r.Address, strconv.Itoa(r.Number))
 	}
 	ts := c.src.TCP.Stats()
 	for _, m := range tcpCounters {

@@ -113,6 +113,20 @@ type TimeoutsReply struct {
 	Timeouts []Timeout `json:"timeouts"`
 }
 
+// Reader is one UDP socket's reader, in Stats.
+type Reader struct {
+	Address string `json:"address"`
+	// Number is the reader's among its address's, from 0.
+	Number    int    `json:"reader"`
+	Datagrams uint64 `json:"datagrams"`
+	// Share is the reader's part of its address's datagrams, 0 to 1
+	// (0 before any came).
+	Share float64 `json:"share"`
+	// Retired: a socket inherited at a restart beyond this process's
+	// readers, read until it exits but given no new datagrams.
+	Retired bool `json:"retired,omitempty"`
+}
+
 // Stats is GET /v1/stats.
 type Stats struct {
 	Version       string    `json:"version"`
@@ -122,6 +136,9 @@ type Stats struct {
 	ListenUDP     string    `json:"listen_udp"`
 	ListenTCP     string    `json:"listen_tcp"`
 	Listen        []string  `json:"listen"` // every address, UDP and TCP alike
+	// Readers are the UDP sockets' readers (-r per address), in order:
+	// each one's datagrams and its share of its address's.
+	Readers []Reader `json:"readers"`
 	// Standins is the range of IPv6 clients' stand-in addresses;
 	// NoStandin counts queries and connections of IPv6 clients that
 	// could be given none.

@@ -24,8 +24,8 @@ import (
 // remote→backend map to a new process, which may run a newly installed
 // binary:
 //
-//  1. The old process starts its own executable with the UDP socket, the
-//     TCP listener, the debug and metrics listeners, a state pipe and a
+//  1. The old process starts its own executable with the UDP sockets
+//     (every reader's), the TCP listeners, the debug and metrics listeners, a state pipe and a
 //     ready pipe as inherited descriptors, named in InheritEnv.
 //  2. It writes its state on the state pipe: the backends (ID, socket
 //     path, admin setting, whether up) and every remote; and with an
@@ -34,7 +34,7 @@ import (
 //     remotes with their assignments, connects to the backends, waits
 //     until those that were up are up again, starts reading and
 //     accepting, and writes on the ready pipe.
-//  4. The old process then stops reading the UDP socket (it keeps it to
+//  4. The old process then stops reading the UDP sockets (it keeps them to
 //     send the replies still coming for queries it sent on) and stops
 //     accepting; it waits for its TCP sessions and late replies, and
 //     exits.
@@ -43,12 +43,16 @@ import (
 // connection is taken by one or the other, and none is lost.
 
 // InheritEnv names the environment variable that tells a new process
-// which descriptors it inherited: "udp:3,tcp:4,debug:5,metrics:6,state:7,ready:8".
+// which descriptors it inherited: "udp:3,udp:4,tcp:5,debug:6,metrics:7,state:8,ready:9"
+// (two readers of one address).
 const InheritEnv = "BBAL_INHERIT"
 
 // Inherited is what a new process takes over.
 type Inherited struct {
-	UDP     []*net.UDPConn     // one per listen address, in order
+	// UDP is the readers' sockets, those of each listen address in a
+	// run, in order; the new process may be given another number of
+	// readers (-r), and binds more or retires some.
+	UDP     []*net.UDPConn
 	TCP     []*net.TCPListener // likewise
 	Debug   *net.UnixListener  // nil when there is no debug socket
 	Metrics net.Listener       // nil without -m
@@ -170,8 +174,8 @@ func Inherit() (*Inherited, error) {
 			return nil, fmt.Errorf("%s: unknown descriptor %q", InheritEnv, name)
 		}
 	}
-	if len(in.UDP) == 0 || len(in.UDP) != len(in.TCP) || in.ready == nil {
-		return nil, fmt.Errorf("%s %q: UDP sockets, as many TCP listeners, and the ready pipe are needed", InheritEnv, spec)
+	if len(in.UDP) == 0 || len(groupByAddr(in.UDP)) != len(in.TCP) || in.ready == nil {
+		return nil, fmt.Errorf("%s %q: UDP sockets, a TCP listener for each of their addresses, and the ready pipe are needed", InheritEnv, spec)
 	}
 	return in, nil
 }

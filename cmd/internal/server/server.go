@@ -35,6 +35,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -55,13 +56,16 @@ import (
 
 // Config is what the command line sets.
 type Config struct {
-	SocketDir   string       // the backend socket directory
-	Listen      []netip.Addr // UDP and TCP, each; 0.0.0.0 when empty
-	Port        uint16       // of every listen address; 0 picks one free for all
-	DebugSocket string       // the debug socket's path; none when empty
-	MetricsAddr string       // also serve /metrics on this TCP address; none when empty
-	MaxRemotes  int          // bound of the remotes table (remotes.DefaultMaxRemotes when 0)
-	PrefixBits  int          // pin clients by this prefix length (32 when 0)
+	SocketDir string       // the backend socket directory
+	Listen    []netip.Addr // UDP and TCP, each; 0.0.0.0 when empty
+	Port      uint16       // of every listen address; 0 picks one free for all
+	// Readers is the number of UDP sockets, each with its reader, bound
+	// to each listen address (-r); 1 when 0.
+	Readers     int
+	DebugSocket string // the debug socket's path; none when empty
+	MetricsAddr string // also serve /metrics on this TCP address; none when empty
+	MaxRemotes  int    // bound of the remotes table (remotes.DefaultMaxRemotes when 0)
+	PrefixBits  int    // pin clients by this prefix length (32 when 0)
 	// Standins is the range of IPv6 clients' stand-in IPv4 addresses;
 	// the table applies its default (remotes.StandinRange).
 	Standins netip.Prefix
@@ -173,12 +177,13 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 // and what closes them again when the start fails.
 type listeners struct {
 	log      zerolog.Logger
-	debug    *net.UnixListener // nil without a debug socket
-	metrics  net.Listener      // nil without -m
-	udp      []*net.UDPConn    // one per listen address, in order
-	tcp      []*net.TCPListener
-	debugDir string         // the debug socket's directory, when bbal made it
-	undo     []func() error // close what was opened (unlinking the debug socket)
+	debug    *net.UnixListener  // nil without a debug socket
+	metrics  net.Listener       // nil without -m
+	udp      []*net.UDPConn     // Readers per listen address, in order
+	retired  []*net.UDPConn     // of udp, those inherited beyond Readers
+	tcp      []*net.TCPListener // one per listen address, in order
+	debugDir string             // the debug socket's directory, when bbal made it
+	undo     []func() error     // close what was opened (unlinking the debug socket)
 }
 
 // fail closes what was opened and returns the fatal log record of a
@@ -196,6 +201,7 @@ func (ls *listeners) fail(err error) *zerolog.Event {
 func (ls *listeners) bind(cfg Config) error {
 	if cfg.Inherited != nil {
 		ls.inherit(cfg.Inherited)
+		ls.adjustReaders(max(cfg.Readers, 1))
 	} else if err := ls.bindAll(cfg); err != nil {
 		return err
 	}
@@ -246,6 +252,7 @@ func (ls *listeners) bindAll(cfg Config) error {
 		addrs = []netip.Addr{netip.IPv4Unspecified()}
 	}
 	port := cfg.Port
+	readers := max(cfg.Readers, 1)
 	for _, a := range addrs {
 		u, t, err := listen(netip.AddrPortFrom(a, port))
 		if err != nil {
@@ -254,9 +261,88 @@ func (ls *listeners) bindAll(cfg Config) error {
 		}
 		ls.undo = append(ls.undo, u.Close, t.Close)
 		ls.udp, ls.tcp = append(ls.udp, u), append(ls.tcp, t)
-		port = u.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+		bound := u.LocalAddr().(*net.UDPAddr).AddrPort()
+		port = bound.Port()
+		for range readers - 1 {
+			r, err := listenUDP(bound)
+			if err != nil {
+				ls.fail(err).Str("address", a.String()).Uint16("port", port).Msg("failed to create a reader's UDP socket")
+				return err
+			}
+			ls.undo = append(ls.undo, r.Close)
+			ls.udp = append(ls.udp, r)
+		}
+		if readers > 1 {
+			ls.steer(u, readers)
+		}
 	}
 	return nil
+}
+
+// steer has the kernel spread the datagrams of first's address over
+// the first n sockets of its group (udpproxy.SteerByID). Where it
+// cannot (a kernel without SO_ATTACH_REUSEPORT_CBPF), the kernel's own
+// hash of addresses and ports spreads them over all of the group, and
+// that is logged.
+func (ls *listeners) steer(first *net.UDPConn, n int) bool {
+	if err := udpproxy.SteerByID(first, n); err != nil {
+		ls.log.Warn().Err(err).Str("address", first.LocalAddr().String()).
+			Msg("cannot spread datagrams by DNS ID: the kernel spreads them by client address and port")
+		return false
+	}
+	return true
+}
+
+// adjustReaders makes the inherited UDP sockets readers per address:
+// it binds more where fewer were handed over, and retires the rest
+// where more were (they are read until the process ends, but given no
+// new datagram and not handed on: closing one would lose what it
+// holds). A socket that cannot be bound (the predecessor's was bound
+// without SO_REUSEPORT, by a bbal before -r) leaves the address with
+// fewer readers, and that is logged; so is a group whose extra sockets
+// cannot be retired for want of steering: they stay readers.
+func (ls *listeners) adjustReaders(readers int) {
+	var udp, retired []*net.UDPConn
+	for _, group := range groupByAddr(ls.udp) {
+		first := group[0]
+		addr := first.LocalAddr().(*net.UDPAddr).AddrPort()
+		for len(group) < readers {
+			r, err := listenUDP(addr)
+			if err != nil {
+				ls.log.Warn().Err(err).Str("address", addr.String()).Int("readers", len(group)).Int("wanted", readers).
+					Msg("cannot add a reader to an inherited UDP socket (bound without SO_REUSEPORT by an older bbal?): serving with fewer until a full restart")
+				break
+			}
+			ls.undo = append(ls.undo, r.Close)
+			group = append(group, r)
+		}
+		active := min(len(group), readers)
+		if len(group) > 1 && !ls.steer(first, active) {
+			active = len(group)
+		}
+		if active < len(group) {
+			ls.log.Info().Str("address", addr.String()).Int("readers", active).Int("retired", len(group)-active).
+				Msg("inherited more UDP sockets than readers: the rest get no new datagrams")
+		}
+		udp = append(udp, group...)
+		retired = append(retired, group[active:]...)
+	}
+	ls.udp, ls.retired = udp, retired
+}
+
+// groupByAddr splits conns into runs of sockets bound to one address,
+// in order.
+func groupByAddr(conns []*net.UDPConn) [][]*net.UDPConn {
+	var out [][]*net.UDPConn
+	for _, c := range conns {
+		a := c.LocalAddr().String()
+		if n := len(out); n > 0 && out[n-1][0].LocalAddr().String() == a {
+			out[n-1] = append(out[n-1], c)
+		} else {
+			out = append(out, []*net.UDPConn{c})
+		}
+	}
+	return out
 }
 
 // bindDebug makes the debug socket at path, and its directory when that
@@ -303,9 +389,15 @@ func (ls *listeners) dropTo(cfg Config) error {
 }
 
 func (ls *listeners) logAddrs() {
-	for _, u := range ls.udp {
-		addr := u.LocalAddr().(*net.UDPAddr).AddrPort()
-		ls.log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Msg("listening for UDP packets")
+	for _, group := range groupByAddr(ls.udp) {
+		addr := group[0].LocalAddr().(*net.UDPAddr).AddrPort()
+		n := 0
+		for _, u := range group {
+			if !slices.Contains(ls.retired, u) {
+				n++
+			}
+		}
+		ls.log.Info().Str("address", addr.Addr().String()).Uint16("port", addr.Port()).Int("readers", n).Msg("listening for UDP packets")
 	}
 	for _, t := range ls.tcp {
 		addr := t.Addr().(*net.TCPAddr).AddrPort()
@@ -350,7 +442,11 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 			return nil, err
 		}
 	}
-	if b.UDP, err = udpproxy.New(ls.udp, b.Table, b.Backends, b.Timeouts, log); err != nil {
+	if b.UDP, err = udpproxy.New(ls.udp, b.Table, b.Backends, b.Timeouts, log); err == nil {
+		for _, c := range ls.retired {
+			b.UDP.Retire(c)
+		}
+	} else {
 		if b.Dnstap != nil {
 			b.Dnstap.Close()
 		}
@@ -527,37 +623,69 @@ func (b *Balancer) Close() {
 const socketBuffer = 4 << 20
 
 // listen binds UDP and TCP on the same address and port. With port 0 it
-// looks for a port free for both.
+// looks for a port free for both. TCP is bound first, without
+// SO_REUSEPORT: a port some other process holds (another bbal) fails
+// there, before a UDP socket could join its SO_REUSEPORT group and take
+// a share of its datagrams.
 func listen(addr netip.AddrPort) (*net.UDPConn, *net.TCPListener, error) {
 	tries := 1
 	if addr.Port() == 0 {
 		tries = 20
 	}
-	// An IPv6 socket is IPv6 only (IPV6_V6ONLY, as "udp6" and "tcp6"
-	// make it), so that :: and 0.0.0.0 can both be bound.
-	udp, tcp := "udp4", "tcp4"
+	// An IPv6 socket is IPv6 only (IPV6_V6ONLY, as "tcp6" makes it),
+	// so that :: and 0.0.0.0 can both be bound.
+	tcp := "tcp4"
 	if addr.Addr().Is6() {
-		udp, tcp = "udp6", "tcp6"
+		tcp = "tcp6"
 	}
 	for i := 0; ; i++ {
-		u, err := net.ListenUDP(udp, net.UDPAddrFromAddrPort(addr))
+		t, err := net.ListenTCP(tcp, net.TCPAddrFromAddrPort(addr))
 		if err != nil {
-			return nil, nil, fmt.Errorf("UDP: %w", err)
-		}
-		port := u.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-		t, err := net.ListenTCP(tcp, net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr.Addr(), port)))
-		if err == nil {
-			// Room for bursts; the kernel caps these at its
-			// net.core.[rw]mem_max.
-			u.SetReadBuffer(socketBuffer)
-			u.SetWriteBuffer(socketBuffer)
-			return u, t, nil
-		}
-		u.Close()
-		if i+1 >= tries || !errors.Is(err, syscall.EADDRINUSE) {
 			return nil, nil, fmt.Errorf("TCP: %w", err)
 		}
+		port := t.Addr().(*net.TCPAddr).AddrPort().Port()
+		u, err := listenUDP(netip.AddrPortFrom(addr.Addr(), port))
+		if err == nil {
+			return u, t, nil
+		}
+		t.Close()
+		if i+1 >= tries || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, nil, fmt.Errorf("UDP: %w", err)
+		}
 	}
+}
+
+// listenUDP binds a UDP socket to addr with SO_REUSEPORT, so that the
+// readers of one address (and a successor's, at a restart without
+// downtime) can each have one. The kernel lets only sockets of the same
+// effective user join such a group: bbal's are bound before it drops
+// privileges (-u), so only root can. An IPv6 socket is IPv6 only
+// (IPV6_V6ONLY, as "udp6" makes it), so that :: and 0.0.0.0 can both
+// be bound.
+func listenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
+	network := "udp4"
+	if addr.Addr().Is6() {
+		network = "udp6"
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	pc, err := lc.ListenPacket(context.Background(), network, addr.String())
+	if err != nil {
+		return nil, err
+	}
+	u := pc.(*net.UDPConn)
+	// Room for bursts; the kernel caps these at its
+	// net.core.[rw]mem_max.
+	u.SetReadBuffer(socketBuffer)
+	u.SetWriteBuffer(socketBuffer)
+	return u, nil
 }
 
 // makeSocketDir creates the directory of the socket at path when it is

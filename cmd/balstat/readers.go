@@ -1,0 +1,32 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/bbal/bbal/cmd/internal/debugapi"
+)
+
+// readersCommand is balstat readers: the UDP readers of each listen
+// address, with their datagrams and share (from GET /v1/stats).
+func readersCommand(ctx context.Context, c *debugapi.Client, o options, out io.Writer) error {
+	s, err := c.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return printJSON(out, s.Readers)
+	}
+	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "ADDRESS\tREADER\tDATAGRAMS\tSHARE\t")
+	for _, r := range s.Readers {
+		note := ""
+		if r.Retired {
+			note = "retired"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f%%\t%s\n", printable(r.Address), r.Number, r.Datagrams, 100*r.Share, note)
+	}
+	return tw.Flush()
+}
