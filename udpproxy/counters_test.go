@@ -11,5 +11,5 @@ import (
 // miss it. The stall checks done are the tests' synchronisation, not a
 // count of traffic.
 func TestCounterTableCoversEveryCount(t *testing.T) {
-	testbed.CheckCounterTable(t, counterTable, "stallChecks")
+	testbed.CheckCounterTable(t, counterTable, "stallChecks", "readerChecks")
 }

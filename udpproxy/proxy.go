@@ -81,6 +81,11 @@ type listener struct {
 	out []byte
 	// seq orders the queries the reader sends on (flightInfo.seq).
 	seq int64
+	// The reader's work, for the readers' checks (readers.go): its
+	// reads, those that were full, and the time spent on them.
+	reads     atomic.Uint64
+	fullReads atomic.Uint64
+	busy      atomic.Uint64 // nanoseconds
 }
 
 // nextSeq returns the order of a query sent on at now: after the
@@ -163,6 +168,14 @@ type Proxy struct {
 
 	tap Tap // tap.go: nil, none
 
+	// The readers with the load (readers.go).
+	adapt        bool
+	groups       []*readerGroup
+	readersT     *timeouts.Timeout
+	readersCheck chan struct{} // readersTick's posts to resendLoop
+	readerChecks atomic.Uint64 // checks done
+	steerLog     *timeouts.Limiter
+
 	// The answer cache (cache.go): nil cache, none.
 	cache      *cache.Cache
 	cacheT     *timeouts.Timeout
@@ -190,6 +203,8 @@ func New(conns []*net.UDPConn, table *remotes.Table, set *backend.Set, ts *timeo
 		suspectLog:     timeouts.NewLimiter(clock, 5*time.Second),
 		quarantineLog:  timeouts.NewLimiter(clock, 5*time.Second),
 		rateLog:        timeouts.NewLimiter(clock, 5*time.Second),
+		steerLog:       timeouts.NewLimiter(clock, 5*time.Second),
+		readersCheck:   make(chan struct{}, 1),
 	}
 	for i, c := range conns {
 		raw, err := c.SyscallConn()
@@ -221,6 +236,8 @@ func New(conns []*net.UDPConn, table *remotes.Table, set *backend.Set, ts *timeo
 	}
 	p.sweepT = ts.NewTimeout("udp queries in flight", p.sweep)
 	p.stallT = ts.NewTimeout("udp stall check", p.stallTick)
+	p.readersT = ts.NewTimeout("udp readers check", p.readersTick)
+	p.group()
 	return p, nil
 }
 
@@ -295,20 +312,31 @@ func (p *Proxy) Retire(c *net.UDPConn) {
 			l.retired = true
 		}
 	}
+	p.group()
 }
 
 // Reader is one socket's reader, as the debug API shows it.
 type Reader struct {
 	Addr      netip.AddrPort
 	Datagrams uint64 // read from the socket
-	Retired   bool   // see Retire
+	Reads     uint64 // recvmmsg calls that returned datagrams
+	// Active: given new datagrams now (see AdaptReaders; before Start,
+	// every reader not retired).
+	Active  bool
+	Retired bool // see Retire
 }
 
 // Readers returns the sockets' readers, in order.
 func (p *Proxy) Readers() []Reader {
 	out := make([]Reader, len(p.ls))
 	for i, l := range p.ls {
-		out[i] = Reader{Addr: l.addr, Datagrams: p.packetsIn.Stripe(int(l.idx)), Retired: l.retired}
+		out[i] = Reader{Addr: l.addr, Datagrams: p.packetsIn.Stripe(int(l.idx)), Reads: l.reads.Load(),
+			Active: !l.retired, Retired: l.retired}
+	}
+	for _, g := range p.groups {
+		for j, l := range g.ls {
+			out[l.idx].Active = j < int(g.active.Load())
+		}
 	}
 	return out
 }
@@ -321,6 +349,7 @@ func (p *Proxy) Start() {
 	if p.stalls != nil && p.stalls.Enabled() {
 		p.stallT.Set(placement.StallCheckInterval)
 	}
+	p.startReaders()
 	p.resendWG.Add(1)
 	go p.resendLoop()
 	if p.cache != nil {
@@ -349,6 +378,8 @@ func (p *Proxy) resendLoop() {
 			p.resend(d.Backend, d.Fault)
 		case <-p.stallCheck:
 			p.checkStalls()
+		case <-p.readersCheck:
+			p.checkReaders()
 		}
 	}
 }
@@ -386,6 +417,7 @@ func (p *Proxy) Close() {
 		p.stopping.Store(true)
 		p.sweepT.Clear()
 		p.stallT.Clear()
+		p.readersT.Clear()
 		if p.cacheT != nil {
 			p.cacheT.Clear()
 		}
@@ -406,6 +438,7 @@ func (p *Proxy) readLoop(l *listener) {
 	o.lis = l.idx
 	var r *recvBatch
 	r = newRecvBatch(l.pktinfo, func(n int) {
+		start := time.Now()
 		now := p.clock.Now().UnixNano()
 		for i := range n {
 			size, ip, port, ok := r.datagram(i)
@@ -433,6 +466,11 @@ func (p *Proxy) readLoop(l *listener) {
 		if l.cached.n > 0 {
 			l.cached.flush()
 		}
+		l.reads.Add(1)
+		if n == batchLen {
+			l.fullReads.Add(1)
+		}
+		l.busy.Add(uint64(time.Since(start)))
 	})
 	for {
 		err := r.run(l.raw)
@@ -904,6 +942,9 @@ func (p *Proxy) ResetCounters() {
 	counterTable.Reset(p)
 	for i := range p.drops {
 		p.drops[i].Store(0)
+	}
+	for _, l := range p.ls {
+		l.reads.Store(0)
 	}
 }
 

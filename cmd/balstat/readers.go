@@ -20,13 +20,20 @@ func readersCommand(ctx context.Context, c *debugapi.Client, o options, out io.W
 		return printJSON(out, s.Readers)
 	}
 	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ADDRESS\tREADER\tDATAGRAMS\tSHARE\t")
+	fmt.Fprintln(tw, "ADDRESS\tREADER\tDATAGRAMS\tPER READ\tSHARE\t")
 	for _, r := range s.Readers {
 		note := ""
-		if r.Retired {
+		switch {
+		case r.Retired:
 			note = "retired"
+		case !r.Active:
+			note = "idle"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f%%\t%s\n", printable(r.Address), r.Number, r.Datagrams, 100*r.Share, note)
+		per := 0.0
+		if r.Reads > 0 {
+			per = float64(r.Datagrams) / float64(r.Reads)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f%%\t%s\n", printable(r.Address), r.Number, r.Datagrams, per, 100*r.Share, note)
 	}
 	return tw.Flush()
 }

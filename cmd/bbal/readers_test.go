@@ -28,7 +28,9 @@ import (
 // the client keeps its node-mname backend whichever reader reads its
 // query, and every query is answered.
 func TestReadersShareOneClientPortAndKeepItsBackend(t *testing.T) {
-	h := servertest.NewConfig(t, func(c *server.Config) { c.Readers = 2 }, nil)
+	// Both readers given datagrams from the start, not as the load
+	// needs: a query at a time would need one.
+	h := servertest.NewConfig(t, func(c *server.Config) { c.Readers = 2 }, func(o *server.Options) { o.AllReaders = true })
 	testbed.StartMname(t, h.Sock("5301"), "n1")
 	testbed.StartMname(t, h.Sock("5302"), "n2")
 	h.B.Backends.Scan()
@@ -63,7 +65,7 @@ func TestReadersShareOneClientPortAndKeepItsBackend(t *testing.T) {
 	})
 	for i, r := range st.Readers {
 		// IDs alternate even and odd: each reader has half.
-		if r.Address != h.Addr.String() || r.Number != i || r.Datagrams != queries/2 || r.Share != 0.5 || r.Retired {
+		if r.Address != h.Addr.String() || r.Number != i || r.Datagrams != queries/2 || r.Share != 0.5 || r.Retired || !r.Active {
 			t.Fatalf("reader %d: %+v, want %d datagrams, half of %s's", i, r, queries/2, h.Addr)
 		}
 	}
@@ -266,13 +268,14 @@ func setCPUs(t *testing.T, pid int, cpus []int) {
 	}
 }
 
-// Four readers under load from many clients at once, with the table's
+// Four readers, all given datagrams, under load from many clients at
+// once, with the table's
 // listing, its rebalancing and expiry, and the stats read beside them:
 // every query is answered, each client by one backend throughout, and
 // the race detector (make test runs this package with -race) sees the
 // readers share nothing unguarded.
 func TestSeveralReadersUnderLoad(t *testing.T) {
-	h := servertest.NewConfig(t, func(c *server.Config) { c.Readers = 4 }, nil)
+	h := servertest.NewConfig(t, func(c *server.Config) { c.Readers = 4 }, func(o *server.Options) { o.AllReaders = true })
 	h.StartGo("5301", "5302", "5303")
 	var side sync.WaitGroup
 	done := make(chan struct{})

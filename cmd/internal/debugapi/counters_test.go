@@ -90,6 +90,7 @@ var jsonMetrics = []jsonMetric{
 
 	{json: "reader.reader", metric: "bbal_udp_reader_received_packets_total", derived: true}, // the label
 	{json: "reader.datagrams", metric: "bbal_udp_reader_received_packets_total"},
+	{json: "reader.reads", metric: "bbal_udp_reader_reads_total"},
 	{json: "reader.share", metric: "bbal_udp_reader_received_packets_total", gauge: true, derived: true}, // a ratio of them
 	{json: "backend.id", metric: "bbal_backend_info", gauge: true, derived: true},                        // the label
 	{json: "backend.remotes", metric: "bbal_backend_remotes", gauge: true},

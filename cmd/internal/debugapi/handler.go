@@ -553,7 +553,8 @@ func readers(rs []udpproxy.Reader) []Reader {
 	}
 	out := make([]Reader, len(rs))
 	for i, r := range rs {
-		out[i] = Reader{Address: r.Addr.String(), Number: number[r.Addr], Datagrams: r.Datagrams, Retired: r.Retired}
+		out[i] = Reader{Address: r.Addr.String(), Number: number[r.Addr], Datagrams: r.Datagrams, Reads: r.Reads,
+			Active: r.Active, Retired: r.Retired}
 		number[r.Addr]++
 		if t := total[r.Addr]; t > 0 {
 			out[i].Share = float64(r.Datagrams) / float64(t)

@@ -76,6 +76,8 @@ var (
 	mCacheBytes      = desc("bbal_cache_bytes", "Bytes of the answers in the answer cache (and their records' TTL offsets).")
 	mCacheCapacity   = desc("bbal_cache_capacity_entries", "Answers the answer cache can hold (-c; 0 without it).")
 	mReaderPackets   = desc("bbal_udp_reader_received_packets_total", "Datagrams read by each UDP reader (-r per listen address): reader is its number among its address's.", "address", "reader")
+	mReaderReads     = desc("bbal_udp_reader_reads_total", "recvmmsg calls of each UDP reader that returned datagrams (up to 64 each).", "address", "reader")
+	mReaderActive    = desc("bbal_udp_reader_active", "1 while the UDP reader is given new datagrams: an address's go to as many of its readers as the load needs.", "address", "reader")
 )
 
 // The metrics of the plain counts come from their packages' tables.
@@ -154,7 +156,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(mDrops, n, "udp", r)
 	}
 	for _, r := range readers(c.src.UDP.Readers()) {
-		counter(mReaderPackets, r.Datagrams, r.Address, strconv.Itoa(r.Number))
+		n := strconv.Itoa(r.Number)
+		counter(mReaderPackets, r.Datagrams, r.Address, n)
+		counter(mReaderReads, r.Reads, r.Address, n)
+		gauge(mReaderActive, bool01(r.Active), r.Address, n)
 	}
 	ts := c.src.TCP.Stats()
 	for _, m := range tcpCounters {

@@ -119,6 +119,12 @@ type Reader struct {
 	// Number is the reader's among its address's, from 0.
 	Number    int    `json:"reader"`
 	Datagrams uint64 `json:"datagrams"`
+	// Reads counts its recvmmsg calls that returned datagrams: the
+	// datagrams per read say how busy it is (up to 64).
+	Reads uint64 `json:"reads"`
+	// Active: given new datagrams now. bbal gives an address's
+	// datagrams to as many of its readers as the load needs, from one.
+	Active bool `json:"active"`
 	// Share is the reader's part of its address's datagrams, 0 to 1
 	// (0 before any came).
 	Share float64 `json:"share"`

@@ -114,6 +114,9 @@ type Options struct {
 	Remotes   remotes.Config // likewise
 	OKTimeout time.Duration
 	StallHold time.Duration // placement.DefaultStallHold when 0
+	// AllReaders gives every UDP reader datagrams from the start,
+	// rather than as many as the load needs (udpproxy.AdaptReaders).
+	AllReaders bool
 	// DebugLimits bound the debug socket's clients; zero fields take
 	// debugapi.DefaultLimits.
 	DebugLimits debugapi.Limits
@@ -176,11 +179,15 @@ func Start(cfg Config, opt Options, log zerolog.Logger) (*Balancer, error) {
 // listeners are the sockets a Balancer serves on, bound or inherited,
 // and what closes them again when the start fails.
 type listeners struct {
-	log      zerolog.Logger
-	debug    *net.UnixListener  // nil without a debug socket
-	metrics  net.Listener       // nil without -m
-	udp      []*net.UDPConn     // Readers per listen address, in order
-	retired  []*net.UDPConn     // of udp, those inherited beyond Readers
+	log     zerolog.Logger
+	debug   *net.UnixListener // nil without a debug socket
+	metrics net.Listener      // nil without -m
+	udp     []*net.UDPConn    // Readers per listen address, in order
+	retired []*net.UDPConn    // of udp, those inherited beyond Readers
+	// steered: every address of more than one socket is steered by
+	// DNS ID, so that the proxy may give its datagrams to as few
+	// readers as the load needs.
+	steered  bool
 	tcp      []*net.TCPListener // one per listen address, in order
 	debugDir string             // the debug socket's directory, when bbal made it
 	undo     []func() error     // close what was opened (unlinking the debug socket)
@@ -253,6 +260,7 @@ func (ls *listeners) bindAll(cfg Config) error {
 	}
 	port := cfg.Port
 	readers := max(cfg.Readers, 1)
+	ls.steered = true
 	for _, a := range addrs {
 		u, t, err := listen(netip.AddrPortFrom(a, port))
 		if err != nil {
@@ -272,8 +280,8 @@ func (ls *listeners) bindAll(cfg Config) error {
 			ls.undo = append(ls.undo, r.Close)
 			ls.udp = append(ls.udp, r)
 		}
-		if readers > 1 {
-			ls.steer(u, readers)
+		if readers > 1 && !ls.steer(u, readers) {
+			ls.steered = false
 		}
 	}
 	return nil
@@ -303,6 +311,7 @@ func (ls *listeners) steer(first *net.UDPConn, n int) bool {
 // cannot be retired for want of steering: they stay readers.
 func (ls *listeners) adjustReaders(readers int) {
 	var udp, retired []*net.UDPConn
+	ls.steered = true
 	for _, group := range groupByAddr(ls.udp) {
 		first := group[0]
 		addr := first.LocalAddr().(*net.UDPAddr).AddrPort()
@@ -318,7 +327,7 @@ func (ls *listeners) adjustReaders(readers int) {
 		}
 		active := min(len(group), readers)
 		if len(group) > 1 && !ls.steer(first, active) {
-			active = len(group)
+			active, ls.steered = len(group), false
 		}
 		if active < len(group) {
 			ls.log.Info().Str("address", addr.String()).Int("readers", active).Int("retired", len(group)-active).
@@ -445,6 +454,9 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 	if b.UDP, err = udpproxy.New(ls.udp, b.Table, b.Backends, b.Timeouts, log); err == nil {
 		for _, c := range ls.retired {
 			b.UDP.Retire(c)
+		}
+		if ls.steered && !opt.AllReaders {
+			b.UDP.AdaptReaders()
 		}
 	} else {
 		if b.Dnstap != nil {
