@@ -297,6 +297,33 @@ func (b *Backend) SendUDP(frame []byte, now int64) bool {
 	return false
 }
 
+// SendUDPBatch queues INBOUND_UDP frames, back to back in frames, frame
+// i ending at ends[i], at now, in one hold of the queue's lock: as many,
+// from the first, as the queue accepts, each counted as SendUDP counts
+// it. It returns how many were queued; the caller drops the rest. Like
+// SendUDP, it does not write: Flush does.
+func (b *Backend) SendUDPBatch(frames []byte, ends []int32, now int64) int {
+	if len(ends) == 0 {
+		return 0
+	}
+	n, res := b.q.pushBatch(frames, ends, now)
+	if n > 0 {
+		b.stats.udpFrames.Add(uint64(n))
+		b.stats.udpBytes.Add(uint64(int(ends[n-1]) - n*protocol.UDPHeaderLen))
+	}
+	if rest := uint64(len(ends) - n); rest > 0 {
+		if res == pushStuck {
+			b.stats.stuckDrops.Add(rest)
+			if e := b.log.Trace(); e != nil {
+				e.Msg("stuck backend write queue")
+			}
+		} else {
+			b.stats.downDrops.Add(rest)
+		}
+	}
+	return n
+}
+
 // DialTCP opens a TCP proxy session's connection to the backend's socket.
 // The caller sends INBOUND_TCP on it and must call TCPDone once the
 // session ends.

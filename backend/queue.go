@@ -106,6 +106,37 @@ func (q *queue) push(frame []byte, control bool, now int64) pushResult {
 	return pushed
 }
 
+// pushBatch appends data frames, back to back in frames, frame i ending
+// at ends[i], queued at now: as many of them, from the first, as the
+// queue accepts, all in one hold of its lock and one copy. It returns
+// how many, and why the rest were refused.
+func (q *queue) pushBatch(frames []byte, ends []int32, now int64) (int, pushResult) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.state != queueOpen {
+		return 0, pushDown
+	}
+	room := q.limit - q.outBytes - len(q.buf)
+	roomFrames := q.maxFrames - q.outFrames - len(q.marks)
+	n := 0
+	for n < len(ends) && n < roomFrames && int(ends[n]) <= room {
+		n++
+	}
+	if n == 0 {
+		return 0, pushStuck
+	}
+	base, start := int32(len(q.buf)), int32(0)
+	for _, end := range ends[:n] {
+		q.marks = append(q.marks, mark{off: base + start, at: now})
+		start = end
+	}
+	q.buf = append(q.buf, frames[:start]...)
+	if n < len(ends) {
+		return n, pushStuck
+	}
+	return n, pushed
+}
+
 // wake hands the queue to the writer goroutine.
 func (q *queue) wake() {
 	select {

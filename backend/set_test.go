@@ -332,3 +332,47 @@ func TestSetResetCountersResetsBackendsToo(t *testing.T) {
 		t.Fatal("the reset touched the backend's state")
 	}
 }
+
+// A batch of frames from one reader: as many as fit, from the first,
+// whole and in order, in the bytes and frames left; the rest refused as
+// stuck, or all of it as down when the queue is not open. Each frame
+// expires on its own.
+func TestQueueBatch(t *testing.T) {
+	const second = int64(time.Second)
+	q := newQueue(100, 4, second)
+	a := protocol.AppendUDP(nil, protocol.FrameInboundUDP, 1, 2, make([]byte, 24)) // 40 bytes
+	b := protocol.AppendUDP(nil, protocol.FrameInboundUDP, 3, 4, make([]byte, 14)) // 30 bytes
+	frames := append(append(append([]byte{}, a...), b...), a...)
+	ends := []int32{40, 70, 110}
+	if n, r := q.pushBatch(frames, ends, 0); n != 0 || r != pushDown {
+		t.Fatalf("closed queue: %d, %v", n, r)
+	}
+	q.reset(queueOpen)
+	// 110 bytes: the third frame does not fit in 100.
+	if n, r := q.pushBatch(frames, ends, 0); n != 2 || r != pushStuck {
+		t.Fatalf("batch into 100 bytes: %d queued, %v; want 2, stuck", n, r)
+	}
+	if n, f := q.length(); n != 70 || f != 2 {
+		t.Fatalf("length %d bytes %d frames", n, f)
+	}
+	bt, _, _ := q.take(0)
+	if string(bt.bytes()) != string(frames[:70]) {
+		t.Fatal("batch not queued whole and in order")
+	}
+	q.done(bt, len(bt.bytes()))
+	// The cap in frames: 4, of which a single push holds one.
+	q = newQueue(1<<20, 4, second)
+	q.reset(queueOpen)
+	q.push(b, false, 0)
+	if n, r := q.pushBatch(frames[:70], ends[:2], second/2); n != 2 || r != pushed {
+		t.Fatalf("batch of two beside one: %d, %v", n, r)
+	}
+	if n, r := q.pushBatch(frames[:70], ends[:2], second/2); n != 1 || r != pushStuck {
+		t.Fatalf("batch of two into one frame left: %d, %v", n, r)
+	}
+	// At 1.2 s the single frame has expired, the batch's have not.
+	bt, expired, ok := q.take(second + second/5)
+	if !ok || expired != 1 || len(bt.bytes()) != 40+30+40 || string(bt.bytes()) != string(append(frames[:70:70], a...)) {
+		t.Fatalf("take: ok %v, expired %d, %d bytes", ok, expired, len(bt.bytes()))
+	}
+}

@@ -24,7 +24,6 @@ func benchDatagrams(b *testing.B, bed *bed) {
 	buf := make([]byte, slotLen)
 	ip := netip.MustParseAddr("127.0.0.9")
 	var o origin
-	be := bed.set.Get(5301)
 	bed.p.handle(bed.p.ls[0], buf, 64, ip, 5353, &o, 0)
 	b.ReportAllocs()
 	i := 0
@@ -34,7 +33,7 @@ func benchDatagrams(b *testing.B, bed *bed) {
 		binary.BigEndian.PutUint16(buf[protocol.UDPHeaderLen:], uint16(i))
 		bed.p.handle(bed.p.ls[0], buf, 64, ip, 5353, &o, 0)
 		if i++; i%batchLen == 0 {
-			be.Flush(0)
+			bed.p.endBatch(bed.p.ls[0], 0)
 		}
 	}
 }

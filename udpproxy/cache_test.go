@@ -34,7 +34,7 @@ func cachedBed(t testing.TB) (*bed, []byte, int) {
 	be := b.set.Get(5301)
 	// Now by the proxy's clock: a query at 0 would be swept as past
 	// FlightAge before its answer came.
-	if b.p.handle(b.p.ls[0], buf, len(query), ip, 5353, &o, b.p.clock.Now().UnixNano()) != be {
+	if b.handle(buf, len(query), ip, 5353, &o, b.p.clock.Now().UnixNano()) != be {
 		t.Fatal("the first query was not sent to the backend")
 	}
 	be.Flush(0)
@@ -89,7 +89,7 @@ func TestCacheMissPathAllocatesNothing(t *testing.T) {
 		id++
 		copy(buf[protocol.UDPHeaderLen:], query)
 		binary.BigEndian.PutUint16(buf[protocol.UDPHeaderLen:], id)
-		if b.p.handle(b.p.ls[0], buf, n, ip, 5353, &o, b.p.clock.Now().UnixNano()) != be {
+		if b.handle(buf, n, ip, 5353, &o, b.p.clock.Now().UnixNano()) != be {
 			t.Fatal("not sent to the backend")
 		}
 		be.Flush(0)
@@ -136,7 +136,6 @@ func BenchmarkDatagramCacheMiss(b *testing.B) {
 	bed.p.Cache().Flush()
 	ip := netip.MustParseAddr("127.0.0.9")
 	var o origin
-	be := bed.set.Get(5301)
 	now := bed.p.clock.Now().UnixNano()
 	b.ReportAllocs()
 	i := 0
@@ -144,7 +143,7 @@ func BenchmarkDatagramCacheMiss(b *testing.B) {
 		binary.BigEndian.PutUint16(buf[protocol.UDPHeaderLen:], uint16(i))
 		bed.p.handle(bed.p.ls[0], buf, n, ip, 5353, &o, now)
 		if i++; i%batchLen == 0 {
-			be.Flush(0)
+			bed.p.endBatch(bed.p.ls[0], 0)
 		}
 	}
 }

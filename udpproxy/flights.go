@@ -100,17 +100,32 @@ const (
 	flightBucketBits = 12 // log2(flightBuckets)
 )
 
+// Regions is the number of regions of the DNS ID space by its low bits
+// (ID mod Regions) that the readers own between them: the steering gives
+// each region's queries to one reader, and the in-flight table keeps
+// each region's in buckets of its own.
+const (
+	Regions    = 1 << regionBits
+	regionBits = 6
+)
+
 type flights struct {
 	buckets [flightBuckets]bucket
 }
 
 func newFlights() *flights { return new(flights) }
 
-// bucket returns key's bucket and its lock: the top bits of the key's
-// Fibonacci hash, which every bit of the key moves (the low bits of the
-// product would not see a client address's high bits).
+// bucket returns key's bucket and its lock. The buckets are in
+// Regions regions by the DNS ID's low bits, which the steering of the
+// readers follows (SteerByID): a reader's queries fall in regions of
+// its own, so that readers write no bucket in common. Within its region
+// a key's bucket is the top bits of its Fibonacci hash, which every bit
+// of the key moves (the low bits of the product would not see a client
+// address's high bits).
 func (t *flights) bucket(key uint64) (*bucket, *sync.Mutex) {
-	b := &t.buckets[(key*0x9e3779b97f4a7c15)>>(64-flightBucketBits)]
+	region := key & (Regions - 1) // of the DNS ID, the key's low 16 bits
+	h := (key * 0x9e3779b97f4a7c15) >> (64 - flightBucketBits + regionBits)
+	b := &t.buckets[region<<(flightBucketBits-regionBits)|h]
 	return b, &b.mu
 }
 

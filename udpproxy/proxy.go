@@ -81,6 +81,10 @@ type listener struct {
 	out []byte
 	// seq orders the queries the reader sends on (flightInfo.seq).
 	seq int64
+	// stages are the reader's frames of the batch being read, one
+	// stage per backend, nstages of them in use (stage.go).
+	stages  []stage
+	nstages int
 	// The reader's work, for the readers' checks (readers.go): its
 	// reads, those that were full, and the time spent on them.
 	reads     atomic.Uint64
@@ -432,8 +436,6 @@ func (p *Proxy) Close() {
 
 func (p *Proxy) readLoop(l *listener) {
 	defer p.wg.Done()
-	touched := make([]*backend.Backend, 0, batchLen)
-	sent := make([]int, batchLen) // queries per touched backend
 	var o origin
 	o.lis = l.idx
 	var r *recvBatch
@@ -446,26 +448,9 @@ func (p *Proxy) readLoop(l *listener) {
 			if !ok {
 				ip = netip.Addr{}
 			}
-			if be := p.handle(l, r.bufs[i], size, ip, port, &o, now); be != nil {
-				j := slices.Index(touched, be)
-				if j < 0 {
-					j = len(touched)
-					touched = append(touched, be)
-				}
-				sent[j]++
-			}
+			p.handle(l, r.bufs[i], size, ip, port, &o, now)
 		}
-		// One write per backend for the whole batch, and one for the
-		// answers from the cache.
-		for i, be := range touched {
-			countSent(be, sent[i])
-			be.Flush(now)
-			touched[i], sent[i] = nil, 0
-		}
-		touched = touched[:0]
-		if l.cached.n > 0 {
-			l.cached.flush()
-		}
+		p.endBatch(l, now)
 		l.reads.Add(1)
 		if n == batchLen {
 			l.fullReads.Add(1)
@@ -485,7 +470,9 @@ func (p *Proxy) readLoop(l *listener) {
 
 // handle routes one datagram of n bytes from ip:port (not valid: the
 // source was unusable), read on l at buf[UDPHeaderLen:] at now, having
-// come in as o says, and returns the backend it was queued for.
+// come in as o says, and returns the backend it was staged for: its
+// frame is queued with the rest of the batch's at its end (endBatch),
+// and buf must stay as it is until then.
 func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint16, o *origin, now int64) *backend.Backend {
 	p.packetsIn.Add(int(l.idx), 1)
 	p.bytesIn.Add(int(l.idx), uint64(n))
@@ -553,24 +540,7 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		p.forget(pl.displaced, pl.copies, pl.evicted)
 	}
 	protocol.PutUDPHeader(buf, protocol.FrameInboundUDP, wire, port, n)
-	if !be.SendUDP(buf[:protocol.UDPHeaderLen+n], now) {
-		var a answered
-		p.flights.take(key, &a)
-		if ck.Hash != 0 && p.serveStale(l, buf[protocol.UDPHeaderLen:], n, &ck, be, from, o, now) {
-			return nil
-		}
-		rem.CountDrop()
-		if be.OK() {
-			p.drop(l, DropStuck)
-		} else {
-			p.drop(l, DropDown)
-		}
-		return nil
-	}
-	rem.CountUDP()
-	if p.tap != nil {
-		p.tap.Query(netip.AddrPortFrom(ip, port), l.local(o), query, now)
-	}
+	l.stage(be).add(buf[:protocol.UDPHeaderLen+n], staged{key: key, ck: ck, rem: rem, from: from, o: *o, data: buf[protocol.UDPHeaderLen:], n: n})
 	return be
 }
 

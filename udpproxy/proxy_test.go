@@ -106,9 +106,9 @@ func checkNoAllocs(t *testing.T, b *bed) {
 	ip := netip.MustParseAddr("127.0.0.9")
 	var o origin
 	be := b.set.Get(5301)
-	b.p.handle(b.p.ls[0], buf, 64, ip, 5353, &o, 0) // creates the remote
+	b.handle(buf, 64, ip, 5353, &o, 0) // creates the remote
 	if a := testing.AllocsPerRun(2000, func() {
-		b.p.handle(b.p.ls[0], buf, 64, ip, 5353, &o, 0)
+		b.handle(buf, 64, ip, 5353, &o, 0)
 		be.Flush(0)
 	}); a != 0 {
 		t.Fatalf("datagram in to frame written: %.1f allocations", a)
@@ -141,11 +141,11 @@ func TestDropsAreCountedByReason(t *testing.T) {
 	buf := make([]byte, slotLen)
 	ip := netip.MustParseAddr("127.0.0.9")
 	var o origin
-	b.p.handle(b.p.ls[0], buf, 5, ip, 53, &o, 0)
-	b.p.handle(b.p.ls[0], buf, protocol.MaxData+1, ip, 53, &o, 0)
-	b.p.handle(b.p.ls[0], buf, 64, netip.Addr{}, 0, &o, 0)
-	b.p.handle(b.p.ls[0], buf, 64, netip.MustParseAddr("240.1.2.3"), 53, &o, 0)
-	b.p.handle(b.p.ls[0], buf, protocol.MaxData, ip, 53, &o, 0)
+	b.handle(buf, 5, ip, 53, &o, 0)
+	b.handle(buf, protocol.MaxData+1, ip, 53, &o, 0)
+	b.handle(buf, 64, netip.Addr{}, 0, &o, 0)
+	b.handle(buf, 64, netip.MustParseAddr("240.1.2.3"), 53, &o, 0)
+	b.handle(buf, protocol.MaxData, ip, 53, &o, 0)
 	st := b.p.Stats()
 	want := map[string]uint64{"runt": 1, "oversized": 1, "bad_source": 1, "standin_range": 1, "no_backend": 0, "stuck": 0, "down": 0}
 	for k, v := range want {
@@ -166,14 +166,13 @@ func TestDropsAreCountedByReason(t *testing.T) {
 	}
 
 	t.Run("stuck: the backend's queue full", func(t *testing.T) {
-		// Nothing flushes the queue (that is the reader's batch end),
-		// so it fills: the next datagram has no room.
-		for i := 0; b.p.Stats().Drops["stuck"] == 0; i++ {
-			if i > 2*backend.DefaultQueueFrames {
-				t.Fatalf("%d datagrams queued and none refused", i)
-			}
-			b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		// A batch of one frame more than the queue takes (each short
+		// enough that the bound in frames comes first): the last is
+		// refused.
+		for range backend.DefaultQueueFrames + 1 {
+			b.p.handle(b.p.ls[0], buf, protocol.DNSHeaderLen, ip, 53, &o, 0)
 		}
+		b.p.endBatch(b.p.ls[0], 0)
 		wantDrops(t, b.p, map[string]uint64{"stuck": 1, "no_backend": 0, "down": 0})
 		if info, _ := b.table.Lookup(ip); info.Drops != 1 {
 			t.Fatalf("remote %+v, want its one drop counted", info)
@@ -184,8 +183,8 @@ func TestDropsAreCountedByReason(t *testing.T) {
 	t.Run("no_backend: none ok", func(t *testing.T) {
 		b.conn.Close()
 		testbed.Eventually(t, "backend down", func() bool { return !b.set.Get(5301).OK() })
-		b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
-		b.p.handle(b.p.ls[0], buf, 64, netip.MustParseAddr("127.0.0.10"), 53, &o, 0)
+		b.handle(buf, 64, ip, 53, &o, 0)
+		b.handle(buf, 64, netip.MustParseAddr("127.0.0.10"), 53, &o, 0)
 		wantDrops(t, b.p, map[string]uint64{"no_backend": 2, "down": 0})
 		seen["no_backend"] = true
 	})
@@ -194,10 +193,10 @@ func TestDropsAreCountedByReason(t *testing.T) {
 		// The table's view of the backends lags, as it does for a
 		// datagram routed just before a fault.
 		b := newBed(t, zerolog.Nop(), func(c *remotes.Config) { c.Backends = laggingBackends{c.Backends} })
-		b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		b.handle(buf, 64, ip, 53, &o, 0)
 		b.conn.Close()
 		testbed.Eventually(t, "backend down", func() bool { return !b.set.Get(5301).OK() })
-		b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		b.handle(buf, 64, ip, 53, &o, 0)
 		wantDrops(t, b.p, map[string]uint64{"down": 1, "no_backend": 0, "stuck": 0})
 		seen["down"] = true
 	})
@@ -206,7 +205,7 @@ func TestDropsAreCountedByReason(t *testing.T) {
 		// A /30 has two stand-ins to give.
 		b := newBed(t, zerolog.Nop(), func(c *remotes.Config) { c.Standins = netip.MustParsePrefix("240.0.0.0/30") })
 		for i := range 3 {
-			b.p.handle(b.p.ls[0], buf, 64, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i + 1)}), 53, &o, 0)
+			b.handle(buf, 64, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i + 1)}), 53, &o, 0)
 		}
 		wantDrops(t, b.p, map[string]uint64{"no_standin": 1, "standin_range": 0, "no_backend": 0})
 		if n := b.table.Len(); n != 2 {
@@ -222,11 +221,11 @@ func TestDropsAreCountedByReason(t *testing.T) {
 		if deaths := b.p.quar.seen(key, querySum(query), time.Now().UnixNano(), false, 2); deaths < 2 {
 			t.Fatalf("seen at %d deaths, want 2", deaths)
 		}
-		b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		b.handle(buf, 64, ip, 53, &o, 0)
 		wantDrops(t, b.p, map[string]uint64{"quarantined": 1, "no_backend": 0})
 		// Another query of the client's is not.
 		buf[protocol.UDPHeaderLen] ^= 0xff
-		b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+		b.handle(buf, 64, ip, 53, &o, 0)
 		buf[protocol.UDPHeaderLen] ^= 0xff
 		wantDrops(t, b.p, map[string]uint64{"quarantined": 1})
 		seen["quarantined"] = true
@@ -236,7 +235,7 @@ func TestDropsAreCountedByReason(t *testing.T) {
 		b := newBed(t, zerolog.Nop())
 		b.p.LimitRate(remotes.NewRate(1, 2, 0)) // two at once, no slip
 		for range 3 {
-			b.p.handle(b.p.ls[0], buf, 64, ip, 53, &o, 0)
+			b.handle(buf, 64, ip, 53, &o, 0)
 		}
 		wantDrops(t, b.p, map[string]uint64{"ratelimited": 1, "stuck": 0})
 		if info, _ := b.table.Lookup(ip); info.UDP != 2 || info.Drops != 1 || info.RateLimited != 1 {
@@ -268,3 +267,11 @@ func wantDrops(t *testing.T, p *Proxy, want map[string]uint64) {
 type laggingBackends struct{ remotes.Backends }
 
 func (laggingBackends) Status(backend.ID) (ok, gone bool) { return true, false }
+
+// handle is the proxy's handle on the bed's first socket, with the end
+// of a batch of that one datagram: its frame queued and written.
+func (b *bed) handle(buf []byte, n int, ip netip.Addr, port uint16, o *origin, now int64) *backend.Backend {
+	be := b.p.handle(b.p.ls[0], buf, n, ip, port, o, now)
+	b.p.endBatch(b.p.ls[0], now)
+	return be
+}

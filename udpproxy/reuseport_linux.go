@@ -14,8 +14,10 @@ import (
 // addresses and ports, so that one busy client port (a forwarding
 // resolver's, a load generator's) would keep one reader busy and the
 // others idle. SteerByID has it choose by the query's DNS ID instead:
-// socket (ID mod n) of the group, so that any traffic spreads evenly,
-// and a client's retransmits (the same ID) come to the same reader.
+// socket ((ID mod Regions) mod n) of the group, so that any traffic
+// spreads evenly, a client's retransmits (the same ID) come to the same
+// reader, and each region of the ID space (ID mod Regions) to one
+// reader, whose queries in flight it is (flights.bucket).
 // Sockets of the group beyond the first n get no datagram: that is how
 // a process given fewer readers than it inherited sockets retires the
 // rest without losing what they hold (Retire).
@@ -24,17 +26,22 @@ import (
 // kernel on the datagram's UDP payload: A = the 16 bits at offset 0 (a
 // datagram too short to have them ends the program, which then returns
 // 0: the first socket, whose reader counts it as a runt); return
-// A mod n.
+// (A mod Regions) mod n.
 func steerProgram(n int) []unix.SockFilter {
 	return []unix.SockFilter{
 		{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 0},
+		{Code: unix.BPF_ALU | unix.BPF_AND | unix.BPF_K, K: Regions - 1},
 		{Code: unix.BPF_ALU | unix.BPF_MOD | unix.BPF_K, K: uint32(n)},
 		{Code: unix.BPF_RET | unix.BPF_A},
 	}
 }
 
+// ReaderOf returns the reader, of n steered to, that SteerByID gives a
+// query with DNS ID id.
+func ReaderOf(id uint16, n int) int { return int(id&(Regions-1)) % n }
+
 // SteerByID has the kernel give each datagram for c's address to socket
-// (DNS ID mod n) of c's SO_REUSEPORT group, replacing any program the
+// ReaderOf(its DNS ID, n) of c's SO_REUSEPORT group, replacing any program the
 // group had (a predecessor's, for another n). n must be at least 1.
 func SteerByID(c *net.UDPConn, n int) error {
 	if n < 1 || n > MaxListeners {
