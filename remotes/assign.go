@@ -71,12 +71,22 @@ func (t *Table) reassign(r *Remote) backend.ID {
 // The per-backend counts change only here, with the assignment they
 // count. The remote's shard's lock and the counts' lock are held.
 
+// A change to a remote's assignment once made (its primary moved or
+// cleared, its backup set or cleared) ends every reader's cached route
+// (RouteCache): the generation moves on.
+
 func (t *Table) setPrimary(r *Remote, id backend.ID) {
+	if r.primary != 0 && r.primary != id {
+		t.gen.Add(1)
+	}
 	move(t.primaries, r.primary, id)
 	r.primary = id
 }
 
 func (t *Table) setBackup(r *Remote, id backend.ID) {
+	if r.backup != id {
+		t.gen.Add(1)
+	}
 	move(t.backups, r.backup, id)
 	r.backup = id
 }

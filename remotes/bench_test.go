@@ -120,3 +120,39 @@ type steadyBackends struct{}
 func (steadyBackends) Status(id backend.ID) (ok, gone bool) {
 	return id == 1 || id == 2, id != 1 && id != 2
 }
+
+// BenchmarkRouteCachedParallel is the readers' lookup (RouteCached), each
+// reader with a cache of its own, from several at once (run it with -cpu
+// 1,2,...): each goroutine routes 512 known clients of its own, in
+// random order, in a table of 10^6.
+func BenchmarkRouteCachedParallel(b *testing.B) {
+	const n = 1_000_000
+	f := newFake(1, 2)
+	tab, _, _ := newTableConfig(b, Config{Picker: f, Backends: steadyBackends{}})
+	tab.log = tab.log.Level(100)
+	for i := range n {
+		tab.Route(a4(0x0a000000 + uint32(i)*7))
+	}
+	var seed atomic.Uint64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		var c RouteCache
+		g := seed.Add(1)
+		addrs := make([]netip.Addr, 512)
+		for i := range addrs {
+			addrs[i] = a4(0x0a000000 + uint32((int(g)*104729+i*7919)%n)*7)
+		}
+		rand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
+		i := 0
+		for pb.Next() {
+			if tab.RouteCached(&c, addrs[i], 0).Backend == 0 {
+				b.Error("no backend")
+				return
+			}
+			if i++; i == len(addrs) {
+				i = 0
+			}
+		}
+	})
+}

@@ -35,13 +35,18 @@
 //   - maintain.go: the table's goroutine, rebalancing and expiry, the
 //     one chunked scan of the shards that they and [Table.ResetCounters]
 //     share, and [Table.Walk], which merges the shards' orders;
+//   - routecache.go: the readers' caches of routes ([Table.RouteCached]);
 //   - snapshot.go: snapshots and restoring remotes ([Table.Restore]).
 //
 // # Concurrency
 //
 // Several readers route at once (one per socket of a listen address),
 // so nothing on the path of a known client's packet is shared by all of
-// them: routing takes the lock of the client's shard alone. A shard's
+// them: a reader routes a client it has routed before with no lock at
+// all, from a [RouteCache] of its own whose entries last while no
+// assignment changes (a generation that every change to one moves on)
+// and the client's backend is ok; otherwise routing takes the lock of
+// the client's shard alone. A shard's
 // mutex guards its tree and its remotes' assignments, times and
 // stand-ins. The per-backend counts have their own mutex, taken within
 // a shard's to change an assignment (a new client, a backup, a return

@@ -153,7 +153,7 @@ func (t *Table) Expire() int {
 	expired := 0
 	var stale []*Remote
 	t.scan(func(r *Remote) bool {
-		if now-r.last > limit {
+		if now-r.last.Load() > limit {
 			stale = append(stale, r)
 		}
 		return false

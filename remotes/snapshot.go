@@ -180,7 +180,8 @@ func (t *Table) Restore(in Info) {
 	if sh.tree.Has(key(k)) || t.Len() >= t.cfg.MaxRemotes {
 		return
 	}
-	r := &Remote{addr: keyOf(k), first: sec(in.FirstSeen), last: sec(in.LastSeen)}
+	r := &Remote{addr: keyOf(k), first: sec(in.FirstSeen)}
+	r.last.Store(sec(in.LastSeen))
 	if k.Is6() && !t.standins.restore(r, in.Standin) {
 		return
 	}

@@ -98,7 +98,7 @@ type Remote struct {
 	primary backend.ID
 	backup  backend.ID
 	first   uint32 // seconds since the table's epoch
-	last    uint32
+	last    atomic.Uint32
 
 	udp   atomic.Uint64
 	tcp   atomic.Uint64
@@ -110,6 +110,15 @@ type Remote struct {
 	limited atomic.Uint64
 	overAt  atomic.Int64 // unix nanoseconds: the last query over the limit
 	shared  bool         // the record of clients the full table cannot pin
+}
+
+// touch marks the remote seen at now (seconds since the table's epoch),
+// writing only when that is news: readers of several cores that route
+// one client's queries do not all write its line.
+func (r *Remote) touch(now uint32) {
+	if r.last.Load() != now {
+		r.last.Store(now)
+	}
 }
 
 // CountUDP records a datagram from the remote sent on to its backend.
@@ -134,6 +143,10 @@ type Table struct {
 	// package comment's Concurrency); n counts them all.
 	shards [shardCount]shard
 	n      atomic.Int64
+
+	// gen is the generation of the assignments, which RouteCache
+	// entries are valid for (routecache.go).
+	gen atomic.Uint64
 
 	// cmu guards the per-backend counts, and is taken within a shard's
 	// lock to change an assignment.
@@ -282,7 +295,7 @@ func (t *Table) route(ip netip.Addr, now uint32) Routing {
 	if wire == 0 {
 		wire = r.standin
 	}
-	r.last = now
+	r.touch(now)
 	id := t.assign(r)
 	primary := r.primary
 	s.mu.Unlock()
@@ -428,7 +441,7 @@ func (t *Table) info(r *Remote) Info {
 		Addr: r.addr.Addr(), Standin: standin, Primary: r.primary, Backup: r.backup,
 		UDP: r.udp.Load(), TCP: r.tcp.Load(), Drops: r.drops.Load(),
 		FirstSeen:   t.epoch.Add(time.Duration(r.first) * time.Second),
-		LastSeen:    t.epoch.Add(time.Duration(r.last) * time.Second),
+		LastSeen:    t.epoch.Add(time.Duration(r.last.Load()) * time.Second),
 		RateLimited: r.limited.Load(),
 		LastLimited: unixTime(r.overAt.Load()),
 		NextQuery:   unixTime(r.tat.Load()),

@@ -81,6 +81,8 @@ type listener struct {
 	out []byte
 	// seq orders the queries the reader sends on (flightInfo.seq).
 	seq int64
+	// routes is the reader's cache of its clients' routes.
+	routes remotes.RouteCache
 	// stages are the reader's frames of the batch being read, one
 	// stage per backend, nstages of them in use (stage.go).
 	stages  []stage
@@ -494,7 +496,7 @@ func (p *Proxy) handle(l *listener, buf []byte, n int, ip netip.Addr, port uint1
 		e.Stringer("remote_ip", ip).Uint16("remote_port", port).Int("len", n).
 			Msg("received UDP packet from remote")
 	}
-	rt := p.table.RouteAt(ip, now)
+	rt := p.table.RouteCached(&l.routes, ip, now)
 	if rt.Drop != remotes.NotDropped {
 		p.drop(l, tableDrops[rt.Drop])
 		return nil
