@@ -62,9 +62,9 @@ const usage = `usage: bbal -s DIR [-b ADDR]... [-p PORT] [-r N] [-l LEVEL] [-S P
             (e.g. -b 0.0.0.0 -b ::) (default 0.0.0.0)
   -p PORT   UDP and TCP port to listen on (default 53; 0 picks a free one)
   -r N      UDP readers per listen address, 1 to 64: each a socket of its
-            own (SO_REUSEPORT) read on a core of its own (default: one
-            per usable CPU, as the process's CPU affinity and cgroup
-            limit allow)
+            own (SO_REUSEPORT) read on a core of its own, as many of them
+            given datagrams as the load needs (default: one per usable
+            CPU, as the process's CPU affinity and cgroup limit allow)
   -l LEVEL  log level: trace, debug, info, warn, error, fatal (default info);
             the environment variable LOG_LEVEL overrides it
   -S PATH   debug socket for balstat (default /var/run/bbal.sock)
