@@ -53,10 +53,6 @@ func newBedSockets(t testing.TB, log zerolog.Logger, n int) *bed {
 
 func newBedOf(t testing.TB, log zerolog.Logger, n int, setup func(*Proxy), tableOpts ...func(*remotes.Config)) *bed {
 	t.Helper()
-	dir := testbed.SocketDir(t)
-	fake := testbed.NewFake(t, filepath.Join(dir, "5301"))
-	ts := testbed.RunTimeouts(t, timeouts.New(timeouts.System))
-
 	conns := make([]*net.UDPConn, n)
 	for i := range conns {
 		uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -65,6 +61,15 @@ func newBedOf(t testing.TB, log zerolog.Logger, n int, setup func(*Proxy), table
 		}
 		conns[i] = uc
 	}
+	return newBedOn(t, log, conns, timeouts.System, setup, tableOpts...)
+}
+
+// newBedOn is a started bed on conns, its timers on clock.
+func newBedOn(t testing.TB, log zerolog.Logger, conns []*net.UDPConn, clock timeouts.Clock, setup func(*Proxy), tableOpts ...func(*remotes.Config)) *bed {
+	t.Helper()
+	dir := testbed.SocketDir(t)
+	fake := testbed.NewFake(t, filepath.Join(dir, "5301"))
+	ts := testbed.RunTimeouts(t, timeouts.New(clock))
 	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts})
 	picker := placement.New[backend.ID, *backend.Backend](set, placement.Config{Log: log, Clock: ts.Clock()})
 	tcfg := remotes.Config{Backends: set, Picker: picker, Timeouts: ts, Log: log}

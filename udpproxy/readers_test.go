@@ -2,9 +2,7 @@ package udpproxy
 
 import (
 	"context"
-	"io"
 	"net"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -12,9 +10,6 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
-	"github.com/bbal/bbal/backend"
-	"github.com/bbal/bbal/backend/placement"
-	"github.com/bbal/bbal/remotes"
 	"github.com/bbal/bbal/timeouts"
 	"github.com/bbal/bbal/tools/testbed"
 )
@@ -69,29 +64,9 @@ func reuseportConns(t *testing.T, n int) []*net.UDPConn {
 // full batches, both are; when they are idle, one again. Each step is
 // seen in where datagrams with IDs 0 to 9 are read.
 func TestReadersFollowTheLoad(t *testing.T) {
-	dir := testbed.SocketDir(t)
-	fake := testbed.NewFake(t, filepath.Join(dir, "5301"))
 	clock := timeouts.NewFake(testbed.Epoch)
-	ts := testbed.RunTimeouts(t, timeouts.New(clock))
-	log := zerolog.Nop()
-	set := backend.NewSet(backend.Config{Dir: dir, Log: log, Timeouts: ts})
-	picker := placement.New[backend.ID, *backend.Backend](set, placement.Config{Log: log, Clock: clock})
-	table := remotes.New(remotes.Config{Backends: set, Picker: picker, Timeouts: ts, Log: log})
 	conns := reuseportConns(t, 2)
-	p, err := New(conns, table, set, ts, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	set.Start(backend.Links{Replies: p.Replies})
-	c := fake.Accept(t)
-	c.Hello(t)
-	go io.Copy(io.Discard, c)
-	p.AdaptReaders()
-	p.Start()
-	t.Cleanup(func() {
-		p.Close()
-		set.Close()
-	})
+	p := newBedOn(t, zerolog.Nop(), conns, clock, func(p *Proxy) { p.AdaptReaders() }).p
 	addr := conns[0].LocalAddr().(*net.UDPAddr).AddrPort()
 	client, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
 	if err != nil {
