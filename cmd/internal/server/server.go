@@ -305,9 +305,10 @@ func (ls *listeners) steer(first *net.UDPConn, n int) bool {
 // it binds more where fewer were handed over, and retires the rest
 // where more were (they are read until the process ends, but given no
 // new datagram and not handed on: closing one would lose what it
-// holds). A socket that cannot be bound (the predecessor's was bound
-// without SO_REUSEPORT, by a bbal before -r) leaves the address with
-// fewer readers, and that is logged; so is a group whose extra sockets
+// holds). A socket that cannot be bound (the predecessor's were bound
+// without SO_REUSEPORT, by a bbal before -r, or as root, which this
+// process, run with -u, no longer is) leaves the address with fewer
+// readers, and that is logged; so is a group whose extra sockets
 // cannot be retired for want of steering: they stay readers.
 func (ls *listeners) adjustReaders(readers int) {
 	var udp, retired []*net.UDPConn
@@ -319,7 +320,7 @@ func (ls *listeners) adjustReaders(readers int) {
 			r, err := listenUDP(addr)
 			if err != nil {
 				ls.log.Warn().Err(err).Str("address", addr.String()).Int("readers", len(group)).Int("wanted", readers).
-					Msg("cannot add a reader to an inherited UDP socket (bound without SO_REUSEPORT by an older bbal?): serving with fewer until a full restart")
+					Msg("cannot add a reader to the inherited UDP sockets (bound without SO_REUSEPORT by a bbal before -r, or by root before -u dropped privileges): serving with fewer until a full restart")
 				break
 			}
 			ls.undo = append(ls.undo, r.Close)
