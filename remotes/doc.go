@@ -86,7 +86,7 @@
 // # Bounds
 //
 // The table holds at most MaxRemotes remotes (1,000,000 by default, some
-// 100 MB). When it is full, a new client is served by a hash of its
+// 170 MB). When it is full, a new client is served by a hash of its
 // address over the eligible backends ([Picker.HashID], like ipvsadm's
 // source-hash scheduler): consistently, without a record, and counted
 // ([Table.Unpinned]). With PrefixBits, clients are pinned by network (a

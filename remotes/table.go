@@ -20,7 +20,7 @@ const (
 	DefaultRebalanceInterval = 15 * time.Second
 	DefaultExpireInterval    = 30 * time.Second
 	DefaultExpireAfter       = 5 * time.Minute
-	// DefaultMaxRemotes bounds the table: about 100 MB at some 100
+	// DefaultMaxRemotes bounds the table: about 170 MB at some 170
 	// bytes per remote.
 	DefaultMaxRemotes = 1_000_000
 )
