@@ -100,8 +100,8 @@ const (
 	flightBucketBits = 12 // log2(flightBuckets)
 )
 
-// Regions is the number of regions of the DNS ID space by its low bits
-// (ID mod Regions) that the readers own between them: the steering gives
+// Regions is the number of regions of the queries, by their client port
+// and DNS ID (Region), that the readers own between them: the steering gives
 // each region's queries to one reader, and the in-flight table keeps
 // each region's in buckets of its own.
 const (
@@ -116,14 +116,14 @@ type flights struct {
 func newFlights() *flights { return new(flights) }
 
 // bucket returns key's bucket and its lock. The buckets are in
-// Regions regions by the DNS ID's low bits, which the steering of the
-// readers follows (SteerByID): a reader's queries fall in regions of
+// Regions regions by the client port and DNS ID (Region), which the
+// steering of the readers follows (SteerByID): a reader's queries fall in regions of
 // its own, so that readers write no bucket in common. Within its region
 // a key's bucket is the top bits of its Fibonacci hash, which every bit
 // of the key moves (the low bits of the product would not see a client
 // address's high bits).
 func (t *flights) bucket(key uint64) (*bucket, *sync.Mutex) {
-	region := key & (Regions - 1) // of the DNS ID, the key's low 16 bits
+	region := uint64(Region(uint16(key>>16), uint16(key))) // the key's port and ID
 	h := (key * 0x9e3779b97f4a7c15) >> (64 - flightBucketBits + regionBits)
 	b := &t.buckets[region<<(flightBucketBits-regionBits)|h]
 	return b, &b.mu

@@ -31,7 +31,7 @@ func BenchmarkFlightsParallel(b *testing.B) {
 			x ^= x << 13
 			x ^= x >> 7
 			x ^= x << 17
-			if ReaderOf(uint16(x), readers) == int(g)%readers {
+			if ReaderOf(uint16(x>>16), uint16(x), readers) == int(g)%readers {
 				keys[i] = x
 				i++
 			}
@@ -77,7 +77,11 @@ func BenchmarkDatagramToBackendParallel(b *testing.B) {
 		for pb.Next() {
 			ip := protocol.U32ToAddr(0x0a000000 | g<<8 | i&0xff)
 			// An ID the steering gives this reader.
-			binary.BigEndian.PutUint16(buf[protocol.UDPHeaderLen:], uint16(int(i)*readers+reader))
+			id := uint16(int(i) * readers)
+			for ReaderOf(5353, id, readers) != reader {
+				id++
+			}
+			binary.BigEndian.PutUint16(buf[protocol.UDPHeaderLen:], id)
 			bed.p.handle(l, buf, 64, ip, 5353, &o, 0)
 			if i++; i%batchLen == 0 {
 				bed.p.endBatch(l, 0)

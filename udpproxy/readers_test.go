@@ -41,15 +41,17 @@ func TestNextActive(t *testing.T) {
 
 // reuseportConns binds n UDP sockets to one loopback port with
 // SO_REUSEPORT, in the order of their group.
-func reuseportConns(t *testing.T, n int) []*net.UDPConn {
+func reuseportConns(t *testing.T, n int) []*net.UDPConn { return reuseportOn(t, "127.0.0.1", n) }
+
+func reuseportOn(t *testing.T, host string, n int) []*net.UDPConn {
 	t.Helper()
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
 	}}
-	addr := "127.0.0.1:0"
+	addr := net.JoinHostPort(host, "0")
 	var out []*net.UDPConn
 	for range n {
-		pc, err := lc.ListenPacket(context.Background(), "udp4", addr)
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -115,5 +117,67 @@ func TestReadersFollowTheLoad(t *testing.T) {
 	testbed.Eventually(t, "readers checked", func() bool { return p.readerChecks.Load() > checks })
 	if got := send(); got != [2]uint64{10, 0} {
 		t.Fatalf("idle: readers read %v, want all on the first", got)
+	}
+}
+
+// The kernel runs the steering program as ReaderOf says, over IPv4 and
+// IPv6: from several ports, with several IDs, each datagram is read on
+// the socket ReaderOf names; a datagram too short for an ID, on the
+// first.
+func TestSteerByIDAsReaderOfSays(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			const n = 3
+			conns := reuseportOn(t, host, n)
+			for _, c := range conns {
+				defer c.Close()
+			}
+			if err := SteerByID(conns[0], n); err != nil {
+				t.Fatal(err)
+			}
+			addr := conns[0].LocalAddr().(*net.UDPAddr)
+			want := make([]map[[2]uint16]bool, n)
+			for i := range want {
+				want[i] = map[[2]uint16]bool{}
+			}
+			for range 4 {
+				cl, err := net.DialUDP("udp", nil, addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				port := uint16(cl.LocalAddr().(*net.UDPAddr).Port)
+				for id := range uint16(6) {
+					cl.Write([]byte{byte(id >> 8), byte(id), byte(port >> 8), byte(port)})
+					want[ReaderOf(port, id, n)][[2]uint16{port, id}] = true
+				}
+				cl.Write([]byte{1}) // a runt: the first socket's
+				cl.Close()
+			}
+			for i, c := range conns {
+				got := map[[2]uint16]bool{}
+				runts := 0
+				buf := make([]byte, 16)
+				for {
+					c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+					m, err := c.Read(buf)
+					if err != nil {
+						break
+					}
+					if m < 4 {
+						runts++
+						continue
+					}
+					got[[2]uint16{uint16(buf[2])<<8 | uint16(buf[3]), uint16(buf[0])<<8 | uint16(buf[1])}] = true
+				}
+				if len(got) != len(want[i]) || (i == 0) != (runts == 4) {
+					t.Fatalf("socket %d read %v and %d runts, want %v", i, got, runts, want[i])
+				}
+				for k := range want[i] {
+					if !got[k] {
+						t.Fatalf("socket %d did not read port %d ID %d", i, k[0], k[1])
+					}
+				}
+			}
+		})
 	}
 }

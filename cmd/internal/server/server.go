@@ -295,7 +295,7 @@ func (ls *listeners) bindAll(cfg Config) error {
 func (ls *listeners) steer(first *net.UDPConn, n int) bool {
 	if err := udpproxy.SteerByID(first, n); err != nil {
 		ls.log.Warn().Err(err).Str("address", first.LocalAddr().String()).
-			Msg("cannot spread datagrams by DNS ID: the kernel spreads them by client address and port")
+			Msg("cannot steer datagrams to readers by DNS ID and port: the kernel spreads them by its own hash of addresses and ports")
 		return false
 	}
 	return true
