@@ -175,6 +175,7 @@ type Proxy struct {
 	tap Tap // tap.go: nil, none
 
 	// The readers with the load (readers.go).
+	steering     bool // SteerReaders: Start steers each address's readers
 	adapt        bool
 	groups       []*readerGroup
 	readersT     *timeouts.Timeout
@@ -326,7 +327,7 @@ type Reader struct {
 	Addr      netip.AddrPort
 	Datagrams uint64 // read from the socket
 	Reads     uint64 // recvmmsg calls that returned datagrams
-	// Active: given new datagrams now (see AdaptReaders; before Start,
+	// Active: given new datagrams now (see SteerReaders; before Start,
 	// every reader not retired).
 	Active  bool
 	Retired bool // see Retire

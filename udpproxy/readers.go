@@ -71,12 +71,14 @@ func nextActive(active, n int, work []readerLoad, elapsed time.Duration) int {
 	return active
 }
 
-// AdaptReaders has the proxy give each address's datagrams to as many
-// of its readers as the load needs, from one (see readers.go); without
-// it every reader is given them. The sockets of an address must be in
-// the order of its SO_REUSEPORT group, retired ones last. Call it before
-// Start.
-func (p *Proxy) AdaptReaders() { p.adapt = true }
+// SteerReaders has the proxy steer each address's datagrams (SteerByID)
+// from Start on: with adapt, to as many of its readers as the load
+// needs, from one (see readers.go); without, to all of them. Until
+// Start the steering stays as it was: a process taking over from
+// another leaves its new sockets, which only it reads, out until it
+// reads them. The sockets of an address must be in the order of its
+// SO_REUSEPORT group, retired ones last. Call it before Start.
+func (p *Proxy) SteerReaders(adapt bool) { p.steering, p.adapt = true, adapt }
 
 // group puts the readers of each address, but the retired, in a group
 // of their own, all given datagrams. New and Retire call it.
@@ -97,20 +99,26 @@ func (p *Proxy) group() {
 	}
 }
 
-// startReaders, with AdaptReaders, steers each address to one reader
-// and starts the checks.
+// startReaders, with SteerReaders, steers each address to one reader
+// and starts the checks (adapt), or to all of them.
 func (p *Proxy) startReaders() {
-	if !p.adapt {
+	if !p.steering {
 		return
 	}
 	for _, g := range p.groups {
 		if len(g.ls) > 1 {
-			p.steer(g, 1)
+			n := len(g.ls)
+			if p.adapt {
+				n = 1
+			}
+			p.steer(g, n)
 		}
 		g.at = time.Now()
 		g.last = p.loads(g)
 	}
-	p.readersT.Set(ReaderCheckInterval)
+	if p.adapt {
+		p.readersT.Set(ReaderCheckInterval)
+	}
 }
 
 func (p *Proxy) loads(g *readerGroup) []readerLoad {

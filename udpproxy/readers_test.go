@@ -68,7 +68,7 @@ func reuseportOn(t *testing.T, host string, n int) []*net.UDPConn {
 func TestReadersFollowTheLoad(t *testing.T) {
 	clock := timeouts.NewFake(testbed.Epoch)
 	conns := reuseportConns(t, 2)
-	p := newBedOn(t, zerolog.Nop(), conns, clock, func(p *Proxy) { p.AdaptReaders() }).p
+	p := newBedOn(t, zerolog.Nop(), conns, clock, func(p *Proxy) { p.SteerReaders(true) }).p
 	addr := conns[0].LocalAddr().(*net.UDPAddr).AddrPort()
 	client, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
 	if err != nil {

@@ -115,7 +115,7 @@ type Options struct {
 	OKTimeout time.Duration
 	StallHold time.Duration // placement.DefaultStallHold when 0
 	// AllReaders gives every UDP reader datagrams from the start,
-	// rather than as many as the load needs (udpproxy.AdaptReaders).
+	// rather than as many as the load needs (udpproxy.SteerReaders).
 	AllReaders bool
 	// DebugLimits bound the debug socket's clients; zero fields take
 	// debugapi.DefaultLimits.
@@ -316,6 +316,7 @@ func (ls *listeners) adjustReaders(readers int) {
 	for _, group := range groupByAddr(ls.udp) {
 		first := group[0]
 		addr := first.LocalAddr().(*net.UDPAddr).AddrPort()
+		inherited := len(group)
 		for len(group) < readers {
 			r, err := listenUDP(addr)
 			if err != nil {
@@ -326,8 +327,12 @@ func (ls *listeners) adjustReaders(readers int) {
 			ls.undo = append(ls.undo, r.Close)
 			group = append(group, r)
 		}
+		// Until this process reads its sockets (the proxy steers them
+		// from its Start on), only inherited ones, which the old process
+		// still reads, are given datagrams: a new one's would wait
+		// unread while this process waits for its backends.
 		active := min(len(group), readers)
-		if len(group) > 1 && !ls.steer(first, active) {
+		if len(group) > 1 && !ls.steer(first, min(active, inherited)) {
 			active, ls.steered = len(group), false
 		}
 		if active < len(group) {
@@ -456,8 +461,8 @@ func wire(cfg Config, opt Options, ls *listeners, probe []byte) (*Balancer, erro
 		for _, c := range ls.retired {
 			b.UDP.Retire(c)
 		}
-		if ls.steered && !opt.AllReaders {
-			b.UDP.AdaptReaders()
+		if ls.steered {
+			b.UDP.SteerReaders(!opt.AllReaders)
 		}
 	} else {
 		if b.Dnstap != nil {
