@@ -2,7 +2,6 @@ package remotes
 
 import (
 	"net/netip"
-	"time"
 
 	"github.com/bbal/bbal/backend"
 	"github.com/bbal/bbal/protocol"
@@ -80,7 +79,7 @@ func (t *Table) RouteCached(c *RouteCache, ip netip.Addr, now int64) Routing {
 		if ok, _ := t.cfg.Backends.Status(e.be); ok {
 			// Marked seen once a second per reader: the remote's
 			// own line is not read for every query.
-			if sec := uint32(max(now-t.epoch.UnixNano(), 0) / int64(time.Second)); sec != e.seen {
+			if sec := t.second(now); sec != e.seen {
 				e.r.touch(sec)
 				e.seen = sec
 			}
@@ -112,7 +111,7 @@ func (t *Table) RouteCached(c *RouteCache, ip netip.Addr, now int64) Routing {
 		set.next++
 	}
 	set.keys[way] = k
-	set.e[way] = cachedRoute{r: rt.Remote, gen: gen, be: rt.Backend, seen: uint32(max(now-t.epoch.UnixNano(), 0) / int64(time.Second))}
+	set.e[way] = cachedRoute{r: rt.Remote, gen: gen, be: rt.Backend, seen: t.second(now)}
 	if ip.Is6() {
 		set.e[way].wire = rt.Wire
 	}

@@ -252,7 +252,13 @@ func (t *Table) Route(ip netip.Addr) Routing {
 // reader reads it once per batch of datagrams): now is in unix
 // nanoseconds.
 func (t *Table) RouteAt(ip netip.Addr, now int64) Routing {
-	return t.route(ip, uint32(max(now-t.epoch.UnixNano(), 0)/int64(time.Second)))
+	return t.route(ip, t.second(now))
+}
+
+// second returns unix nanoseconds now as the table keeps times: whole
+// seconds since its epoch.
+func (t *Table) second(now int64) uint32 {
+	return uint32(max(now-t.epoch.UnixNano(), 0) / int64(time.Second))
 }
 
 // route takes the lock of the client's shard once; for a client new to

@@ -170,7 +170,8 @@ func (p *Proxy) checkReaders() {
 		if !p.adapt || len(g.ls) < 2 || reset { // reset: the counters were set back to zero
 			continue
 		}
-		if k, n := int(g.active.Load()), nextActive(int(g.active.Load()), len(g.ls), work, elapsed); n != k {
+		k := int(g.active.Load())
+		if n := nextActive(k, len(g.ls), work, elapsed); n != k {
 			p.steer(g, n)
 		}
 	}

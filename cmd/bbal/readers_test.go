@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -200,7 +201,7 @@ func startLoad(t *testing.T, addr netip.AddrPort, clients int) *clientLoad {
 					l.err = err
 				}
 				if prev, ok := l.by[i]; ok && err == nil && prev != got["backend"] && l.err == nil {
-					l.err = errMoved{i, prev, got["backend"]}
+					l.err = fmt.Errorf("client %d moved from %s to %s", i, prev, got["backend"])
 				}
 				if err == nil {
 					l.by[i] = got["backend"]
@@ -210,15 +211,6 @@ func startLoad(t *testing.T, addr netip.AddrPort, clients int) *clientLoad {
 		})
 	}
 	return l
-}
-
-type errMoved struct {
-	client   int
-	from, to string
-}
-
-func (e errMoved) Error() string {
-	return "client " + strconv.Itoa(e.client) + " moved from " + e.from + " to " + e.to
 }
 
 // stop ends the load and returns the queries asked, failing t if any
